@@ -1,0 +1,49 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "Kiln",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "kiln", targets: ["kiln"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+    ],
+    targets: [
+        .target(
+            name: "KilnModel",
+            dependencies: [.product(name: "Yams", package: "Yams")]
+        ),
+        .target(name: "CKilnSystem"),
+        .target(
+            name: "KilnTOE",
+            dependencies: [
+                "KilnModel",
+                "CKilnSystem",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+        .target(
+            name: "KilnCLI",
+            dependencies: [
+                "KilnModel",
+                "KilnTOE",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "kiln", dependencies: ["KilnCLI"]),
+        .testTarget(name: "KilnModelTests", dependencies: ["KilnModel"]),
+        .testTarget(name: "KilnTOETests", dependencies: ["KilnTOE", "KilnModel"]),
+        .testTarget(name: "KilnCLITests", dependencies: ["KilnCLI", "kiln"]),
+    ]
+)

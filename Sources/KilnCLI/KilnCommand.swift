@@ -1,0 +1,20 @@
+import ArgumentParser
+
+/// `kiln`: the image factory's command line.
+public struct KilnCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "kiln",
+        abstract: "Kiln bakes, tests and distributes golden images with the model and API of EC2 Image Builder.",
+        subcommands: [ToeCommand.self, ComponentCommand.self]
+    )
+
+    public init() {}
+}
+
+extension KilnCommand {
+    /// Entry point for the `kiln` executable; names the async overload explicitly.
+    public static func start() async {
+        let entry: ([String]?) async -> Void = KilnCommand.main
+        await entry(nil)
+    }
+}

@@ -1,0 +1,245 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KilnModel
+
+/// The machine Kiln itself runs on, as an instance (AWSTOE's own mode). Paths resolve under
+/// `root`, which is `/` unless a test narrows it.
+public struct LocalHostSession: InstanceSession {
+    public let fileSystem: RootedFileSystem
+    public let baseEnvironment: [String: String]
+
+    public init(root: String = "/", workingDirectory: String = FileManager.default.currentDirectoryPath,
+                environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.fileSystem = RootedFileSystem(root: root, workingDirectory: workingDirectory)
+        self.baseEnvironment = environment
+    }
+
+    public var displayName: String { fileSystem.root == "/" ? "local host" : "local host (root \(fileSystem.root))" }
+
+    public func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void) async throws -> ExecResult {
+        var environment = baseEnvironment
+        environment.merge(request.environment) { _, new in new }
+        let executable = try locate(request.executable, path: environment["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        let directory = try request.workingDirectory.map { try fileSystem.hostPath($0) } ?? fileSystem.hostPath(fileSystem.workingDirectory)
+        return try await ProcessRunner.run(
+            executablePath: executable, arguments: request.arguments, environment: environment,
+            workingDirectory: directory, timeout: request.timeout, output: output
+        )
+    }
+
+    /// Finds `name` the way a shell would, in the instance's PATH.
+    func locate(_ name: String, path: String) throws -> String {
+        if name.contains("/") {
+            let host = try fileSystem.hostPath(name)
+            guard access(host, X_OK) == 0 else {
+                throw KilnError(.notFound, "'\(name)' is not an executable file in the \(displayName)")
+            }
+            return host
+        }
+        for directory in path.split(separator: ":") where !directory.isEmpty {
+            if let host = try? fileSystem.hostPath(String(directory) + "/" + name), access(host, X_OK) == 0 {
+                var info = stat()
+                if stat(host, &info) == 0, info.st_mode & S_IFMT == S_IFREG { return host }
+            }
+        }
+        throw KilnError(.notFound, "'\(name)' was not found in PATH (\(path)) of the \(displayName); install it or give its full path")
+    }
+
+    public func fileInfo(_ path: String, followSymlinks: Bool) async throws -> InstanceFileInfo? {
+        let host = try fileSystem.hostPath(path, followFinal: followSymlinks)
+        var info = stat()
+        guard lstat(host, &info) == 0 else { return nil }
+        let kind: InstanceFileInfo.Kind
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: kind = .file
+        case S_IFDIR: kind = .directory
+        case S_IFLNK: kind = .symlink
+        default: kind = .other
+        }
+        return InstanceFileInfo(kind: kind, size: Int64(info.st_size), mode: UInt32(info.st_mode & 0o7777), uid: info.st_uid, gid: info.st_gid)
+    }
+
+    public func readFile(_ path: String) async throws -> Data {
+        let host = try fileSystem.hostPath(path)
+        guard let data = FileManager.default.contents(atPath: host) else {
+            throw KilnError(.notFound, "cannot read '\(path)' in the \(displayName): \(String(cString: strerror(errno)))")
+        }
+        return data
+    }
+
+    public func writeFile(_ path: String, contents: Data, append: Bool, mode: UInt32) async throws {
+        let host = try fileSystem.hostPath(path)
+        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | (append ? O_APPEND : O_TRUNC)
+        let fd = open(host, flags, mode_t(mode))
+        guard fd >= 0 else { throw posixError("write", path) }
+        defer { close(fd) }
+        try contents.withUnsafeBytes { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let written = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    throw posixError("write", path)
+                }
+                offset += written
+            }
+        }
+    }
+
+    public func listDirectory(_ path: String) async throws -> [String] {
+        let host = try fileSystem.hostPath(path)
+        do {
+            return try FileManager.default.contentsOfDirectory(atPath: host).sorted()
+        } catch {
+            throw KilnError(.notFound, "cannot list '\(path)' in the \(displayName): \(error.localizedDescription)")
+        }
+    }
+
+    public func createDirectory(_ path: String, mode: UInt32) async throws {
+        let canonical = try fileSystem.resolve(path)
+        var current = ""
+        for component in canonical.split(separator: "/") {
+            current += "/" + component
+            let host = fileSystem.hostPath(instancePath: current)
+            if mkdir(host, mode_t(mode)) != 0 && errno != EEXIST {
+                throw posixError("create folder", current)
+            }
+            var info = stat()
+            if stat(host, &info) == 0, info.st_mode & S_IFMT != S_IFDIR {
+                throw KilnError(.alreadyExists, "'\(current)' exists in the \(displayName) and is not a folder")
+            }
+        }
+    }
+
+    public func remove(_ path: String, recursive: Bool) async throws {
+        let host = try fileSystem.hostPath(path, followFinal: false)
+        var info = stat()
+        guard lstat(host, &info) == 0 else { throw posixError("delete", path) }
+        if info.st_mode & S_IFMT == S_IFDIR {
+            if recursive {
+                do { try FileManager.default.removeItem(atPath: host) } catch {
+                    throw KilnError(.ioFailure, "cannot delete '\(path)' in the \(displayName): \(error.localizedDescription)")
+                }
+            } else if rmdir(host) != 0 {
+                throw posixError("delete folder", path)
+            }
+        } else if unlink(host) != 0 {
+            throw posixError("delete", path)
+        }
+    }
+
+    public func move(_ source: String, to destination: String) async throws {
+        let from = try fileSystem.hostPath(source, followFinal: false)
+        let to = try fileSystem.hostPath(destination, followFinal: false)
+        if rename(from, to) == 0 { return }
+        guard errno == EXDEV else { throw posixError("move '\(source)' to", destination) }
+        try await copy(source, to: destination)
+        try await remove(source, recursive: true)
+    }
+
+    public func copy(_ source: String, to destination: String) async throws {
+        let from = try fileSystem.hostPath(source)
+        let to = try fileSystem.hostPath(destination, followFinal: false)
+        do {
+            try FileManager.default.copyItem(atPath: from, toPath: to)
+        } catch {
+            throw KilnError(.ioFailure, "cannot copy '\(source)' to '\(destination)' in the \(displayName): \(error.localizedDescription)")
+        }
+    }
+
+    public func createSymlink(_ path: String, target: String) async throws {
+        let host = try fileSystem.hostPath(path, followFinal: false)
+        guard symlink(target, host) == 0 else { throw posixError("create symlink", path) }
+    }
+
+    public func setOwner(_ path: String, owner: String?, group: String?, recursive: Bool) async throws {
+        let accounts = UserDatabase(fileSystem: fileSystem)
+        let uid = try owner.map { try accounts.userID($0) }
+        let gid = try group.map { try accounts.groupID($0) }
+        try walk(path, recursive: recursive) { host, instancePath in
+            if lchown(host, uid ?? UInt32.max, gid ?? UInt32.max) != 0 { throw posixError("change owner of", instancePath) }
+        }
+    }
+
+    public func setPermissions(_ path: String, mode: UInt32, recursive: Bool) async throws {
+        try walk(path, recursive: recursive) { host, instancePath in
+            var info = stat()
+            guard lstat(host, &info) == 0 else { throw posixError("change permissions of", instancePath) }
+            if info.st_mode & S_IFMT == S_IFLNK { return }
+            if chmod(host, mode_t(mode)) != 0 { throw posixError("change permissions of", instancePath) }
+        }
+    }
+
+    public func importFile(fromHost hostPath: String, to path: String) async throws {
+        let destination = try fileSystem.hostPath(path, followFinal: false)
+        if rename(hostPath, destination) == 0 { return }
+        do {
+            if FileManager.default.fileExists(atPath: destination) { try FileManager.default.removeItem(atPath: destination) }
+            try FileManager.default.copyItem(atPath: hostPath, toPath: destination)
+            try? FileManager.default.removeItem(atPath: hostPath)
+        } catch {
+            throw KilnError(.ioFailure, "cannot place a file at '\(path)' in the \(displayName): \(error.localizedDescription)")
+        }
+    }
+
+    public func exportFile(_ path: String, toHost hostPath: String) async throws {
+        let source = try fileSystem.hostPath(path)
+        do {
+            try FileManager.default.copyItem(atPath: source, toPath: hostPath)
+        } catch {
+            throw KilnError(.ioFailure, "cannot read '\(path)' in the \(displayName): \(error.localizedDescription)")
+        }
+    }
+
+    public func reboot() async throws -> RebootDisposition { .deferred }
+
+    // MARK: Helpers
+
+    private func walk(_ path: String, recursive: Bool, _ body: (String, String) throws -> Void) throws {
+        let canonical = try fileSystem.resolve(path)
+        let host = fileSystem.hostPath(instancePath: canonical)
+        var info = stat()
+        guard lstat(host, &info) == 0 else { throw posixError("find", path) }
+        try body(host, canonical)
+        guard recursive, info.st_mode & S_IFMT == S_IFDIR else { return }
+        // Children are visited without following symlinks, so a link cannot lead the walk out.
+        let enumerator = FileManager.default.enumerator(atPath: host)
+        while let relative = enumerator?.nextObject() as? String {
+            try body(host + "/" + relative, canonical + "/" + relative)
+        }
+    }
+
+    private func posixError(_ operation: String, _ path: String) -> KilnError {
+        let code = errno
+        let kind: KilnError.Code = code == ENOENT ? .notFound : code == EEXIST ? .alreadyExists : .ioFailure
+        return KilnError(kind, "cannot \(operation) '\(path)' in the \(displayName): \(String(cString: strerror(code)))")
+    }
+}
+
+/// Users and groups as the instance knows them (its own /etc/passwd and /etc/group).
+struct UserDatabase {
+    let fileSystem: RootedFileSystem
+
+    func userID(_ name: String) throws -> UInt32 {
+        if let id = UInt32(name) { return id }
+        if let id = lookup(name, in: "/etc/passwd", idField: 2) { return id }
+        throw KilnError(.notFound, "user '\(name)' does not exist in the instance (/etc/passwd); create it first or use a numeric id")
+    }
+
+    func groupID(_ name: String) throws -> UInt32 {
+        if let id = UInt32(name) { return id }
+        if let id = lookup(name, in: "/etc/group", idField: 2) { return id }
+        throw KilnError(.notFound, "group '\(name)' does not exist in the instance (/etc/group); create it first or use a numeric id")
+    }
+
+    private func lookup(_ name: String, in file: String, idField: Int) -> UInt32? {
+        guard let host = try? fileSystem.hostPath(file), let text = try? String(contentsOfFile: host, encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+            if fields.count > idField, fields[0] == name { return UInt32(fields[idField]) }
+        }
+        return nil
+    }
+}
