@@ -27,6 +27,8 @@ public struct ComponentDocumentParser: Sendable {
             root = try Yams.compose(yaml: text)
         } catch let error as YamlError {
             throw KilnError(.invalidDocument, "\(source) is not valid YAML", issues: [reader.issue(for: error)])
+        } catch {
+            throw KilnError(.invalidDocument, "\(source) is not valid YAML", issues: [reader.issue(forOther: error)])
         }
         guard let root else {
             throw KilnError(.invalidDocument, "\(source) is empty",
@@ -75,8 +77,22 @@ struct DocumentReader {
             }
             return DocumentIssue(SourceLocation(file: file, line: mark.line, column: mark.column), "YAML syntax error: \(problem)\(where_)\(hint)")
         default:
-            return DocumentIssue(SourceLocation(file: file, line: 1, column: 1), "YAML error: \(error)")
+            return issue(forOther: error)
         }
+    }
+
+    /// Yams reports duplicate keys with its own error type, whose text names the line and column.
+    func issue(forOther error: Error) -> DocumentIssue {
+        let description = "\(error)"
+        if description.contains("expected all keys to be unique"),
+           let position = description.range(of: #"in line [0-9]+, column [0-9]+"#, options: .regularExpression) {
+            let numbers = description[position].split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+            let keys = description.range(of: #"duplicated key\(s\): [^\n]*"#, options: .regularExpression)
+                .map { description[$0].replacingOccurrences(of: "duplicated key(s): ", with: "").trimmingCharacters(in: CharacterSet(charactersIn: ". ")) } ?? "a key"
+            return DocumentIssue(SourceLocation(file: file, line: numbers[0], column: numbers[1]), "duplicate key \(keys): each key may appear only once in a mapping")
+        }
+        let firstLine = description.split(separator: "\n").first.map(String.init) ?? description
+        return DocumentIssue(SourceLocation(file: file, line: 1, column: 1), "YAML error: \(firstLine)")
     }
 
     // MARK: Node helpers
@@ -349,14 +365,14 @@ struct DocumentReader {
         }
         let path = "\(phase)/\(name)"
         if name.trimmingWhitespace().isEmpty || name.contains(".") {
-            problem(nameField.value, path, "step name '\(name)' is invalid; use letters, digits, '_' and '-' (no dots, which chaining uses)")
+            problem(nameField.value, path, "step name '\(name)' is invalid; it must not be empty or contain '.', which chaining uses to separate names")
         }
         for (key, keyNode, _) in fields where !Self.stepKeys.contains(key) {
             problem(keyNode, path, "unknown step key '\(key)'; allowed: \(Self.stepKeys.joined(separator: ", "))")
         }
 
         guard let actionField = field("action") else {
-            problem(node, path, "step needs an action; Linux actions: \(ActionCatalog.names(for: platform).joined(separator: ", "))")
+            problem(node, path, "step needs an action; \(platform.rawValue) actions: \(ActionCatalog.names(for: platform).joined(separator: ", "))")
             return nil
         }
         guard let actionName = scalar(actionField.value, path, what: "action") else { return nil }
@@ -365,7 +381,7 @@ struct DocumentReader {
             if let close = ActionCatalog.all.first(where: { $0.name.lowercased() == actionName.lowercased() }) {
                 hint = " (action names are case-sensitive: did you mean '\(close.name)'?)"
             }
-            problem(actionField.value, path, "unknown action '\(actionName)'\(hint); Linux actions: \(ActionCatalog.names(for: platform).joined(separator: ", "))")
+            problem(actionField.value, path, "unknown action '\(actionName)'\(hint); \(platform.rawValue) actions: \(ActionCatalog.names(for: platform).joined(separator: ", "))")
             return nil
         }
         if !spec.platforms.contains(platform) {
@@ -398,7 +414,7 @@ struct DocumentReader {
             }
         }
         if spec.name == "ExecuteDocument" {
-            if let timeout = field("timeoutSeconds"), step.timeoutSeconds != nil {
+            if let timeout = field("timeoutSeconds"), let seconds = Int(timeout.value.string ?? ""), seconds >= 1 {
                 problem(timeout.value, path, "ExecuteDocument always runs with timeoutSeconds -1; remove timeoutSeconds")
             }
             if let attempts = field("maxAttempts"), step.maxAttempts != 1 {
@@ -714,6 +730,9 @@ struct DocumentReader {
                 step.inputs?.forEachString { strings.append($0) }
                 if case .list(let values)? = step.loop?.kind { strings += values }
                 if case .delimited(let list, _)? = step.loop?.kind { strings.append(list) }
+                for condition in [step.condition?.expression, step.assertion].compactMap({ $0 }) {
+                    condition.forEachString { strings.append($0) }
+                }
                 for string in strings {
                     for (_, expression) in TemplateExpression.scan(string) {
                         checkReference(expression, path: path, step: step, phases: phases, earlier: earlier, variables: variables)
@@ -747,6 +766,18 @@ struct DocumentReader {
             }
         case .loop, .other:
             break
+        }
+    }
+}
+
+extension Condition {
+    func forEachString(_ body: (String) -> Void) {
+        switch self {
+        case .and(let parts), .or(let parts): parts.forEach { $0.forEachString(body) }
+        case .not(let inner): inner.forEachString(body)
+        case .comparison(let comparison):
+            body(comparison.operand)
+            if let subject = comparison.subject { body(subject) }
         }
     }
 }

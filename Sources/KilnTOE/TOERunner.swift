@@ -26,7 +26,10 @@ public struct TOERunner: Sendable {
         let firstDocument = resume?.cursor.document ?? 0
         for index in firstDocument..<request.documents.count {
             let cursor = index == firstDocument ? resume?.cursor : nil
-            let frame = DocumentFrame(depth: 0, ancestry: [], executionId: request.executionId, transfers: transfers, chaining: chaining)
+            let frame = DocumentFrame(
+                depth: 0, ancestry: [request.documents[index].document.source], executionId: request.executionId,
+                transfers: transfers, chaining: chaining
+            )
             let result = await runDocument(request.documents[index], phases: request.phases, frame: frame, log: log, cursor: cursor, progress: &progress)
             switch result {
             case .finished(let documentReport, _):
@@ -293,7 +296,7 @@ public struct TOERunner: Sendable {
         report.status = step.onFailure == .ignore ? .ignoredFailure : .failed
         report.failureMessage = message
         report.endTime = TOETime.rfc3339(Date())
-        log.error("\(stepPath) failed: \(message)")
+        log.error(message.hasPrefix(stepPath) ? message : "\(stepPath): \(message)")
         if step.onFailure != .abort { log.info("onFailure is \(step.onFailure.rawValue); continuing") }
         return report
     }
@@ -334,15 +337,17 @@ public struct TOERunner: Sendable {
                 }
             } catch {
                 failedIterations.append(index)
-                messages.append(Self.message(error))
-                log.error("\(stepPath)\(binding.map { " iteration \($0.index)" } ?? ""): \(Self.message(error))")
+                let message = Self.message(error)
+                // Every failure names its step path, whichever layer raised it.
+                messages.append(message.hasPrefix(stepPath) ? message : "\(stepPath): \(message)")
+                if let binding { log.error("\(stepPath) iteration \(binding.index): \(message)") }
             }
         }
         let loopReport = step.loop.map { LoopReport(name: $0.name, iterations: bindings.count, failedIterations: failedIterations) }
         guard failedIterations.isEmpty else {
             let message = step.loop == nil
                 ? messages.joined(separator: "; ")
-                : "loop iteration(s) \(failedIterations.map(String.init).joined(separator: ", ")) failed: \(messages.joined(separator: "; "))"
+                : "\(stepPath): loop iteration(s) \(failedIterations.map(String.init).joined(separator: ", ")) failed: \(messages.joined(separator: "; "))"
             return .failure(message: message, loop: loopReport, nested: nested.isEmpty ? nil : nested)
         }
         let outputs = merged.mapValues { $0.joined(separator: "\n") }
@@ -405,8 +410,7 @@ public struct TOERunner: Sendable {
             throw context.failure("ExecuteDocument nesting is limited to \(Self.maxNestingDepth) levels; '\(reference)' would be level \(frame.depth + 1)")
         }
         let document = try await loadDocument(reference, context: context, owner: reader.string("document-s3-bucket-owner"))
-        let ancestry = frame.ancestry + [context.stepPath.isEmpty ? "" : ""].filter { !$0.isEmpty }
-        if !frame.inLoop, ancestry.contains(document.source) || frame.ancestry.contains(document.source) {
+        if !frame.inLoop, frame.ancestry.contains(document.source) {
             throw context.failure("ExecuteDocument cycle: '\(document.source)' is already running (\((frame.ancestry + [document.source]).joined(separator: " → ")))")
         }
         var parameters: [String: String] = [:]

@@ -6,8 +6,20 @@ import NIOSSL
 
 /// HTTP clients for WebDownload and S3, shared by the steps of a run.
 struct TransferClients: Sendable {
-    var http: HTTPClient = .shared
+    var http: HTTPClient = TransferClients.sharedClient
     var s3: S3Configuration
+
+    /// One client for the process, like `HTTPClient.shared`, but failing fast on refused
+    /// connections: the actions retry on their own terms.
+    static let sharedClient = makeClient(verifyCertificates: true)
+
+    static func makeClient(verifyCertificates: Bool) -> HTTPClient {
+        var configuration = verifyCertificates ? HTTPClient.Configuration() : HTTPClient.Configuration(certificateVerification: .none)
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.redirectConfiguration = .follow(max: 10, allowCycles: false)
+        configuration.timeout.connect = .seconds(30)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }
 
     /// Streams a GET into a host file, hashing as it goes. Returns the digest when asked for one.
     static func download(
@@ -139,7 +151,7 @@ struct WebDownloadAction: TOEAction {
             }
         }
 
-        let client = insecure ? HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(certificateVerification: .none)) : context.transfers.http
+        let client = insecure ? TransferClients.makeClient(verifyCertificates: false) : context.transfers.http
         let temporary = try HostScratch.file(basename(destination))
         defer { try? FileManager.default.removeItem(atPath: temporary) }
         do {
