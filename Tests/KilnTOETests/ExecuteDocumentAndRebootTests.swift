@@ -156,7 +156,7 @@ struct ExecuteDocumentAndRebootTests {
 
     /// A session that restarts in place, as containers and VMs will.
     struct RestartingSession: InstanceSession {
-        let inner = LocalHostSession()
+        var inner = LocalHostSession()
         let restarts: LineCollector
         var displayName: String { "restarting test instance" }
         func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void) async throws -> ExecResult { try await inner.exec(request, output: output) }
