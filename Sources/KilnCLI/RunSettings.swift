@@ -107,6 +107,9 @@ struct RunSettings {
         var problems: [DocumentIssue] = []
         var firstError: KilnError?
         for entry in documentPaths {
+            if entry.path.hasPrefix("s3://") || entry.path.hasPrefix("arn:") {
+                throw KilnError(.unsupported, "'\(entry.path)': kiln toe run reads documents from local files; download it first (aws s3 cp, or an ExecuteDocument step can fetch s3:// documents)")
+            }
             do {
                 let document = try parser.parse(contentsOf: entry.path)
                 runs.append(TOEDocumentRun(document: document, parameters: globalParameters.merging(entry.parameters) { _, own in own }))

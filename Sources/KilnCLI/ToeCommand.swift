@@ -26,7 +26,7 @@ struct ToeRunCommand: AsyncParsableCommand {
         abstract: "Run component documents on this host, writing AWSTOE's logs and printing the run summary as JSON."
     )
 
-    @Option(name: [.customShort("d"), .long], help: "Comma-separated document paths (or s3:// URIs).")
+    @Option(name: [.customShort("d"), .long], help: "Comma-separated document paths.")
     var documents: String?
 
     @Option(name: [.customShort("c"), .long], help: "A run configuration JSON file (awstoe's --config format).")
@@ -80,7 +80,7 @@ struct ToeRunCommand: AsyncParsableCommand {
         let folder = resume?.logFolder ?? TOELogFolder.path(in: settings.logDirectory ?? FileManager.default.currentDirectoryPath, executionId: executionId)
         let log: TOELogWriter
         do {
-            log = try TOELogWriter(folder: folder, echo: { terminal.progress($0) })
+            log = try TOELogWriter(folder: folder, echo: { terminal.progress($0) }, echoDebug: trace)
             if resume == nil { try TOELogFolder.writeDocuments(loaded.map(\.document), to: folder) }
         } catch {
             terminal.error(KilnError(.ioFailure, "cannot create the log folder '\(folder)': \(error)"))

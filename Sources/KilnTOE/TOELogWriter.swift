@@ -17,12 +17,15 @@ public final class TOELogWriter: Sendable {
 
     private let files: Mutex<Files>
     private let echo: (@Sendable (String) -> Void)?
+    private let echoDebug: Bool
     public let folder: String?
 
-    /// `folder` nil keeps no files (nested documents share their parent's writer).
-    public init(folder: String?, echo: (@Sendable (String) -> Void)? = nil) throws {
+    /// `folder` nil keeps no files. `echo` receives each console line as it is written, and the
+    /// debug lines too when `echoDebug` is set (`--trace`).
+    public init(folder: String?, echo: (@Sendable (String) -> Void)? = nil, echoDebug: Bool = false) throws {
         self.folder = folder
         self.echo = echo
+        self.echoDebug = echoDebug
         var opened = Files()
         if let folder {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
@@ -59,7 +62,7 @@ public final class TOELogWriter: Sendable {
             if level != .debug, files.console >= 0 { Self.writeAll(files.console, bytes) }
             if files.application >= 0 { Self.writeAll(files.application, bytes) }
         }
-        if level != .debug, let echo {
+        if level != .debug || echoDebug, let echo {
             echo(String(lines.dropLast()))
         }
     }

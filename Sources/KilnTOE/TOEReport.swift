@@ -115,8 +115,10 @@ public struct RunSummary: Sendable, Codable, Hashable {
 
     /// Keys in AWSTOE's order, for people reading the terminal.
     public func json() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .withoutEscapingSlashes
         func quote(_ text: String) -> String {
-            let data = try! JSONEncoder().encode(text)
+            let data = try! encoder.encode(text)
             return String(decoding: data, as: UTF8.self)
         }
         return """

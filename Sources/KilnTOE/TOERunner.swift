@@ -24,7 +24,7 @@ public struct TOERunner: Sendable {
         let chaining = ChainingLog()
         if let resume { log.info("Resuming execution \(resume.executionId) after reboot \(resume.rebootCount)") }
         let firstDocument = resume?.cursor.document ?? 0
-        for index in firstDocument..<request.documents.count {
+        documents: for index in firstDocument..<request.documents.count {
             let cursor = index == firstDocument ? resume?.cursor : nil
             let frame = DocumentFrame(
                 depth: 0, ancestry: [request.documents[index].document.source], executionId: request.executionId,
@@ -36,9 +36,8 @@ public struct TOERunner: Sendable {
                 report.documents.append(documentReport)
                 if documentReport.status == .failed {
                     report.failureMessage = "Document \(documentReport.filePath) failed!"
-                    break
+                    break documents
                 }
-                continue
             case .rebootPending(var cursor):
                 cursor.document = index
                 let state = TOEResumeState(
@@ -48,8 +47,8 @@ public struct TOERunner: Sendable {
                 log.info("TOE stopped for a reboot; run the same command again after the instance restarts to resume")
                 return TOERunOutcome(report: report, summary: RunSummary(report: report, logUrl: log.folder ?? "", rebootPending: true), rebootPending: true, resumeState: state, chaining: chaining.all)
             }
-            break
         }
+        try? await session.remove("\(options.scratchDirectory)/\(request.executionId)", recursive: true)
         report.status = AggregateStatus.combining(report.documents.map(\.status))
         report.endTime = TOETime.rfc3339(Date())
         if report.status.succeeded {

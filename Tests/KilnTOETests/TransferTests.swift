@@ -106,6 +106,40 @@ struct WebDownloadTests {
         #expect(!dir.exists("nope.sh"))
     }
 
+    @Test("HTTPS: an untrusted certificate is refused unless ignoreCertificateErrors is true", .enabled(if: TestEnvironment.requires("openssl")))
+    func https() async throws {
+        let site = try TempDirectory("kiln-site")
+        let dir = try TempDirectory()
+        defer { site.remove(); dir.remove() }
+        try site.write("secure.txt", "over tls\n")
+        #expect(try shell("cd \(site.path) && openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 1 -subj /CN=127.0.0.1 2>&1").status == 0)
+        let serve = "import http.server,ssl,sys; s=http.server.HTTPServer(('127.0.0.1',int(sys.argv[1])),http.server.SimpleHTTPRequestHandler); c=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain('cert.pem','key.pem'); s.socket=c.wrap_socket(s.socket,server_side=True); s.serve_forever()"
+        let server = try LoopbackServer(executable: "python3", arguments: { ["-c", serve, String($0)] }, directory: site.path)
+        defer { server.stop() }
+        let result = try await runDocument("""
+        schemaVersion: 1.0
+        phases:
+          - name: build
+            steps:
+              - name: Strict
+                action: WebDownload
+                onFailure: Continue
+                inputs:
+                  - source: https://127.0.0.1:\(server.port)/secure.txt
+                    destination: \(dir.path)/strict.txt
+              - name: Lenient
+                action: WebDownload
+                inputs:
+                  - source: https://127.0.0.1:\(server.port)/secure.txt
+                    destination: \(dir.path)/lenient.txt
+                    ignoreCertificateErrors: true
+        """)
+        #expect(result.step("Strict")?.status == .failed)
+        #expect(!dir.exists("strict.txt"))
+        #expect(result.step("Lenient")?.status == .success, "\(result.console.text)")
+        #expect(try dir.read("lenient.txt") == "over tls\n")
+    }
+
     @Test("Connection failures are retried up to five times, then reported")
     func retriesConnectionFailures() async throws {
         let dir = try TempDirectory()

@@ -32,7 +32,7 @@ struct TransferClients: Sendable {
             if let body = try? await response.body.collect(upTo: 4096) { detail = String(buffer: body).prefix(300).description }
             throw HTTPStatusError(status: Int(response.status.code), reason: response.status.reasonPhrase, detail: detail)
         }
-        FileManager.default.createFile(atPath: hostPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: hostPath, contents: nil)
         guard let handle = FileHandle(forWritingAtPath: hostPath) else {
             throw KilnError(.ioFailure, "cannot write the download to '\(hostPath)'")
         }
