@@ -130,6 +130,27 @@ public enum ActionCatalog {
 
     public static func spec(named name: String) -> ActionSpec? { all.first { $0.name == name } }
 
+    /// The action name nearest to a misspelling, when one is close enough to suggest.
+    public static func closestName(to name: String, platform: ActionSpec.Platform) -> String? {
+        let scored = names(for: platform).map { ($0, editDistance(name.lowercased(), $0.lowercased())) }
+        guard let best = scored.min(by: { $0.1 < $1.1 }), best.1 <= max(2, name.count / 4) else { return nil }
+        return best.0
+    }
+
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let left = Array(a.unicodeScalars)
+        let right = Array(b.unicodeScalars)
+        var previous = Array(0...right.count)
+        for (i, l) in left.enumerated() {
+            var current = [i + 1] + Array(repeating: 0, count: right.count)
+            for (j, r) in right.enumerated() {
+                current[j + 1] = min(previous[j + 1] + 1, current[j] + 1, previous[j] + (l == r ? 0 : 1))
+            }
+            previous = current
+        }
+        return previous[right.count]
+    }
+
     public static func names(for platform: ActionSpec.Platform) -> [String] {
         all.filter { $0.platforms.contains(platform) }.map(\.name)
     }

@@ -35,6 +35,7 @@ public struct ComponentDocumentParser: Sendable {
                             issues: [DocumentIssue(SourceLocation(file: source, line: 1, column: 1), "the document is empty; a component needs schemaVersion and phases")])
         }
         let document = reader.readDocument(root, text: text)
+        reader.removeRepeatedIssues()
         guard reader.issues.isEmpty, let document else {
             let count = reader.issues.count
             throw KilnError(.invalidDocument, "\(source): \(count) problem\(count == 1 ? "" : "s") found", issues: reader.issues)
@@ -56,6 +57,12 @@ struct DocumentReader {
     }
 
     // MARK: Locations and problems
+
+    /// One expression can be seen twice (an Assert's inputs are also its condition).
+    mutating func removeRepeatedIssues() {
+        var seen = Set<DocumentIssue>()
+        issues = issues.filter { seen.insert($0).inserted }
+    }
 
     func location(_ node: Node?) -> SourceLocation {
         let mark = node?.mark
@@ -380,9 +387,12 @@ struct DocumentReader {
             var hint = ""
             if let close = ActionCatalog.all.first(where: { $0.name.lowercased() == actionName.lowercased() }) {
                 hint = " (action names are case-sensitive: did you mean '\(close.name)'?)"
+            } else if let close = ActionCatalog.closestName(to: actionName, platform: platform) {
+                hint = " (did you mean '\(close)'?)"
             }
             problem(actionField.value, path, "unknown action '\(actionName)'\(hint); \(platform.rawValue) actions: \(ActionCatalog.names(for: platform).joined(separator: ", "))")
-            return nil
+            // Kept, so that chaining to this step is not reported as a second problem.
+            return Step(name: name, action: actionName, location: location(node))
         }
         if !spec.platforms.contains(platform) {
             let alternative = spec.name == "ExecutePowerShell" ? "; use ExecuteBash" : ""

@@ -149,3 +149,29 @@ struct PublicSampleConstructsTests {
         #expect(checked > 0)
     }
 }
+
+@Suite("Unknown actions")
+struct UnknownActionTests {
+    @Test("A misspelt action gets one problem with a suggestion, and chaining to that step is not reported again")
+    func misspelling() throws {
+        let yaml = """
+        schemaVersion: 1.0
+        phases:
+          - name: build
+            steps:
+              - name: Read
+                action: ReadFiles
+                inputs:
+                  - path: /etc/hostname
+              - name: Check
+                action: Assert
+                inputs:
+                  stringIsEmpty: '{{ build.Read.outputs.content }}'
+        """
+        let error = try #require(throws: KilnError.self) { try ComponentDocumentParser().parse(text: yaml, source: "typo.yaml") }
+        #expect(error.issues.count == 1)
+        #expect(error.issues.first?.message.contains("unknown action 'ReadFiles' (did you mean 'ReadFile'?)") == true)
+        #expect(error.issues.first?.location == SourceLocation(file: "typo.yaml", line: 6, column: 17))
+        #expect(ActionCatalog.closestName(to: "Xyzzy", platform: .linux) == nil, "no suggestion when nothing is close")
+    }
+}
