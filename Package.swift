@@ -34,6 +34,14 @@ let package = Package(
             ]
         ),
         .target(
+            name: "KilnOCI",
+            dependencies: [
+                "KilnModel",
+                "CKilnSystem",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .target(
             name: "KilnCLI",
             dependencies: [
                 "KilnModel",
@@ -44,6 +52,7 @@ let package = Package(
         .executableTarget(name: "kiln", dependencies: ["KilnCLI"]),
         .testTarget(name: "KilnModelTests", dependencies: ["KilnModel"]),
         .testTarget(name: "KilnTOETests", dependencies: ["KilnTOE", "KilnModel"]),
+        .testTarget(name: "KilnOCITests", dependencies: ["KilnOCI", "KilnModel", "CKilnSystem"]),
         .testTarget(name: "KilnCLITests", dependencies: ["KilnCLI", "kiln"]),
     ]
 )

@@ -1,6 +1,7 @@
 #ifndef CKILNSYSTEM_H
 #define CKILNSYSTEM_H
 #include <spawn.h>
+#include <sys/xattr.h>
 
 /// pipe2(O_CLOEXEC): both ends close on exec, so concurrent spawns never inherit them.
 int kiln_pipe_cloexec(int fds[2]);
