@@ -21,6 +21,7 @@ let package = Package(
             dependencies: [.product(name: "Yams", package: "Yams")]
         ),
         .target(name: "CKilnSystem"),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(
             name: "KilnTOE",
             dependencies: [
@@ -38,6 +39,7 @@ let package = Package(
             dependencies: [
                 "KilnModel",
                 "CKilnSystem",
+                "CZlib",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
