@@ -1,0 +1,223 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KilnModel
+
+/// Kiln's content store: an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`).
+/// Blobs are written to a temp file, verified, then renamed into place, so readers never see a
+/// partial blob and concurrent writers of the same content are harmless. Names live in
+/// `index.json` as `org.opencontainers.image.ref.name` annotations.
+public struct ContentStore: Sendable {
+    public static let refNameAnnotation = "org.opencontainers.image.ref.name"
+    public let root: String
+
+    public init(root: String) throws {
+        self.root = root
+        let manager = FileManager.default
+        do {
+            try manager.createDirectory(atPath: root + "/blobs/sha256", withIntermediateDirectories: true)
+            try manager.createDirectory(atPath: root + "/ingest", withIntermediateDirectories: true)
+            try manager.createDirectory(atPath: root + "/leases", withIntermediateDirectories: true)
+        } catch {
+            throw KilnError(.ioFailure, "cannot create the content store at '\(root)': \(error.localizedDescription)")
+        }
+        if !manager.fileExists(atPath: root + "/oci-layout") {
+            try Self.writeAtomically(Data(#"{"imageLayoutVersion":"1.0.0"}"#.utf8), to: root + "/oci-layout", scratch: root + "/ingest")
+        }
+        if !manager.fileExists(atPath: root + "/index.json") {
+            try Self.writeAtomically(try CanonicalJSON.encode(ImageIndex(manifests: [])), to: root + "/index.json", scratch: root + "/ingest")
+        }
+    }
+
+    // MARK: Blobs
+
+    public func path(of digest: Digest) -> String { "\(root)/blobs/\(digest.algorithm.rawValue)/\(digest.encoded)" }
+
+    public func contains(_ digest: Digest) -> Bool { FileManager.default.fileExists(atPath: path(of: digest)) }
+
+    public func read(_ digest: Digest) throws -> Data {
+        guard let data = FileManager.default.contents(atPath: path(of: digest)) else {
+            throw KilnError(.notFound, "blob \(digest) is not in the content store at '\(root)'")
+        }
+        return data
+    }
+
+    /// Stores `data`; with `expected`, refuses bytes whose digest differs.
+    @discardableResult
+    public func ingest(_ data: Data, expected: Digest? = nil) throws -> Descriptor {
+        let writer = try BlobWriter(store: self)
+        try writer.write(data)
+        return try writer.commit(mediaType: "application/octet-stream", expected: expected)
+    }
+
+    /// Stores the JSON of `value` (canonical encoding) and returns its descriptor.
+    public func ingestJSON<T: Encodable>(_ value: T, mediaType: String) throws -> Descriptor {
+        var descriptor = try ingest(try CanonicalJSON.encode(value))
+        descriptor.mediaType = mediaType
+        return descriptor
+    }
+
+    /// Streams a blob in: write chunks, then `commit` verifies and renames it into place.
+    public final class BlobWriter {
+        private let store: ContentStore
+        private let temporary: String
+        private let handle: FileHandle
+        private var hash = SHA256Stream()
+        private var committed = false
+
+        public init(store: ContentStore) throws {
+            self.store = store
+            temporary = store.root + "/ingest/" + UUID().uuidString
+            guard FileManager.default.createFile(atPath: temporary, contents: nil), let handle = FileHandle(forWritingAtPath: temporary) else {
+                throw KilnError(.ioFailure, "cannot write into the content store at '\(store.root)'")
+            }
+            self.handle = handle
+        }
+
+        deinit {
+            try? handle.close()
+            if !committed { unlink(temporary) }
+        }
+
+        public func write(_ data: Data) throws {
+            data.withUnsafeBytes { hash.update($0) }
+            try handle.write(contentsOf: data)
+        }
+
+        public func commit(mediaType: String, expected: Digest?) throws -> Descriptor {
+            try handle.synchronize()
+            try handle.close()
+            let digest = hash.finalize()
+            if let expected, expected != digest {
+                unlink(temporary)
+                committed = true
+                throw KilnError(.checksumMismatch, "content does not match its digest: expected \(expected), got \(digest); nothing was stored")
+            }
+            let destination = store.path(of: digest)
+            // rename replaces atomically; an identical blob written meanwhile is simply replaced by the same bytes.
+            guard rename(temporary, destination) == 0 else {
+                let message = String(cString: strerror(errno))
+                unlink(temporary)
+                committed = true
+                throw KilnError(.ioFailure, "cannot store blob \(digest): \(message)")
+            }
+            committed = true
+            return Descriptor(mediaType: mediaType, digest: digest, size: hash.count)
+        }
+    }
+
+    // MARK: Names
+
+    public func index() throws -> ImageIndex {
+        do {
+            return try JSONDecoder().decode(ImageIndex.self, from: Data(contentsOf: URL(fileURLWithPath: root + "/index.json")))
+        } catch {
+            throw KilnError(.ioFailure, "the content store's index.json at '\(root)' cannot be read: \(error)")
+        }
+    }
+
+    /// Points `name` at `descriptor`, replacing what the name pointed at before.
+    public func tag(_ name: String, _ descriptor: Descriptor) throws {
+        try withIndexLock {
+            var index = try self.index()
+            index.manifests.removeAll { $0.annotations?[Self.refNameAnnotation] == name }
+            var named = descriptor
+            named.annotations = (named.annotations ?? [:]).merging([Self.refNameAnnotation: name]) { _, new in new }
+            index.manifests.append(named)
+            index.manifests.sort { ($0.annotations?[Self.refNameAnnotation] ?? "") < ($1.annotations?[Self.refNameAnnotation] ?? "") }
+            try Self.writeAtomically(try CanonicalJSON.encode(index), to: root + "/index.json", scratch: root + "/ingest")
+        }
+    }
+
+    public func resolve(_ name: String) throws -> Descriptor? {
+        try index().manifests.first { $0.annotations?[Self.refNameAnnotation] == name }
+    }
+
+    /// Removes a name; its blobs go at the next garbage collection unless something else needs them.
+    @discardableResult
+    public func untag(_ name: String) throws -> Bool {
+        try withIndexLock {
+            var index = try self.index()
+            let before = index.manifests.count
+            index.manifests.removeAll { $0.annotations?[Self.refNameAnnotation] == name }
+            try Self.writeAtomically(try CanonicalJSON.encode(index), to: root + "/index.json", scratch: root + "/ingest")
+            return index.manifests.count != before
+        }
+    }
+
+    // MARK: Leases and garbage collection
+
+    /// Keeps blobs alive while a build uses them, across processes, until `release`.
+    public struct Lease: Sendable {
+        public let path: String
+        public func release() { unlink(path) }
+    }
+
+    public func lease(_ digests: [Digest], label: String = "build") throws -> Lease {
+        let path = "\(root)/leases/\(label)-\(UUID().uuidString)"
+        try Self.writeAtomically(Data(digests.map(\.description).joined(separator: "\n").utf8), to: path, scratch: root + "/ingest")
+        return Lease(path: path)
+    }
+
+    /// Deletes every blob that no name and no lease reaches. Returns what was removed.
+    @discardableResult
+    public func garbageCollect() throws -> [Digest] {
+        try withIndexLock {
+            // Walk from every name and every lease; manifests and indexes lead on to what they list.
+            var live = Set<Digest>()
+            var pending = try index().manifests.map(\.digest)
+            for lease in (try? FileManager.default.contentsOfDirectory(atPath: root + "/leases")) ?? [] {
+                let text = (try? String(contentsOfFile: root + "/leases/" + lease, encoding: .utf8)) ?? ""
+                pending += text.split(separator: "\n").compactMap { try? Digest(String($0)) }
+            }
+            while let digest = pending.popLast() {
+                guard live.insert(digest).inserted else { continue }
+                pending += children(of: digest).map(\.digest)
+            }
+            var removed: [Digest] = []
+            let folder = root + "/blobs/sha256"
+            for name in try FileManager.default.contentsOfDirectory(atPath: folder) {
+                guard let digest = try? Digest("sha256:" + name), !live.contains(digest) else { continue }
+                if unlink(folder + "/" + name) == 0 { removed.append(digest) }
+            }
+            return removed.sorted()
+        }
+    }
+
+    /// What a manifest or index points at; nothing for other blobs.
+    func children(of digest: Digest) -> [Descriptor] {
+        var info = stat()
+        // Manifests are small JSON; layers are not worth parsing.
+        guard stat(path(of: digest), &info) == 0, info.st_size < 4 << 20, let data = try? read(digest), data.first == UInt8(ascii: "{") else { return [] }
+        if let manifest = try? JSONDecoder().decode(ImageManifest.self, from: data) {
+            return [manifest.config] + manifest.layers + (manifest.subject.map { [$0] } ?? [])
+        }
+        if let index = try? JSONDecoder().decode(ImageIndex.self, from: data) { return index.manifests }
+        return []
+    }
+
+    // MARK: Files
+
+    private func withIndexLock<T>(_ body: () throws -> T) throws -> T {
+        let fd = open(root + "/index.json.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw KilnError(.ioFailure, "cannot lock the content store at '\(root)': \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        flock(fd, LOCK_EX)
+        defer { flock(fd, LOCK_UN) }
+        return try body()
+    }
+
+    static func writeAtomically(_ data: Data, to path: String, scratch: String) throws {
+        let temporary = scratch + "/" + UUID().uuidString
+        do {
+            try data.write(to: URL(fileURLWithPath: temporary))
+        } catch {
+            throw KilnError(.ioFailure, "cannot write '\(path)': \(error.localizedDescription)")
+        }
+        guard rename(temporary, path) == 0 else {
+            unlink(temporary)
+            throw KilnError(.ioFailure, "cannot write '\(path)': \(String(cString: strerror(errno)))")
+        }
+    }
+}
