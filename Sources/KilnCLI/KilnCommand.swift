@@ -1,4 +1,7 @@
 import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `kiln`: the image factory's command line.
 public struct KilnCommand: AsyncParsableCommand {
@@ -14,6 +17,8 @@ public struct KilnCommand: AsyncParsableCommand {
 extension KilnCommand {
     /// Entry point for the `kiln` executable; names the async overload explicitly.
     public static func start() async {
+        // A parent that ignores SIGCHLD would let the kernel reap our children and hide their exit codes.
+        signal(SIGCHLD, SIG_DFL)
         let entry: ([String]?) async -> Void = KilnCommand.main
         await entry(nil)
     }

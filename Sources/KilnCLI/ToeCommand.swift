@@ -90,22 +90,29 @@ struct ToeRunCommand: AsyncParsableCommand {
         let runner = TOERunner(session: LocalHostSession(), options: TOEOptions())
         let request = TOERunRequest(documents: loaded, phases: settings.phases, executionId: executionId)
         let outcome = await runner.run(request, log: log, resume: resume)
-        do {
-            try TOELogFolder.writeResults(outcome, to: folder)
-            if let stateDirectory = settings.stateDirectory {
+        // The state comes first: exit code 194 promises that the run can resume.
+        var resumable = false
+        if let stateDirectory = settings.stateDirectory {
+            do {
                 if let state = outcome.resumeState {
                     try state.save(to: stateDirectory)
+                    resumable = true
                 } else {
                     TOEResumeState.clear(in: stateDirectory)
                 }
-            } else if outcome.rebootPending {
-                terminal.warning("a step asked for a reboot but no --state-directory was given, so this run cannot resume; pass --state-directory to make it resumable")
+            } catch {
+                terminal.error(KilnError(.ioFailure, "cannot save the run's state in '\(stateDirectory)': \(error)"))
             }
+        } else if outcome.rebootPending {
+            terminal.warning("a step asked for a reboot but no --state-directory was given, so this run cannot resume; pass --state-directory to make it resumable")
+        }
+        do {
+            try TOELogFolder.writeResults(outcome, to: folder)
         } catch {
             terminal.error(KilnError(.ioFailure, "cannot write the run's results to '\(folder)': \(error)"))
         }
         print(outcome.summary.json())
-        if outcome.rebootPending { throw ExitCode(ToeExitCode.rebootPending) }
+        if outcome.rebootPending { throw ExitCode(resumable ? ToeExitCode.rebootPending : ToeExitCode.failed) }
         if !outcome.succeeded { throw ExitCode(ToeExitCode.failed) }
     }
 }

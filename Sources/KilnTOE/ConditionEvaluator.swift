@@ -57,9 +57,8 @@ struct ConditionEvaluator {
             return try await session.fileInfo(operand, followSymlinks: true)?.kind == .directory
         case .fileMD5Equals, .fileSHA1Equals, .fileSHA256Equals, .fileSHA512Equals:
             guard try await session.fileInfo(subject, followSymlinks: true)?.kind == .file else { return false }
-            let data = try await session.readFile(subject)
             let algorithm: HashAlgorithm = op == .fileMD5Equals ? .md5 : op == .fileSHA1Equals ? .sha1 : op == .fileSHA256Equals ? .sha256 : .sha512
-            return algorithm.hex(of: data) == operand.lowercased()
+            return try await HostScratch.hash(subject, in: session, algorithm: algorithm) == operand.lowercased()
         }
     }
 

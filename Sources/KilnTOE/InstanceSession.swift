@@ -12,6 +12,11 @@ public protocol InstanceSession: Sendable {
     /// Cancelling the calling task, or passing `timeout`, kills the program's whole process tree.
     func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void) async throws -> ExecResult
 
+    /// The absolute path with `.`, `..` and symlinks resolved inside the instance.
+    func canonicalPath(_ path: String) async throws -> String
+    /// A new private folder (mode 0700, unpredictable name) for a run's scripts.
+    func makeScratchDirectory() async throws -> String
+
     /// `nil` when nothing is at `path`.
     func fileInfo(_ path: String, followSymlinks: Bool) async throws -> InstanceFileInfo?
     func readFile(_ path: String) async throws -> Data

@@ -18,28 +18,43 @@ public struct LocalHostSession: InstanceSession {
 
     public var displayName: String { fileSystem.root == "/" ? "local host" : "local host (root \(fileSystem.root))" }
 
+    public func canonicalPath(_ path: String) async throws -> String { try fileSystem.resolve(path) }
+
+    public func makeScratchDirectory() async throws -> String {
+        var template = Array(fileSystem.hostPath(instancePath: "/tmp/kiln-toe.XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else { throw posixError("create a scratch folder in", "/tmp") }
+        let host = String(cString: made)
+        return fileSystem.root == "/" ? host : String(host.dropFirst(fileSystem.root.count))
+    }
+
+    /// Programs run on the host itself; a narrowed root only confines file operations (tests).
     public func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void) async throws -> ExecResult {
+        guard fileSystem.root == "/" else {
+            throw KilnError(.unsupported, "the \(displayName) cannot run programs: only the whole host (root /) can; use a container instance for a separate root")
+        }
         var environment = baseEnvironment
         environment.merge(request.environment) { _, new in new }
         let executable = try locate(request.executable, path: environment["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         let directory = try request.workingDirectory.map { try fileSystem.hostPath($0) } ?? fileSystem.hostPath(fileSystem.workingDirectory)
         return try await ProcessRunner.run(
-            executablePath: executable, arguments: request.arguments, environment: environment,
+            executablePath: executable, argumentZero: request.executable, arguments: request.arguments, environment: environment,
             workingDirectory: directory, timeout: request.timeout, output: output
         )
     }
 
     /// Finds `name` the way a shell would, in the instance's PATH.
     func locate(_ name: String, path: String) throws -> String {
+        // The program keeps the path it was named by (a venv's python, busybox applets), so the
+        // final symlink is not resolved here; the kernel follows it.
         if name.contains("/") {
-            let host = try fileSystem.hostPath(name)
+            let host = try fileSystem.hostPath(name, followFinal: false)
             guard access(host, X_OK) == 0 else {
                 throw KilnError(.notFound, "'\(name)' is not an executable file in the \(displayName)")
             }
             return host
         }
         for directory in path.split(separator: ":") where !directory.isEmpty {
-            if let host = try? fileSystem.hostPath(String(directory) + "/" + name), access(host, X_OK) == 0 {
+            if let host = try? fileSystem.hostPath(String(directory) + "/" + name, followFinal: false), access(host, X_OK) == 0 {
                 var info = stat()
                 if stat(host, &info) == 0, info.st_mode & S_IFMT == S_IFREG { return host }
             }
@@ -135,7 +150,12 @@ public struct LocalHostSession: InstanceSession {
         let to = try fileSystem.hostPath(destination, followFinal: false)
         if rename(from, to) == 0 { return }
         guard errno == EXDEV else { throw posixError("move '\(source)' to", destination) }
-        try await copy(source, to: destination)
+        // Across file systems: copy (symlinks stay symlinks), then remove the original.
+        do {
+            try FileManager.default.copyItem(atPath: from, toPath: to)
+        } catch {
+            throw KilnError(.ioFailure, "cannot move '\(source)' to '\(destination)' in the \(displayName): \(error.localizedDescription)")
+        }
         try await remove(source, recursive: true)
     }
 

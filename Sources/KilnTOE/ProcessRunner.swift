@@ -15,11 +15,11 @@ enum ProcessRunner {
     static let drainGrace: Duration = .seconds(1)
 
     static func run(
-        executablePath: String, arguments: [String], environment: [String: String],
+        executablePath: String, argumentZero: String, arguments: [String], environment: [String: String],
         workingDirectory: String?, timeout: Duration?,
         output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void
     ) async throws -> ExecResult {
-        let child = try spawn(executablePath: executablePath, arguments: arguments, environment: environment, workingDirectory: workingDirectory)
+        let child = try spawn(executablePath: executablePath, argumentZero: argumentZero, arguments: arguments, environment: environment, workingDirectory: workingDirectory)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ExecResult, Error>) in
                 let thread = Thread {
@@ -34,11 +34,17 @@ enum ProcessRunner {
         }
     }
 
-    static func spawn(executablePath: String, arguments: [String], environment: [String: String], workingDirectory: String?) throws -> SpawnedProcess {
+    static func spawn(executablePath: String, argumentZero: String, arguments: [String], environment: [String: String], workingDirectory: String?) throws -> SpawnedProcess {
         var stdoutPipe: [Int32] = [-1, -1]
         var stderrPipe: [Int32] = [-1, -1]
-        guard kiln_pipe_cloexec(&stdoutPipe) == 0, kiln_pipe_cloexec(&stderrPipe) == 0 else {
+        guard kiln_pipe_cloexec(&stdoutPipe) == 0 else {
             throw KilnError(.execFailure, "cannot create pipes for '\(executablePath)': \(String(cString: strerror(errno)))")
+        }
+        guard kiln_pipe_cloexec(&stderrPipe) == 0 else {
+            let message = String(cString: strerror(errno))
+            close(stdoutPipe[0])
+            close(stdoutPipe[1])
+            throw KilnError(.execFailure, "cannot create pipes for '\(executablePath)': \(message)")
         }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -65,7 +71,7 @@ enum ProcessRunner {
         posix_spawnattr_setpgroup(&attributes, 0)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
 
-        let argv = ([executablePath] + arguments).map { strdup($0) } + [nil]
+        let argv = ([argumentZero] + arguments).map { strdup($0) } + [nil]
         let envp = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             argv.forEach { free($0) }
@@ -124,7 +130,9 @@ final class SpawnedProcess: Sendable {
                     exitedAt = clock.now
                     reaped.withLock { $0 = true }
                 } else if waited < 0 && errno != EINTR {
-                    exitStatus = 0
+                    // ECHILD: someone else reaped it (SIGCHLD ignored); its status is unknown,
+                    // and unknown must not read as success.
+                    exitStatus = 255 << 8
                     exitedAt = clock.now
                     reaped.withLock { $0 = true }
                 }

@@ -3,8 +3,6 @@ import KilnModel
 
 /// How a run behaves beyond what the documents say.
 public struct TOEOptions: Sendable {
-    /// Instance folder under which each step gets a scratch folder for its scripts.
-    public var scratchDirectory: String = "/tmp/kiln-toe"
     /// WebDownload's own retries, separate from a step's maxAttempts.
     public var downloadAttempts: Int = 5
     public var downloadRetryDelay: Duration = .seconds(1)

@@ -44,7 +44,9 @@ public struct TOEResumeState: Sendable, Codable {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let path = directory + "/" + Self.fileName
         try encoder.encode(self).write(to: URL(fileURLWithPath: path + ".tmp"))
-        _ = rename(path + ".tmp", path)
+        guard rename(path + ".tmp", path) == 0 else {
+            throw KilnError(.ioFailure, "cannot save the run's state to '\(path)': \(String(cString: strerror(errno)))")
+        }
     }
 
     public static func clear(in directory: String) {

@@ -23,12 +23,18 @@ public struct TOERunner: Sendable {
         var progress = RunProgress(rebootCount: resume?.rebootCount ?? 0)
         let chaining = ChainingLog()
         if let resume { log.info("Resuming execution \(resume.executionId) after reboot \(resume.rebootCount)") }
+        let scratch: Result<String, KilnError>
+        do {
+            scratch = .success(try await session.makeScratchDirectory())
+        } catch {
+            scratch = .failure(KilnError(.ioFailure, "no scratch folder for scripts in the \(session.displayName): \(error)"))
+        }
         let firstDocument = resume?.cursor.document ?? 0
         documents: for index in firstDocument..<request.documents.count {
             let cursor = index == firstDocument ? resume?.cursor : nil
             let frame = DocumentFrame(
-                depth: 0, ancestry: [request.documents[index].document.source], executionId: request.executionId,
-                transfers: transfers, chaining: chaining
+                depth: 0, ancestry: [await documentIdentity(request.documents[index].document.source)], executionId: request.executionId,
+                transfers: transfers, chaining: chaining, scratch: scratch
             )
             let result = await runDocument(request.documents[index], phases: request.phases, frame: frame, log: log, cursor: cursor, progress: &progress)
             switch result {
@@ -48,7 +54,7 @@ public struct TOERunner: Sendable {
                 return TOERunOutcome(report: report, summary: RunSummary(report: report, logUrl: log.folder ?? "", rebootPending: true), rebootPending: true, resumeState: state, chaining: chaining.all)
             }
         }
-        try? await session.remove("\(options.scratchDirectory)/\(request.executionId)", recursive: true)
+        if case .success(let folder) = scratch { try? await session.remove(folder, recursive: true) }
         report.status = AggregateStatus.combining(report.documents.map(\.status))
         report.endTime = TOETime.rfc3339(Date())
         if report.status.succeeded {
@@ -72,6 +78,8 @@ public struct TOERunner: Sendable {
         var executionId: String
         var transfers: TransferClients
         var chaining: ChainingLog
+        /// The run's private scratch folder in the instance (shared by nested documents).
+        var scratch: Result<String, KilnError>
         var inLoop = false
     }
 
@@ -113,6 +121,7 @@ public struct TOERunner: Sendable {
             let phaseStart = resuming ? cursor!.phaseStart : TOETime.rfc3339(Date())
             if !resuming { log.info("Phase \(phase.name)") }
             var stepReports = resuming ? cursor!.phaseSteps : []
+            var aborted = false
             var stepIndex = resuming ? cursor!.step : 0
             var conditionPassed = resuming ? cursor!.conditionPassed : false
 
@@ -126,8 +135,18 @@ public struct TOERunner: Sendable {
                     if let chained { scope.chain.record(phase: phase.name, step: step.name, inputs: chained.inputs, outputs: chained.outputs) }
                     stepIndex += 1
                     if stepReport.status == .failed && step.onFailure == .abort {
+                        aborted = true
                         stepIndex = phase.steps.count
                     }
+                case .reboot(let stepReport, _) where frame.depth > 0:
+                    // A nested document cannot be paused and resumed mid-way yet.
+                    var failed = stepReport ?? StepReport.failure(step, message: "")
+                    failed.status = .failed
+                    failed.failureMessage = "\(phase.name)/\(step.name): a reboot inside a document run by ExecuteDocument is not supported yet; put the step that reboots in the top-level document"
+                    log.error(failed.failureMessage)
+                    stepReports.append(failed)
+                    aborted = true
+                    stepIndex = phase.steps.count
                 case .reboot(let stepReport, let rerun):
                     progress.rebootCount += 1
                     if !rerun, let stepReport { stepReports.append(stepReport) }
@@ -138,6 +157,7 @@ public struct TOERunner: Sendable {
                         failed.failureMessage = "the instance asked to reboot \(progress.rebootCount) times; stopping (limit \(options.maxReboots))"
                         log.error("\(phase.name)/\(step.name): \(failed.failureMessage)")
                         if rerun { stepReports.append(failed) } else { stepReports[stepReports.count - 1] = failed }
+                        aborted = true
                         stepIndex = phase.steps.count
                         continue
                     }
@@ -150,6 +170,7 @@ public struct TOERunner: Sendable {
                         failed.status = .failed
                         failed.failureMessage = "reboot failed: \(error)"
                         if rerun { stepReports.append(failed) } else { stepReports[stepReports.count - 1] = failed }
+                        aborted = true
                         stepIndex = phase.steps.count
                         continue
                     }
@@ -175,10 +196,11 @@ public struct TOERunner: Sendable {
                 steps: stepReports
             )
             documentReport.phases.append(phaseReport)
-            if phaseReport.status == .failed {
+            if phaseReport.status == .failed, documentReport.failureMessage.isEmpty {
                 documentReport.failureMessage = "Phase \(phase.name) failed: \(phaseReport.failureMessage)"
-                break
             }
+            // Abort ends the document; Continue fails it but lets the later phases run.
+            if aborted { break }
         }
         documentReport.status = AggregateStatus.combining(documentReport.phases.map(\.status))
         documentReport.endTime = TOETime.rfc3339(Date())
@@ -220,7 +242,8 @@ public struct TOERunner: Sendable {
     enum AttemptResult: Sendable {
         case success(outputs: [String: String], inputs: InputValue?, loop: LoopReport?, nested: [RunReport]?, chaining: [ChainingResolution])
         case reboot(outputs: [String: String], rerun: Bool)
-        case failure(message: String, loop: LoopReport?, nested: [RunReport]?)
+        /// `outputs` holds what the successful loop iterations produced.
+        case failure(message: String, loop: LoopReport?, nested: [RunReport]?, outputs: [String: String] = [:])
     }
 
     func runStep(_ step: Step, phase: String, scope: DocumentScope, frame: DocumentFrame, log: TOELogWriter, conditionPassed: Bool) async -> StepOutcome {
@@ -255,6 +278,7 @@ public struct TOERunner: Sendable {
         }
 
         var lastFailure = ""
+        var partialOutputs: [String: String] = [:]
         for attempt in 1...step.maxAttempts {
             if attempt > 1 { log.info("\(stepPath): attempt \(attempt) of \(step.maxAttempts)") }
             let result: AttemptResult
@@ -280,14 +304,19 @@ public struct TOERunner: Sendable {
                 report.outputs = Self.jsonArray(outputs.isEmpty ? nil : .map(outputs.map { .init(key: $0.key, value: .string($0.value)) }))
                 report.endTime = TOETime.rfc3339(Date())
                 return .reboot(report, rerun: false)
-            case .failure(let message, let loop, let nested):
+            case .failure(let message, let loop, let nested, let outputs):
                 lastFailure = message
                 report.loop = loop
                 report.detailedOutput = nested
+                partialOutputs = outputs
                 if attempt < step.maxAttempts { log.info("\(stepPath): attempt \(attempt) failed: \(message); retrying") }
             }
         }
-        return .finished(finishFailed(report, step: step, message: lastFailure, log: log, stepPath: stepPath), nil)
+        // Successful loop iterations keep their outputs, for the report and for chaining.
+        report.outputs = Self.jsonArray(partialOutputs.isEmpty ? nil : .map(partialOutputs.sorted { $0.key < $1.key }.map { .init(key: $0.key, value: .string($0.value)) }))
+        let failed = finishFailed(report, step: step, message: lastFailure, log: log, stepPath: stepPath)
+        let chained = partialOutputs.isEmpty || step.onFailure == .abort ? nil : ChainStore.Entry(inputs: step.inputs, outputs: partialOutputs)
+        return .finished(failed, chained)
     }
 
     private func finishFailed(_ report: StepReport, step: Step, message: String, log: TOELogWriter, stepPath: String) -> StepReport {
@@ -316,6 +345,8 @@ public struct TOERunner: Sendable {
         var lastInputs: InputValue?
         var nested: [RunReport] = []
         for (index, binding) in bindings.enumerated() {
+            // A timeout cancels the attempt: no further iteration starts.
+            if Task.isCancelled { break }
             if let binding { log.info("\(stepPath): loop iteration \(binding.index), value '\(binding.value)'") }
             let substitution = scope.substitution(stepPath: stepPath, loop: binding)
             do {
@@ -324,7 +355,7 @@ public struct TOERunner: Sendable {
                 log.debug("\(stepPath) inputs: \(Self.jsonArray(inputs))")
                 let context = ActionContext(
                     session: session, log: log, stepPath: stepPath, options: options,
-                    scratchDirectory: "\(options.scratchDirectory)/\(frame.executionId)/\(phase)-\(step.name)-\(index)",
+                    scratchDirectory: frame.scratch.map { "\($0)/\(frame.executionId)/\(phase)-\(step.name)-\(index)" },
                     transfers: frame.transfers
                 )
                 let result = try await perform(step, inputs: inputs, substitution: substitution, context: context, frame: frame, inLoop: binding != nil, nested: &nested)
@@ -347,7 +378,7 @@ public struct TOERunner: Sendable {
             let message = step.loop == nil
                 ? messages.joined(separator: "; ")
                 : "\(stepPath): loop iteration(s) \(failedIterations.map(String.init).joined(separator: ", ")) failed: \(messages.joined(separator: "; "))"
-            return .failure(message: message, loop: loopReport, nested: nested.isEmpty ? nil : nested)
+            return .failure(message: message, loop: loopReport, nested: nested.isEmpty ? nil : nested, outputs: merged.mapValues { $0.joined(separator: "\n") })
         }
         let outputs = merged.mapValues { $0.joined(separator: "\n") }
         return .success(outputs: outputs, inputs: lastInputs, loop: loopReport, nested: nested.isEmpty ? nil : nested, chaining: chaining)
@@ -373,9 +404,7 @@ public struct TOERunner: Sendable {
         case "ExecuteDocument":
             var childFrame = frame
             childFrame.inLoop = inLoop
-            let (result, report) = try await executeDocument(inputs, context: context, frame: childFrame)
-            nested.append(report)
-            return result
+            return try await executeDocument(inputs, context: context, frame: childFrame, nested: &nested)
         default:
             guard let action = Self.actions[step.action] else {
                 throw context.failure("action \(step.action) is not available on Linux", code: .unsupported)
@@ -402,15 +431,17 @@ public struct TOERunner: Sendable {
 
     // MARK: ExecuteDocument
 
-    func executeDocument(_ inputs: InputValue?, context: ActionContext, frame: DocumentFrame) async throws -> (ActionResult, RunReport) {
+    /// Runs a child document; its detailed report is appended to `nested` whether it passes or fails.
+    func executeDocument(_ inputs: InputValue?, context: ActionContext, frame: DocumentFrame, nested: inout [RunReport]) async throws -> ActionResult {
         let reader = InputReader(value: inputs, action: "ExecuteDocument", stepPath: context.stepPath)
         let reference = try reader.required("document")
         guard frame.depth < Self.maxNestingDepth else {
             throw context.failure("ExecuteDocument nesting is limited to \(Self.maxNestingDepth) levels; '\(reference)' would be level \(frame.depth + 1)")
         }
         let document = try await loadDocument(reference, context: context, owner: reader.string("document-s3-bucket-owner"))
-        if !frame.inLoop, frame.ancestry.contains(document.source) {
-            throw context.failure("ExecuteDocument cycle: '\(document.source)' is already running (\((frame.ancestry + [document.source]).joined(separator: " → ")))")
+        let identity = await documentIdentity(document.source)
+        if !frame.inLoop, frame.ancestry.contains(identity) {
+            throw context.failure("ExecuteDocument cycle: '\(document.source)' is already running (\((frame.ancestry + [identity]).joined(separator: " → ")))")
         }
         var parameters: [String: String] = [:]
         for item in reader.value?["parameters"]?.listValue ?? [] {
@@ -420,13 +451,13 @@ public struct TOERunner: Sendable {
         let childId = UUID().uuidString.lowercased()
         var childFrame = frame
         childFrame.depth += 1
-        childFrame.ancestry = frame.ancestry + [document.source]
+        childFrame.ancestry = frame.ancestry + [identity]
         childFrame.executionId = childId
         var progress = RunProgress(rebootCount: 0)
         let result = await runDocument(TOEDocumentRun(document: document, parameters: parameters), phases: phases, frame: childFrame, log: context.log, cursor: nil, progress: &progress)
         guard case .finished(let documentReport, _) = result else {
             // The nested document needs a reboot: the ExecuteDocument step runs again afterwards.
-            return (.rebootRequested(outputs: [:], rerunStep: true), RunReport(executionId: childId, status: .success, startTime: "", endTime: "", failureMessage: "", documents: []))
+            throw context.failure("ExecuteDocument: the child document asked for a reboot, which nested documents do not support yet")
         }
         var report = RunReport(
             executionId: childId, status: documentReport.status, startTime: documentReport.startTime, endTime: documentReport.endTime,
@@ -439,10 +470,11 @@ public struct TOERunner: Sendable {
             "executedStepCount": String(summary.executedStepCount), "failedStepCount": String(summary.failedStepCount),
             "ignoredFailedStepCount": String(summary.ignoredFailedStepCount), "logUrl": summary.logUrl,
         ]
+        nested.append(report)
         guard documentReport.status.succeeded else {
             throw context.failure("ExecuteDocument: \(report.failureMessage) \(documentReport.failureMessage)")
         }
-        return (.completed(outputs), report)
+        return .completed(outputs)
     }
 
     func loadDocument(_ reference: String, context: ActionContext, owner: String?) async throws -> ComponentDocument {
@@ -468,6 +500,12 @@ public struct TOERunner: Sendable {
     }
 
     // MARK: Helpers
+
+    /// Local documents are compared by their canonical path, so `./a.yaml` and `/abs/a.yaml` are one document.
+    func documentIdentity(_ source: String) async -> String {
+        guard !source.hasPrefix("s3://"), !source.hasPrefix("arn:") else { return source }
+        return (try? await session.canonicalPath(source)) ?? source
+    }
 
     static func iterations(of loop: StepLoop, substitution: Substitution, record: inout [ChainingResolution]) throws -> [LoopBinding?] {
         let values: [String]

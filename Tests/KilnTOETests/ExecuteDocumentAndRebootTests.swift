@@ -159,6 +159,8 @@ struct ExecuteDocumentAndRebootTests {
         var inner = LocalHostSession()
         let restarts: LineCollector
         var displayName: String { "restarting test instance" }
+        func canonicalPath(_ path: String) async throws -> String { try await inner.canonicalPath(path) }
+        func makeScratchDirectory() async throws -> String { try await inner.makeScratchDirectory() }
         func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void) async throws -> ExecResult { try await inner.exec(request, output: output) }
         func fileInfo(_ path: String, followSymlinks: Bool) async throws -> InstanceFileInfo? { try await inner.fileInfo(path, followSymlinks: followSymlinks) }
         func readFile(_ path: String) async throws -> Data { try await inner.readFile(path) }

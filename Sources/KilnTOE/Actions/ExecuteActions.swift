@@ -7,12 +7,13 @@ struct ExecuteBashAction: TOEAction {
         let reader = InputReader(value: inputs, action: "ExecuteBash", stepPath: context.stepPath)
         let commands = reader.list("commands")
         guard !commands.isEmpty else { throw context.failure("ExecuteBash needs at least one command", code: .invalidArgument) }
-        let script = context.scratchDirectory + "/input.sh"
-        try await context.session.createDirectory(context.scratchDirectory, mode: 0o700)
+        let folder = try context.scratchDirectory.get()
+        let script = folder + "/input.sh"
+        try await context.session.createDirectory(folder, mode: 0o700)
         try await context.session.writeFile(script, contents: Data(commands.joined(separator: "\n").utf8 + [10]), append: false, mode: 0o700)
         let exec = StreamingExec(context: context)
-        let (result, stdout) = try await exec.run(ExecRequest(executable: "bash", arguments: [script], workingDirectory: context.scratchDirectory))
-        try? await context.session.remove(context.scratchDirectory, recursive: true)
+        let (result, stdout) = try await exec.run(ExecRequest(executable: "bash", arguments: [script], workingDirectory: folder))
+        try? await context.session.remove(folder, recursive: true)
         return try exec.finish(result, stdout: stdout, what: "the script")
     }
 }

@@ -145,6 +145,7 @@ struct FileOperations {
             guard info.kind == .file else { throw fail("\(action): '\(file)' is a folder; use \(move ? "MoveFolder" : "CopyFolder")") }
             let target = intoFolder ? join(destination, basename(file)) : destination
             if !intoFolder { try await session.createDirectory(parent(of: target), mode: 0o777) }
+            try await refuseSamePath(file, target)
             if let existing = try await session.fileInfo(target, followSymlinks: false) {
                 guard overwrite else { throw fail("\(action): '\(target)' already exists and overwrite is false") }
                 guard existing.kind != .directory else { throw fail("\(action): '\(target)' is a folder; end the destination with '/' to put the file inside it") }
@@ -164,19 +165,28 @@ struct FileOperations {
         }
         let target = destination.hasSuffix("/") ? join(destination, basename(source)) : destination
         try await session.createDirectory(parent(of: target), mode: 0o777)
+        try await refuseSamePath(source, target)
+        if try await session.canonicalPath(target).hasPrefix(try await session.canonicalPath(source) + "/") {
+            throw fail("\(action): '\(target)' is inside '\(source)'; a folder cannot be put inside itself")
+        }
         if let existing = try await session.fileInfo(target, followSymlinks: false) {
             guard overwrite else { throw fail("\(action): '\(target)' already exists and overwrite is false") }
             guard existing.kind == .directory else { throw fail("\(action): '\(target)' exists and is not a folder") }
-            if move {
-                try await session.remove(target, recursive: true)
-            } else {
-                try await mergeCopy(source, into: target)
-                context.log.info("Copied folder \(source) into \(target)")
-                return
-            }
+            // Like cp -r and mv onto an existing folder: merge, replacing files of the same name.
+            try await mergeCopy(source, into: target)
+            if move { try await session.remove(source, recursive: true) }
+            context.log.info("\(move ? "Moved" : "Copied") folder \(source) into \(target)")
+            return
         }
         if move { try await session.move(source, to: target) } else { try await session.copy(source, to: target) }
         context.log.info("\(move ? "Moved" : "Copied") folder \(source) to \(target)")
+    }
+
+    /// Replacing a file with itself would delete it first: refuse instead.
+    func refuseSamePath(_ source: String, _ target: String) async throws {
+        if try await session.canonicalPath(source) == session.canonicalPath(target) {
+            throw fail("\(action): source and destination are the same ('\(source)')")
+        }
     }
 
     /// `cp -r` into an existing folder: files are replaced, folders merged.

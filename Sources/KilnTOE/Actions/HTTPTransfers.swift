@@ -93,12 +93,27 @@ struct FileChunks: AsyncSequence, Sendable {
     func makeAsyncIterator() -> AsyncIterator { AsyncIterator(handle: FileHandle(forReadingAtPath: path)) }
 }
 
-/// Host scratch space for files on their way in or out of an instance.
+/// Host scratch space for files on their way in or out of an instance: one private folder
+/// per process (mkdtemp, mode 0700), so no other user can swap a verified file.
 enum HostScratch {
+    static let folder: Result<String, KilnError> = {
+        var template = Array((NSTemporaryDirectory() + "kiln-transfer.XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else {
+            return .failure(KilnError(.ioFailure, "cannot create a private transfer folder in \(NSTemporaryDirectory())"))
+        }
+        return .success(String(cString: made))
+    }()
+
     static func file(_ hint: String) throws -> String {
-        let folder = NSTemporaryDirectory() + "kiln-transfer"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        return folder + "/" + UUID().uuidString + "-" + hint.replacingOccurrences(of: "/", with: "_")
+        try folder.get() + "/" + UUID().uuidString + "-" + hint.replacingOccurrences(of: "/", with: "_")
+    }
+
+    /// The hash of a file in the instance, read in chunks on the host.
+    static func hash(_ path: String, in session: any InstanceSession, algorithm: HashAlgorithm) async throws -> String {
+        let copy = try file(basename(path))
+        defer { try? FileManager.default.removeItem(atPath: copy) }
+        try await session.exportFile(path, toHost: copy)
+        return try algorithm.hex(ofFile: copy)
     }
 }
 
@@ -145,7 +160,7 @@ struct WebDownloadAction: TOEAction {
         if let existing = try await session.fileInfo(destination, followSymlinks: true) {
             guard existing.kind == .file else { throw context.failure("WebDownload destination '\(destination)' is a folder; end it with '/' to download into it") }
             guard overwrite else { throw context.failure("WebDownload destination '\(destination)' exists and overwrite is false") }
-            if let checksum, let algorithm, algorithm.hex(of: try await session.readFile(destination)) == checksum {
+            if let checksum, let algorithm, try await HostScratch.hash(destination, in: session, algorithm: algorithm) == checksum {
                 context.log.info("WebDownload: \(destination) already matches the \(algorithm.rawValue) checksum; download skipped")
                 return destination
             }

@@ -20,7 +20,11 @@ struct S3DownloadAction: TOEAction {
                 let keys = try await client.list(bucket: location.bucket, prefix: prefix, expectedOwner: owner).filter { !$0.hasSuffix("/") }
                 context.log.info("S3Download: \(keys.count) object\(keys.count == 1 ? "" : "s") under \(source)")
                 for key in keys {
-                    let relative = String(key.dropFirst(prefix.count))
+                    let relative = String(key.dropFirst(prefix.count)).split(separator: "/").joined(separator: "/")
+                    // Object keys are untrusted: none may climb out of the destination folder.
+                    guard !relative.isEmpty, !relative.split(separator: "/").contains("..") else {
+                        throw context.failure("S3Download: object key '\(key)' would land outside '\(destination)'; refusing it")
+                    }
                     let target = join(destination, relative)
                     try await context.session.createDirectory(parent(of: target), mode: 0o755)
                     try await fetch(S3Location(bucket: location.bucket, key: key), to: target, overwrite: overwrite, owner: owner, client: client, context: context)

@@ -19,8 +19,8 @@ struct ActionContext: Sendable {
     let log: TOELogWriter
     let stepPath: String
     let options: TOEOptions
-    /// Instance folder for this step's scripts.
-    let scratchDirectory: String
+    /// Instance folder for this step's scripts, inside the run's private scratch folder.
+    let scratchDirectory: Result<String, KilnError>
     let transfers: TransferClients
 
     func failure(_ message: String, code: KilnError.Code = .stepFailed) -> KilnError {
