@@ -10,9 +10,13 @@ import KilnModel
 /// hard links recorded once, symlinks, devices and fifos kept.
 public struct DirectoryArchiver {
     public var sourceDateEpoch: Int64?
+    /// The directory is an overlayfs upper dir: whiteouts (char device 0/0) become `.wh.<name>`
+    /// and opaque folders (`trusted.overlay.opaque=y`) get `.wh..wh..opq`.
+    public var overlayUpperDirectory: Bool
 
-    public init(sourceDateEpoch: Int64? = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap(Int64.init)) {
+    public init(sourceDateEpoch: Int64? = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap(Int64.init), overlayUpperDirectory: Bool = false) {
         self.sourceDateEpoch = sourceDateEpoch
+        self.overlayUpperDirectory = overlayUpperDirectory
     }
 
     /// Archives the contents of `directory` (not the directory itself) into `writer`.
@@ -47,10 +51,27 @@ public struct DirectoryArchiver {
             entry.gid = info.st_gid
             entry.modificationTime = clamp(Int64(info.st_mtim.tv_sec))
             entry.extendedAttributes = Self.extendedAttributes(hostPath)
+            var opaque = false
+            if overlayUpperDirectory {
+                opaque = entry.extendedAttributes["trusted.overlay.opaque"] == Array("y".utf8)
+                // overlayfs bookkeeping is not part of the image.
+                entry.extendedAttributes = entry.extendedAttributes.filter { !$0.key.hasPrefix("trusted.overlay.") }
+                if info.st_mode & S_IFMT == S_IFCHR, info.st_rdev == 0 {
+                    var whiteout = TarEntry(path: (relative.isEmpty ? "" : relative + "/") + ".wh." + name, kind: .file, mode: 0o600)
+                    whiteout.modificationTime = entry.modificationTime
+                    try writer.writeHeader(whiteout)
+                    continue
+                }
+            }
             switch info.st_mode & S_IFMT {
             case S_IFDIR:
                 entry.kind = .directory
                 try writer.writeHeader(entry)
+                if opaque {
+                    var marker = TarEntry(path: path + "/.wh..wh..opq", kind: .file, mode: 0o600)
+                    marker.modificationTime = entry.modificationTime
+                    try writer.writeHeader(marker)
+                }
                 try walk(root, relative: path, writer: &writer, hardLinks: &hardLinks)
             case S_IFREG:
                 let key = HardLinkKey(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CKilnSystem
 import Foundation
 import KilnModel
 import Testing
@@ -163,5 +164,55 @@ struct LayerUnpackerTests {
         try corrupt.write(to: URL(fileURLWithPath: path))
         let error = try #require(throws: KilnError.self) { try LayerUnpacker(target: sandbox.target).apply(layerFile: path, compressed: false) }
         #expect(error.message.contains("bad header checksum"))
+    }
+}
+
+@Suite("Packing an overlayfs upper dir")
+struct OverlayUpperDirectoryTests {
+    @Test("Whiteout devices become .wh. files and opaque folders get .wh..wh..opq; unpacking applies them")
+    func upperDirectory() throws {
+        guard geteuid() == 0 else {
+            #expect(ProcessInfo.processInfo.environment["CI"] != "true", "CI runs as root; whiteout devices need root")
+            return
+        }
+        var template = Array("/tmp/kiln-upper.XXXXXX".utf8CString)
+        let base = String(cString: mkdtemp(&template)!)
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let upper = base + "/upper"
+        try FileManager.default.createDirectory(atPath: upper + "/etc/conf.d", withIntermediateDirectories: true)
+        #expect(mknod(upper + "/etc/removed", S_IFCHR | 0o000, 0) == 0)
+        #expect(setxattr(upper + "/etc/conf.d", "trusted.overlay.opaque", "y", 1, 0) == 0)
+        try "fresh".write(toFile: upper + "/etc/conf.d/new.conf", atomically: true, encoding: .utf8)
+
+        var data = Data()
+        var writer = TarWriter { data.append(contentsOf: $0) }
+        try DirectoryArchiver(sourceDateEpoch: 0, overlayUpperDirectory: true).archive(upper, into: &writer)
+        let names = try listNames(data)
+        #expect(names == ["etc/", "etc/conf.d/", "etc/conf.d/.wh..wh..opq", "etc/conf.d/new.conf", "etc/.wh.removed"])
+
+        let lower = base + "/rootfs"
+        try FileManager.default.createDirectory(atPath: lower + "/etc/conf.d", withIntermediateDirectories: true)
+        try "old".write(toFile: lower + "/etc/removed", atomically: true, encoding: .utf8)
+        try "old".write(toFile: lower + "/etc/conf.d/old.conf", atomically: true, encoding: .utf8)
+        try data.write(to: URL(fileURLWithPath: base + "/layer.tar"))
+        try LayerUnpacker(target: lower).apply(layerFile: base + "/layer.tar", compressed: false)
+        #expect(!FileManager.default.fileExists(atPath: lower + "/etc/removed"))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: lower + "/etc/conf.d") == ["new.conf"])
+    }
+
+    func listNames(_ data: Data) throws -> [String] {
+        var bytes = [UInt8](data)
+        var names: [String] = []
+        var reader = TarReader { buffer, limit in
+            let count = min(limit, bytes.count)
+            buffer = Array(bytes.prefix(count))
+            bytes.removeFirst(count)
+            return count
+        }
+        while let entry = try reader.next() {
+            names.append(entry.path + (entry.kind == .directory ? "/" : ""))
+            try reader.skipContents()
+        }
+        return names
     }
 }
