@@ -1,0 +1,190 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KilnModel
+import Testing
+@testable import KilnOCI
+
+/// A real `docker-registry` (CNCF distribution) on a free loopback port.
+final class TestRegistry: Sendable {
+    let port: Int
+    let directory: String
+    private let process: Process
+
+    init(htpasswd: (user: String, password: String)? = nil) throws {
+        var template = Array("/tmp/kiln-registry.XXXXXX".utf8CString)
+        directory = String(cString: mkdtemp(&template)!)
+        port = try Self.freePort()
+        var auth = ""
+        if let htpasswd {
+            let result = try run("htpasswd -Bbn \(htpasswd.user) \(htpasswd.password) > \(directory)/htpasswd")
+            #expect(result.status == 0)
+            auth = "auth:\n  htpasswd:\n    realm: kiln-test\n    path: \(directory)/htpasswd\n"
+        }
+        try """
+        version: 0.1
+        log:
+          level: error
+        storage:
+          filesystem:
+            rootdirectory: \(directory)/data
+        http:
+          addr: 127.0.0.1:\(port)
+        \(auth)
+        """.write(toFile: directory + "/config.yml", atomically: true, encoding: .utf8)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
+        process.arguments = ["serve", directory + "/config.yml"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        let deadline = Date().addingTimeInterval(20)
+        while (try? run("curl -s -o /dev/null http://127.0.0.1:\(port)/v2/").status) != 0 {
+            guard Date() < deadline, process.isRunning else {
+                kill(process.processIdentifier, SIGKILL)
+                throw KilnError(.ioFailure, "docker-registry did not start on port \(port)")
+            }
+            usleep(100_000)
+        }
+    }
+
+    var host: String { "127.0.0.1:\(port)" }
+
+    func stop() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    static func freePort() throws -> Int {
+        let output = try run("python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\",0)); print(s.getsockname()[1])'")
+        guard let port = Int(output.text.trimmingCharacters(in: .whitespacesAndNewlines)) else { throw KilnError(.ioFailure, "no free port") }
+        return port
+    }
+}
+
+@discardableResult
+func run(_ command: String) throws -> (status: Int32, text: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+    process.arguments = ["-c", command]
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+@Suite("Registry client against docker-registry, checked with skopeo", .serialized,
+       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || FileManager.default.fileExists(atPath: "/usr/bin/docker-registry")))
+struct RegistryClientTests {
+    /// A one-layer image in a fresh content store, tagged `name`.
+    func makeImage(named name: String) throws -> (ContentStore, Descriptor) {
+        var template = Array("/tmp/kiln-reg-store.XXXXXX".utf8CString)
+        let base = String(cString: mkdtemp(&template)!)
+        let store = try ContentStore(root: base + "/store")
+        try FileManager.default.createDirectory(atPath: base + "/tree/etc", withIntermediateDirectories: true)
+        try "kiln was here\n".write(toFile: base + "/tree/etc/motd", atomically: true, encoding: .utf8)
+        let packed = try LayerPacker.pack(directory: base + "/tree", to: base + "/layer.tar.gz", sourceDateEpoch: 0)
+        let writer = try ContentStore.BlobWriter(store: store)
+        try writer.write(try Data(contentsOf: URL(fileURLWithPath: base + "/layer.tar.gz")))
+        let layer = try writer.commit(mediaType: MediaType.layerTarGzip, expected: packed.digest)
+        let config = try store.ingestJSON(ImageConfiguration(architecture: "amd64", os: "linux", rootfs: .init(diffIDs: [packed.diffID])), mediaType: MediaType.imageConfig)
+        let manifest = try store.ingestJSON(ImageManifest(config: config, layers: [layer]), mediaType: MediaType.imageManifest)
+        try store.tag(name, manifest)
+        return (store, manifest)
+    }
+
+    func push(_ store: ContentStore, _ manifest: Descriptor, to client: RegistryClient, repository: String, tag: String) async throws -> Int {
+        let parsed = try JSONDecoder().decode(ImageManifest.self, from: try store.read(manifest.digest))
+        var sent = 0
+        for blob in [parsed.config] + parsed.layers where try await client.pushBlob(blob, repository: repository, from: store) { sent += 1 }
+        _ = try await client.putManifest(try store.read(manifest.digest), mediaType: MediaType.imageManifest, repository: repository, reference: tag)
+        return sent
+    }
+
+    @Test("Push, pull back by tag and by digest, skip existing blobs; skopeo sees the same digest")
+    func pushAndPull() async throws {
+        let registry = try TestRegistry()
+        defer { registry.stop() }
+        let (store, manifest) = try makeImage(named: "demo:1")
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
+        let client = RegistryClient(registry: registry.host, insecureHTTP: true)
+        #expect(try await push(store, manifest, to: client, repository: "kiln/demo", tag: "1.0") == 2)
+        #expect(try await push(store, manifest, to: client, repository: "kiln/demo", tag: "1.0") == 0, "blobs the registry has are not sent again")
+
+        let inspect = try run("skopeo inspect --tls-verify=false --raw docker://\(registry.host)/kiln/demo:1.0 | sha256sum | cut -d' ' -f1")
+        #expect(inspect.text.trimmingCharacters(in: .whitespacesAndNewlines) == manifest.digest.encoded)
+
+        let fetched = try await client.manifest(try ImageReference("\(registry.host)/kiln/demo:1.0"))
+        #expect(fetched.digest == manifest.digest)
+        #expect(fetched.mediaType == MediaType.imageManifest)
+        let byDigest = try await client.manifest(try ImageReference("\(registry.host)/kiln/demo@\(manifest.digest)"))
+        #expect(byDigest.data == fetched.data)
+
+        var template = Array("/tmp/kiln-pull.XXXXXX".utf8CString)
+        let pullRoot = String(cString: mkdtemp(&template)!)
+        defer { try? FileManager.default.removeItem(atPath: pullRoot) }
+        let pulled = try ContentStore(root: pullRoot)
+        let parsed = try JSONDecoder().decode(ImageManifest.self, from: fetched.data)
+        for blob in [parsed.config] + parsed.layers {
+            try await client.pullBlob(blob, repository: "kiln/demo", into: pulled)
+            #expect(try pulled.read(blob.digest) == store.read(blob.digest))
+        }
+    }
+
+    @Test("Interop: skopeo copies Kiln's OCI layout into the registry, and Kiln pulls what skopeo pushed")
+    func skopeoInterop() async throws {
+        let registry = try TestRegistry()
+        defer { registry.stop() }
+        let (store, manifest) = try makeImage(named: "interop")
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
+        let copy = try run("skopeo copy --dest-tls-verify=false oci:\(store.root):interop docker://\(registry.host)/from/skopeo:v1")
+        #expect(copy.status == 0, "\(copy.text)")
+        let client = RegistryClient(registry: registry.host, insecureHTTP: true)
+        let fetched = try await client.manifest(try ImageReference("\(registry.host)/from/skopeo:v1"))
+        let parsed = try JSONDecoder().decode(ImageManifest.self, from: fetched.data)
+        let original = try JSONDecoder().decode(ImageManifest.self, from: try store.read(manifest.digest))
+        #expect(parsed.layers.map(\.digest) == original.layers.map(\.digest), "skopeo kept Kiln's layer bytes")
+        #expect(parsed.config.digest == original.config.digest)
+    }
+
+    @Test("Basic auth: the right credentials work, wrong ones give a clear error")
+    func basicAuth() async throws {
+        let registry = try TestRegistry(htpasswd: ("kiln", "s3cret"))
+        defer { registry.stop() }
+        let (store, manifest) = try makeImage(named: "auth")
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
+        let good = RegistryClient(registry: registry.host, credentials: .init(username: "kiln", password: "s3cret"), insecureHTTP: true)
+        #expect(try await push(store, manifest, to: good, repository: "private/app", tag: "1") == 2)
+        let anonymous = RegistryClient(registry: registry.host, insecureHTTP: true)
+        let error = try await #require(throws: KilnError.self) { _ = try await anonymous.manifest(try ImageReference("\(registry.host)/private/app:1")) }
+        #expect(error.message.contains("needs credentials"))
+        let wrong = RegistryClient(registry: registry.host, credentials: .init(username: "kiln", password: "nope"), insecureHTTP: true)
+        let refused = try await #require(throws: KilnError.self) { _ = try await wrong.manifest(try ImageReference("\(registry.host)/private/app:1")) }
+        #expect(refused.message.contains("refused the credentials"))
+    }
+}
+
+@Suite("Image references")
+struct ImageReferenceTests {
+    @Test(arguments: [
+        ("alpine", "docker.io/library/alpine:latest"),
+        ("team/app:1.2", "docker.io/team/app:1.2"),
+        ("localhost:5000/app", "localhost:5000/app:latest"),
+        ("registry.example/a/b:tag", "registry.example/a/b:tag"),
+        ("127.0.0.1:5000/x@sha256:" + String(repeating: "a", count: 64), "127.0.0.1:5000/x@sha256:" + String(repeating: "a", count: 64)),
+    ])
+    func parses(_ text: String, _ expected: String) throws {
+        #expect(try ImageReference(text).description == expected)
+    }
+
+    @Test(arguments: ["UPPER/case", "host:5000/", "a//b", "app:bad/tag", "x@sha256:short"])
+    func rejects(_ text: String) {
+        #expect(throws: KilnError.self) { try ImageReference(text) }
+    }
+}
