@@ -8,17 +8,11 @@ import Testing
 
 @Suite("Gzip layers in one pass, checked with gzip, sha256sum and GNU tar", .serialized)
 struct LayerPackerTests {
+    /// Runs a tool, expects success, and returns its trimmed output.
     func shell(_ command: String) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", command]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "\(command)")
-        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let result = try run(command)
+        #expect(result.status == 0, "\(command): \(result.text)")
+        return result.text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     func scratch() -> String {
