@@ -3,6 +3,7 @@ import Foundation
 import KilnModel
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import Synchronization
 
 /// Credentials for one registry host.
@@ -34,11 +35,46 @@ public final class RegistryClient: Sendable {
     ].joined(separator: ", ")
 
     /// `insecureHTTP` speaks plain http (loopback and explicitly insecure registries).
-    public init(registry: String, credentials: RegistryCredentials? = nil, insecureHTTP: Bool = false, http: HTTPClient = .shared) {
+    public init(registry: String, credentials: RegistryCredentials? = nil, insecureHTTP: Bool = false, http: HTTPClient = RegistryClient.sharedHTTPClient) {
         self.registry = registry
         self.credentials = credentials
         self.insecureHTTP = insecureHTTP
         self.http = http
+        ownsClient = false
+    }
+
+    /// A client that trusts the registry's own CA (a PEM file), for private registries.
+    public init(registry: String, credentials: RegistryCredentials? = nil, caCertificatePath: String) throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        do {
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caCertificatePath))
+        } catch {
+            throw KilnError(.invalidArgument, "cannot read the CA certificate '\(caCertificatePath)' for \(registry): \(error); give a PEM file")
+        }
+        self.registry = registry
+        self.credentials = credentials
+        self.insecureHTTP = false
+        self.http = Self.makeHTTPClient(tls: tls)
+        ownsClient = true
+    }
+
+    /// One client for the process. A refused connection or a failed TLS handshake fails at once
+    /// instead of being retried until the deadline; retries are the caller's decision.
+    public static let sharedHTTPClient = makeHTTPClient(tls: nil)
+
+    static func makeHTTPClient(tls: TLSConfiguration?) -> HTTPClient {
+        var configuration = HTTPClient.Configuration()
+        if let tls { configuration.tlsConfiguration = tls }
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.timeout.connect = .seconds(30)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }
+
+    /// Clients made with their own TLS settings must be shut down.
+    private let ownsClient: Bool
+
+    public func shutdown() async {
+        if ownsClient { try? await http.shutdown() }
     }
 
     var baseURL: String { "\(insecureHTTP ? "http" : "https")://\(registry)/v2" }

@@ -12,11 +12,30 @@ final class TestRegistry: Sendable {
     let directory: String
     private let process: Process
 
-    init(htpasswd: (user: String, password: String)? = nil) throws {
+    /// With `tls`, the registry serves https with a certificate signed by a CA the test makes;
+    /// `caCertificate` is that CA's PEM file.
+    let caCertificate: String?
+
+    init(htpasswd: (user: String, password: String)? = nil, tls: Bool = false) throws {
         var template = Array("/tmp/kiln-registry.XXXXXX".utf8CString)
         directory = String(cString: mkdtemp(&template)!)
         port = try Self.freePort()
         var auth = ""
+        var tlsConfig = ""
+        if tls {
+            let made = try run("""
+            cd \(directory) && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=kiln-test-ca \
+            && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 \
+            && printf 'subjectAltName=IP:127.0.0.1\\n' > ext.cnf \
+            && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile ext.cnf \
+            && mkdir -p certs && cp ca.pem certs/ca.crt
+            """)
+            #expect(made.status == 0, "\(made.text)")
+            tlsConfig = "  tls:\n    certificate: \(directory)/server.pem\n    key: \(directory)/server.key\n"
+            caCertificate = directory + "/ca.pem"
+        } else {
+            caCertificate = nil
+        }
         if let htpasswd {
             let result = try run("htpasswd -Bbn \(htpasswd.user) \(htpasswd.password) > \(directory)/htpasswd")
             #expect(result.status == 0)
@@ -31,7 +50,7 @@ final class TestRegistry: Sendable {
             rootdirectory: \(directory)/data
         http:
           addr: 127.0.0.1:\(port)
-        \(auth)
+        \(tlsConfig)\(auth)
         """.write(toFile: directory + "/config.yml", atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
@@ -41,7 +60,7 @@ final class TestRegistry: Sendable {
         try process.run()
         self.process = process
         let deadline = Date().addingTimeInterval(20)
-        while (try? run("curl -s -o /dev/null http://127.0.0.1:\(port)/v2/").status) != 0 {
+        while (try? run("curl -sk -o /dev/null \(tls ? "https" : "http")://127.0.0.1:\(port)/v2/").status) != 0 {
             guard Date() < deadline, process.isRunning else {
                 kill(process.processIdentifier, SIGKILL)
                 throw KilnError(.ioFailure, "docker-registry did not start on port \(port)")
@@ -167,6 +186,50 @@ struct RegistryClientTests {
         let wrong = RegistryClient(registry: registry.host, credentials: .init(username: "kiln", password: "nope"), insecureHTTP: true)
         let refused = try await #require(throws: KilnError.self) { _ = try await wrong.manifest(try ImageReference("\(registry.host)/private/app:1")) }
         #expect(refused.message.contains("refused the credentials"))
+    }
+}
+
+@Suite("Registry over TLS and stored logins", .serialized,
+       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || FileManager.default.fileExists(atPath: "/usr/bin/docker-registry")))
+struct RegistryTLSAndLoginTests {
+    @Test("A registry with a private CA: trusted with the CA file, refused without it; skopeo agrees on the digest")
+    func privateCA() async throws {
+        let registry = try TestRegistry(tls: true)
+        defer { registry.stop() }
+        let (store, manifest) = try RegistryClientTests().makeImage(named: "tls")
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
+        let trusted = try RegistryClient(registry: registry.host, caCertificatePath: try #require(registry.caCertificate))
+        #expect(try await RegistryClientTests().push(store, manifest, to: trusted, repository: "secure/app", tag: "1") == 2)
+        let digest = try run("skopeo inspect --raw --cert-dir \(registry.directory)/certs docker://\(registry.host)/secure/app:1 | sha256sum | cut -d' ' -f1")
+        #expect(digest.text.trimmingCharacters(in: .whitespacesAndNewlines) == manifest.digest.encoded)
+        await trusted.shutdown()
+
+        let untrusted = RegistryClient(registry: registry.host)
+        let error = try await #require(throws: KilnError.self) { _ = try await untrusted.manifest(try ImageReference("\(registry.host)/secure/app:1")) }
+        #expect(error.message.contains("cannot reach registry \(registry.host)"))
+
+        #expect(throws: KilnError.self) { try RegistryClient(registry: registry.host, caCertificatePath: "/nonexistent/ca.pem") }
+    }
+
+    @Test("Logins come from REGISTRY_AUTH_FILE or ~/.docker/config.json")
+    func storedLogins() async throws {
+        let registry = try TestRegistry(htpasswd: ("robot", "t0ken"))
+        defer { registry.stop() }
+        let authFile = registry.directory + "/auth.json"
+        let encoded = Data("robot:t0ken".utf8).base64EncodedString()
+        try #"{"auths": {"\#(registry.host)": {"auth": "\#(encoded)"}}}"#.write(toFile: authFile, atomically: true, encoding: .utf8)
+        let logins = RegistryCredentialStore(environment: ["REGISTRY_AUTH_FILE": authFile, "HOME": "/nonexistent"])
+        let credentials = try #require(try logins.credentials(for: registry.host))
+        #expect(credentials == RegistryCredentials(username: "robot", password: "t0ken"))
+        #expect(try logins.credentials(for: "other.example") == nil)
+        let (store, manifest) = try RegistryClientTests().makeImage(named: "login")
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
+        let client = RegistryClient(registry: registry.host, credentials: credentials, insecureHTTP: true)
+        #expect(try await RegistryClientTests().push(store, manifest, to: client, repository: "robot/app", tag: "1") == 2)
+
+        try "not json".write(toFile: authFile, atomically: true, encoding: .utf8)
+        let broken = try #require(throws: KilnError.self) { try logins.credentials(for: registry.host) }
+        #expect(broken.message.contains("is not valid JSON"))
     }
 }
 
