@@ -138,42 +138,40 @@ public struct TOERunner: Sendable {
                         aborted = true
                         stepIndex = phase.steps.count
                     }
-                case .reboot(let stepReport, _) where frame.depth > 0:
-                    // A nested document cannot be paused and resumed mid-way yet.
-                    var failed = stepReport ?? StepReport.failure(step, message: "")
-                    failed.status = .failed
-                    failed.failureMessage = "\(phase.name)/\(step.name): a reboot inside a document run by ExecuteDocument is not supported yet; put the step that reboots in the top-level document"
-                    log.error(failed.failureMessage)
-                    stepReports.append(failed)
-                    aborted = true
-                    stepIndex = phase.steps.count
                 case .reboot(let stepReport, let rerun):
-                    progress.rebootCount += 1
+                    var problem: String?
+                    if frame.depth > 0 {
+                        // A nested document cannot be paused and resumed mid-way yet.
+                        problem = "\(phase.name)/\(step.name): a reboot inside a document run by ExecuteDocument is not supported yet; put the step that reboots in the top-level document"
+                    } else {
+                        progress.rebootCount += 1
+                        if progress.rebootCount > options.maxReboots {
+                            problem = "the instance asked to reboot \(progress.rebootCount) times; stopping (limit \(options.maxReboots))"
+                        }
+                    }
+                    var disposition: RebootDisposition?
+                    if problem == nil {
+                        log.info("Rebooting the \(session.displayName)")
+                        do {
+                            disposition = try await session.reboot()
+                        } catch {
+                            problem = "reboot failed: \(error)"
+                        }
+                    }
+                    guard let disposition else {
+                        // The reboot cannot happen: the step fails and ends the document.
+                        var failed = stepReport ?? StepReport.failure(step, message: "")
+                        failed.status = .failed
+                        failed.failureMessage = problem ?? ""
+                        log.error(failed.failureMessage.hasPrefix("\(phase.name)/") ? failed.failureMessage : "\(phase.name)/\(step.name): \(failed.failureMessage)")
+                        stepReports.append(failed)
+                        aborted = true
+                        stepIndex = phase.steps.count
+                        continue
+                    }
+                    // The Reboot action is done once the instance restarts; a 194 step runs again.
                     if !rerun, let stepReport { stepReports.append(stepReport) }
                     let nextStep = rerun ? stepIndex : stepIndex + 1
-                    if progress.rebootCount > options.maxReboots {
-                        var failed = stepReport ?? StepReport.failure(step, message: "")
-                        failed.status = .failed
-                        failed.failureMessage = "the instance asked to reboot \(progress.rebootCount) times; stopping (limit \(options.maxReboots))"
-                        log.error("\(phase.name)/\(step.name): \(failed.failureMessage)")
-                        if rerun { stepReports.append(failed) } else { stepReports[stepReports.count - 1] = failed }
-                        aborted = true
-                        stepIndex = phase.steps.count
-                        continue
-                    }
-                    log.info("Rebooting the \(session.displayName)")
-                    let disposition: RebootDisposition
-                    do {
-                        disposition = try await session.reboot()
-                    } catch {
-                        var failed = stepReport ?? StepReport.failure(step, message: "")
-                        failed.status = .failed
-                        failed.failureMessage = "reboot failed: \(error)"
-                        if rerun { stepReports.append(failed) } else { stepReports[stepReports.count - 1] = failed }
-                        aborted = true
-                        stepIndex = phase.steps.count
-                        continue
-                    }
                     switch disposition {
                     case .restarted:
                         log.info("The \(session.displayName) restarted")
