@@ -30,7 +30,7 @@ public struct Digest: Sendable, Hashable, Codable, CustomStringConvertible, Comp
     /// The SHA-256 digest of `data`.
     public init(sha256Of data: some DataProtocol) {
         algorithm = .sha256
-        encoded = SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+        encoded = SHA256.hash(data: data).hexString
     }
 
     init(algorithm: Algorithm, hex: String) {
@@ -69,6 +69,6 @@ public struct SHA256Stream: Sendable {
     }
 
     public func finalize() -> Digest {
-        Digest(algorithm: .sha256, hex: hasher.finalize().map { String(format: "%02x", $0) }.joined())
+        Digest(algorithm: .sha256, hex: hasher.finalize().hexString)
     }
 }

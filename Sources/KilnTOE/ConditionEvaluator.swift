@@ -119,7 +119,7 @@ enum HashAlgorithm: String, Sendable, CaseIterable {
             case .sha256: bytes = Array(sha256.finalize())
             case .sha512: bytes = Array(sha512.finalize())
             }
-            return bytes.map { String(format: "%02x", $0) }.joined()
+            return bytes.hexString
         }
     }
 

@@ -6,7 +6,7 @@ import Testing
 
 @Suite("WebDownload against a real HTTP server on loopback", .serialized, .enabled(if: TestEnvironment.requires("python3")))
 struct WebDownloadTests {
-    func sha256(_ text: String) -> String { SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined() }
+    func sha256(_ text: String) -> String { SHA256.hash(data: Data(text.utf8)).hexString }
 
     @Test("Download with checksums, skip-if-hash-matches, a checksum mismatch, a 404 and overwrite false")
     func webDownload() async throws {
@@ -17,7 +17,7 @@ struct WebDownloadTests {
         let server = try LoopbackServer(executable: "python3", arguments: { ["-m", "http.server", "--bind", "127.0.0.1", String($0)] }, directory: site.path)
         defer { server.stop() }
         let good = sha256("#!/bin/sh\necho tool\n")
-        let md5 = Insecure.MD5.hash(data: Data("#!/bin/sh\necho tool\n".utf8)).map { String(format: "%02x", $0) }.joined()
+        let md5 = Insecure.MD5.hash(data: Data("#!/bin/sh\necho tool\n".utf8)).hexString
 
         let result = try await runDocument("""
         schemaVersion: 1.0

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KilnModel
 
 /// AWS Signature Version 4 for one request (header form).
 struct SigV4Signer: Sendable {
@@ -83,6 +84,6 @@ struct SigV4Signer: Sendable {
     }
 
     static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
-        digest.map { String(format: "%02x", $0) }.joined()
+        digest.hexString
     }
 }
