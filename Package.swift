@@ -52,6 +52,7 @@ let package = Package(
             dependencies: [
                 "KilnModel",
                 "KilnTOE",
+                "KilnOCI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -12,22 +12,39 @@ public struct ContentStore: Sendable {
     public static let refNameAnnotation = "org.opencontainers.image.ref.name"
     public let root: String
 
-    public init(root: String) throws {
+    /// Temp files for atomic writes; inside the store so `rename` never crosses file systems.
+    let scratch: String
+
+    /// Kiln's own store (`managed`) keeps `ingest/` and `leases/` beside the layout; a layout
+    /// the user names (`oci-layout:PATH`) gets only what the OCI spec lists.
+    public init(root: String, managed: Bool = true) throws {
         self.root = root
+        scratch = managed ? root + "/ingest" : root + "/blobs"
         let manager = FileManager.default
         do {
             try manager.createDirectory(atPath: root + "/blobs/sha256", withIntermediateDirectories: true)
-            try manager.createDirectory(atPath: root + "/ingest", withIntermediateDirectories: true)
-            try manager.createDirectory(atPath: root + "/leases", withIntermediateDirectories: true)
+            if managed {
+                try manager.createDirectory(atPath: root + "/ingest", withIntermediateDirectories: true)
+                try manager.createDirectory(atPath: root + "/leases", withIntermediateDirectories: true)
+            }
         } catch {
             throw KilnError(.ioFailure, "cannot create the content store at '\(root)': \(error.localizedDescription)")
         }
         if !manager.fileExists(atPath: root + "/oci-layout") {
-            try Self.writeAtomically(Data(#"{"imageLayoutVersion":"1.0.0"}"#.utf8), to: root + "/oci-layout", scratch: root + "/ingest")
+            try Self.writeAtomically(Data(#"{"imageLayoutVersion":"1.0.0"}"#.utf8), to: root + "/oci-layout", scratch: scratch)
         }
         if !manager.fileExists(atPath: root + "/index.json") {
-            try Self.writeAtomically(try CanonicalJSON.encode(ImageIndex(manifests: [])), to: root + "/index.json", scratch: root + "/ingest")
+            try Self.writeAtomically(try CanonicalJSON.encode(ImageIndex(manifests: [])), to: root + "/index.json", scratch: scratch)
         }
+    }
+
+    /// Opens an existing layout for reading without creating anything.
+    public init(existingLayout root: String) throws {
+        guard FileManager.default.fileExists(atPath: root + "/oci-layout"), FileManager.default.fileExists(atPath: root + "/index.json") else {
+            throw KilnError(.notFound, "'\(root)' is not an OCI image layout (it needs oci-layout and index.json)")
+        }
+        self.root = root
+        scratch = root + "/blobs"
     }
 
     // MARK: Blobs
@@ -62,47 +79,65 @@ public struct ContentStore: Sendable {
     public final class BlobWriter {
         private let store: ContentStore
         private let temporary: String
-        private let handle: FileHandle
+        private let descriptor: Int32
         private var hash = SHA256Stream()
-        private var committed = false
+        private var finished = false
 
         public init(store: ContentStore) throws {
             self.store = store
-            temporary = store.root + "/ingest/" + UUID().uuidString
-            guard FileManager.default.createFile(atPath: temporary, contents: nil), let handle = FileHandle(forWritingAtPath: temporary) else {
-                throw KilnError(.ioFailure, "cannot write into the content store at '\(store.root)'")
+            temporary = store.scratch + "/.ingest-" + UUID().uuidString
+            descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            guard descriptor >= 0 else {
+                throw KilnError(.ioFailure, "cannot write into the content store at '\(store.root)': \(String(cString: strerror(errno)))")
             }
-            self.handle = handle
         }
 
         deinit {
-            try? handle.close()
-            if !committed { unlink(temporary) }
+            if !finished {
+                close(descriptor)
+                unlink(temporary)
+            }
         }
 
+        /// Bytes written so far.
+        public var count: Int64 { hash.count }
+
         public func write(_ data: Data) throws {
-            data.withUnsafeBytes { hash.update($0) }
-            try handle.write(contentsOf: data)
+            try data.withUnsafeBytes { try write($0) }
+        }
+
+        public func write(_ bytes: UnsafeRawBufferPointer) throws {
+            hash.update(bytes)
+            var offset = 0
+            while offset < bytes.count {
+                let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    throw KilnError(.ioFailure, "cannot write into the content store at '\(store.root)': \(String(cString: strerror(errno)))")
+                }
+                offset += written
+            }
         }
 
         public func commit(mediaType: String, expected: Digest?) throws -> Descriptor {
-            try handle.synchronize()
-            try handle.close()
+            finished = true
+            let synced = fsync(descriptor) == 0
+            close(descriptor)
             let digest = hash.finalize()
+            guard synced else {
+                unlink(temporary)
+                throw KilnError(.ioFailure, "cannot flush blob \(digest) to '\(store.root)': \(String(cString: strerror(errno)))")
+            }
             if let expected, expected != digest {
                 unlink(temporary)
-                committed = true
                 throw KilnError(.checksumMismatch, "content does not match its digest: expected \(expected), got \(digest); nothing was stored")
             }
-            let destination = store.path(of: digest)
             // rename replaces atomically; an identical blob written meanwhile is simply replaced by the same bytes.
-            guard rename(temporary, destination) == 0 else {
+            guard rename(temporary, store.path(of: digest)) == 0 else {
                 let message = String(cString: strerror(errno))
                 unlink(temporary)
-                committed = true
                 throw KilnError(.ioFailure, "cannot store blob \(digest): \(message)")
             }
-            committed = true
             return Descriptor(mediaType: mediaType, digest: digest, size: hash.count)
         }
     }
@@ -126,7 +161,7 @@ public struct ContentStore: Sendable {
             named.annotations = (named.annotations ?? [:]).merging([Self.refNameAnnotation: name]) { _, new in new }
             index.manifests.append(named)
             index.manifests.sort { ($0.annotations?[Self.refNameAnnotation] ?? "") < ($1.annotations?[Self.refNameAnnotation] ?? "") }
-            try Self.writeAtomically(try CanonicalJSON.encode(index), to: root + "/index.json", scratch: root + "/ingest")
+            try Self.writeAtomically(try CanonicalJSON.encode(index), to: root + "/index.json", scratch: scratch)
         }
     }
 
@@ -141,7 +176,7 @@ public struct ContentStore: Sendable {
             var index = try self.index()
             let before = index.manifests.count
             index.manifests.removeAll { $0.annotations?[Self.refNameAnnotation] == name }
-            try Self.writeAtomically(try CanonicalJSON.encode(index), to: root + "/index.json", scratch: root + "/ingest")
+            try Self.writeAtomically(try CanonicalJSON.encode(index), to: root + "/index.json", scratch: scratch)
             return index.manifests.count != before
         }
     }
@@ -156,13 +191,18 @@ public struct ContentStore: Sendable {
 
     public func lease(_ digests: [Digest], label: String = "build") throws -> Lease {
         let path = "\(root)/leases/\(label)-\(UUID().uuidString)"
-        try Self.writeAtomically(Data(digests.map(\.description).joined(separator: "\n").utf8), to: path, scratch: root + "/ingest")
+        try Self.writeAtomically(Data(digests.map(\.description).joined(separator: "\n").utf8), to: path, scratch: scratch)
         return Lease(path: path)
+    }
+
+    public struct Collected: Sendable, Hashable {
+        public var blobs: [Digest]
+        public var bytes: Int64
     }
 
     /// Deletes every blob that no name and no lease reaches. Returns what was removed.
     @discardableResult
-    public func garbageCollect() throws -> [Digest] {
+    public func garbageCollect() throws -> Collected {
         try withIndexLock {
             // Walk from every name and every lease; manifests and indexes lead on to what they list.
             var live = Set<Digest>()
@@ -176,13 +216,51 @@ public struct ContentStore: Sendable {
                 pending += children(of: digest).map(\.digest)
             }
             var removed: [Digest] = []
+            var bytes: Int64 = 0
             let folder = root + "/blobs/sha256"
             for name in try FileManager.default.contentsOfDirectory(atPath: folder) {
                 guard let digest = try? Digest("sha256:" + name), !live.contains(digest) else { continue }
-                if unlink(folder + "/" + name) == 0 { removed.append(digest) }
+                var info = stat()
+                let size = stat(folder + "/" + name, &info) == 0 ? Int64(info.st_size) : 0
+                if unlink(folder + "/" + name) == 0 {
+                    removed.append(digest)
+                    bytes += size
+                }
             }
-            return removed.sorted()
+            return Collected(blobs: removed.sorted(), bytes: bytes)
         }
+    }
+
+    public struct ImageSummary: Sendable, Codable, Hashable {
+        public var name: String
+        public var digest: Digest
+        public var mediaType: String
+        /// Manifest, config and layers (for an index: its manifests and their blobs), each counted once.
+        public var size: Int64
+        public var created: String?
+    }
+
+    /// Every named image, sorted by name.
+    public func summaries() throws -> [ImageSummary] {
+        try index().manifests.compactMap { descriptor in
+            guard let name = descriptor.annotations?[Self.refNameAnnotation] else { return nil }
+            var seen = Set<Digest>()
+            var pending = [descriptor]
+            var size: Int64 = 0
+            var created: String?
+            while let next = pending.popLast() {
+                guard seen.insert(next.digest).inserted else { continue }
+                var info = stat()
+                size += stat(path(of: next.digest), &info) == 0 ? Int64(info.st_size) : next.size
+                let children = children(of: next.digest)
+                if created == nil, let manifestData = try? read(next.digest), let manifest = try? JSONDecoder().decode(ImageManifest.self, from: manifestData),
+                   let configData = try? read(manifest.config.digest) {
+                    created = (try? JSONDecoder().decode(ImageConfiguration.self, from: configData))?.created
+                }
+                pending += children
+            }
+            return ImageSummary(name: name, digest: descriptor.digest, mediaType: descriptor.mediaType, size: size, created: created)
+        }.sorted { $0.name < $1.name }
     }
 
     /// What a manifest or index points at; nothing for other blobs.
@@ -209,7 +287,7 @@ public struct ContentStore: Sendable {
     }
 
     static func writeAtomically(_ data: Data, to path: String, scratch: String) throws {
-        let temporary = scratch + "/" + UUID().uuidString
+        let temporary = scratch + "/.tmp-" + UUID().uuidString
         do {
             try data.write(to: URL(fileURLWithPath: temporary))
         } catch {

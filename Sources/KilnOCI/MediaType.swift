@@ -1,3 +1,5 @@
+import Foundation
+
 /// Media types of the OCI image spec, and the Docker schema-2 types accepted when reading.
 public enum MediaType {
     public static let imageManifest = "application/vnd.oci.image.manifest.v1+json"
@@ -15,4 +17,16 @@ public enum MediaType {
 
     public static func isManifest(_ type: String) -> Bool { type == imageManifest || type == dockerManifest }
     public static func isIndex(_ type: String) -> Bool { type == imageIndex || type == dockerManifestList }
+}
+
+extension MediaType {
+    /// The media type a manifest names for itself, or what its shape says when it names none
+    /// (older Docker and OCI manifests omit the field).
+    public static func sniff(_ data: Data) -> String? {
+        guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { return nil }
+        if let declared = object["mediaType"] as? String { return declared }
+        if object["manifests"] != nil { return imageIndex }
+        if object["layers"] != nil { return imageManifest }
+        return nil
+    }
 }

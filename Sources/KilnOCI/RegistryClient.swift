@@ -19,47 +19,78 @@ public struct RegistryCredentials: Sendable, Hashable {
     var basicHeader: String { "Basic " + Data("\(username):\(password)".utf8).base64EncodedString() }
 }
 
-/// A client for one registry, following the OCI distribution spec: ping and auth (anonymous,
-/// Basic, Bearer tokens from `WWW-Authenticate`), manifests by tag or digest, blobs checked
-/// against their digests, and pushes that skip what the registry already has.
+/// How often and how patiently a request is retried after a 5xx, a 429 or a dropped connection.
+public struct RetryPolicy: Sendable, Hashable {
+    public var attempts: Int
+    public var firstDelay: Duration
+    public var maximumDelay: Duration
+
+    public init(attempts: Int = 5, firstDelay: Duration = .milliseconds(250), maximumDelay: Duration = .seconds(8)) {
+        self.attempts = max(1, attempts)
+        self.firstDelay = firstDelay
+        self.maximumDelay = maximumDelay
+    }
+
+    /// Doubling delays, capped.
+    func delay(beforeAttempt attempt: Int) -> Duration {
+        var delay = firstDelay
+        for _ in 1..<max(1, attempt - 1) where delay < maximumDelay { delay *= 2 }
+        return min(delay, maximumDelay)
+    }
+
+    static func isRetryable(status: UInt) -> Bool { status == 429 || status == 500 || status == 502 || status == 503 || status == 504 }
+}
+
+/// A client for one registry, following the OCI distribution spec 1.1: ping and auth
+/// (anonymous, Basic, Bearer tokens from `WWW-Authenticate`), manifests by tag or digest, and
+/// blobs (see RegistryClient+Blobs.swift). Requests are retried with backoff by `retry`.
 public final class RegistryClient: Sendable {
     public let registry: String
     public let insecureHTTP: Bool
-    private let http: HTTPClient
+    public let retry: RetryPolicy
+    /// Blobs up to this size go in one PUT; larger ones in PATCH chunks of `chunkSize`.
+    public let monolithicLimit: Int64
+    public let chunkSize: Int64
+    let http: HTTPClient
     private let credentials: RegistryCredentials?
     /// Bearer tokens by scope.
     private let tokens = Mutex<[String: String]>([:])
+    /// Clients made with their own TLS settings must be shut down.
+    private let ownsClient: Bool
 
     public static let manifestAccept = [
         MediaType.imageManifest, MediaType.imageIndex, MediaType.dockerManifest, MediaType.dockerManifestList,
     ].joined(separator: ", ")
 
-    /// `insecureHTTP` speaks plain http (loopback and explicitly insecure registries).
-    public init(registry: String, credentials: RegistryCredentials? = nil, insecureHTTP: Bool = false, http: HTTPClient = RegistryClient.sharedHTTPClient) {
+    /// `insecureHTTP` speaks plain http (loopback and explicitly insecure registries);
+    /// `caCertificatePath` trusts a private CA (a PEM file) instead of the system's.
+    public init(
+        registry: String, credentials: RegistryCredentials? = nil, insecureHTTP: Bool = false, caCertificatePath: String? = nil,
+        retry: RetryPolicy = RetryPolicy(), monolithicLimit: Int64 = 32 << 20, chunkSize: Int64 = 16 << 20
+    ) throws {
         self.registry = registry
         self.credentials = credentials
         self.insecureHTTP = insecureHTTP
-        self.http = http
-        ownsClient = false
-    }
-
-    /// A client that trusts the registry's own CA (a PEM file), for private registries.
-    public init(registry: String, credentials: RegistryCredentials? = nil, caCertificatePath: String) throws {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        do {
-            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caCertificatePath))
-        } catch {
-            throw KilnError(.invalidArgument, "cannot read the CA certificate '\(caCertificatePath)' for \(registry): \(error); give a PEM file")
+        self.retry = retry
+        self.monolithicLimit = monolithicLimit
+        self.chunkSize = max(1, chunkSize)
+        if let caCertificatePath, !insecureHTTP {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            do {
+                tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caCertificatePath))
+            } catch {
+                throw KilnError(.invalidArgument, "cannot read the CA certificate '\(caCertificatePath)' for \(registry): \(error); give a PEM file")
+            }
+            http = Self.makeHTTPClient(tls: tls)
+            ownsClient = true
+        } else {
+            http = Self.sharedHTTPClient
+            ownsClient = false
         }
-        self.registry = registry
-        self.credentials = credentials
-        self.insecureHTTP = false
-        self.http = Self.makeHTTPClient(tls: tls)
-        ownsClient = true
     }
 
     /// One client for the process. A refused connection or a failed TLS handshake fails at once
-    /// instead of being retried until the deadline; retries are the caller's decision.
+    /// instead of being retried inside the pool until the deadline; retries follow `retry`.
     public static let sharedHTTPClient = makeHTTPClient(tls: nil)
 
     static func makeHTTPClient(tls: TLSConfiguration?) -> HTTPClient {
@@ -70,14 +101,18 @@ public final class RegistryClient: Sendable {
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }
 
-    /// Clients made with their own TLS settings must be shut down.
-    private let ownsClient: Bool
-
     public func shutdown() async {
         if ownsClient { try? await http.shutdown() }
     }
 
-    var baseURL: String { "\(insecureHTTP ? "http" : "https")://\(registry)/v2" }
+    var origin: String { "\(insecureHTTP ? "http" : "https")://\(registry)" }
+    var baseURL: String { origin + "/v2" }
+
+    /// `GET /v2/`: reachable, and the credentials (if any) are accepted.
+    public func ping() async throws {
+        let response = try await send(.GET, baseURL + "/", scope: nil)
+        _ = try await collect(response, limit: 1 << 16, what: "ping")
+    }
 
     // MARK: Manifests
 
@@ -88,106 +123,102 @@ public final class RegistryClient: Sendable {
     }
 
     public func manifest(_ reference: ImageReference) async throws -> FetchedManifest {
-        let url = "\(baseURL)/\(reference.repository)/manifests/\(reference.manifestReference)"
-        let response = try await send(.GET, url, repository: reference.repository, actions: "pull", headers: ["Accept": Self.manifestAccept])
-        let body = try await collect(response, limit: 8 << 20, what: "manifest \(reference)")
-        let digest = Digest(sha256Of: body)
-        if let expected = reference.digest, expected != digest {
-            throw KilnError(.checksumMismatch, "registry \(registry) sent a manifest for \(reference) whose digest is \(digest); refusing it")
+        try await manifest(repository: reference.repository, reference: reference.manifestReference, expected: reference.digest)
+    }
+
+    public func manifest(repository: String, reference: String, expected: Digest? = nil) async throws -> FetchedManifest {
+        let url = "\(baseURL)/\(repository)/manifests/\(reference)"
+        let response = try await send(.GET, url, scope: .pull(repository), headers: ["Accept": Self.manifestAccept])
+        if response.status == .notFound {
+            _ = try? await response.body.collect(upTo: 1 << 16)
+            throw KilnError(.notFound, "\(registry)/\(repository):\(reference) does not exist in the registry; check the repository and tag")
         }
-        let mediaType = response.headers.first(name: "content-type").map { $0.split(separator: ";")[0].trimmingCharacters(in: .whitespaces) } ?? MediaType.imageManifest
+        let body = try await collect(response, limit: 8 << 20, what: "manifest \(repository):\(reference)")
+        let digest = Digest(sha256Of: body)
+        if let expected, expected != digest {
+            throw KilnError(.checksumMismatch, "registry \(registry) sent a manifest for \(repository)@\(expected) whose digest is \(digest); refusing it")
+        }
+        let declared = response.headers.first(name: "content-type").map { $0.split(separator: ";")[0].trimmingCharacters(in: .whitespaces) }
+        let mediaType = MediaType.sniff(body) ?? declared ?? MediaType.imageManifest
         return FetchedManifest(data: body, mediaType: mediaType, digest: digest)
     }
 
+    @discardableResult
     public func putManifest(_ data: Data, mediaType: String, repository: String, reference: String) async throws -> Digest {
         let url = "\(baseURL)/\(repository)/manifests/\(reference)"
-        let response = try await send(.PUT, url, repository: repository, actions: "pull,push", headers: ["Content-Type": mediaType], body: data)
+        let response = try await send(.PUT, url, scope: .push(repository), headers: ["Content-Type": mediaType], body: { .bytes(ByteBuffer(bytes: data)) })
         _ = try await collect(response, limit: 1 << 20, what: "manifest upload to \(repository):\(reference)", expect: [201])
-        return Digest(sha256Of: data)
+        let digest = Digest(sha256Of: data)
+        if let echoed = response.headers.first(name: "docker-content-digest"), echoed != digest.description {
+            throw KilnError(.checksumMismatch, "registry \(registry) stored \(repository):\(reference) as \(echoed), but Kiln sent \(digest)")
+        }
+        return digest
     }
 
-    // MARK: Blobs
+    // MARK: HTTP, auth and retries
 
-    public func blobExists(_ digest: Digest, repository: String) async throws -> Bool {
-        let response = try await send(.HEAD, "\(baseURL)/\(repository)/blobs/\(digest)", repository: repository, actions: "pull")
-        switch response.status.code {
-        case 200: return true
-        case 404: return false
-        default: throw KilnError(.network, "registry \(registry): HEAD of blob \(digest) in \(repository) answered HTTP \(response.status.code)")
+    /// Token scopes, as a Bearer challenge names them.
+    struct Scope: Hashable {
+        var text: String
+        static func pull(_ repository: String) -> Scope { Scope(text: "repository:\(repository):pull") }
+        static func push(_ repository: String) -> Scope { Scope(text: "repository:\(repository):pull,push") }
+        static func mount(into repository: String, from source: String) -> Scope {
+            Scope(text: "repository:\(repository):pull,push repository:\(source):pull")
         }
     }
 
-    /// Streams a blob into the content store, verifying its digest.
-    public func pullBlob(_ descriptor: Descriptor, repository: String, into store: ContentStore) async throws {
-        if store.contains(descriptor.digest) { return }
-        let response = try await send(.GET, "\(baseURL)/\(repository)/blobs/\(descriptor.digest)", repository: repository, actions: "pull")
-        guard response.status == .ok else {
-            _ = try? await response.body.collect(upTo: 1 << 16)
-            throw KilnError(.network, "registry \(registry): GET blob \(descriptor.digest) from \(repository) answered HTTP \(response.status.code)")
-        }
-        let writer = try ContentStore.BlobWriter(store: store)
-        for try await buffer in response.body {
-            try writer.write(Data(buffer.readableBytesView))
-        }
-        _ = try writer.commit(mediaType: descriptor.mediaType, expected: descriptor.digest)
-    }
-
-    /// Uploads a blob from the store unless the registry has it (monolithic POST + PUT).
-    /// Returns whether bytes were sent.
-    @discardableResult
-    public func pushBlob(_ descriptor: Descriptor, repository: String, from store: ContentStore) async throws -> Bool {
-        if try await blobExists(descriptor.digest, repository: repository) { return false }
-        let start = try await send(.POST, "\(baseURL)/\(repository)/blobs/uploads/", repository: repository, actions: "pull,push")
-        _ = try await collect(start, limit: 1 << 16, what: "upload start for \(descriptor.digest)", expect: [202])
-        guard let location = start.headers.first(name: "location") else {
-            throw KilnError(.network, "registry \(registry) started an upload without a Location header")
-        }
-        var url = location.hasPrefix("http") ? location : (insecureHTTP ? "http" : "https") + "://\(registry)" + location
-        url += (url.contains("?") ? "&" : "?") + "digest=\(descriptor.digest)"
-        let data = try store.read(descriptor.digest)
-        let response = try await send(.PUT, url, repository: repository, actions: "pull,push", headers: ["Content-Type": "application/octet-stream"], body: data)
-        _ = try await collect(response, limit: 1 << 16, what: "upload of \(descriptor.digest)", expect: [201])
-        return true
-    }
-
-    // MARK: HTTP and auth
-
-    private func send(
-        _ method: HTTPMethod, _ url: String, repository: String, actions: String,
-        headers: [String: String] = [:], body: Data? = nil
+    /// Sends a request, answering one auth challenge and retrying 5xx/429 answers and
+    /// connection failures with backoff. `body` is called again for each attempt.
+    func send(
+        _ method: HTTPMethod, _ url: String, scope: Scope?, headers: [String: String] = [:],
+        body: (() throws -> HTTPClientRequest.Body)? = nil, retrying: Bool = true,
+        onRetry: (@Sendable (String) -> Void)? = nil
     ) async throws -> HTTPClientResponse {
-        let scope = "repository:\(repository):\(actions)"
+        var challenged = false
         var attempt = 0
         while true {
             attempt += 1
             var request = HTTPClientRequest(url: url)
             request.method = method
             for (name, value) in headers { request.headers.add(name: name, value: value) }
-            if let token = tokens.withLock({ $0[scope] }) {
+            if let scope, let token = tokens.withLock({ $0[scope.text] }) {
                 request.headers.add(name: "Authorization", value: "Bearer \(token)")
             } else if let credentials {
                 request.headers.add(name: "Authorization", value: credentials.basicHeader)
             }
-            if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
+            if let body { request.body = try body() }
+            let canRetry = retrying && attempt < retry.attempts
             let response: HTTPClientResponse
             do {
                 response = try await http.execute(request, timeout: .minutes(30))
             } catch {
-                throw KilnError(.network, "cannot reach registry \(registry) (\(url)): \(error)")
-            }
-            guard response.status == .unauthorized, attempt == 1 else {
-                if response.status == .unauthorized {
-                    throw KilnError(.invalidArgument, "registry \(registry) refused the credentials for \(scope); check the username and password (or token) for \(registry)")
+                guard canRetry, !(error is CancellationError) else {
+                    throw KilnError(.network, "cannot reach registry \(registry) (\(method) \(url)) after \(attempt) attempt(s): \(error)")
                 }
-                return response
+                onRetry?("\(method) \(url): \(error)")
+                try await Task.sleep(for: retry.delay(beforeAttempt: attempt + 1))
+                continue
             }
+            if RetryPolicy.isRetryable(status: response.status.code), canRetry {
+                _ = try? await response.body.collect(upTo: 1 << 16)
+                onRetry?("\(method) \(url): HTTP \(response.status.code)")
+                try await Task.sleep(for: retry.delay(beforeAttempt: attempt + 1))
+                continue
+            }
+            guard response.status == .unauthorized else { return response }
             _ = try? await response.body.collect(upTo: 1 << 16)
             let challenge = response.headers.first(name: "www-authenticate") ?? ""
+            if challenged {
+                throw KilnError(.invalidArgument, "registry \(registry) refused the credentials for \(scope?.text ?? url); check the username and password (or token) for \(registry)")
+            }
+            challenged = true
+            attempt -= 1
             if challenge.lowercased().hasPrefix("bearer") {
-                let token = try await fetchToken(challenge: challenge, scope: scope)
-                tokens.withLock { $0[scope] = token }
+                let wanted = scope ?? Scope(text: "")
+                let token = try await fetchToken(challenge: challenge, scope: wanted.text)
+                tokens.withLock { $0[wanted.text] = token }
             } else if credentials == nil {
-                throw KilnError(.invalidArgument, "registry \(registry) needs credentials (\(challenge.isEmpty ? "no challenge given" : challenge)); add them to ~/.docker/config.json or Kiln's config")
+                throw KilnError(.invalidArgument, "registry \(registry) needs credentials (\(challenge.isEmpty ? "no challenge given" : challenge)); add a login to ~/.docker/config.json, REGISTRY_AUTH_FILE or kiln.yaml")
             }
         }
     }
@@ -200,11 +231,20 @@ public final class RegistryClient: Sendable {
         }
         var query = components.queryItems ?? []
         if let service = parameters["service"] { query.append(URLQueryItem(name: "service", value: service)) }
-        query.append(URLQueryItem(name: "scope", value: parameters["scope"] ?? scope))
+        let scopes = scope.isEmpty ? (parameters["scope"].map { [$0] } ?? []) : scope.split(separator: " ").map(String.init)
+        for item in scopes { query.append(URLQueryItem(name: "scope", value: item)) }
         components.queryItems = query
         var request = HTTPClientRequest(url: components.url!.absoluteString)
         if let credentials { request.headers.add(name: "Authorization", value: credentials.basicHeader) }
-        let response = try await http.execute(request, timeout: .minutes(1))
+        let response: HTTPClientResponse
+        do {
+            response = try await http.execute(request, timeout: .minutes(1))
+        } catch {
+            throw KilnError(.network, "cannot reach the token service \(realm) for \(registry): \(error)")
+        }
+        if response.status == .unauthorized || response.status == .forbidden {
+            throw KilnError(.invalidArgument, "the token service \(realm) refused the credentials for \(registry) (HTTP \(response.status.code)); check the login for \(registry)")
+        }
         let body = try await collect(response, limit: 1 << 20, what: "token from \(realm)")
         let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
         guard let token = (object?["token"] ?? object?["access_token"]) as? String else {
@@ -215,9 +255,8 @@ public final class RegistryClient: Sendable {
 
     static func challengeParameters(_ challenge: String) -> [String: String] {
         var result: [String: String] = [:]
-        let body = challenge.drop { $0 != " " }
+        let text = String(challenge.drop { $0 != " " })
         let pattern = try! NSRegularExpression(pattern: #"(\w+)="([^"]*)""#)
-        let text = String(body)
         for match in pattern.matches(in: text, range: NSRange(text.startIndex..., in: text)) {
             if let key = Range(match.range(at: 1), in: text), let value = Range(match.range(at: 2), in: text) {
                 result[String(text[key])] = String(text[value])
@@ -226,11 +265,16 @@ public final class RegistryClient: Sendable {
         return result
     }
 
-    private func collect(_ response: HTTPClientResponse, limit: Int, what: String, expect: Set<UInt> = [200]) async throws -> Data {
+    func collect(_ response: HTTPClientResponse, limit: Int, what: String, expect: Set<UInt> = [200]) async throws -> Data {
         let body = try await response.body.collect(upTo: limit)
         guard expect.contains(response.status.code) else {
             throw KilnError(.network, "registry \(registry): \(what) answered HTTP \(response.status.code): \(String(buffer: body).prefix(300))")
         }
         return Data(body.readableBytesView)
+    }
+
+    /// A `Location` header made absolute.
+    func absolute(_ location: String) -> String {
+        location.hasPrefix("http://") || location.hasPrefix("https://") ? location : origin + (location.hasPrefix("/") ? "" : "/") + location
     }
 }

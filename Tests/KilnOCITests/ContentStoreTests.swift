@@ -94,13 +94,13 @@ struct ContentStoreTests {
         let lease = try store.lease([building.manifest.digest])
         let loose = try store.ingest(Data("loose".utf8))
 
-        let removed = try store.garbageCollect()
+        let removed = try store.garbageCollect().blobs
         #expect(Set(removed) == [dropped.manifest.digest, dropped.layer.digest, dropped.config.digest, loose.digest])
         for digest in [kept.manifest.digest, kept.layer.digest, kept.config.digest, building.manifest.digest, building.layer.digest, building.config.digest] {
             #expect(store.contains(digest))
         }
         lease.release()
-        let afterRelease = try store.garbageCollect()
+        let afterRelease = try store.garbageCollect().blobs
         #expect(Set(afterRelease) == [building.manifest.digest, building.layer.digest, building.config.digest])
         #expect(store.contains(kept.layer.digest))
     }

@@ -121,7 +121,7 @@ struct RegistryClientTests {
     func push(_ store: ContentStore, _ manifest: Descriptor, to client: RegistryClient, repository: String, tag: String) async throws -> Int {
         let parsed = try JSONDecoder().decode(ImageManifest.self, from: try store.read(manifest.digest))
         var sent = 0
-        for blob in [parsed.config] + parsed.layers where try await client.pushBlob(blob, repository: repository, from: store) { sent += 1 }
+        for blob in [parsed.config] + parsed.layers where try await client.pushBlob(blob, repository: repository, from: store) == .uploaded { sent += 1 }
         _ = try await client.putManifest(try store.read(manifest.digest), mediaType: MediaType.imageManifest, repository: repository, reference: tag)
         return sent
     }
@@ -132,7 +132,7 @@ struct RegistryClientTests {
         defer { registry.stop() }
         let (store, manifest) = try makeImage(named: "demo:1")
         defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
-        let client = RegistryClient(registry: registry.host, insecureHTTP: true)
+        let client = try RegistryClient(registry: registry.host, insecureHTTP: true)
         #expect(try await push(store, manifest, to: client, repository: "kiln/demo", tag: "1.0") == 2)
         #expect(try await push(store, manifest, to: client, repository: "kiln/demo", tag: "1.0") == 0, "blobs the registry has are not sent again")
 
@@ -164,7 +164,7 @@ struct RegistryClientTests {
         defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         let copy = try run("skopeo copy --dest-tls-verify=false oci:\(store.root):interop docker://\(registry.host)/from/skopeo:v1")
         #expect(copy.status == 0, "\(copy.text)")
-        let client = RegistryClient(registry: registry.host, insecureHTTP: true)
+        let client = try RegistryClient(registry: registry.host, insecureHTTP: true)
         let fetched = try await client.manifest(try ImageReference("\(registry.host)/from/skopeo:v1"))
         let parsed = try JSONDecoder().decode(ImageManifest.self, from: fetched.data)
         let original = try JSONDecoder().decode(ImageManifest.self, from: try store.read(manifest.digest))
@@ -178,12 +178,12 @@ struct RegistryClientTests {
         defer { registry.stop() }
         let (store, manifest) = try makeImage(named: "auth")
         defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
-        let good = RegistryClient(registry: registry.host, credentials: .init(username: "kiln", password: "s3cret"), insecureHTTP: true)
+        let good = try RegistryClient(registry: registry.host, credentials: .init(username: "kiln", password: "s3cret"), insecureHTTP: true)
         #expect(try await push(store, manifest, to: good, repository: "private/app", tag: "1") == 2)
-        let anonymous = RegistryClient(registry: registry.host, insecureHTTP: true)
+        let anonymous = try RegistryClient(registry: registry.host, insecureHTTP: true)
         let error = try await #require(throws: KilnError.self) { _ = try await anonymous.manifest(try ImageReference("\(registry.host)/private/app:1")) }
         #expect(error.message.contains("needs credentials"))
-        let wrong = RegistryClient(registry: registry.host, credentials: .init(username: "kiln", password: "nope"), insecureHTTP: true)
+        let wrong = try RegistryClient(registry: registry.host, credentials: .init(username: "kiln", password: "nope"), insecureHTTP: true)
         let refused = try await #require(throws: KilnError.self) { _ = try await wrong.manifest(try ImageReference("\(registry.host)/private/app:1")) }
         #expect(refused.message.contains("refused the credentials"))
     }
@@ -204,7 +204,7 @@ struct RegistryTLSAndLoginTests {
         #expect(digest.text.trimmingCharacters(in: .whitespacesAndNewlines) == manifest.digest.encoded)
         await trusted.shutdown()
 
-        let untrusted = RegistryClient(registry: registry.host)
+        let untrusted = try RegistryClient(registry: registry.host)
         let error = try await #require(throws: KilnError.self) { _ = try await untrusted.manifest(try ImageReference("\(registry.host)/secure/app:1")) }
         #expect(error.message.contains("cannot reach registry \(registry.host)"))
 
@@ -224,7 +224,7 @@ struct RegistryTLSAndLoginTests {
         #expect(try logins.credentials(for: "other.example") == nil)
         let (store, manifest) = try RegistryClientTests().makeImage(named: "login")
         defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
-        let client = RegistryClient(registry: registry.host, credentials: credentials, insecureHTTP: true)
+        let client = try RegistryClient(registry: registry.host, credentials: credentials, insecureHTTP: true)
         #expect(try await RegistryClientTests().push(store, manifest, to: client, repository: "robot/app", tag: "1") == 2)
 
         try "not json".write(toFile: authFile, atomically: true, encoding: .utf8)

@@ -1,0 +1,252 @@
+import ArgumentParser
+import Foundation
+import KilnModel
+import KilnOCI
+
+/// `kiln image`: move images between registries, OCI layouts and Kiln's content store.
+struct ImageCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "image",
+        abstract: "Pull, push, copy, inspect and list images in Kiln's content store.",
+        discussion: """
+        References: host[:port]/repo[:tag][@sha256:…] (a registry), oci-layout:PATH[:TAG], \
+        oci-archive:PATH[:TAG], and kiln:NAME for an image in Kiln's store.
+        """,
+        subcommands: [
+            ImagePullCommand.self, ImagePushCommand.self, ImageCopyCommand.self, ImageInspectCommand.self,
+            ImageListCommand.self, ImageRemoveCommand.self, ImageGarbageCollectCommand.self,
+        ]
+    )
+}
+
+/// Flags shared by the commands that move images.
+struct TransferOptions: ParsableArguments {
+    @Option(name: .long, help: "The platform to take from a multi-platform image, os/arch[/variant] (default: this machine's).")
+    var platform: String?
+
+    @Flag(name: .long, help: "Copy every platform of a multi-platform image.")
+    var all = false
+
+    @Option(name: .long, help: "Blob transfers in flight at once (default: the config's transfers.concurrency, 4).")
+    var concurrency: Int?
+
+    @Flag(name: [.customShort("q"), .long], help: "No progress output.")
+    var quiet = false
+
+    func transfer(_ environment: KilnEnvironment, view: TransferProgressView) throws -> ImageTransfer {
+        let platform = all ? nil : try self.platform.map(Platform.init(parsing:)) ?? .host
+        return ImageTransfer(
+            store: environment.store, registries: environment.registries, platform: platform,
+            concurrency: concurrency ?? environment.configuration.transferConcurrency, observer: view.observer
+        )
+    }
+}
+
+extension KilnEnvironment {
+    /// A name in Kiln's store as given, or in its full form (`app` → `docker.io/library/app:latest`).
+    func localName(_ text: String) -> String? {
+        if text.hasPrefix("kiln:") { return localName(String(text.dropFirst(5))) }
+        if (try? store.resolve(text)) != nil { return text }
+        if let full = try? ImageReference(text).description, (try? store.resolve(full)) != nil { return full }
+        return nil
+    }
+
+    /// A source: an explicit form, a name in Kiln's store, or else a registry reference.
+    func source(_ text: String) throws -> ImageLocation {
+        if let name = localName(text) { return .store(name: name) }
+        return try ImageLocation(text)
+    }
+
+    /// Copies and prints one line per destination; fails naming every destination that failed.
+    func copy(_ transfer: ImageTransfer, from source: ImageLocation, to destinations: [ImageLocation], view: TransferProgressView) async throws -> ImageTransfer.Result {
+        let result = try await transfer.copy(from: source, to: destinations)
+        view.finish()
+        if let received = result.totals[source.description], received.bytes > 0 {
+            TerminalOutput().progress("\(source): \(TransferProgressView.size(received.bytes)) received, \(received.blobsSent) blob(s)")
+        }
+        for destination in result.destinations where destination.error == nil {
+            let sent = destination.totals
+            TerminalOutput().progress("\(destination.location): \(result.digest) (\(TransferProgressView.size(sent.bytes)) sent, \(sent.blobsSent) blob(s) written, \(sent.blobsSkipped) already there, \(sent.blobsMounted) mounted)")
+        }
+        await registries.shutdown()
+        return try result.checked()
+    }
+}
+
+struct ImagePullCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "pull", abstract: "Pull an image into Kiln's content store; prints its digest.")
+
+    @Argument(help: "The image, e.g. registry.example:5000/team/app:1.0 or oci-archive:app.tar:1.0.")
+    var reference: String
+
+    @OptionGroup var options: KilnOptions
+    @OptionGroup var transferOptions: TransferOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            let view = TransferProgressView(quiet: transferOptions.quiet)
+            let source = try ImageLocation(reference)
+            let name = if case .registry(let parsed) = source { parsed.description } else { reference }
+            let result = try await environment.copy(try transferOptions.transfer(environment, view: view), from: source, to: [.store(name: name)], view: view)
+            print(result.digest)
+        }
+    }
+}
+
+struct ImagePushCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "push", abstract: "Push an image from Kiln's content store to one or more destinations at once."
+    )
+
+    @Argument(help: "An image in Kiln's store (see kiln image ls).")
+    var reference: String
+
+    @Argument(help: "Destinations: registry references, oci-layout:PATH:TAG or oci-archive:PATH:TAG.")
+    var destinations: [String]
+
+    @OptionGroup var options: KilnOptions
+    @OptionGroup var transferOptions: TransferOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            guard let name = environment.localName(reference) else {
+                throw KilnError(.notFound, "'\(reference)' is not in Kiln's content store at \(environment.store.root); pull it first, or use kiln image copy for a remote source")
+            }
+            guard !destinations.isEmpty else { throw KilnError(.invalidArgument, "give at least one destination") }
+            let view = TransferProgressView(quiet: transferOptions.quiet)
+            let result = try await environment.copy(
+                try transferOptions.transfer(environment, view: view), from: .store(name: name), to: try destinations.map(ImageLocation.init), view: view
+            )
+            print(result.digest)
+        }
+    }
+}
+
+struct ImageCopyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "copy",
+        abstract: "Copy an image to one or more destinations; each blob is read once and written to all of them concurrently."
+    )
+
+    @Argument(help: "The source: a registry reference, oci-layout:…, oci-archive:…, or an image in Kiln's store.")
+    var source: String
+
+    @Argument(help: "Destinations: registry references, oci-layout:PATH:TAG, oci-archive:PATH:TAG or kiln:NAME.")
+    var destinations: [String]
+
+    @OptionGroup var options: KilnOptions
+    @OptionGroup var transferOptions: TransferOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            guard !destinations.isEmpty else { throw KilnError(.invalidArgument, "give at least one destination") }
+            let view = TransferProgressView(quiet: transferOptions.quiet)
+            let result = try await environment.copy(
+                try transferOptions.transfer(environment, view: view), from: try environment.source(source), to: try destinations.map(ImageLocation.init), view: view
+            )
+            print(result.digest)
+        }
+    }
+}
+
+struct ImageInspectCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "inspect", abstract: "Describe an image (local or remote) as JSON.")
+
+    @Argument(help: "An image in Kiln's store, a registry reference, oci-layout:… or oci-archive:….")
+    var reference: String
+
+    @Flag(name: .long, help: "Print the manifest exactly as stored.")
+    var raw = false
+
+    @Option(name: .long, help: "The platform to describe from a multi-platform image (default: this machine's).")
+    var platform: String?
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            let source = try environment.source(reference)
+            let transfer = ImageTransfer(store: environment.store, registries: environment.registries, platform: raw ? nil : try platform.map(Platform.init(parsing:)) ?? .host)
+            if raw {
+                FileHandle.standardOutput.write(try await transfer.manifestData(source))
+            } else {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+                print(String(decoding: try encoder.encode(try await transfer.inspect(source)), as: UTF8.self))
+            }
+            await environment.registries.shutdown()
+        }
+    }
+}
+
+struct ImageListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List the images in Kiln's content store.")
+
+    @OptionGroup var options: KilnOptions
+
+    @Flag(name: .long, help: "Print JSON instead of a table.")
+    var json = false
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            let images = try environment.store.summaries()
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+                print(String(decoding: try encoder.encode(images), as: UTF8.self))
+                return
+            }
+            let width = max(4, images.map(\.name.count).max() ?? 0)
+            print("NAME".padding(toLength: width, withPad: " ", startingAt: 0) + "  DIGEST         SIZE      CREATED")
+            for image in images {
+                let size = TransferProgressView.size(image.size).padding(toLength: 9, withPad: " ", startingAt: 0)
+                print("\(image.name.padding(toLength: width, withPad: " ", startingAt: 0))  \(image.digest.encoded.prefix(12))   \(size) \(image.created ?? "-")")
+            }
+        }
+    }
+}
+
+struct ImageRemoveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rm", abstract: "Remove image names from Kiln's store; kiln image gc frees their blobs."
+    )
+
+    @Argument(help: "Images in Kiln's store.")
+    var references: [String]
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            for reference in references {
+                guard let name = environment.localName(reference) else {
+                    throw KilnError(.notFound, "'\(reference)' is not in Kiln's content store; see kiln image ls")
+                }
+                try environment.store.untag(name)
+                print("removed \(name)")
+            }
+        }
+    }
+}
+
+struct ImageGarbageCollectCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gc", abstract: "Delete blobs no image name and no running build uses."
+    )
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            let removed = try environment.store.garbageCollect()
+            print("removed \(removed.blobs.count) blob(s), \(TransferProgressView.size(removed.bytes)) freed")
+        }
+    }
+}

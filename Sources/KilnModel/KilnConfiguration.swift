@@ -1,0 +1,125 @@
+import Foundation
+import Yams
+
+/// `kiln.yaml`: where Kiln keeps its data and how it reaches registries. Later sections
+/// (regions, instance types, prices) join this type as their issues land.
+///
+/// ```yaml
+/// dataDirectory: /var/lib/kiln
+/// transfers: {concurrency: 4}
+/// registries:
+///   registry.example:5000: {caCertificate: /etc/kiln/ca.pem, username: robot, passwordEnv: ROBOT_TOKEN}
+///   127.0.0.1:5001: {insecure: true}
+/// ```
+public struct KilnConfiguration: Sendable, Hashable {
+    public struct Registry: Sendable, Hashable {
+        public var insecure: Bool?
+        public var caCertificate: String?
+        public var username: String?
+        public var password: String?
+
+        public init(insecure: Bool? = nil, caCertificate: String? = nil, username: String? = nil, password: String? = nil) {
+            self.insecure = insecure
+            self.caCertificate = caCertificate
+            self.username = username
+            self.password = password
+        }
+    }
+
+    public var dataDirectory: String
+    public var registries: [String: Registry] = [:]
+    /// Blob transfers in flight at once, over all destinations.
+    public var transferConcurrency = 4
+
+    public init(dataDirectory: String = KilnConfiguration.defaultDataDirectory()) {
+        self.dataDirectory = dataDirectory
+    }
+
+    /// `$KILN_DATA_DIR`, else `/var/lib/kiln` for root, else `~/.local/share/kiln`.
+    public static func defaultDataDirectory(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let directory = environment["KILN_DATA_DIR"], !directory.isEmpty { return directory }
+        if getuid() == 0 { return "/var/lib/kiln" }
+        return (environment["HOME"] ?? NSHomeDirectory()) + "/.local/share/kiln"
+    }
+
+    /// Reads `path`; relative paths inside are relative to the file's directory. Every problem
+    /// names its line.
+    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> KilnConfiguration {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw KilnError(.notFound, "cannot read the Kiln configuration '\(path)'")
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        let base = (path as NSString).deletingLastPathComponent
+        func absolute(_ value: String) -> String {
+            value.hasPrefix("/") ? value : ((base.isEmpty ? "." : base) as NSString).appendingPathComponent(value)
+        }
+        func issue(_ node: Node, _ message: String) -> KilnError {
+            let mark = node.mark
+            return KilnError(.invalidArgument, "\(path):\(mark?.line ?? 1): \(message)")
+        }
+        func mapping(_ node: Node, _ what: String) throws -> [(String, Node, Node)] {
+            guard case .mapping(let entries) = node else { throw issue(node, "\(what) must be a mapping") }
+            return try entries.map { key, value in
+                guard let name = key.string else { throw issue(key, "keys of \(what) must be strings") }
+                return (name, key, value)
+            }
+        }
+        func string(_ node: Node, _ what: String) throws -> String {
+            guard case .scalar(let scalar) = node, !scalar.string.isEmpty else { throw issue(node, "\(what) must be a non-empty string") }
+            return scalar.string
+        }
+        func bool(_ node: Node, _ what: String) throws -> Bool {
+            guard let value = node.bool else { throw issue(node, "\(what) must be true or false") }
+            return value
+        }
+
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch {
+            throw KilnError(.invalidArgument, "\(path) is not valid YAML: \(error)")
+        }
+        var configuration = KilnConfiguration(dataDirectory: defaultDataDirectory(environment: environment))
+        guard let root else { return configuration }
+        for (key, keyNode, value) in try mapping(root, "kiln.yaml") {
+            switch key {
+            case "dataDirectory":
+                configuration.dataDirectory = absolute(try string(value, "dataDirectory"))
+            case "transfers":
+                for (field, fieldNode, fieldValue) in try mapping(value, "transfers") {
+                    guard field == "concurrency" else { throw issue(fieldNode, "unknown key 'transfers.\(field)'; allowed: concurrency") }
+                    guard let count = fieldValue.int, (1...64).contains(count) else { throw issue(fieldValue, "transfers.concurrency must be a number from 1 to 64") }
+                    configuration.transferConcurrency = count
+                }
+            case "registries":
+                for (host, _, settings) in try mapping(value, "registries") {
+                    var registry = Registry()
+                    var passwordEnv: (String, Node)?
+                    for (field, fieldNode, fieldValue) in try mapping(settings, "registries.\(host)") {
+                        let what = "registries.\(host).\(field)"
+                        switch field {
+                        case "insecure": registry.insecure = try bool(fieldValue, what)
+                        case "caCertificate": registry.caCertificate = absolute(try string(fieldValue, what))
+                        case "username": registry.username = try string(fieldValue, what)
+                        case "password": registry.password = try string(fieldValue, what)
+                        case "passwordEnv": passwordEnv = (try string(fieldValue, what), fieldValue)
+                        default:
+                            throw issue(fieldNode, "unknown key '\(what)'; allowed: insecure, caCertificate, username, password, passwordEnv")
+                        }
+                    }
+                    if let (variable, node) = passwordEnv {
+                        guard let secret = environment[variable] else { throw issue(node, "registries.\(host).passwordEnv names \(variable), which is not set in the environment") }
+                        registry.password = secret
+                    }
+                    if (registry.username == nil) != (registry.password == nil) {
+                        throw issue(settings, "registries.\(host) needs both username and password (or passwordEnv), or neither")
+                    }
+                    configuration.registries[host] = registry
+                }
+            default:
+                throw issue(keyNode, "unknown key '\(key)'; allowed: dataDirectory, registries, transfers")
+            }
+        }
+        return configuration
+    }
+}
