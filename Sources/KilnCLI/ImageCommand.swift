@@ -14,7 +14,7 @@ struct ImageCommand: AsyncParsableCommand {
         """,
         subcommands: [
             ImagePullCommand.self, ImagePushCommand.self, ImageCopyCommand.self, ImageInspectCommand.self,
-            ImageListCommand.self, ImageRemoveCommand.self, ImageGarbageCollectCommand.self,
+            ImageListCommand.self, ImageRemoveCommand.self, ImageGarbageCollectCommand.self, ImagePackCommand.self,
         ]
     )
 }
@@ -247,6 +247,41 @@ struct ImageGarbageCollectCommand: AsyncParsableCommand {
             let environment = try KilnEnvironment(options)
             let removed = try environment.store.garbageCollect()
             print("removed \(removed.blobs.count) blob(s), \(TransferProgressView.size(removed.bytes)) freed")
+        }
+    }
+}
+
+struct ImagePackCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pack",
+        abstract: "Pack a root filesystem directory into a one-layer image in Kiln's store (deterministic tar + gzip); prints its digest."
+    )
+
+    @Argument(help: "The directory, e.g. one made by mmdebstrap.")
+    var directory: String
+
+    @Argument(help: "The name in Kiln's store.")
+    var name: String
+
+    @Option(name: .long, help: "Clamp file times to this (seconds since 1970), for reproducible layers (default: $SOURCE_DATE_EPOCH).")
+    var sourceDateEpoch: Int64?
+
+    @Option(name: .long, help: "gzip level, 1 (fast) to 9 (small).")
+    var level: Int32 = 6
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            guard (1...9).contains(level) else { throw KilnError(.invalidArgument, "--level must be 1 to 9") }
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw KilnError(.notFound, "'\(directory)' is not a directory")
+            }
+            let environment = try KilnEnvironment(options)
+            let epoch = sourceDateEpoch ?? ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) }
+            let manifest = try environment.store.importRootFilesystem(directory, name: name, sourceDateEpoch: epoch, level: level)
+            print(manifest.digest)
         }
     }
 }

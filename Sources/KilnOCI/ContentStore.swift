@@ -299,3 +299,40 @@ public struct ContentStore: Sendable {
         }
     }
 }
+
+extension ContentStore {
+    /// Packs a directory into a one-layer image (deterministic tar, gzip) named `name`: the way a
+    /// bootstrapped root filesystem becomes a parent image.
+    @discardableResult
+    public func importRootFilesystem(
+        _ directory: String, name: String, platform: Platform = .host, sourceDateEpoch: Int64? = nil, level: Int32 = 6, createdBy: String = "kiln image pack"
+    ) throws -> Descriptor {
+        let staging = scratch + "/.layer-" + UUID().uuidString
+        defer { unlink(staging) }
+        let packed = try LayerPacker.pack(directory: directory, to: staging, level: level, sourceDateEpoch: sourceDateEpoch)
+        let layer = Descriptor(mediaType: MediaType.layerTarGzip, digest: packed.digest, size: packed.size)
+        guard rename(staging, path(of: packed.digest)) == 0 else {
+            throw KilnError(.ioFailure, "cannot store the layer of '\(directory)': \(String(cString: strerror(errno)))")
+        }
+        let created = Self.timestamp(sourceDateEpoch.map { Date(timeIntervalSince1970: TimeInterval($0)) } ?? Date())
+        var configuration = ImageConfiguration(
+            architecture: platform.architecture, os: platform.os, rootfs: .init(diffIDs: [packed.diffID]),
+            created: created, history: [.init(created: created, createdBy: createdBy)]
+        )
+        configuration.variant = platform.variant
+        var container = ImageConfiguration.ContainerConfig()
+        container.env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+        configuration.config = container
+        let config = try ingestJSON(configuration, mediaType: MediaType.imageConfig)
+        let manifest = try ingestJSON(ImageManifest(config: config, layers: [layer]), mediaType: MediaType.imageManifest)
+        try tag(name, manifest)
+        return manifest
+    }
+
+    /// RFC 3339 in UTC, as image configs carry it.
+    static func timestamp(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: date)
+    }
+}
