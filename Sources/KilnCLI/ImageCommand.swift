@@ -61,6 +61,10 @@ extension KilnEnvironment {
     func copy(_ transfer: ImageTransfer, from source: ImageLocation, to destinations: [ImageLocation], view: TransferProgressView) async throws -> ImageTransfer.Result {
         let result = try await transfer.copy(from: source, to: destinations)
         view.finish()
+        if view.quiet {
+            await registries.shutdown()
+            return try result.checked()
+        }
         if let received = result.totals[source.description], received.bytes > 0 {
             TerminalOutput().progress("\(source): \(TransferProgressView.size(received.bytes)) received, \(received.blobsSent) blob(s)")
         }

@@ -24,7 +24,7 @@ final class TransferProgressView: Sendable {
 
     private let state = Mutex(State())
     private let interactive: Bool
-    private let quiet: Bool
+    let quiet: Bool
 
     init(quiet: Bool = false, interactive: Bool = isatty(STDERR_FILENO) == 1 && ProcessInfo.processInfo.environment["TERM"] != "dumb") {
         self.quiet = quiet

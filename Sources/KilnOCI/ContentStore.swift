@@ -79,6 +79,8 @@ public struct ContentStore: Sendable {
     public final class BlobWriter {
         private let store: ContentStore
         private let temporary: String
+        /// The file being written; readers may open it before `commit` renames it.
+        public var temporaryPath: String { temporary }
         private let descriptor: Int32
         private var hash = SHA256Stream()
         private var finished = false

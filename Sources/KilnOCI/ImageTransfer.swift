@@ -76,19 +76,39 @@ public struct ImageTransfer: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for blob in opened.blobs {
                 group.addTask {
-                    let local = try await limiter.withPermit { try await opened.fetch(blob, { report($0.charged(to: source.description)) }) }
+                    let fromSource: TransferObserver = { report($0.charged(to: source.description)) }
+                    // A registry source streams each blob to the destinations while it downloads.
+                    let growing = opened.registry != nil && !opened.local.contains(blob.digest) ? GrowingBlob(finalPath: opened.local.path(of: blob.digest)) : nil
+                    let download: Task<Void, Error>?
+                    if let registry = opened.registry, let growing {
+                        download = Task {
+                            try await limiter.withPermit {
+                                try await registry.client.pullBlob(blob, repository: registry.repository, into: opened.local, tee: growing, observer: fromSource)
+                            }
+                        }
+                    } else {
+                        download = nil
+                        _ = try await limiter.withPermit { try await opened.fetch(blob, fromSource) }
+                    }
                     await withTaskGroup(of: Void.self) { pushes in
                         for (index, target) in targets.enumerated() {
                             pushes.addTask {
                                 guard !failed(index) else { return }
+                                // Take a transfer slot only once the download holds one, so waiting uploads never starve it.
+                                if let growing, (try? await growing.source(after: -1)) == nil { return }
                                 do {
-                                    try await limiter.withPermit { try await target.writeBlob(blob, from: local, mountFrom: opened.repository(on: target), report: { report($0.charged(to: target.location.description)) }) }
+                                    try await limiter.withPermit {
+                                        try await target.writeBlob(blob, from: opened.local, growing: growing, mountFrom: opened.repository(on: target), report: {
+                                            report($0.charged(to: target.location.description))
+                                        })
+                                    }
                                 } catch {
                                     fail(index, error)
                                 }
                             }
                         }
                     }
+                    try await download?.value
                 }
             }
             try await group.waitForAll()
@@ -303,10 +323,12 @@ public struct ImageTransfer: Sendable {
             }
         }
 
-        func writeBlob(_ blob: Descriptor, from local: ContentStore, mountFrom: String?, report: @escaping TransferObserver) async throws {
+        func writeBlob(_ blob: Descriptor, from local: ContentStore, growing: GrowingBlob?, mountFrom: String?, report: @escaping TransferObserver) async throws {
             if let registry {
-                try await registry.client.pushBlob(blob, repository: registry.reference.repository, from: local, mountFrom: mountFrom, observer: report)
+                try await registry.client.pushBlob(blob, repository: registry.reference.repository, from: local, growing: growing, mountFrom: mountFrom, observer: report)
             } else if let layout {
+                // Layouts copy the finished file.
+                if let growing { _ = try await growing.source(after: blob.size) }
                 try Self.copyBlob(blob, from: local, to: layout, endpoint: location.description, report: report)
             }
         }

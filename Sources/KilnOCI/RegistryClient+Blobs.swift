@@ -18,7 +18,18 @@ extension RegistryClient {
 
     /// Streams a blob into `store`, verifying its digest. A connection dropped mid-blob resumes
     /// with `Range` from the last byte received (or starts over if the registry ignores Range).
-    public func pullBlob(_ descriptor: Descriptor, repository: String, into store: ContentStore, observer: TransferObserver? = nil) async throws {
+    /// With `tee`, uploads can read the blob while it arrives.
+    public func pullBlob(_ descriptor: Descriptor, repository: String, into store: ContentStore, tee: GrowingBlob? = nil, observer: TransferObserver? = nil) async throws {
+        do {
+            try await pullBlobOnce(descriptor, repository: repository, into: store, tee: tee, observer: observer)
+            tee?.completed()
+        } catch {
+            tee?.failed(error as? KilnError ?? KilnError(.network, "downloading blob \(descriptor.digest) from \(registry)/\(repository) failed: \(error)"))
+            throw error
+        }
+    }
+
+    private func pullBlobOnce(_ descriptor: Descriptor, repository: String, into store: ContentStore, tee: GrowingBlob?, observer: TransferObserver?) async throws {
         let endpoint = registry
         if store.contains(descriptor.digest) {
             observer?(.blobFinished(endpoint: endpoint, digest: descriptor.digest, size: descriptor.size, outcome: .alreadyPresent))
@@ -26,6 +37,7 @@ extension RegistryClient {
         }
         observer?(.blobStarted(endpoint: endpoint, digest: descriptor.digest, size: descriptor.size))
         var writer = try ContentStore.BlobWriter(store: store)
+        tee?.attach(temporaryPath: writer.temporaryPath)
         var failures = 0
         while true {
             let received = writer.count
@@ -34,7 +46,10 @@ extension RegistryClient {
             switch response.status.code {
             case 206 where received > 0: break
             case 200:
-                if received > 0 { writer = try ContentStore.BlobWriter(store: store) }
+                if received > 0 {
+                    tee?.restarted()
+                    writer = try ContentStore.BlobWriter(store: store)
+                }
             case 404:
                 _ = try? await response.body.collect(upTo: 1 << 16)
                 throw KilnError(.notFound, "registry \(registry) has no blob \(descriptor.digest) in \(repository); the manifest points at a missing layer")
@@ -45,6 +60,7 @@ extension RegistryClient {
             do {
                 for try await buffer in response.body {
                     try buffer.withUnsafeReadableBytes { try writer.write($0) }
+                    tee?.wrote(total: writer.count)
                     observer?(.bytes(endpoint: endpoint, digest: descriptor.digest, count: Int64(buffer.readableBytes)))
                     if writer.count > descriptor.size {
                         throw KilnError(.checksumMismatch, "registry \(registry) sent more than the \(descriptor.size) bytes of blob \(descriptor.digest); refusing it")
@@ -73,7 +89,8 @@ extension RegistryClient {
     /// upload stands. Returns what happened.
     @discardableResult
     public func pushBlob(
-        _ descriptor: Descriptor, repository: String, from store: ContentStore, mountFrom: String? = nil, observer: TransferObserver? = nil
+        _ descriptor: Descriptor, repository: String, from store: ContentStore, growing: GrowingBlob? = nil, mountFrom: String? = nil,
+        observer: TransferObserver? = nil
     ) async throws -> TransferEvent.Outcome {
         let endpoint = registry
         let digest = descriptor.digest
@@ -83,7 +100,7 @@ extension RegistryClient {
         }
         if try await blobExists(digest, repository: repository) { return finish(.alreadyPresent) }
         let file = store.path(of: digest)
-        guard store.contains(digest) else { throw KilnError(.notFound, "blob \(digest) is not in the content store at '\(store.root)'") }
+        guard growing != nil || store.contains(digest) else { throw KilnError(.notFound, "blob \(digest) is not in the content store at '\(store.root)'") }
         observer?(.blobStarted(endpoint: endpoint, digest: digest, size: descriptor.size))
         let onRetry: @Sendable (String) -> Void = { observer?(.retrying(endpoint: endpoint, reason: $0)) }
 
@@ -103,7 +120,7 @@ extension RegistryClient {
                     throw KilnError(.network, "registry \(registry) started an upload without a Location header")
                 }
                 if descriptor.size > monolithicLimit {
-                    location = try await uploadChunks(file: file, size: descriptor.size, digest: digest, location: location, scope: .push(repository), observer: observer)
+                    location = try await uploadChunks(file: file, growing: growing, size: descriptor.size, digest: digest, location: location, scope: .push(repository), observer: observer)
                     let url = location + (location.contains("?") ? "&" : "?") + "digest=\(digest)"
                     let done = try await send(.PUT, url, scope: .push(repository), headers: ["Content-Length": "0"], retrying: false)
                     _ = try await collect(done, limit: 1 << 16, what: "upload of \(digest)", expect: [201])
@@ -111,7 +128,7 @@ extension RegistryClient {
                     let url = location + (location.contains("?") ? "&" : "?") + "digest=\(digest)"
                     let size = descriptor.size
                     let response = try await send(.PUT, url, scope: .push(repository), headers: ["Content-Type": "application/octet-stream"], body: {
-                        .stream(FileByteRange(path: file, offset: 0, length: size) { observer?(.bytes(endpoint: endpoint, digest: digest, count: $0)) }, length: .known(size))
+                        .stream(FileByteRange(path: file, growing: growing, offset: 0, length: size) { observer?(.bytes(endpoint: endpoint, digest: digest, count: $0)) }, length: .known(size))
                     }, retrying: false)
                     _ = try await collect(response, limit: 1 << 16, what: "upload of \(digest)", expect: [201])
                 }
@@ -129,7 +146,7 @@ extension RegistryClient {
     /// PATCHes `file` in chunks; after a failed chunk asks the registry how far it got and goes on
     /// from there. Returns the Location for the closing PUT.
     private func uploadChunks(
-        file: String, size: Int64, digest: Digest, location start: String, scope: Scope, observer: TransferObserver?
+        file: String, growing: GrowingBlob?, size: Int64, digest: Digest, location start: String, scope: Scope, observer: TransferObserver?
     ) async throws -> String {
         let endpoint = registry
         var location = start
@@ -143,7 +160,7 @@ extension RegistryClient {
                     "Content-Type": "application/octet-stream",
                     "Content-Range": "\(chunkStart)-\(chunkStart + length - 1)",
                 ], body: {
-                    .stream(FileByteRange(path: file, offset: chunkStart, length: length) { observer?(.bytes(endpoint: endpoint, digest: digest, count: $0)) }, length: .known(length))
+                    .stream(FileByteRange(path: file, growing: growing, offset: chunkStart, length: length) { observer?(.bytes(endpoint: endpoint, digest: digest, count: $0)) }, length: .known(length))
                 }, retrying: false)
                 _ = try await collect(response, limit: 1 << 16, what: "chunk \(chunkStart)-\(chunkStart + length - 1) of \(digest)", expect: [202])
                 if let next = response.headers.first(name: "location") { location = absolute(next) }
@@ -166,17 +183,20 @@ extension RegistryClient {
     }
 }
 
-/// Part of a file as an async sequence of buffers, for streamed request bodies; reports each
+/// Part of a blob as an async sequence of buffers, for streamed request bodies: read from the
+/// store's file, or from a `GrowingBlob` while its download is still running. Reports each
 /// chunk's size as it is handed to the connection.
 struct FileByteRange: AsyncSequence, Sendable {
     typealias Element = ByteBuffer
     let path: String
+    let growing: GrowingBlob?
     let offset: Int64
     let length: Int64
     let onChunk: @Sendable (Int64) -> Void
 
-    init(path: String, offset: Int64, length: Int64, onChunk: @escaping @Sendable (Int64) -> Void) {
+    init(path: String, growing: GrowingBlob? = nil, offset: Int64, length: Int64, onChunk: @escaping @Sendable (Int64) -> Void) {
         self.path = path
+        self.growing = growing
         self.offset = offset
         self.length = length
         self.onChunk = onChunk
@@ -185,23 +205,33 @@ struct FileByteRange: AsyncSequence, Sendable {
     final class AsyncIterator: AsyncIteratorProtocol {
         private let range: FileByteRange
         private var position: Int64
-        private var descriptor: Int32 = -1
+        /// Our own descriptor for the finished file; a growing blob lends its own.
+        private var ownDescriptor: Int32 = -1
 
         init(_ range: FileByteRange) {
             self.range = range
             position = range.offset
         }
 
-        deinit { if descriptor >= 0 { close(descriptor) } }
+        deinit { if ownDescriptor >= 0 { close(ownDescriptor) } }
 
         func next() async throws -> ByteBuffer? {
             let end = range.offset + range.length
             guard position < end else { return nil }
-            if descriptor < 0 {
-                descriptor = open(range.path, O_RDONLY | O_CLOEXEC)
-                guard descriptor >= 0 else { throw KilnError(.ioFailure, "cannot open '\(range.path)': \(String(cString: strerror(errno)))") }
+            var descriptor = ownDescriptor
+            var limit = end
+            if descriptor < 0, let growing = range.growing {
+                if case .stream(let lent, let available) = try await growing.source(after: position) {
+                    descriptor = lent
+                    limit = Swift.min(end, available)
+                }
             }
-            let count = Int(Swift.min(Int64(1 << 20), end - position))
+            if descriptor < 0 {
+                ownDescriptor = open(range.path, O_RDONLY | O_CLOEXEC)
+                guard ownDescriptor >= 0 else { throw KilnError(.ioFailure, "cannot open '\(range.path)': \(String(cString: strerror(errno)))") }
+                descriptor = ownDescriptor
+            }
+            let count = Int(Swift.min(Int64(1 << 20), limit - position))
             var buffer = ByteBuffer()
             let got = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { bytes in
                 let got = pread(descriptor, bytes.baseAddress, count, off_t(position))

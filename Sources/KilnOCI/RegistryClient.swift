@@ -66,7 +66,7 @@ public final class RegistryClient: Sendable {
     /// `caCertificatePath` trusts a private CA (a PEM file) instead of the system's.
     public init(
         registry: String, credentials: RegistryCredentials? = nil, insecureHTTP: Bool = false, caCertificatePath: String? = nil,
-        retry: RetryPolicy = RetryPolicy(), monolithicLimit: Int64 = 32 << 20, chunkSize: Int64 = 16 << 20
+        retry: RetryPolicy = RetryPolicy(), monolithicLimit: Int64 = 64 << 20, chunkSize: Int64 = 32 << 20
     ) throws {
         self.registry = registry
         self.credentials = credentials

@@ -29,7 +29,7 @@ public final class RegistryDirectory: Sendable {
 
     public init(
         settings: [String: RegistrySettings] = [:], logins: RegistryCredentialStore = RegistryCredentialStore(),
-        retry: RetryPolicy = RetryPolicy(), monolithicLimit: Int64 = 32 << 20, chunkSize: Int64 = 16 << 20
+        retry: RetryPolicy = RetryPolicy(), monolithicLimit: Int64 = 64 << 20, chunkSize: Int64 = 32 << 20
     ) {
         self.settings = settings
         self.logins = logins
