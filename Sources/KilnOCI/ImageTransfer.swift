@@ -65,6 +65,17 @@ public struct ImageTransfer: Sendable {
 
         let targets = try destinations.map { try Target(location: $0, home: store, registries: registries) }
         defer { targets.forEach { $0.close() } }
+        // Tags of one repository (or one layout) share their blobs: each blob goes there once, and
+        // its bytes are charged to the first of them.
+        var firstOfGroup: [String: Int] = [:]
+        let groups = targets.indices.reduce(into: [[Int]]()) { groups, index in
+            if let group = firstOfGroup[targets[index].blobKey] {
+                groups[group].append(index)
+            } else {
+                firstOfGroup[targets[index].blobKey] = groups.count
+                groups.append([index])
+            }
+        }
         let failures = Mutex<[Int: KilnError]>([:])
         let fail: @Sendable (Int, Error) -> Void = { index, error in
             let kilnError = error as? KilnError ?? KilnError(.network, "\(error)")
@@ -91,7 +102,9 @@ public struct ImageTransfer: Sendable {
                         _ = try await limiter.withPermit { try await opened.fetch(blob, fromSource) }
                     }
                     await withTaskGroup(of: Void.self) { pushes in
-                        for (index, target) in targets.enumerated() {
+                        for group in groups {
+                            let index = group[0]
+                            let target = targets[index]
                             pushes.addTask {
                                 guard !failed(index) else { return }
                                 // Take a transfer slot only once the download holds one, so waiting uploads never starve it.
@@ -103,7 +116,7 @@ public struct ImageTransfer: Sendable {
                                         })
                                     }
                                 } catch {
-                                    fail(index, error)
+                                    group.forEach { fail($0, error) }
                                 }
                             }
                         }
@@ -378,6 +391,13 @@ public struct ImageTransfer: Sendable {
                     }
                 }
             }
+        }
+
+        /// Destinations with the same key hold the same blobs.
+        var blobKey: String {
+            if let registry { return "registry:\(registry.reference.registry)/\(registry.reference.repository)" }
+            // An archive stages in its own directory, so it shares with nothing.
+            return "layout:" + (layout?.root ?? "")
         }
 
         /// Archives are written once everything is staged.

@@ -113,33 +113,48 @@ extension RegistryClient {
                     start += "?mount=\(digest)&from=\(mountFrom)"
                     scope = .mount(into: repository, from: mountFrom)
                 }
+                // The session start retries by itself; only an interrupted body restarts the whole upload.
                 let started = try await send(.POST, start, scope: scope, headers: ["Content-Length": "0"], onRetry: onRetry)
                 _ = try await collect(started, limit: 1 << 16, what: "upload start for \(digest)", expect: [201, 202])
                 if started.status.code == 201 { return finish(.mounted) }
-                guard var location = started.headers.first(name: "location").map(absolute) else {
+                guard let location = started.headers.first(name: "location").map(absolute) else {
                     throw KilnError(.network, "registry \(registry) started an upload without a Location header")
                 }
-                if descriptor.size > monolithicLimit {
-                    location = try await uploadChunks(file: file, growing: growing, size: descriptor.size, digest: digest, location: location, scope: .push(repository), observer: observer)
-                    let url = location + (location.contains("?") ? "&" : "?") + "digest=\(digest)"
-                    let done = try await send(.PUT, url, scope: .push(repository), headers: ["Content-Length": "0"], retrying: false)
-                    _ = try await collect(done, limit: 1 << 16, what: "upload of \(digest)", expect: [201])
-                } else {
-                    let url = location + (location.contains("?") ? "&" : "?") + "digest=\(digest)"
-                    let size = descriptor.size
-                    let response = try await send(.PUT, url, scope: .push(repository), headers: ["Content-Type": "application/octet-stream"], body: {
-                        .stream(FileByteRange(path: file, growing: growing, offset: 0, length: size) { observer?(.bytes(endpoint: endpoint, digest: digest, count: $0)) }, length: .known(size))
-                    }, retrying: false)
-                    _ = try await collect(response, limit: 1 << 16, what: "upload of \(digest)", expect: [201])
+                do {
+                    try await sendBody(descriptor, file: file, growing: growing, location: location, repository: repository, observer: observer)
+                } catch let error as KilnError where error.code == .network {
+                    throw UploadInterrupted(error: error)
                 }
                 return finish(.uploaded)
-            } catch {
+            } catch let interrupted as UploadInterrupted {
                 failures += 1
-                if let error = error as? KilnError, error.code != .network { throw error }
-                guard failures < retry.attempts, !(error is CancellationError) else { throw error }
+                guard failures < retry.attempts else { throw interrupted.error }
+                let error = interrupted.error
                 onRetry("upload of \(digest.encoded.prefix(12)) to \(repository): \(error)")
                 try await Task.sleep(for: retry.delay(beforeAttempt: failures + 1))
             }
+        }
+    }
+
+    /// The bytes of an upload session: one PUT for small blobs, PATCH chunks then a PUT for large ones.
+    private func sendBody(
+        _ descriptor: Descriptor, file: String, growing: GrowingBlob?, location start: String, repository: String, observer: TransferObserver?
+    ) async throws {
+        let endpoint = registry
+        let digest = descriptor.digest
+        var location = start
+        if descriptor.size > monolithicLimit {
+            location = try await uploadChunks(file: file, growing: growing, size: descriptor.size, digest: digest, location: location, scope: .push(repository), observer: observer)
+            let url = location + (location.contains("?") ? "&" : "?") + "digest=\(digest)"
+            let done = try await send(.PUT, url, scope: .push(repository), headers: ["Content-Length": "0"], retrying: false)
+            _ = try await collect(done, limit: 1 << 16, what: "upload of \(digest)", expect: [201])
+        } else {
+            let url = location + (location.contains("?") ? "&" : "?") + "digest=\(digest)"
+            let size = descriptor.size
+            let response = try await send(.PUT, url, scope: .push(repository), headers: ["Content-Type": "application/octet-stream"], body: {
+                .stream(FileByteRange(path: file, growing: growing, offset: 0, length: size) { observer?(.bytes(endpoint: endpoint, digest: digest, count: $0)) }, length: .known(size))
+            }, retrying: false)
+            _ = try await collect(response, limit: 1 << 16, what: "upload of \(digest)", expect: [201])
         }
     }
 
@@ -181,6 +196,11 @@ extension RegistryClient {
         }
         return location
     }
+}
+
+/// An upload whose body did not get through; the whole upload starts again.
+private struct UploadInterrupted: Error {
+    let error: KilnError
 }
 
 /// Part of a blob as an async sequence of buffers, for streamed request bodies: read from the

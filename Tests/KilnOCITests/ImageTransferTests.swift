@@ -45,8 +45,7 @@ func skopeoDigest(_ reference: String, extra: String = "--tls-verify=false") thr
 /// `resets` times in all; later connections pass untouched.
 final class FaultProxy: Sendable {
     let port: Int
-    private let process: Process
-    private let directory: Scratch
+    private let helper: PythonHelper
 
     static let script = #"""
     import select, socket, struct, sys, threading
@@ -99,12 +98,30 @@ final class FaultProxy: Sendable {
     """#
 
     init(upstream: Int, resetAfter: Int, resets: Int) throws {
-        directory = Scratch("kiln-proxy")
         port = try TestRegistry.freePort()
-        try Self.script.write(toFile: directory.path + "/proxy.py", atomically: true, encoding: .utf8)
+        let port = port
+        helper = try PythonHelper(Self.script) { _ in ["\(port)", "\(upstream)", "\(resetAfter)", "\(resets)"] }
+    }
+
+    var host: String { "127.0.0.1:\(port)" }
+
+    func stop() { helper.stop() }
+}
+
+/// A Python helper run from its source text, in its own scratch directory; it prints one line
+/// once it is ready.
+final class PythonHelper: Sendable {
+    let directory: Scratch
+    private let process: Process
+
+    /// `arguments` gets the scratch directory, after `setup` has prepared it.
+    init(_ script: String, setup: (String) throws -> Void = { _ in }, arguments: (String) -> [String]) throws {
+        directory = Scratch("kiln-helper")
+        try setup(directory.path)
+        try script.write(toFile: directory.path + "/helper.py", atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [directory.path + "/proxy.py", "\(port)", "\(upstream)", "\(resetAfter)", "\(resets)"]
+        process.arguments = [directory.path + "/helper.py"] + arguments(directory.path)
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice
@@ -112,8 +129,6 @@ final class FaultProxy: Sendable {
         self.process = process
         _ = pipe.fileHandleForReading.availableData
     }
-
-    var host: String { "127.0.0.1:\(port)" }
 
     func stop() {
         kill(process.processIdentifier, SIGKILL)
@@ -127,7 +142,7 @@ final class FaultProxy: Sendable {
 struct ImageTransferTests {
     let fastRetry = RetryPolicy(attempts: 6, firstDelay: .milliseconds(20), maximumDelay: .milliseconds(200))
 
-    @Test("One copy reaches a plain, an htpasswd and a TLS registry; skopeo sees one digest everywhere; a second copy sends nothing")
+    @Test("One copy reaches a plain, an htpasswd and a TLS registry; skopeo sees one digest everywhere; a second copy sends nothing; mounts and pulls work in each")
     func copyToThreeRegistries() async throws {
         let plain = try TestRegistry()
         let basic = try TestRegistry(htpasswd: ("kiln", "s3cret"))
@@ -161,6 +176,21 @@ struct ImageTransferTests {
         let again = try await transfer.copy(from: .store(name: "app"), to: destinations).checked()
         for destination in again.destinations {
             #expect(destination.totals.bytes == 0 && destination.totals.blobsSkipped == 2, "blobs already there are not sent again")
+        }
+
+        // In each registry: mount into another repository under two tags, then pull it back.
+        for (registry, skopeoFlags) in [(plain, "--tls-verify=false"), (basic, "--tls-verify=false --creds kiln:s3cret"), (tls, "--cert-dir \(tls.directory)/certs")] {
+            let tags = try ["\(registry.host)/mirror/app:1.0", "\(registry.host)/mirror/app:latest"].map(ImageLocation.init)
+            let mounted = try await transfer.copy(from: try ImageLocation("\(registry.host)/team/app:1.0"), to: tags).checked()
+            #expect(mounted.destinations[0].totals.blobsMounted == 2 && mounted.destinations[0].totals.bytes == 0, "\(registry.host): blobs are mounted, not sent")
+            #expect(mounted.destinations[1].totals.blobsSent + mounted.destinations[1].totals.blobsMounted == 0, "a second tag of one repository shares the first one's blobs")
+            for tag in ["1.0", "latest"] {
+                #expect(try skopeoDigest("\(registry.host)/mirror/app:\(tag)", extra: skopeoFlags) == manifest.digest.description)
+            }
+            let pulledStore = try ContentStore(root: home.path + "/pulled-\(registry.port)")
+            let pull = ImageTransfer(store: pulledStore, registries: registries)
+            #expect(try await pull.pull(try ImageReference("\(registry.host)/mirror/app:latest")).digest == manifest.digest)
+            #expect(try pulledStore.read(parsed.layers[0].digest) == store.read(parsed.layers[0].digest))
         }
         await registries.shutdown()
     }

@@ -16,7 +16,9 @@ final class TestRegistry: Sendable {
     /// `caCertificate` is that CA's PEM file.
     let caCertificate: String?
 
-    init(htpasswd: (user: String, password: String)? = nil, tls: Bool = false) throws {
+    /// `token` makes the registry demand Bearer tokens from `realm`, signed with the key whose
+    /// certificate is `certificate`.
+    init(htpasswd: (user: String, password: String)? = nil, tls: Bool = false, token: (realm: String, certificate: String)? = nil) throws {
         var template = Array("/tmp/kiln-registry.XXXXXX".utf8CString)
         directory = String(cString: mkdtemp(&template)!)
         port = try Self.freePort()
@@ -40,6 +42,9 @@ final class TestRegistry: Sendable {
             let result = try run("htpasswd -Bbn \(htpasswd.user) \(htpasswd.password) > \(directory)/htpasswd")
             #expect(result.status == 0)
             auth = "auth:\n  htpasswd:\n    realm: kiln-test\n    path: \(directory)/htpasswd\n"
+        }
+        if let token {
+            auth = "auth:\n  token:\n    realm: \(token.realm)\n    service: kiln-test\n    issuer: kiln-test-issuer\n    rootcertbundle: \(token.certificate)\n"
         }
         try """
         version: 0.1
