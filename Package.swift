@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "kiln", targets: ["kiln"]),
+        .executable(name: "kiln-init", targets: ["kiln-init"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
@@ -48,18 +49,26 @@ let package = Package(
             ]
         ),
         .target(
+            name: "KilnInstances",
+            dependencies: ["KilnModel", "KilnTOE", "KilnOCI", "CKilnSystem"]
+        ),
+        // Process 1 of every instance: static, so it runs in images without a libc or a shell.
+        .executableTarget(name: "kiln-init", linkerSettings: [.unsafeFlags(["-static-executable"])]),
+        .target(
             name: "KilnCLI",
             dependencies: [
                 "KilnModel",
                 "KilnTOE",
                 "KilnOCI",
+                "KilnInstances",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "kiln", dependencies: ["KilnCLI"]),
+        .executableTarget(name: "kiln", dependencies: ["KilnCLI", "kiln-init"]),
         .testTarget(name: "KilnModelTests", dependencies: ["KilnModel"]),
         .testTarget(name: "KilnTOETests", dependencies: ["KilnTOE", "KilnModel"]),
         .testTarget(name: "KilnOCITests", dependencies: ["KilnOCI", "KilnModel", "CKilnSystem"]),
         .testTarget(name: "KilnCLITests", dependencies: ["KilnCLI", "kiln"]),
+        .testTarget(name: "KilnInstancesTests", dependencies: ["KilnInstances", "KilnOCI", "KilnTOE", "KilnModel", "kiln-init"]),
     ]
 )

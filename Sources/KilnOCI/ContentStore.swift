@@ -13,7 +13,7 @@ public struct ContentStore: Sendable {
     public let root: String
 
     /// Temp files for atomic writes; inside the store so `rename` never crosses file systems.
-    let scratch: String
+    public let scratch: String
 
     /// Kiln's own store (`managed`) keeps `ingest/` and `leases/` beside the layout; a layout
     /// the user names (`oci-layout:PATH`) gets only what the OCI spec lists.

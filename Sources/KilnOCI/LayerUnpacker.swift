@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CKilnSystem
 import Foundation
 import KilnModel
 
@@ -14,6 +15,10 @@ public struct LayerUnpacker {
     public var allowDevices: Bool
     /// Owners are applied only when running as root.
     public var applyOwners: Bool
+
+    /// Writes whiteouts as overlayfs expects them in a lower directory (0/0 character devices,
+    /// `trusted.overlay.opaque`) instead of deleting, for a layer unpacked into its own folder.
+    public var overlayWhiteouts = false
 
     public init(target: String, allowDevices: Bool = geteuid() == 0, applyOwners: Bool = geteuid() == 0) {
         self.target = target.count > 1 && target.hasSuffix("/") ? String(target.dropLast()) : target
@@ -49,13 +54,28 @@ public struct LayerUnpacker {
             }
             let parentComponents = Array(components.dropLast())
             if name == ".wh..wh..opq" {
-                opaque.append(parentComponents.joined(separator: "/"))
+                if overlayWhiteouts {
+                    try ensureDirectories(parentComponents)
+                    let folder = try resolveParent(parentComponents, for: entry.path)
+                    guard setxattr(folder, "trusted.overlay.opaque", "y", 1, 0) == 0 else {
+                        throw KilnError(.ioFailure, "cannot mark '\(entry.path)' opaque for overlayfs: \(String(cString: strerror(errno)))")
+                    }
+                } else {
+                    opaque.append(parentComponents.joined(separator: "/"))
+                }
                 continue
             }
             let parentHost = try resolveParent(parentComponents, for: entry.path)
             if name.hasPrefix(".wh.") {
                 let victim = parentHost + "/" + String(name.dropFirst(4))
                 try removeIfPresent(victim)
+                if overlayWhiteouts {
+                    try ensureDirectories(parentComponents)
+                    // overlayfs hides a lower file behind a 0/0 character device of the same name.
+                    guard mknod(victim, S_IFCHR | 0o000, 0) == 0 else {
+                        throw KilnError(.ioFailure, "cannot write the whiteout '\(entry.path)' for overlayfs: \(String(cString: strerror(errno)))")
+                    }
+                }
                 continue
             }
             let relative = components.joined(separator: "/")

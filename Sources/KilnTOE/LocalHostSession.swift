@@ -239,19 +239,33 @@ public struct LocalHostSession: InstanceSession {
 }
 
 /// Users and groups as the instance knows them (its own /etc/passwd and /etc/group).
-struct UserDatabase {
+public struct UserDatabase: Sendable {
     let fileSystem: RootedFileSystem
 
-    func userID(_ name: String) throws -> UInt32 {
+    public init(fileSystem: RootedFileSystem) {
+        self.fileSystem = fileSystem
+    }
+
+    public func userID(_ name: String) throws -> UInt32 {
         if let id = UInt32(name) { return id }
         if let id = lookup(name, in: "/etc/passwd", idField: 2) { return id }
         throw KilnError(.notFound, "user '\(name)' does not exist in the instance (/etc/passwd); create it first or use a numeric id")
     }
 
-    func groupID(_ name: String) throws -> UInt32 {
+    public func groupID(_ name: String) throws -> UInt32 {
         if let id = UInt32(name) { return id }
         if let id = lookup(name, in: "/etc/group", idField: 2) { return id }
         throw KilnError(.notFound, "group '\(name)' does not exist in the instance (/etc/group); create it first or use a numeric id")
+    }
+
+    /// The primary group of a user, from /etc/passwd.
+    public func primaryGroupID(ofUser uid: UInt32) -> UInt32? {
+        guard let host = try? fileSystem.hostPath("/etc/passwd"), let text = try? String(contentsOfFile: host, encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+            if fields.count > 3, UInt32(fields[2]) == uid { return UInt32(fields[3]) }
+        }
+        return nil
     }
 
     private func lookup(_ name: String, in file: String, idField: Int) -> UInt32? {

@@ -10,11 +10,11 @@ import Synchronization
 
 /// Spawns a program in its own process group and streams its output. A timeout or task
 /// cancellation sends SIGKILL to the whole group, so a step's children die with it.
-enum ProcessRunner {
+public enum ProcessRunner {
     /// How long output is still read after the program itself exited, for children that keep the pipes open.
     static let drainGrace: Duration = .seconds(1)
 
-    static func run(
+    public static func run(
         executablePath: String, argumentZero: String, arguments: [String], environment: [String: String],
         workingDirectory: String?, timeout: Duration?,
         output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void

@@ -1,0 +1,257 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KilnModel
+import KilnOCI
+import KilnTOE
+
+/// Where instances live: `<dataDirectory>/instances/<id>/` holds each one's overlay dirs,
+/// runtime bundle and state; layers are shared from `<dataDirectory>/layers`.
+public struct InstanceHost: Sendable {
+    public let dataDirectory: String
+    public let store: ContentStore
+    public let layers: LayerCache
+    let runc: Runc
+
+    public init(dataDirectory: String, store: ContentStore) throws {
+        self.dataDirectory = dataDirectory
+        self.store = store
+        layers = try LayerCache(root: dataDirectory + "/layers")
+        runc = Runc()
+        try FileManager.default.createDirectory(atPath: instancesDirectory, withIntermediateDirectories: true)
+    }
+
+    var instancesDirectory: String { dataDirectory + "/instances" }
+
+    /// Kiln's own top layer for every instance: the init at /.kiln/init and the mount points
+    /// runc needs, so that nothing Kiln adds ever lands in an instance's upper dir (or a snapshot).
+    func kilnLayer() throws -> String {
+        let folder = instancesDirectory + "/.kiln-layer"
+        if FileManager.default.fileExists(atPath: folder + "/.kiln/init") { return folder }
+        let staging = instancesDirectory + "/.kiln-layer-\(UUID().uuidString)"
+        let manager = FileManager.default
+        for directory in ["/.kiln", "/proc", "/sys", "/dev", "/etc"] {
+            try manager.createDirectory(atPath: staging + directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        }
+        for file in ["/etc/resolv.conf", "/etc/hosts"] {
+            _ = manager.createFile(atPath: staging + file, contents: nil, attributes: [.posixPermissions: 0o644])
+        }
+        let initBinary = try Self.locateInit()
+        try manager.copyItem(atPath: initBinary, toPath: staging + "/.kiln/init")
+        chmod(staging + "/.kiln/init", 0o755)
+        if rename(staging, folder) != 0 { try? manager.removeItem(atPath: staging) }
+        return folder
+    }
+
+    /// `kiln-init` sits next to the kiln executable (or the test bundle); `KILN_INIT` overrides.
+    static func locateInit() throws -> String {
+        if let given = ProcessInfo.processInfo.environment["KILN_INIT"] { return given }
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var directory = (executable as NSString).deletingLastPathComponent
+        for _ in 0..<3 {
+            let candidate = directory + "/kiln-init"
+            if access(candidate, X_OK) == 0 { return candidate }
+            directory = (directory as NSString).deletingLastPathComponent
+        }
+        throw KilnError(.notFound, "kiln-init is not next to \(executable); build it (swift build --product kiln-init) or set KILN_INIT")
+    }
+}
+
+public struct InstanceOptions: Sendable {
+    public var type: InstanceType
+    public var network: InstanceNetwork
+    /// Kept after a failure for debugging (`terminateInstanceOnFailure: false`).
+    public var keep: Bool
+
+    public init(type: InstanceType = InstanceType.defaults["t3.medium"]!, network: InstanceNetwork = .host, keep: Bool = false) {
+        self.type = type
+        self.network = network
+        self.keep = keep
+    }
+}
+
+/// What `instances/<id>/instance.json` records, so a later Kiln can reap what a crash left.
+struct InstanceRecord: Codable {
+    var id: String
+    var image: String
+    var ownerPID: Int32
+    var keep: Bool
+    var created: String
+}
+
+/// A builder or test instance: a runc container whose root is an overlay of the image's cached
+/// layers plus its own upper dir. `destroy()` releases everything in reverse order.
+public final class ContainerInstance: Sendable {
+    public let id: String
+    public let directory: String
+    public let image: ImageConfiguration
+    public let manifest: ImageManifest
+    let host: InstanceHost
+    var runc: Runc { host.runc }
+
+    public var rootfs: String { directory + "/rootfs" }
+    public var upper: String { directory + "/upper" }
+    var bundle: String { directory + "/bundle" }
+
+    /// The image's Env as a dictionary.
+    var environment: [String: String] {
+        var values = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"]
+        for entry in image.config?.env ?? [] {
+            guard let equals = entry.firstIndex(of: "=") else { continue }
+            values[String(entry[..<equals])] = String(entry[entry.index(after: equals)...])
+        }
+        return values
+    }
+
+    var workingDirectory: String { image.config?.workingDir.flatMap { $0.isEmpty ? nil : $0 } ?? "/" }
+
+    public var session: ContainerSession { ContainerSession(instance: self) }
+
+    private init(id: String, directory: String, image: ImageConfiguration, manifest: ImageManifest, host: InstanceHost) {
+        self.id = id
+        self.directory = directory
+        self.image = image
+        self.manifest = manifest
+        self.host = host
+    }
+
+    /// Starts an instance from an image in the store (a manifest descriptor).
+    public static func start(image descriptor: Descriptor, on host: InstanceHost, options: InstanceOptions = InstanceOptions(), name: String? = nil) async throws -> ContainerInstance {
+        try host.runc.available()
+        let manifest = try JSONDecoder().decode(ImageManifest.self, from: try host.store.read(descriptor.digest))
+        let config = try JSONDecoder().decode(ImageConfiguration.self, from: try host.store.read(manifest.config.digest))
+        let id = "kiln-" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(12)
+        let directory = host.instancesDirectory + "/" + id
+        let instance = ContainerInstance(id: id, directory: directory, image: config, manifest: manifest, host: host)
+        let manager = FileManager.default
+        try manager.createDirectory(atPath: directory, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        let record = InstanceRecord(id: id, image: name ?? descriptor.digest.description, ownerPID: getpid(), keep: options.keep, created: ISO8601DateFormatter().string(from: Date()))
+        try JSONEncoder().encode(record).write(to: URL(fileURLWithPath: directory + "/instance.json"))
+        do {
+            for folder in [instance.rootfs, instance.upper, directory + "/work", instance.bundle] {
+                try manager.createDirectory(atPath: folder, withIntermediateDirectories: false)
+            }
+            let lowers = try [host.kilnLayer()] + host.layers.folders(for: manifest, config: config, store: host.store).reversed()
+            try Overlay.mount(lower: lowers, upper: instance.upper, work: directory + "/work", at: instance.rootfs, scratch: directory)
+            let resolv = (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "nameserver 127.0.0.1\n"
+            try resolv.write(toFile: directory + "/resolv.conf", atomically: true, encoding: .utf8)
+            try "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t\(id)\n".write(toFile: directory + "/hosts", atomically: true, encoding: .utf8)
+            let spec = RuntimeSpec.instance(
+                rootfs: instance.rootfs, hostname: id, type: options.type, network: options.network, cgroupsPath: "/kiln/\(id)",
+                resolvConf: directory + "/resolv.conf", hosts: directory + "/hosts"
+            )
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(spec).write(to: URL(fileURLWithPath: instance.bundle + "/config.json"))
+            try await host.runc.start(id: id, bundle: instance.bundle)
+        } catch {
+            await instance.destroy()
+            throw error
+        }
+        return instance
+    }
+
+    /// Stops process 1 and starts it again on the same root filesystem (a reboot).
+    func restart() async throws {
+        await runc.remove(id: id)
+        try await runc.start(id: id, bundle: bundle)
+    }
+
+    /// The image's `User` (name, uid, uid:gid or name:group) as numbers, from the instance's own files.
+    func user() throws -> (UInt32, UInt32) {
+        let users = UserDatabase(fileSystem: RootedFileSystem(root: rootfs, workingDirectory: "/"))
+        let text = image.config?.user ?? ""
+        guard !text.isEmpty else { return (0, 0) }
+        let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+        let uid = try users.userID(parts[0])
+        let gid = try parts.count > 1 ? users.groupID(parts[1]) : (users.primaryGroupID(ofUser: uid) ?? 0)
+        return (uid, gid)
+    }
+
+    /// Stops the container, unmounts its root and deletes its folder; safe to call twice.
+    public func destroy() async {
+        await runc.remove(id: id)
+        Overlay.unmount(rootfs)
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    // MARK: Snapshot
+
+    /// What the recipe sets on the new image.
+    public struct SnapshotSettings: Sendable {
+        public var history: String
+        public var environment: [String: String] = [:]
+        public var labels: [String: String] = [:]
+        public var entrypoint: [String]?
+        public var cmd: [String]?
+        public var sourceDateEpoch: Int64?
+
+        public init(history: String, sourceDateEpoch: Int64? = nil) {
+            self.history = history
+            self.sourceDateEpoch = sourceDateEpoch
+        }
+    }
+
+    /// The upper dir as a new layer on the parent image (whiteouts included), stored and named.
+    public func snapshot(as name: String, settings: SnapshotSettings) throws -> Descriptor {
+        let store = host.store
+        let staging = store.scratch + "/.snapshot-\(UUID().uuidString)"
+        defer { unlink(staging) }
+        let handle = try FileHandle(forWritingTo: { FileManager.default.createFile(atPath: staging, contents: nil); return URL(fileURLWithPath: staging) }())
+        let gzip = try GzipLayerWriter { try handle.write(contentsOf: Data($0)) }
+        var tar = TarWriter { try gzip.write($0) }
+        try DirectoryArchiver(sourceDateEpoch: settings.sourceDateEpoch, overlayUpperDirectory: true).archive(upper, into: &tar)
+        try tar.finish()
+        let packed = try gzip.finish()
+        try handle.close()
+        guard rename(staging, store.path(of: packed.digest)) == 0 else {
+            throw KilnError(.ioFailure, "cannot store the snapshot layer of \(id): \(String(cString: strerror(errno)))")
+        }
+        var config = image
+        let created = ISO8601DateFormatter().string(from: settings.sourceDateEpoch.map { Date(timeIntervalSince1970: TimeInterval($0)) } ?? Date())
+        config.created = created
+        config.rootfs.diffIDs.append(packed.diffID)
+        config.history = (config.history ?? []) + [.init(created: created, createdBy: settings.history)]
+        var container = config.config ?? ImageConfiguration.ContainerConfig()
+        if !settings.environment.isEmpty {
+            var environment = environment
+            environment.merge(settings.environment) { _, new in new }
+            container.env = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        }
+        if !settings.labels.isEmpty { container.labels = (container.labels ?? [:]).merging(settings.labels) { _, new in new } }
+        if let entrypoint = settings.entrypoint { container.entrypoint = entrypoint }
+        if let cmd = settings.cmd { container.cmd = cmd }
+        config.config = container
+        let configDescriptor = try store.ingestJSON(config, mediaType: MediaType.imageConfig)
+        let layer = Descriptor(mediaType: MediaType.layerTarGzip, digest: packed.digest, size: packed.size)
+        let manifest = try store.ingestJSON(ImageManifest(config: configDescriptor, layers: manifest.layers + [layer]), mediaType: MediaType.imageManifest)
+        try store.tag(name, manifest)
+        return manifest
+    }
+
+    // MARK: Crash recovery
+
+    /// Removes what a Kiln that died left behind: instances whose owner is gone and that were
+    /// not kept, their containers, mounts, cgroups and folders. Returns the ids reaped.
+    @discardableResult
+    public static func reapOrphans(on host: InstanceHost) async -> [String] {
+        var reaped: [String] = []
+        for id in (try? FileManager.default.contentsOfDirectory(atPath: host.instancesDirectory)) ?? [] where id.hasPrefix("kiln-") {
+            let directory = host.instancesDirectory + "/" + id
+            let record = (try? Data(contentsOf: URL(fileURLWithPath: directory + "/instance.json"))).flatMap { try? JSONDecoder().decode(InstanceRecord.self, from: $0) }
+            if let record, record.keep || (record.ownerPID != getpid() && Self.isKiln(record.ownerPID)) { continue }
+            await host.runc.remove(id: id)
+            Overlay.unmount(directory + "/rootfs")
+            try? FileManager.default.removeItem(atPath: directory)
+            Cgroups.remove(path: "/kiln/\(id)")
+            reaped.append(id)
+        }
+        return reaped
+    }
+
+    static func isKiln(_ pid: Int32) -> Bool {
+        guard pid > 0, kill(pid, 0) == 0 else { return false }
+        return true
+    }
+}

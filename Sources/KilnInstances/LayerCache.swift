@@ -1,0 +1,83 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KilnModel
+import KilnOCI
+
+/// Every image layer unpacked once, by diffID, into a folder that overlayfs can stack as a
+/// lower directory (whiteouts as 0/0 devices, opaque folders by xattr). Instances share them.
+public struct LayerCache: Sendable {
+    public let root: String
+
+    public init(root: String) throws {
+        self.root = root
+        do {
+            try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        } catch {
+            throw KilnError(.ioFailure, "cannot create the layer cache at '\(root)': \(error.localizedDescription)")
+        }
+    }
+
+    public func path(of diffID: Digest) -> String { "\(root)/\(diffID.encoded)" }
+
+    /// The folder of each layer of `manifest`, bottom first, unpacking what is missing.
+    public func folders(for manifest: ImageManifest, config: ImageConfiguration, store: ContentStore) throws -> [String] {
+        guard manifest.layers.count == config.rootfs.diffIDs.count else {
+            throw KilnError(.invalidArgument, "the image lists \(manifest.layers.count) layers but its config names \(config.rootfs.diffIDs.count) diffIDs")
+        }
+        return try zip(manifest.layers, config.rootfs.diffIDs).map { layer, diffID in
+            try unpack(layer, diffID: diffID, store: store)
+        }
+    }
+
+    /// Unpacks one layer (verifying its diffID) unless it is cached; returns its folder.
+    @discardableResult
+    public func unpack(_ layer: Descriptor, diffID: Digest, store: ContentStore) throws -> String {
+        let folder = path(of: diffID)
+        if FileManager.default.fileExists(atPath: folder) { return folder }
+        let compressed: Bool
+        switch layer.mediaType {
+        case MediaType.layerTarGzip, MediaType.dockerLayerGzip: compressed = true
+        case MediaType.layerTar, "application/vnd.docker.image.rootfs.diff.tar": compressed = false
+        default:
+            throw KilnError(.unsupported, "layer \(layer.digest) is '\(layer.mediaType)'; Kiln unpacks tar and tar+gzip layers")
+        }
+        let staging = "\(root)/.tmp-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: staging) }
+        try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: false)
+        var hash = SHA256Stream()
+        let source: TarReader.Source
+        if compressed {
+            let gzip = try GzipReader(path: store.path(of: layer.digest))
+            source = { buffer, limit in
+                let count = try gzip.read(into: &buffer, limit: limit)
+                hash.update(Array(buffer[0..<count]))
+                return count
+            }
+        } else {
+            guard let handle = FileHandle(forReadingAtPath: store.path(of: layer.digest)) else {
+                throw KilnError(.notFound, "layer \(layer.digest) is not in the content store")
+            }
+            source = { buffer, limit in
+                buffer = Array(try handle.read(upToCount: limit) ?? Data())
+                hash.update(buffer)
+                return buffer.count
+            }
+        }
+        var reader = TarReader(source: source)
+        var unpacker = LayerUnpacker(target: staging)
+        unpacker.overlayWhiteouts = true
+        try unpacker.apply(&reader)
+        // The diffID covers the whole tar, end-of-archive blocks included.
+        var rest: [UInt8] = []
+        while try source(&rest, 1 << 16) > 0 {}
+        guard hash.finalize() == diffID else {
+            throw KilnError(.checksumMismatch, "layer \(layer.digest) does not unpack to its diffID \(diffID); the image is corrupt")
+        }
+        guard rename(staging, folder) == 0 || FileManager.default.fileExists(atPath: folder) else {
+            throw KilnError(.ioFailure, "cannot store layer \(diffID) in '\(root)': \(String(cString: strerror(errno)))")
+        }
+        return folder
+    }
+}

@@ -1,0 +1,37 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KilnModel
+
+/// overlayfs mounts for instance roots.
+enum Overlay {
+    /// The kernel takes mount options up to one page.
+    static let optionLimit = 4000
+
+    /// Mounts `lower` (topmost first) under `upper`. Too many layers for one option string are an
+    /// error here; `LayerCache` flattening comes first.
+    static func mount(lower: [String], upper: String, work: String, at target: String, scratch: String) throws {
+        let options = "lowerdir=\(lower.joined(separator: ":")),upperdir=\(upper),workdir=\(work)"
+        guard options.utf8.count < optionLimit else {
+            throw KilnError(.unsupported, "the image has too many layers (\(lower.count)) for one overlay mount; flatten it first")
+        }
+        guard Glibc.mount("overlay", target, "overlay", 0, options) == 0 else {
+            throw KilnError(.ioFailure, "cannot mount the instance root at '\(target)': \(String(cString: strerror(errno))) (overlayfs needs root)")
+        }
+    }
+
+    /// Unmounts if mounted; a busy mount is detached so the folder can go.
+    static func unmount(_ target: String) {
+        if umount2(target, 0) != 0, errno == EBUSY { umount2(target, Int32(MNT_DETACH)) }
+    }
+}
+
+/// cgroup v1 folders runc made (cgroupfs driver), for reaping after a crash.
+enum Cgroups {
+    static func remove(path: String) {
+        for controller in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? [] {
+            rmdir("/sys/fs/cgroup/\(controller)\(path)")
+        }
+    }
+}
