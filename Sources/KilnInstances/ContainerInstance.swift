@@ -58,7 +58,7 @@ public struct InstanceHost: Sendable {
     }
 }
 
-public struct InstanceOptions: Sendable {
+public struct InstanceOptions: Sendable, Hashable {
     public var type: InstanceType
     public var network: InstanceNetwork
     /// Kept after a failure for debugging (`terminateInstanceOnFailure: false`).
@@ -87,6 +87,7 @@ public final class ContainerInstance: Sendable {
     public let directory: String
     public let image: ImageConfiguration
     public let manifest: ImageManifest
+    public let options: InstanceOptions
     let host: InstanceHost
     var runc: Runc { host.runc }
 
@@ -108,8 +109,11 @@ public final class ContainerInstance: Sendable {
 
     public var session: ContainerSession { ContainerSession(instance: self) }
 
-    private init(id: String, directory: String, image: ImageConfiguration, manifest: ImageManifest, host: InstanceHost) {
+    var cgroupsPath: String { "/kiln/\(id)" }
+
+    private init(id: String, directory: String, image: ImageConfiguration, manifest: ImageManifest, options: InstanceOptions, host: InstanceHost) {
         self.id = id
+        self.options = options
         self.directory = directory
         self.image = image
         self.manifest = manifest
@@ -123,7 +127,7 @@ public final class ContainerInstance: Sendable {
         let config = try JSONDecoder().decode(ImageConfiguration.self, from: try host.store.read(manifest.config.digest))
         let id = "kiln-" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(12)
         let directory = host.instancesDirectory + "/" + id
-        let instance = ContainerInstance(id: id, directory: directory, image: config, manifest: manifest, host: host)
+        let instance = ContainerInstance(id: id, directory: directory, image: config, manifest: manifest, options: options, host: host)
         let manager = FileManager.default
         try manager.createDirectory(atPath: directory, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
         let record = InstanceRecord(id: id, image: name ?? descriptor.digest.description, ownerPID: getpid(), keep: options.keep, created: ISO8601DateFormatter().string(from: Date()))
@@ -138,7 +142,7 @@ public final class ContainerInstance: Sendable {
             try resolv.write(toFile: directory + "/resolv.conf", atomically: true, encoding: .utf8)
             try "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t\(id)\n".write(toFile: directory + "/hosts", atomically: true, encoding: .utf8)
             let spec = RuntimeSpec.instance(
-                rootfs: instance.rootfs, hostname: id, type: options.type, network: options.network, cgroupsPath: "/kiln/\(id)",
+                rootfs: instance.rootfs, hostname: id, type: options.type, network: options.network, cgroupsPath: instance.cgroupsPath,
                 resolvConf: directory + "/resolv.conf", hosts: directory + "/hosts"
             )
             let encoder = JSONEncoder()
@@ -174,6 +178,7 @@ public final class ContainerInstance: Sendable {
         await runc.remove(id: id)
         Overlay.unmount(rootfs)
         try? FileManager.default.removeItem(atPath: directory)
+        Cgroups.remove(path: cgroupsPath)
     }
 
     // MARK: Snapshot

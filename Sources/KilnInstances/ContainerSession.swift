@@ -32,6 +32,7 @@ public struct ContainerSession: InstanceSession {
         for (name, value) in environment.sorted(by: { $0.key < $1.key }) { arguments += ["--env", "\(name)=\(value)"] }
         arguments += [instance.id, "/.kiln/init", "run", request.executable] + request.arguments
 
+        let oomKillsBefore = Cgroups.oomKills(path: instance.cgroupsPath)
         let timedOut = TimeoutFlag()
         let killer = request.timeout.map { timeout in
             Task {
@@ -48,6 +49,10 @@ public struct ContainerSession: InstanceSession {
             )
         } onCancel: {
             Self.killGroup(pidFile: pidFile)
+        }
+        if result.exitCode == 128 + SIGKILL, Cgroups.oomKills(path: instance.cgroupsPath) > oomKillsBefore {
+            let type = instance.options.type
+            output(.stderr, Array("kiln: \(request.executable) was killed because \(displayName) ran out of memory (limit \(type.memoryMiB) MiB of instance type \(type.name)); choose a larger instance type\n".utf8))
         }
         return ExecResult(exitCode: result.exitCode, timedOut: timedOut.fired.load(ordering: .relaxed))
     }

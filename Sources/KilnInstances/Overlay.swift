@@ -29,6 +29,18 @@ enum Overlay {
 
 /// cgroup v1 folders runc made (cgroupfs driver), for reaping after a crash.
 enum Cgroups {
+    /// How many processes the kernel killed for running out of memory in this cgroup.
+    static func oomKills(path: String) -> Int {
+        let files = ["/sys/fs/cgroup/memory\(path)/memory.oom_control", "/sys/fs/cgroup\(path)/memory.events", "/sys/fs/cgroup/unified\(path)/memory.events"]
+        for file in files {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n") where line.hasPrefix("oom_kill ") {
+                return Int(line.split(separator: " ")[1]) ?? 0
+            }
+        }
+        return 0
+    }
+
     static func remove(path: String) {
         for controller in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? [] {
             rmdir("/sys/fs/cgroup/\(controller)\(path)")

@@ -43,6 +43,10 @@ struct InstanceFixture {
         try "root:x:0:0:root:/root:/bin/false\nbuilder:x:1000:1000::/home/builder:/bin/false\n".write(toFile: source + "/rootfs/etc/passwd", atomically: true, encoding: .utf8)
         try "root:x:0:\nbuilder:x:1000:\n".write(toFile: source + "/rootfs/etc/group", atomically: true, encoding: .utf8)
         try "kept by the parent\n".write(toFile: source + "/rootfs/etc/motd", atomically: true, encoding: .utf8)
+        try "container shadow\n".write(toFile: source + "/rootfs/etc/shadow", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: source + "/rootfs/var", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: source + "/rootfs/var/escape", withDestinationPath: "/etc/shadow")
+        try FileManager.default.createSymbolicLink(atPath: source + "/rootfs/var/climb", withDestinationPath: "../../../../etc/shadow")
         try """
         #include <stdio.h>
         #include <stdlib.h>
@@ -52,13 +56,17 @@ struct InstanceFixture {
             const char *tool = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
             if (strcmp(tool, "hog") == 0) { for (;;) { char *p = malloc(1 << 20); if (p) memset(p, 1, 1 << 20); } }
             if (strcmp(tool, "sleeper") == 0) { sleep(argc > 1 ? atoi(argv[1]) : 60); return 0; }
+            if (strcmp(tool, "rebooter") == 0) {
+                if (access("/var/rebooted", F_OK) != 0) { FILE *m = fopen("/var/rebooted", "w"); if (m) fclose(m); return 194; }
+                puts("after the reboot"); return 0;
+            }
             for (int i = 1; i < argc; i++) printf("%s%s", argv[i], i + 1 < argc ? " " : "\\n");
             fprintf(stderr, "uid=%d\\n", (int)getuid());
             FILE *out = fopen("/hello.out", "w"); if (out) { fputs("hello from the container\\n", out); fclose(out); }
             return argc > 1 && strcmp(argv[1], "fail") == 0 ? 3 : 0;
         }
         """.write(toFile: source + "/hello.c", atomically: true, encoding: .utf8)
-        let built = try shell("cd \(source) && gcc -static -O1 -o rootfs/bin/hello hello.c && ln rootfs/bin/hello rootfs/bin/hog && ln rootfs/bin/hello rootfs/bin/sleeper")
+        let built = try shell("cd \(source) && gcc -static -O1 -o rootfs/bin/hello hello.c && ln rootfs/bin/hello rootfs/bin/hog && ln rootfs/bin/hello rootfs/bin/sleeper && ln rootfs/bin/hello rootfs/bin/rebooter")
         #expect(built.status == 0, "\(built.text)")
         return try host.store.importRootFilesystem(source + "/rootfs", name: name, sourceDateEpoch: 0)
     }
@@ -105,6 +113,112 @@ struct ContainerInstanceTests {
         #expect(layerList.text.contains("etc/.wh.motd") && layerList.text.contains("etc/added") && layerList.text.contains("hello.out"))
         #expect(!layerList.text.contains(".kiln") && !layerList.text.contains("resolv.conf") && !layerList.text.contains("proc"), "Kiln's own files stay out of snapshots: \(layerList.text)")
         await fresh.destroy()
+        await fixture.remove()
+    }
+
+    @Test("A memory hog under a 64 MiB instance type is killed, and the output says why")
+    func memoryLimit() async throws {
+        let fixture = try InstanceFixture()
+        let image = try fixture.staticImage(named: "static:1")
+        let tiny = InstanceType(name: "test.64m", vCPUs: 1, memoryMiB: 64)
+        let instance = try await ContainerInstance.start(image: image, on: fixture.host, options: InstanceOptions(type: tiny))
+        let output = OutputCollector()
+        let result = try await instance.session.exec(ExecRequest(executable: "/bin/hog")) { _, bytes in output.append(bytes) }
+        #expect(result.exitCode == 137)
+        #expect(output.text.contains("ran out of memory (limit 64 MiB of instance type test.64m)"), "\(output.text)")
+        #expect(try await instance.session.exec(ExecRequest(executable: "/bin/hello")) { _, _ in }.exitCode == 0, "the instance lives on")
+        await instance.destroy()
+        await fixture.remove()
+    }
+
+    @Test("A timeout kills the program inside the container and nothing of it is left running")
+    func timeoutKillsTheTree() async throws {
+        let fixture = try InstanceFixture()
+        let instance = try await ContainerInstance.start(image: try fixture.staticImage(named: "static:1"), on: fixture.host)
+        let started = ContinuousClock.now
+        let result = try await instance.session.exec(ExecRequest(executable: "/bin/sleeper", arguments: ["300"], timeout: .seconds(1))) { _, _ in }
+        #expect(result.timedOut && result.exitCode == 137)
+        #expect(ContinuousClock.now - started < .seconds(60))
+        let survivors = try shell("for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = sleeper ] && echo $p; done; true")
+        #expect(survivors.text.isEmpty, "no sleeper survives: \(survivors.text)")
+        await instance.destroy()
+        await fixture.remove()
+    }
+
+    @Test("File actions through hostile symlinks stay inside the container")
+    func hostileSymlinks() async throws {
+        let fixture = try InstanceFixture()
+        let instance = try await ContainerInstance.start(image: try fixture.staticImage(named: "static:1"), on: fixture.host)
+        let hostShadow = try shell("sha256sum /etc/shadow").text
+        for link in ["/var/escape", "/var/climb"] {
+            #expect(String(decoding: try await instance.session.readFile(link), as: UTF8.self).hasPrefix("container shadow\n"))
+            try await instance.session.writeFile(link, contents: Data("written through \(link)\n".utf8), append: true, mode: 0o600)
+        }
+        #expect(try shell("sha256sum /etc/shadow").text == hostShadow, "the host's /etc/shadow is untouched")
+        #expect(String(decoding: try await instance.session.readFile("/etc/shadow"), as: UTF8.self).contains("written through /var/climb"))
+        await instance.destroy()
+        await fixture.remove()
+    }
+
+    @Test("The TOE runner drives a container unchanged: ExecuteBinary, file actions, and exit 194 restarts the instance")
+    func runnerInContainer() async throws {
+        let fixture = try InstanceFixture()
+        let instance = try await ContainerInstance.start(image: try fixture.staticImage(named: "static:1"), on: fixture.host)
+        let document = try ComponentDocumentParser().parse(text: """
+        name: InContainer
+        schemaVersion: 1.0
+        phases:
+          - name: build
+            steps:
+              - name: Greet
+                action: ExecuteBinary
+                inputs:
+                  path: /bin/hello
+                  arguments: [built, in, a, container]
+              - name: Reboots
+                action: ExecuteBinary
+                inputs:
+                  path: /bin/rebooter
+              - name: Write
+                action: CreateFile
+                inputs:
+                  - path: /etc/kiln/built-by
+                    content: "{{ build.Greet.outputs.stdout }}"
+              - name: Read
+                action: ReadFile
+                inputs:
+                  - path: /etc/kiln/built-by
+        """, source: "in-container.yaml")
+        let lines = OutputCollector()
+        let log = try TOELogWriter(folder: nil, echo: { lines.append(Array(($0 + "\n").utf8)) })
+        let outcome = await TOERunner(session: instance.session, options: TOEOptions()).run(
+            TOERunRequest(documents: [TOEDocumentRun(document: document, parameters: [:])], phases: nil), log: log, resume: nil
+        )
+        #expect(outcome.succeeded, "\(lines.text)")
+        #expect(!outcome.rebootPending)
+        #expect(String(decoding: try await instance.session.readFile("/etc/kiln/built-by"), as: UTF8.self).hasPrefix("built in a container"))
+        #expect(lines.text.contains("after the reboot"))
+        await instance.destroy()
+        await fixture.remove()
+    }
+
+    @Test("A Kiln killed mid-run leaves nothing after the next start reaps: no mount, runc container or cgroup")
+    func reapAfterCrash() async throws {
+        let fixture = try InstanceFixture()
+        let image = try fixture.staticImage(named: "static:1")
+        let instance = try await ContainerInstance.start(image: image, on: fixture.host)
+        // Pretend the owner died: a pid that is not running.
+        let recordPath = instance.directory + "/instance.json"
+        var record = try JSONDecoder().decode(InstanceRecord.self, from: Data(contentsOf: URL(fileURLWithPath: recordPath)))
+        record.ownerPID = 999_999
+        try JSONEncoder().encode(record).write(to: URL(fileURLWithPath: recordPath))
+        #expect(try shell("mount | grep -c \(instance.id)").text.trimmingCharacters(in: .whitespacesAndNewlines) == "1")
+        let reaped = await ContainerInstance.reapOrphans(on: fixture.host)
+        #expect(reaped == [instance.id])
+        #expect(try shell("mount | grep -c \(instance.id)").text.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+        #expect(try !shell("runc --root /run/kiln/runc list").text.contains(instance.id))
+        #expect(!FileManager.default.fileExists(atPath: "/sys/fs/cgroup/memory/kiln/\(instance.id)"))
+        #expect(!FileManager.default.fileExists(atPath: instance.directory))
         await fixture.remove()
     }
 }
