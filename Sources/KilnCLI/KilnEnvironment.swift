@@ -12,6 +12,14 @@ struct KilnOptions: ParsableArguments {
     var dataDir: String?
 }
 
+extension KilnOptions {
+    init(config: String? = nil, dataDir: String?) {
+        self.init()
+        self.config = config
+        self.dataDir = dataDir
+    }
+}
+
 /// The configuration, content store and registry clients, opened once per command.
 struct KilnEnvironment {
     let configuration: KilnConfiguration

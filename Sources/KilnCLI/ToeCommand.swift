@@ -50,6 +50,8 @@ struct ToeRunCommand: AsyncParsableCommand {
     @Flag(name: [.customShort("t"), .long], help: "Also print debug lines (application.log) while running.")
     var trace = false
 
+    @OptionGroup(title: "Instance (instead of this host)") var instance: ToeInstanceOptions
+
     func run() async throws {
         let terminal = TerminalOutput()
         let settings: RunSettings
@@ -87,9 +89,13 @@ struct ToeRunCommand: AsyncParsableCommand {
             throw ExitCode(ToeExitCode.failed)
         }
 
-        let runner = TOERunner(session: LocalHostSession(), options: TOEOptions())
         let request = TOERunRequest(documents: loaded, phases: settings.phases, executionId: executionId)
-        let outcome = await runner.run(request, log: log, resume: resume)
+        let outcome: TOERunOutcome
+        if let image = instance.image {
+            outcome = try await ToeInstanceRun(options: instance, image: image, terminal: terminal).run(request, log: log)
+        } else {
+            outcome = await TOERunner(session: LocalHostSession(), options: TOEOptions()).run(request, log: log, resume: resume)
+        }
         // The state comes first: exit code 194 promises that the run can resume.
         var resumable = false
         if let stateDirectory = settings.stateDirectory {

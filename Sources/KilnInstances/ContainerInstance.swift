@@ -235,6 +235,59 @@ public final class ContainerInstance: Sendable {
         return manifest
     }
 
+    // MARK: Kept and crashed instances
+
+    /// An instance as `kiln instance ls` shows it.
+    public struct Listing: Sendable, Codable {
+        public var id: String
+        public var image: String
+        public var created: String
+        public var kept: Bool
+        public var running: Bool
+    }
+
+    public static func list(on host: InstanceHost) async -> [Listing] {
+        let running = Set(await host.runc.list())
+        return ((try? FileManager.default.contentsOfDirectory(atPath: host.instancesDirectory)) ?? []).filter { $0.hasPrefix("kiln-") }.sorted().compactMap { id in
+            guard let record = Self.record(id: id, on: host) else { return nil }
+            return Listing(id: id, image: record.image, created: record.created, kept: record.keep, running: running.contains(id))
+        }
+    }
+
+    static func record(id: String, on host: InstanceHost) -> InstanceRecord? {
+        let path = host.instancesDirectory + "/" + id + "/instance.json"
+        return (try? Data(contentsOf: URL(fileURLWithPath: path))).flatMap { try? JSONDecoder().decode(InstanceRecord.self, from: $0) }
+    }
+
+    /// Removes one instance by id, kept or not: container, mount, cgroup, folder.
+    public static func remove(id: String, on host: InstanceHost) async throws {
+        guard id.hasPrefix("kiln-"), !id.contains("/"), FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + id) else {
+            throw KilnError(.notFound, "no instance '\(id)'; see kiln instance ls")
+        }
+        await release(id: id, on: host)
+    }
+
+    private static func release(id: String, on host: InstanceHost) async {
+        let directory = host.instancesDirectory + "/" + id
+        await host.runc.remove(id: id)
+        Overlay.unmount(directory + "/rootfs")
+        try? FileManager.default.removeItem(atPath: directory)
+        Cgroups.remove(path: "/kiln/\(id)")
+    }
+
+    /// Marks an instance to be kept (a failed builder kept for debugging).
+    public func keep() throws {
+        let path = directory + "/instance.json"
+        var record = try JSONDecoder().decode(InstanceRecord.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+        record.keep = true
+        try JSONEncoder().encode(record).write(to: URL(fileURLWithPath: path))
+    }
+
+    /// The runc command that opens a shell in a running instance.
+    public static func shellCommand(id: String, on host: InstanceHost, terminal: Bool, shell: String) -> [String] {
+        [host.runc.binary, "--root", host.runc.stateRoot, "exec"] + (terminal ? ["--tty"] : []) + [id, shell]
+    }
+
     // MARK: Crash recovery
 
     /// Removes what a Kiln that died left behind: instances whose owner is gone and that were
@@ -243,13 +296,14 @@ public final class ContainerInstance: Sendable {
     public static func reapOrphans(on host: InstanceHost) async -> [String] {
         var reaped: [String] = []
         for id in (try? FileManager.default.contentsOfDirectory(atPath: host.instancesDirectory)) ?? [] where id.hasPrefix("kiln-") {
-            let directory = host.instancesDirectory + "/" + id
-            let record = (try? Data(contentsOf: URL(fileURLWithPath: directory + "/instance.json"))).flatMap { try? JSONDecoder().decode(InstanceRecord.self, from: $0) }
+            let record = Self.record(id: id, on: host)
             if let record, record.keep || (record.ownerPID != getpid() && Self.isKiln(record.ownerPID)) { continue }
-            await host.runc.remove(id: id)
-            Overlay.unmount(directory + "/rootfs")
-            try? FileManager.default.removeItem(atPath: directory)
-            Cgroups.remove(path: "/kiln/\(id)")
+            await release(id: id, on: host)
+            reaped.append(id)
+        }
+        // A container whose folder is gone (a crash while it was being removed).
+        for id in await host.runc.list() where id.hasPrefix("kiln-") && !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + id) {
+            await release(id: id, on: host)
             reaped.append(id)
         }
         return reaped

@@ -1,0 +1,79 @@
+import ArgumentParser
+import Foundation
+import KilnInstances
+import KilnModel
+import KilnOCI
+import KilnTOE
+
+/// `kiln toe run --image`: the documents run in a throwaway container instead of on this host.
+struct ToeInstanceOptions: ParsableArguments {
+    @Option(name: .long, help: "Run in a fresh container from this image: a registry reference, oci-layout:…, kiln:NAME, scratch or bootstrap:debian:SUITE.")
+    var image: String?
+
+    @Option(name: .long, help: "The instance type that sets CPU and memory limits (t3.micro … c5.large).")
+    var instanceType = "t3.medium"
+
+    @Option(name: .long, help: "host (package mirrors reachable) or none.")
+    var network = "host"
+
+    @Flag(name: .long, help: "Keep the instance when the run fails, for kiln instance shell.")
+    var keepOnFailure = false
+
+    @Option(name: .long, help: "Save the instance's changes as a new image with this name in Kiln's store.")
+    var snapshot: String?
+
+    @Option(name: .long, help: "Kiln's data directory (default: kiln.yaml's dataDirectory, $KILN_DATA_DIR, or /var/lib/kiln).")
+    var dataDir: String?
+}
+
+struct ToeInstanceRun {
+    let options: ToeInstanceOptions
+    let image: String
+    let terminal: TerminalOutput
+
+    func run(_ request: TOERunRequest, log: TOELogWriter) async throws -> TOERunOutcome {
+        let prepared: (ContainerInstance, InstanceHost)
+        do {
+            prepared = try await start()
+        } catch let error as KilnError {
+            terminal.error(error)
+            throw ExitCode(ToeExitCode.failed)
+        }
+        let (instance, host) = prepared
+        terminal.progress("running in \(instance.session.displayName) from \(image)")
+        let outcome = await TOERunner(session: instance.session, options: TOEOptions()).run(request, log: log, resume: nil)
+        if outcome.succeeded, let snapshot = options.snapshot {
+            do {
+                let saved = try instance.snapshot(as: snapshot, settings: .init(history: "kiln toe run " + request.documents.map(\.document.source).joined(separator: ",")))
+                terminal.progress("saved the instance's changes as kiln:\(snapshot) (\(saved.digest))")
+            } catch let error as KilnError {
+                terminal.error(error)
+            }
+        }
+        if !outcome.succeeded, options.keepOnFailure {
+            try? instance.keep()
+            terminal.progress("kept \(instance.id) for debugging: kiln instance shell \(instance.id); remove it with kiln instance rm \(instance.id)")
+        } else {
+            await instance.destroy()
+        }
+        _ = host
+        return outcome
+    }
+
+    private func start() async throws -> (ContainerInstance, InstanceHost) {
+        let environment = try KilnEnvironment(KilnOptions(dataDir: options.dataDir))
+        let host = try InstanceHost(dataDirectory: environment.configuration.dataDirectory, store: environment.store)
+        let reaped = await ContainerInstance.reapOrphans(on: host)
+        if !reaped.isEmpty { terminal.progress("removed \(reaped.count) instance(s) left by a Kiln that stopped: \(reaped.joined(separator: ", "))") }
+        guard let network = InstanceNetwork(rawValue: options.network) else {
+            throw KilnError(.invalidArgument, "--network must be host or none, not '\(options.network)'")
+        }
+        let type = try InstanceType.named(options.instanceType)
+        let view = TransferProgressView()
+        let transfer = ImageTransfer(store: environment.store, registries: environment.registries, observer: view.observer)
+        let parent = try await ParentImageResolver(transfer: transfer, observer: { terminal.progress($0) }).resolve(image)
+        view.finish()
+        let instance = try await ContainerInstance.start(image: parent, on: host, options: InstanceOptions(type: type, network: network), name: image)
+        return (instance, host)
+    }
+}
