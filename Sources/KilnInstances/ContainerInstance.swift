@@ -136,7 +136,9 @@ public final class ContainerInstance: Sendable {
             for folder in [instance.rootfs, instance.upper, directory + "/work", instance.bundle] {
                 try manager.createDirectory(atPath: folder, withIntermediateDirectories: false)
             }
-            let lowers = try [host.kilnLayer()] + host.layers.folders(for: manifest, config: config, store: host.store).reversed()
+            let kilnLayer = try host.kilnLayer()
+            let budget = Overlay.optionLimit - "lowerdir=,upperdir=\(instance.upper),workdir=\(directory)/work".utf8.count - kilnLayer.utf8.count - 1
+            let lowers = try [kilnLayer] + host.layers.folders(for: manifest, config: config, store: host.store, budget: budget).reversed()
             try Overlay.mount(lower: lowers, upper: instance.upper, work: directory + "/work", at: instance.rootfs, scratch: directory)
             let resolv = (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "nameserver 127.0.0.1\n"
             try resolv.write(toFile: directory + "/resolv.conf", atomically: true, encoding: .utf8)

@@ -221,4 +221,37 @@ struct ContainerInstanceTests {
         #expect(!FileManager.default.fileExists(atPath: instance.directory))
         await fixture.remove()
     }
+
+    @Test("An image with more layers than one overlay mount can name is flattened at the bottom, whiteouts applied")
+    func manyLayers() async throws {
+        let fixture = try InstanceFixture()
+        let base = try fixture.staticImage(named: "static:1")
+        let store = fixture.host.store
+        var manifest = try JSONDecoder().decode(ImageManifest.self, from: store.read(base.digest))
+        var config = try JSONDecoder().decode(ImageConfiguration.self, from: store.read(manifest.config.digest))
+        for index in 0..<60 {
+            let tree = fixture.directory + "/tree-\(index)"
+            try FileManager.default.createDirectory(atPath: tree + "/layers", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: tree + "/etc", withIntermediateDirectories: true)
+            try "\(index)\n".write(toFile: tree + "/layers/file-\(index)", atomically: true, encoding: .utf8)
+            if index == 3 { try "doomed\n".write(toFile: tree + "/etc/gone", atomically: true, encoding: .utf8) }
+            if index == 5 { FileManager.default.createFile(atPath: tree + "/etc/.wh.gone", contents: nil) }
+            if index == 59 { FileManager.default.createFile(atPath: tree + "/layers/.wh.file-0", contents: nil) }
+            let packed = try LayerPacker.pack(directory: tree, to: fixture.directory + "/layer-\(index).tar.gz", sourceDateEpoch: 0)
+            let writer = try ContentStore.BlobWriter(store: store)
+            try writer.write(try Data(contentsOf: URL(fileURLWithPath: fixture.directory + "/layer-\(index).tar.gz")))
+            manifest.layers.append(try writer.commit(mediaType: MediaType.layerTarGzip, expected: packed.digest))
+            config.rootfs.diffIDs.append(packed.diffID)
+        }
+        manifest.config = try store.ingestJSON(config, mediaType: MediaType.imageConfig)
+        let deep = try store.ingestJSON(manifest, mediaType: MediaType.imageManifest)
+        let instance = try await ContainerInstance.start(image: deep, on: fixture.host)
+        let listing = try await instance.session.listDirectory("/layers")
+        #expect(listing.count == 59 && !listing.contains("file-0") && listing.contains("file-59"), "\(listing.sorted())")
+        #expect(try await instance.session.fileInfo("/etc/gone", followSymlinks: false) == nil)
+        #expect(try await instance.session.exec(ExecRequest(executable: "/bin/hello")) { _, _ in }.exitCode == 0)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.host.layers.root).contains { $0.hasPrefix("flat-") })
+        await instance.destroy()
+        await fixture.remove()
+    }
 }
