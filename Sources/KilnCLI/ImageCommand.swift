@@ -178,9 +178,7 @@ struct ImageInspectCommand: AsyncParsableCommand {
             if raw {
                 FileHandle.standardOutput.write(try await transfer.manifestData(source))
             } else {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try encoder.encode(try await transfer.inspect(source)), as: UTF8.self))
+                try TerminalOutput.printJSON(try await transfer.inspect(source))
             }
             await environment.registries.shutdown()
         }
@@ -200,9 +198,7 @@ struct ImageListCommand: AsyncParsableCommand {
             let environment = try KilnEnvironment(options)
             let images = try environment.store.summaries()
             if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try encoder.encode(images), as: UTF8.self))
+                try TerminalOutput.printJSON(images)
                 return
             }
             let width = max(4, images.map(\.name.count).max() ?? 0)

@@ -38,9 +38,7 @@ struct InstanceListCommand: AsyncParsableCommand {
             let host = try await KilnEnvironment(options).instanceHost()
             let instances = await ContainerInstance.list(on: host)
             if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try encoder.encode(instances), as: UTF8.self))
+                try TerminalOutput.printJSON(instances)
                 return
             }
             print("ID                 STATE     KEPT  CREATED                IMAGE")
