@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
 import Foundation
 import KilnInstances
@@ -40,6 +43,8 @@ struct ToeInstanceRun {
             throw ExitCode(ToeExitCode.failed)
         }
         let (instance, host) = prepared
+        let interrupts = InterruptCleanup { await instance.destroy() }
+        defer { interrupts.cancel() }
         terminal.progress("running in \(instance.session.displayName) from \(image)")
         let outcome = await TOERunner(session: instance.session, options: TOEOptions()).run(request, log: log, resume: nil)
         if outcome.succeeded, let snapshot = options.snapshot {
@@ -68,12 +73,41 @@ struct ToeInstanceRun {
         guard let network = InstanceNetwork(rawValue: options.network) else {
             throw KilnError(.invalidArgument, "--network must be host or none, not '\(options.network)'")
         }
-        let type = try InstanceType.named(options.instanceType)
+        let type = try InstanceType.named(options.instanceType, in: InstanceType.table(configured: environment.configuration.instanceTypes))
         let view = TransferProgressView()
         let transfer = ImageTransfer(store: environment.store, registries: environment.registries, observer: view.observer)
-        let parent = try await ParentImageResolver(transfer: transfer, observer: { terminal.progress($0) }).resolve(image)
+        let resolver = ParentImageResolver(transfer: transfer, mirrors: environment.configuration.bootstrapMirrors, observer: { terminal.progress($0) })
+        let parent = try await resolver.resolve(image)
         view.finish()
         let instance = try await ContainerInstance.start(image: parent, on: host, options: InstanceOptions(type: type, network: network), name: image)
         return (instance, host)
+    }
+}
+
+/// Ctrl-C or SIGTERM while an instance runs removes it before Kiln exits (128 + the signal).
+/// The sources are set once in init and only cancelled afterwards.
+final class InterruptCleanup: @unchecked Sendable {
+    private let sources: [any DispatchSourceSignal]
+
+    init(_ cleanup: @escaping @Sendable () async -> Void) {
+        sources = [SIGINT, SIGTERM].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                FileHandle.standardError.write(Data("kiln: interrupted; removing the instance\n".utf8))
+                Task {
+                    await cleanup()
+                    exit(128 + number)
+                }
+            }
+            source.resume()
+            return source
+        }
+    }
+
+    func cancel() {
+        sources.forEach { $0.cancel() }
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
     }
 }

@@ -25,6 +25,15 @@ public struct InstanceType: Sendable, Hashable, Codable {
         InstanceType(name: "c5.large", vCPUs: 2, memoryMiB: 4096),
     ].map { ($0.name, $0) })
 
+    /// The defaults with `kiln.yaml`'s `instanceTypes` laid over them.
+    public static func table(configured: [String: KilnConfiguration.InstanceTypeSize]) -> [String: InstanceType] {
+        var table = defaults
+        for (name, size) in configured {
+            table[name] = InstanceType(name: name, vCPUs: size.vCPUs, memoryMiB: size.memoryMiB, pidsLimit: size.pidsLimit ?? 4096)
+        }
+        return table
+    }
+
     public static func named(_ name: String, in table: [String: InstanceType] = defaults) throws -> InstanceType {
         guard let type = table[name] else {
             throw KilnError(.invalidArgument, "unknown instance type '\(name)'; known: \(table.keys.sorted().joined(separator: ", ")) (add others under instanceTypes in kiln.yaml)")

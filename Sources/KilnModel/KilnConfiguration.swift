@@ -10,6 +10,10 @@ import Yams
 /// registries:
 ///   registry.example:5000: {caCertificate: /etc/kiln/ca.pem, username: robot, passwordEnv: ROBOT_TOKEN}
 ///   127.0.0.1:5001: {insecure: true}
+/// instanceTypes:
+///   build.huge: {vCPUs: 2, memoryMiB: 16384, pidsLimit: 8192}
+/// bootstrap:
+///   mirrors: {ubuntu: "http://archive.ubuntu.com/ubuntu"}
 /// ```
 public struct KilnConfiguration: Sendable, Hashable {
     public struct Registry: Sendable, Hashable {
@@ -26,8 +30,24 @@ public struct KilnConfiguration: Sendable, Hashable {
         }
     }
 
+    /// An instance type's size, overriding or adding to Kiln's EC2-like defaults.
+    public struct InstanceTypeSize: Sendable, Hashable {
+        public var vCPUs: Double
+        public var memoryMiB: Int
+        public var pidsLimit: Int?
+
+        public init(vCPUs: Double, memoryMiB: Int, pidsLimit: Int? = nil) {
+            self.vCPUs = vCPUs
+            self.memoryMiB = memoryMiB
+            self.pidsLimit = pidsLimit
+        }
+    }
+
     public var dataDirectory: String
     public var registries: [String: Registry] = [:]
+    public var instanceTypes: [String: InstanceTypeSize] = [:]
+    /// Mirrors for `bootstrap:` parents, by distribution (`debian`, `ubuntu`).
+    public var bootstrapMirrors: [String: String] = [:]
     /// Blob transfers in flight at once, over all destinations.
     public var transferConcurrency = 4
 
@@ -116,8 +136,39 @@ public struct KilnConfiguration: Sendable, Hashable {
                     }
                     configuration.registries[host] = registry
                 }
+            case "instanceTypes":
+                for (name, _, sizeNode) in try mapping(value, "instanceTypes") {
+                    var vCPUs: Double?
+                    var memory: Int?
+                    var pids: Int?
+                    for (field, fieldNode, fieldValue) in try mapping(sizeNode, "instanceTypes.\(name)") {
+                        let what = "instanceTypes.\(name).\(field)"
+                        switch field {
+                        case "vCPUs":
+                            guard let number = fieldValue.float, number > 0 else { throw issue(fieldValue, "\(what) must be a positive number") }
+                            vCPUs = number
+                        case "memoryMiB":
+                            guard let number = fieldValue.int, number >= 16 else { throw issue(fieldValue, "\(what) must be a whole number of MiB, at least 16") }
+                            memory = number
+                        case "pidsLimit":
+                            guard let number = fieldValue.int, number > 0 else { throw issue(fieldValue, "\(what) must be a positive whole number") }
+                            pids = number
+                        default:
+                            throw issue(fieldNode, "unknown key '\(what)'; allowed: vCPUs, memoryMiB, pidsLimit")
+                        }
+                    }
+                    guard let vCPUs, let memory else { throw issue(sizeNode, "instanceTypes.\(name) needs vCPUs and memoryMiB") }
+                    configuration.instanceTypes[name] = InstanceTypeSize(vCPUs: vCPUs, memoryMiB: memory, pidsLimit: pids)
+                }
+            case "bootstrap":
+                for (field, fieldNode, fieldValue) in try mapping(value, "bootstrap") {
+                    guard field == "mirrors" else { throw issue(fieldNode, "unknown key 'bootstrap.\(field)'; allowed: mirrors") }
+                    for (distribution, _, mirror) in try mapping(fieldValue, "bootstrap.mirrors") {
+                        configuration.bootstrapMirrors[distribution] = try string(mirror, "bootstrap.mirrors.\(distribution)")
+                    }
+                }
             default:
-                throw issue(keyNode, "unknown key '\(key)'; allowed: dataDirectory, registries, transfers")
+                throw issue(keyNode, "unknown key '\(key)'; allowed: dataDirectory, registries, transfers, instanceTypes, bootstrap")
             }
         }
         return configuration

@@ -101,4 +101,53 @@ struct InstanceCommandTests {
         #expect(!FileManager.default.fileExists(atPath: "\(sharedDataDirectory)/instances/\(running)"))
         #expect(try Kiln.shell("for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = sleep ] && cat $p/cmdline | tr '\\0' ' ' && echo; done; true").contains("sleep 300") == false)
     }
+
+    @Test("Ctrl-C (SIGINT) during a run removes the instance before kiln exits")
+    func interrupted() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let sleeper = try document(scratch, "SleepsToo", ["sleep 300"])
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Kiln.binary)
+        process.arguments = ["toe", "run", "--image", "bootstrap:debian:bookworm", "-d", sleeper, "-l", scratch.path] + data
+        let errors = Pipe()
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = errors
+        let collected = ErrorText()
+        errors.fileHandleForReading.readabilityHandler = { collected.append($0.availableData) }
+        try process.run()
+        // The run has started once kiln says where it runs.
+        for _ in 0..<600 where !collected.text.contains("running in container") { usleep(100_000) }
+        let running = try #require(collected.text.range(of: #"container (kiln-[0-9a-f]{12})"#, options: .regularExpression).map {
+            String(collected.text[$0].dropFirst("container ".count))
+        }, "an instance started: \(collected.text)")
+        usleep(300_000)
+        kill(process.processIdentifier, SIGINT)
+        process.waitUntilExit()
+        errors.fileHandleForReading.readabilityHandler = nil
+        let stderr = collected.text
+        #expect(process.terminationStatus == 128 + SIGINT, "\(stderr)")
+        #expect(stderr.contains("interrupted; removing the instance"))
+        #expect(!FileManager.default.fileExists(atPath: "\(sharedDataDirectory)/instances/\(running)"))
+        #expect(try Kiln.shell("mount | grep -c \(running)") == "0\n")
+        #expect(!(try Kiln.shell("runc --root /run/kiln/runc list")).contains(running))
+    }
+}
+
+/// stderr of a running kiln, read as it arrives.
+final class ErrorText: @unchecked Sendable {
+    private let lock = NSLock()
+    private var data = Data()
+
+    func append(_ chunk: Data) {
+        lock.lock()
+        data.append(chunk)
+        lock.unlock()
+    }
+
+    var text: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return String(decoding: data, as: UTF8.self)
+    }
 }

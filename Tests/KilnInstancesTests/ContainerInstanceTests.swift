@@ -98,7 +98,11 @@ struct ContainerInstanceTests {
 
         try await session.writeFile("/etc/added", contents: Data("new\n".utf8), append: false, mode: 0o644)
         try await session.remove("/etc/motd", recursive: false)
-        let snapshot = try instance.snapshot(as: "static:2", settings: .init(history: "kiln test component", sourceDateEpoch: 0))
+        var settings = ContainerInstance.SnapshotSettings(history: "kiln test component", sourceDateEpoch: 0)
+        settings.environment = ["GREETING": "hello"]
+        settings.labels = ["org.opencontainers.image.title": "static"]
+        settings.cmd = ["/bin/hello", "from", "cmd"]
+        let snapshot = try instance.snapshot(as: "static:2", settings: settings)
         await instance.destroy()
         #expect(!FileManager.default.fileExists(atPath: instance.directory))
 
@@ -108,6 +112,10 @@ struct ContainerInstanceTests {
         #expect(try await fresh.session.fileInfo("/.kiln/init", followSymlinks: true) != nil)
         let config = try JSONDecoder().decode(ImageConfiguration.self, from: try fixture.host.store.read(JSONDecoder().decode(ImageManifest.self, from: fixture.host.store.read(snapshot.digest)).config.digest))
         #expect(config.history?.last?.createdBy == "kiln test component")
+        #expect(config.config?.env?.contains("GREETING=hello") == true && config.config?.env?.contains { $0.hasPrefix("PATH=") } == true)
+        #expect(config.config?.labels == ["org.opencontainers.image.title": "static"])
+        #expect(config.config?.cmd == ["/bin/hello", "from", "cmd"])
+        #expect(config.created == "1970-01-01T00:00:00Z")
         #expect(config.rootfs.diffIDs.count == 2)
         let layerList = try shell("tar -tzf \(fixture.host.store.path(of: JSONDecoder().decode(ImageManifest.self, from: fixture.host.store.read(snapshot.digest)).layers[1].digest))")
         #expect(layerList.text.contains("etc/.wh.motd") && layerList.text.contains("etc/added") && layerList.text.contains("hello.out"))

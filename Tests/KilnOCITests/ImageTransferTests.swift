@@ -433,6 +433,13 @@ struct ImageLocationTests {
 
         let missing = try #require(throws: KilnError.self) { try KilnConfiguration.load(path: path, environment: [:]) }
         #expect(missing.message == "\(path):7: registries.registry.example:5000.passwordEnv names ROBOT_TOKEN, which is not set in the environment")
+        try "instanceTypes:\n  build.huge: {vCPUs: 1.5, memoryMiB: 16384}\n  tiny: {vCPUs: 1, memoryMiB: 8}\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let small = try #require(throws: KilnError.self) { try KilnConfiguration.load(path: path) }
+        #expect(small.message == "\(path):3: instanceTypes.tiny.memoryMiB must be a whole number of MiB, at least 16")
+        try "instanceTypes:\n  build.huge: {vCPUs: 1.5, memoryMiB: 16384}\nbootstrap:\n  mirrors: {ubuntu: http://mirror.example/ubuntu}\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let sized = try KilnConfiguration.load(path: path)
+        #expect(sized.instanceTypes["build.huge"] == .init(vCPUs: 1.5, memoryMiB: 16384))
+        #expect(sized.bootstrapMirrors == ["ubuntu": "http://mirror.example/ubuntu"])
         try "dataDirectory: /x\nregistry:\n  a: {}\n".write(toFile: path, atomically: true, encoding: .utf8)
         let typo = try #require(throws: KilnError.self) { try KilnConfiguration.load(path: path) }
         #expect(typo.message.hasPrefix("\(path):2: unknown key 'registry'"))
