@@ -249,7 +249,7 @@ public final class ContainerInstance: Sendable {
     }
 
     public static func list(on host: InstanceHost) async -> [Listing] {
-        let running = Set(await host.runc.list())
+        let running = Set(await host.runc.list().filter { $0.status == "running" }.map(\.id))
         return ((try? FileManager.default.contentsOfDirectory(atPath: host.instancesDirectory)) ?? []).filter { $0.hasPrefix("kiln-") }.sorted().compactMap { id in
             guard let record = Self.record(id: id, on: host) else { return nil }
             return Listing(id: id, image: record.image, created: record.created, kept: record.keep, running: running.contains(id))
@@ -303,10 +303,11 @@ public final class ContainerInstance: Sendable {
             await release(id: id, on: host)
             reaped.append(id)
         }
-        // A container whose folder is gone (a crash while it was being removed).
-        for id in await host.runc.list() where id.hasPrefix("kiln-") && !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + id) {
-            await release(id: id, on: host)
-            reaped.append(id)
+        // A container of this data directory whose folder is gone (a crash while it was being removed).
+        for container in await host.runc.list() where container.bundle.hasPrefix(host.instancesDirectory + "/")
+            && !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + container.id) {
+            await release(id: container.id, on: host)
+            reaped.append(container.id)
         }
         return reaped
     }

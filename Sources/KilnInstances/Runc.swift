@@ -43,10 +43,16 @@ struct Runc: Sendable {
         _ = try? await call(["delete", "--force", id], allowFailure: true)
     }
 
-    /// Ids of the containers under Kiln's state root.
-    func list() async -> [String] {
-        guard let listed = try? await call(["list", "--quiet"], allowFailure: true), listed.status == 0 else { return [] }
-        return listed.output.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    struct Container: Decodable {
+        var id: String
+        var bundle: String
+        var status: String
+    }
+
+    /// The containers under Kiln's state root (shared by every Kiln data directory on the host).
+    func list() async -> [Container] {
+        guard let listed = try? await call(["list", "--format", "json"], allowFailure: true), listed.status == 0 else { return [] }
+        return (try? JSONDecoder().decode([Container]?.self, from: Data(listed.output.utf8))) .flatMap { $0 } ?? []
     }
 }
 
