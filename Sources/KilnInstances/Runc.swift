@@ -50,9 +50,16 @@ struct Runc: Sendable {
     }
 
     /// The containers under Kiln's state root (shared by every Kiln data directory on the host).
+    /// A listing can fail while another process deletes a container, so it is tried again.
     func list() async -> [Container] {
-        guard let listed = try? await call(["list", "--format", "json"], allowFailure: true), listed.status == 0 else { return [] }
-        return (try? JSONDecoder().decode([Container]?.self, from: Data(listed.output.utf8))) .flatMap { $0 } ?? []
+        for _ in 0..<3 {
+            if let listed = try? await call(["list", "--format", "json"], allowFailure: true), listed.status == 0,
+               let containers = try? JSONDecoder().decode([Container]?.self, from: Data(listed.output.utf8)) {
+                return containers ?? []
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        return []
     }
 }
 

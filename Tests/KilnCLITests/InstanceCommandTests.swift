@@ -64,6 +64,8 @@ struct InstanceCommandTests {
         let id = try #require(failed.stderr.range(of: #"kept (kiln-[0-9a-f]{12})"#, options: .regularExpression).map { String(failed.stderr[$0].dropFirst(5)) })
         let listed = try Kiln.run(["instance", "ls"] + data)
         #expect(listed.stdout.contains(id) && listed.stdout.contains("running") && listed.stdout.contains("yes"), "\(listed.stdout)")
+        let shell = try Kiln.run(["instance", "shell", id, "--shell", "/bin/hostname"] + data)
+        #expect(shell.status == 0 && shell.stdout == id + "\n", "kiln instance shell runs inside the kept instance: \(shell.stdout) \(shell.stderr)")
         let removed = try Kiln.run(["instance", "rm", id] + data)
         #expect(removed.status == 0 && removed.stdout == "removed \(id)\n")
         #expect(!(try Kiln.run(["instance", "ls"] + data)).stdout.contains(id))

@@ -262,4 +262,27 @@ struct ContainerInstanceTests {
         await instance.destroy()
         await fixture.remove()
     }
+
+    @Test("Parents: scratch, an OCI layout, a store name; a bootstrap without a mirror or with a bad form says what to do")
+    func parentForms() async throws {
+        let fixture = try InstanceFixture()
+        let image = try fixture.staticImage(named: "static:1")
+        let transfer = ImageTransfer(store: fixture.host.store, registries: RegistryDirectory(logins: RegistryCredentialStore(files: [])))
+        let resolver = ParentImageResolver(transfer: transfer, mirrors: [:])
+        let scratch = try await resolver.resolve("scratch")
+        let empty = try JSONDecoder().decode(ImageManifest.self, from: fixture.host.store.read(scratch.digest))
+        #expect(empty.layers.isEmpty)
+        let instance = try await ContainerInstance.start(image: scratch, on: fixture.host)
+        #expect(try await instance.session.fileInfo("/.kiln/init", followSymlinks: true) != nil, "scratch still gets an init")
+        await instance.destroy()
+
+        _ = try await transfer.copy(from: .store(name: "static:1"), to: [.layout(path: fixture.directory + "/layout", tag: "v1")]).checked()
+        #expect(try await resolver.resolve("oci-layout:\(fixture.directory)/layout:v1").digest == image.digest)
+        #expect(try await resolver.resolve("kiln:static:1").digest == image.digest)
+        let noMirror = try await #require(throws: KilnError.self) { try await resolver.resolve("bootstrap:ubuntu:noble") }
+        #expect(noMirror.message.contains("set bootstrap.mirrors.ubuntu in kiln.yaml") || noMirror.message.contains("mmdebstrap is not installed"))
+        let malformed = try await #require(throws: KilnError.self) { try await resolver.resolve("bootstrap:fedora:40") }
+        #expect(malformed.message.contains("use bootstrap:debian:SUITE or bootstrap:ubuntu:SUITE"))
+        await fixture.remove()
+    }
 }
