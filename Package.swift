@@ -52,6 +52,10 @@ let package = Package(
             name: "KilnInstances",
             dependencies: ["KilnModel", "KilnTOE", "KilnOCI", "CKilnSystem"]
         ),
+        .target(
+            name: "KilnEngine",
+            dependencies: ["KilnModel", "KilnTOE", "KilnOCI", "KilnInstances"]
+        ),
         // Process 1 of every instance: static, so it runs in images without a libc or a shell.
         .executableTarget(name: "kiln-init", linkerSettings: [.unsafeFlags(["-static-executable"])]),
         .target(
@@ -61,6 +65,7 @@ let package = Package(
                 "KilnTOE",
                 "KilnOCI",
                 "KilnInstances",
+                "KilnEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -165,9 +165,9 @@ public final class ContainerInstance: Sendable {
     }
 
     /// The image's `User` (name, uid, uid:gid or name:group) as numbers, from the instance's own files.
-    func user() throws -> (UInt32, UInt32) {
+    func user(_ override: String? = nil) throws -> (UInt32, UInt32) {
         let users = UserDatabase(fileSystem: RootedFileSystem(root: rootfs, workingDirectory: "/"))
-        let text = image.config?.user ?? ""
+        let text = override ?? image.config?.user ?? ""
         guard !text.isEmpty else { return (0, 0) }
         let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
         let uid = try users.userID(parts[0])
@@ -188,10 +188,17 @@ public final class ContainerInstance: Sendable {
     /// What the recipe sets on the new image.
     public struct SnapshotSettings: Sendable {
         public var history: String
+        /// More history entries (one per component or instruction), before `history`.
+        public var steps: [String] = []
         public var environment: [String: String] = [:]
         public var labels: [String: String] = [:]
         public var entrypoint: [String]?
         public var cmd: [String]?
+        public var workingDir: String?
+        public var user: String?
+        public var exposedPorts: [String] = []
+        public var volumes: [String] = []
+        public var stopSignal: String?
         public var sourceDateEpoch: Int64?
 
         public init(history: String, sourceDateEpoch: Int64? = nil) {
@@ -219,7 +226,7 @@ public final class ContainerInstance: Sendable {
         let created = ISO8601DateFormatter().string(from: settings.sourceDateEpoch.map { Date(timeIntervalSince1970: TimeInterval($0)) } ?? Date())
         config.created = created
         config.rootfs.diffIDs.append(packed.diffID)
-        config.history = (config.history ?? []) + [.init(created: created, createdBy: settings.history)]
+        config.history = (config.history ?? []) + settings.steps.map { .init(created: created, createdBy: $0, emptyLayer: true) } + [.init(created: created, createdBy: settings.history)]
         var container = config.config ?? ImageConfiguration.ContainerConfig()
         if !settings.environment.isEmpty {
             var environment = environment
@@ -229,6 +236,11 @@ public final class ContainerInstance: Sendable {
         if !settings.labels.isEmpty { container.labels = (container.labels ?? [:]).merging(settings.labels) { _, new in new } }
         if let entrypoint = settings.entrypoint { container.entrypoint = entrypoint }
         if let cmd = settings.cmd { container.cmd = cmd }
+        if let workingDir = settings.workingDir { container.workingDir = workingDir }
+        if let user = settings.user { container.user = user }
+        if let stopSignal = settings.stopSignal { container.stopSignal = stopSignal }
+        for port in settings.exposedPorts { container.exposedPorts = (container.exposedPorts ?? [:]).merging([port.contains("/") ? port : port + "/tcp": EmptyObject()]) { a, _ in a } }
+        for volume in settings.volumes { container.volumes = (container.volumes ?? [:]).merging([volume: EmptyObject()]) { a, _ in a } }
         config.config = container
         let configDescriptor = try store.ingestJSON(config, mediaType: MediaType.imageConfig)
         let layer = Descriptor(mediaType: MediaType.layerTarGzip, digest: packed.digest, size: packed.size)

@@ -22,7 +22,7 @@ public struct ContainerSession: InstanceSession {
     public var displayName: String { "container \(instance.id)" }
 
     public func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void) async throws -> ExecResult {
-        let (uid, gid) = try instance.user()
+        let (uid, gid) = try instance.user(request.user)
         let pidFile = instance.directory + "/exec-\(UUID().uuidString).pid"
         defer { unlink(pidFile) }
         var environment = instance.environment

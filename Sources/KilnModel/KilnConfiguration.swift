@@ -43,8 +43,24 @@ public struct KilnConfiguration: Sendable, Hashable {
         }
     }
 
+    /// A distribution target: a registry (host[:port]) and an optional repository prefix.
+    public struct Region: Sendable, Hashable {
+        public var registry: String
+        public var repositoryPrefix: String?
+
+        public init(registry: String, repositoryPrefix: String? = nil) {
+            self.registry = registry
+            self.repositoryPrefix = repositoryPrefix
+        }
+    }
+
     public var dataDirectory: String
     public var registries: [String: Registry] = [:]
+    /// Regions by name, as distribution configurations name them.
+    public var regions: [String: Region] = [:]
+    /// The home region in ARNs, and the account id.
+    public var homeRegion = "us-east-1"
+    public var accountId = "000000000000"
     public var instanceTypes: [String: InstanceTypeSize] = [:]
     /// Mirrors for `bootstrap:` parents, by distribution (`debian`, `ubuntu`).
     public var bootstrapMirrors: [String: String] = [:]
@@ -160,6 +176,38 @@ public struct KilnConfiguration: Sendable, Hashable {
                     guard let vCPUs, let memory else { throw issue(sizeNode, "instanceTypes.\(name) needs vCPUs and memoryMiB") }
                     configuration.instanceTypes[name] = InstanceTypeSize(vCPUs: vCPUs, memoryMiB: memory, pidsLimit: pids)
                 }
+            case "regions":
+                for (name, _, regionNode) in try mapping(value, "regions") {
+                    var registry: String?
+                    var prefix: String?
+                    var settings = Registry()
+                    for (field, fieldNode, fieldValue) in try mapping(regionNode, "regions.\(name)") {
+                        let what = "regions.\(name).\(field)"
+                        switch field {
+                        case "registry": registry = try string(fieldValue, what)
+                        case "repositoryPrefix": prefix = try string(fieldValue, what)
+                        case "insecure": settings.insecure = try bool(fieldValue, what)
+                        case "caCertificate": settings.caCertificate = absolute(try string(fieldValue, what))
+                        case "username": settings.username = try string(fieldValue, what)
+                        case "password": settings.password = try string(fieldValue, what)
+                        case "passwordEnv":
+                            let variable = try string(fieldValue, what)
+                            guard let secret = environment[variable] else { throw issue(fieldValue, "\(what) names \(variable), which is not set in the environment") }
+                            settings.password = secret
+                        default:
+                            throw issue(fieldNode, "unknown key '\(what)'; allowed: registry, repositoryPrefix, insecure, caCertificate, username, password, passwordEnv")
+                        }
+                    }
+                    guard let registry else { throw issue(regionNode, "regions.\(name) needs registry: host[:port]") }
+                    configuration.regions[name] = Region(registry: registry, repositoryPrefix: prefix)
+                    if settings != Registry() { configuration.registries[registry] = settings }
+                }
+            case "homeRegion":
+                configuration.homeRegion = try string(value, "homeRegion")
+            case "accountId":
+                let account = try string(value, "accountId")
+                guard account.count == 12, account.allSatisfy(\.isNumber) else { throw issue(value, "accountId must be 12 digits") }
+                configuration.accountId = account
             case "bootstrap":
                 for (field, fieldNode, fieldValue) in try mapping(value, "bootstrap") {
                     guard field == "mirrors" else { throw issue(fieldNode, "unknown key 'bootstrap.\(field)'; allowed: mirrors") }
@@ -168,7 +216,7 @@ public struct KilnConfiguration: Sendable, Hashable {
                     }
                 }
             default:
-                throw issue(keyNode, "unknown key '\(key)'; allowed: dataDirectory, registries, transfers, instanceTypes, bootstrap")
+                throw issue(keyNode, "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, bootstrap")
             }
         }
         return configuration

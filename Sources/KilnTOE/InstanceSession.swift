@@ -50,9 +50,12 @@ public struct ExecRequest: Sendable, Hashable {
     public var environment: [String: String]
     public var workingDirectory: String?
     public var timeout: Duration?
+    /// `user[:group]` inside the instance; nil runs as the instance's default user.
+    public var user: String?
 
     public init(executable: String, arguments: [String] = [], environment: [String: String] = [:],
-                workingDirectory: String? = nil, timeout: Duration? = nil) {
+                workingDirectory: String? = nil, timeout: Duration? = nil, user: String? = nil) {
+        self.user = user
         self.executable = executable
         self.arguments = arguments
         self.environment = environment

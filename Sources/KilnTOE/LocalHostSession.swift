@@ -32,6 +32,9 @@ public struct LocalHostSession: InstanceSession {
         guard fileSystem.root == "/" else {
             throw KilnError(.unsupported, "the \(displayName) cannot run programs: only the whole host (root /) can; use a container instance for a separate root")
         }
+        if let user = request.user {
+            throw KilnError(.unsupported, "the \(displayName) runs programs as Kiln's own user, not as '\(user)'; use a container instance")
+        }
         var environment = baseEnvironment
         environment.merge(request.environment) { _, new in new }
         let executable = try locate(request.executable, path: environment["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")

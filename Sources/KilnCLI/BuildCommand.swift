@@ -1,0 +1,103 @@
+import ArgumentParser
+import Foundation
+import KilnEngine
+import KilnInstances
+import KilnModel
+import KilnOCI
+
+/// `kiln build`: run one image pipeline from a definitions file, with no server.
+struct BuildCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Run an image pipeline once: build, test and distribute; prints the image record as JSON."
+    )
+
+    @Option(name: [.customShort("f"), .long], help: "The definitions file (components, recipes, configurations, pipelines).")
+    var file: String
+
+    @Option(name: .long, help: "The pipeline to run (default: the only one in the file).")
+    var pipeline: String?
+
+    @Option(name: .long, help: "The folder COPY and ADD read from (default: the definitions file's folder).")
+    var context: String?
+
+    @Option(name: .long, help: "Clamp file times and the created date to this (seconds since 1970), for reproducible images (default: $SOURCE_DATE_EPOCH).")
+    var sourceDateEpoch: Int64?
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        let record = try await KilnEnvironment.reportingErrors { () -> ImageRecord in
+            let environment = try KilnEnvironment(options)
+            let host = try await environment.instanceHost()
+            let definitions = try Definitions.load(path: file)
+            let name = try pipeline ?? {
+                guard definitions.imagePipelines.count == 1 else {
+                    throw KilnError(.invalidArgument, "\(file) has \(definitions.imagePipelines.count) pipelines; choose one with --pipeline (\(definitions.imagePipelines.map(\.name).joined(separator: ", ")))")
+                }
+                return definitions.imagePipelines[0].name
+            }()
+            let view = TransferProgressView()
+            let transfer = ImageTransfer(store: environment.store, registries: environment.registries, concurrency: environment.configuration.transferConcurrency, observer: view.observer)
+            let started = ContinuousClock.now
+            let terminal = TerminalOutput()
+            let run = try PipelineRun(configuration: environment.configuration, host: host, transfer: transfer) { line in
+                let elapsed = ContinuousClock.now - started
+                terminal.progress(String(format: "[%6.1fs] ", Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18) + line)
+            }
+            let epoch = sourceDateEpoch ?? ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) }
+            let record = try await run.run(.init(definitionsPath: file, pipeline: name, contextDirectory: context, sourceDateEpoch: epoch))
+            view.finish()
+            await environment.registries.shutdown()
+            return record
+        }
+        try TerminalOutput.printJSON(record)
+        if record.status != .available { throw ExitCode.failure }
+    }
+}
+
+/// `kiln images`: the image versions Kiln has built.
+struct ImagesCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "images", abstract: "List built image versions, or show one.",
+        subcommands: [ImagesListCommand.self, ImagesShowCommand.self], defaultSubcommand: ImagesListCommand.self
+    )
+}
+
+struct ImagesListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List image versions.")
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            let records = try ImageRecordStore(dataDirectory: environment.configuration.dataDirectory).all()
+            print("IMAGE                              STATUS        CREATED                PIPELINE")
+            for record in records {
+                let version = "\(record.name)/\(record.version)/\(record.build)".padding(toLength: 34, withPad: " ", startingAt: 0)
+                print("\(version) \(record.status.rawValue.padding(toLength: 13, withPad: " ", startingAt: 0)) \(record.dateCreated.padding(toLength: 22, withPad: " ", startingAt: 0)) \(record.sourcePipelineName ?? "-")")
+            }
+        }
+    }
+}
+
+struct ImagesShowCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one image version as JSON (name/version/build or its ARN).")
+
+    @Argument(help: "name/x.y.z/build, or the image's ARN.")
+    var image: String
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            let records = try ImageRecordStore(dataDirectory: environment.configuration.dataDirectory).all()
+            guard let record = records.first(where: { $0.arn == image || "\($0.name)/\($0.version)/\($0.build)" == image }) else {
+                throw KilnError(.notFound, "no image '\(image)'; see kiln images")
+            }
+            try TerminalOutput.printJSON(record)
+        }
+    }
+}

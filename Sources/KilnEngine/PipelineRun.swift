@@ -1,0 +1,189 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KilnInstances
+import KilnModel
+import KilnOCI
+import KilnTOE
+
+/// Runs one image pipeline once, as Image Builder does: BUILD in a builder instance from the
+/// parent (components' build and validate phases, and the Dockerfile template's instructions),
+/// snapshot; TEST in a fresh instance from the new image; DISTRIBUTE to every region at once.
+/// The image record is saved at every state change.
+public struct PipelineRun: Sendable {
+    public struct Settings: Sendable {
+        public var definitionsPath: String
+        public var pipeline: String
+        /// COPY and ADD read from here (default: the definitions file's folder).
+        public var contextDirectory: String?
+        public var sourceDateEpoch: Int64?
+
+        public init(definitionsPath: String, pipeline: String, contextDirectory: String? = nil, sourceDateEpoch: Int64? = nil) {
+            self.definitionsPath = definitionsPath
+            self.pipeline = pipeline
+            self.contextDirectory = contextDirectory
+            self.sourceDateEpoch = sourceDateEpoch
+        }
+    }
+
+    public let configuration: KilnConfiguration
+    public let host: InstanceHost
+    public let transfer: ImageTransfer
+    public let records: ImageRecordStore
+    /// Progress lines (stage, component, step).
+    public let progress: @Sendable (String) -> Void
+
+    public init(configuration: KilnConfiguration, host: InstanceHost, transfer: ImageTransfer, progress: @escaping @Sendable (String) -> Void) throws {
+        self.configuration = configuration
+        self.host = host
+        self.transfer = transfer
+        records = try ImageRecordStore(dataDirectory: configuration.dataDirectory)
+        self.progress = progress
+    }
+
+    /// Runs the pipeline; the returned record is AVAILABLE or FAILED (with stage, step, region and log).
+    public func run(_ settings: Settings) async throws -> ImageRecord {
+        let definitions = try Definitions.load(path: settings.definitionsPath)
+        try definitions.validateReferences(source: settings.definitionsPath)
+        guard let pipeline = definitions.imagePipelines.first(where: { $0.name == settings.pipeline }) else {
+            throw KilnError(.notFound, "\(settings.definitionsPath) has no image pipeline '\(settings.pipeline)'; it has: \(definitions.imagePipelines.map(\.name).joined(separator: ", "))")
+        }
+        guard let recipeReference = pipeline.containerRecipeArn else {
+            throw KilnError(.unsupported, "pipeline \(pipeline.name) builds an image recipe (a machine image); Kiln builds container recipes so far")
+        }
+        let reference = try ResourceReference(recipeReference, resourceType: "container-recipe")
+        let recipe = try Self.select(reference, from: definitions.containerRecipes)
+        let base = (settings.definitionsPath as NSString).deletingLastPathComponent
+        let components = try (recipe.components ?? []).map { configuration in
+            let component = definitions.component(try ResourceReference(configuration.componentArn, resourceType: "component"))!
+            let document = try Self.document(for: component, base: base.isEmpty ? "." : base)
+            var parameters: [String: String] = [:]
+            for parameter in configuration.parameters ?? [] { parameters[parameter.name] = parameter.value.joined(separator: ",") }
+            return (component, TOEDocumentRun(document: document, parameters: parameters))
+        }
+        let infrastructure = definitions.infrastructureConfigurations.first { ImageBuilderARN.normalizedName($0.name) == (try? ResourceReference(pipeline.infrastructureConfigurationArn, resourceType: "infrastructure-configuration"))?.name }!
+        let distribution = pipeline.distributionConfigurationArn.flatMap { text in
+            definitions.distributionConfigurations.first { ImageBuilderARN.normalizedName($0.name) == (try? ResourceReference(text, resourceType: "distribution-configuration"))?.name }
+        }
+        let types = InstanceType.table(configured: configuration.instanceTypes)
+        let type = try InstanceType.named(infrastructure.instanceTypes?.first ?? "t3.medium", in: types)
+        let template = try DockerfileTemplate(
+            parsing: recipe.dockerfileTemplateData ?? DockerfileTemplate.canonical, parentImage: recipe.parentImage, source: "\(recipe.name)/\(recipe.semanticVersion)"
+        )
+
+        let name = ImageBuilderARN.normalizedName(recipe.name)
+        let build = try records.reserveBuild(name: name, version: recipe.semanticVersion)
+        let folder = records.directory(name: name, version: recipe.semanticVersion, build: build)
+        var record = ImageRecord(
+            arn: ImageBuilderARN(region: configuration.homeRegion, account: configuration.accountId, resourceType: "image", name: name, version: "\(recipe.semanticVersion)/\(build)").description,
+            name: name, version: recipe.semanticVersion, build: build, status: .pending, sourcePipelineName: pipeline.name,
+            dateCreated: ISO8601DateFormatter().string(from: Date()), logDirectory: folder + "/logs"
+        )
+        try records.save(record)
+        progress("image \(record.arn): PENDING")
+
+        func enter(_ status: ImageStatus) throws {
+            record.status = status
+            try records.save(record)
+            progress("image \(name)/\(recipe.semanticVersion)/\(build): \(status.rawValue)")
+        }
+        func fail(_ stage: String, step: String? = nil, region: String? = nil, log: String? = nil, _ reason: String) throws -> ImageRecord {
+            record.status = .failed
+            record.failure = .init(stage: stage, step: step, region: region, log: log, reason: reason)
+            try records.save(record)
+            progress("image \(name)/\(recipe.semanticVersion)/\(build): FAILED in \(stage)\(step.map { " at step \($0)" } ?? "")\(region.map { " for region \($0)" } ?? ""): \(reason)")
+            return record
+        }
+        func timed<T>(_ stage: String, _ body: () async throws -> T) async rethrows -> T {
+            let start = ContinuousClock.now
+            defer {
+                let elapsed = ContinuousClock.now - start
+                record.timings.append(.init(stage: stage, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
+            }
+            return try await body()
+        }
+
+        // BUILD
+        try enter(.creating)
+        let parent: Descriptor
+        do {
+            parent = try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(recipe.parentImage)
+        } catch let error as KilnError {
+            return try fail("BUILD", "the parent image \(recipe.parentImage) is not available: \(error.message)")
+        }
+        try enter(.building)
+        let localName = "\(name):\(recipe.semanticVersion)-\(build)"
+        let builder = RecipeBuilder(
+            host: host, template: template, components: components, type: type, logRoot: folder + "/logs",
+            context: settings.contextDirectory ?? (base.isEmpty ? "." : base), sourceDateEpoch: settings.sourceDateEpoch, progress: progress
+        )
+        let built: Descriptor
+        do {
+            built = try await timed("BUILD") {
+                try await builder.build(parent: parent, as: localName, keepOnFailure: infrastructure.terminateInstanceOnFailure == false)
+            }
+        } catch let failure as RecipeBuilder.StepFailure {
+            return try fail("BUILD", step: failure.step, log: failure.log, failure.reason)
+        }
+        record.localName = localName
+        record.digest = built.digest.description
+        try records.save(record)
+
+        // TEST
+        if pipeline.imageTestsConfiguration?.imageTestsEnabled ?? true {
+            try enter(.testing)
+            do {
+                try await timed("TEST") { try await builder.test(image: built, keepOnFailure: infrastructure.terminateInstanceOnFailure == false) }
+            } catch let failure as RecipeBuilder.StepFailure {
+                return try fail("TEST", step: failure.step, log: failure.log, failure.reason)
+            }
+        }
+
+        // DISTRIBUTE
+        try enter(.distributing)
+        var destinations: [(region: String, location: ImageLocation)] = []
+        for entry in distribution?.distributions ?? [] {
+            guard let region = configuration.regions[entry.region] else {
+                return try fail("DISTRIBUTE", region: entry.region, "region \(entry.region) is not defined in kiln.yaml's regions:")
+            }
+            guard let container = entry.containerDistributionConfiguration else { continue }
+            let repository = [region.repositoryPrefix, container.targetRepository.repositoryName].compactMap { $0 }.joined(separator: "/")
+            for tag in container.containerTags ?? [recipe.semanticVersion.description] {
+                destinations.append((entry.region, try ImageLocation("\(region.registry)/\(repository):\(tag)")))
+            }
+        }
+        if !destinations.isEmpty {
+            let result = try await timed("DISTRIBUTE") { try await transfer.copy(from: .store(name: localName), to: destinations.map(\.location)) }
+            if let failed = result.failures.first, let region = destinations.first(where: { $0.location == failed.location })?.region {
+                return try fail("DISTRIBUTE", region: region, "\(failed.location): \(failed.error?.message ?? "failed")")
+            }
+            for region in Set(destinations.map(\.region)).sorted() {
+                record.outputContainers.append(.init(region: region, imageUris: destinations.filter { $0.region == region }.map { "\($0.location)@\(result.digest)" }))
+            }
+        }
+        try enter(.integrating)
+        try enter(.available)
+        return record
+    }
+
+    static func select(_ reference: ResourceReference, from recipes: [ContainerRecipeDefinition]) throws -> ContainerRecipeDefinition {
+        let candidates = recipes.filter { ImageBuilderARN.normalizedName($0.name) == reference.name }
+        let chosen = (reference.selector ?? (try! VersionSelector(parsing: "x.x.x"))).select(from: candidates.map { BuildVersion($0.semanticVersion, build: 1) })
+        guard let recipe = candidates.first(where: { BuildVersion($0.semanticVersion, build: 1) == chosen }) else {
+            throw KilnError(.notFound, "no container recipe matches \(reference)")
+        }
+        return recipe
+    }
+
+    /// A component's document: inline `data`, or `uri` (a file relative to the definitions).
+    static func document(for component: ComponentDefinition, base: String) throws -> ComponentDocument {
+        let parser = ComponentDocumentParser(platform: .linux)
+        if let data = component.data { return try parser.parse(text: data, source: "\(component.name)/\(component.semanticVersion)") }
+        guard let uri = component.uri else { throw KilnError(.invalidDocument, "component \(component.name) has neither data nor uri") }
+        if uri.hasPrefix("https://") || uri.hasPrefix("s3://") {
+            throw KilnError(.unsupported, "component \(component.name): uri \(uri) must be a local file for now; download it next to the definitions")
+        }
+        return try parser.parse(contentsOf: uri.hasPrefix("/") ? uri : base + "/" + uri)
+    }
+}
