@@ -33,9 +33,17 @@ final class LoopbackRegistry {
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
-        for _ in 0..<200 {
-            if (try? Data(contentsOf: URL(string: "http://127.0.0.1:\(port)/v2/")!)) != nil { return }
-            usleep(50_000)
+        // Ready once the port accepts connections.
+        for _ in 0..<400 {
+            let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var target = sockaddr_in()
+            target.sin_family = sa_family_t(AF_INET)
+            target.sin_addr.s_addr = inet_addr("127.0.0.1")
+            target.sin_port = UInt16(port).bigEndian
+            let connected = withUnsafePointer(to: &target) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            close(probe)
+            if connected == 0 { return }
+            usleep(25_000)
         }
     }
 

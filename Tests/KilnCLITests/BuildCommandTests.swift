@@ -1,0 +1,134 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+
+@Suite("kiln build: pipelines end to end on runc, with two registries as regions", .serialized,
+       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || (geteuid() == 0 && FileManager.default.fileExists(atPath: "/usr/bin/runc"))))
+struct BuildCommandTests {
+    /// A pipeline whose components write, check and test /etc/kiln-app; `validate` and `test`
+    /// are the commands of those phases.
+    func project(_ scratch: Scratch, regions: (LoopbackRegistry, LoopbackRegistry), validate: String = "test -s /etc/kiln-app", test: String = "grep -q ready /etc/kiln-app") throws -> String {
+        try FileManager.default.createDirectory(atPath: scratch.path + "/files", withIntermediateDirectories: true)
+        _ = try scratch.write("files/motd", "built by kiln\n")
+        _ = try scratch.write("app.yaml", """
+        name: App
+        schemaVersion: 1.0
+        phases:
+          - name: build
+            steps:
+              - name: Write
+                action: ExecuteBash
+                inputs:
+                  commands: ["echo ready > /etc/kiln-app"]
+          - name: validate
+            steps:
+              - name: Check
+                action: ExecuteBash
+                inputs:
+                  commands: ["\(validate)"]
+          - name: test
+            steps:
+              - name: Ready
+                action: ExecuteBash
+                inputs:
+                  commands: ["test -f /etc/motd.kiln", "\(test)"]
+        """)
+        _ = try scratch.write("kiln.yaml", """
+        dataDirectory: \(sharedDataDirectory)
+        regions:
+          north: {registry: "\(regions.0.host)"}
+          south: {registry: "\(regions.1.host)", repositoryPrefix: mirror}
+        """)
+        return try scratch.write("pipeline.yaml", """
+        components:
+          - {name: app, semanticVersion: 1.0.0, platform: Linux, uri: app.yaml}
+        containerRecipes:
+          - name: app-image
+            semanticVersion: 2.1.0
+            parentImage: bootstrap:debian:bookworm
+            components: [{componentArn: app/1.x.x}]
+            dockerfileTemplateData: |
+              FROM {{{ imagebuilder:parentImage }}}
+              {{{ imagebuilder:environments }}}
+              {{{ imagebuilder:components }}}
+              COPY files/motd /etc/motd.kiln
+              ENV KILN_APP=1
+              CMD ["cat", "/etc/kiln-app"]
+        infrastructureConfigurations:
+          - {name: builders, instanceTypes: [t3.small], instanceProfileName: kiln}
+        distributionConfigurations:
+          - name: both
+            distributions:
+              - {region: north, containerDistributionConfiguration: {targetRepository: {repositoryName: app}, containerTags: [stable]}}
+              - {region: south, containerDistributionConfiguration: {targetRepository: {repositoryName: app}}}
+        imagePipelines:
+          - {name: app-pipeline, containerRecipeArn: app-image/2.x.x, infrastructureConfigurationArn: builders, distributionConfigurationArn: both}
+        """)
+    }
+
+    func record(_ result: Kiln.Result) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result.stdout)\n\(result.stderr)")
+    }
+
+    @Test("A pipeline reaches AVAILABLE in two regions; skopeo sees the recorded digest in both, with the recipe's settings")
+    func available() throws {
+        let regions = (try LoopbackRegistry(), try LoopbackRegistry())
+        defer { regions.0.stop(); regions.1.stop() }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let pipeline = try project(scratch, regions: regions)
+        let built = try Kiln.run(["build", "-f", pipeline], in: scratch.path)
+        #expect(built.status == 0, "\(built.stderr)")
+        let image = try record(built)
+        #expect(image["status"] as? String == "AVAILABLE")
+        #expect((image["arn"] as? String)?.hasPrefix("arn:aws:imagebuilder:us-east-1:000000000000:image/app-image/2.1.0/") == true)
+        let digest = try #require(image["digest"] as? String)
+        for reference in ["\(regions.0.host)/app:stable", "\(regions.1.host)/mirror/app:2.1.0"] {
+            #expect(try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(reference) | sha256sum | cut -d' ' -f1") == String(digest.dropFirst(7)) + "\n", "\(reference)")
+        }
+        let config = try Kiln.shell("skopeo inspect --tls-verify=false --config docker://\(regions.0.host)/app:stable")
+        #expect(config.contains("KILN_APP=1") && config.contains("/etc/kiln-app") && config.contains("kiln component app/1.0.0"), "\(config)")
+        for line in ["BUILDING", "TESTING", "DISTRIBUTING", "AVAILABLE", "TEST: test instance"] {
+            #expect(built.stderr.contains(line), "progress shows \(line)")
+        }
+        let listed = try Kiln.run(["images"], in: scratch.path)
+        #expect(listed.stdout.contains("app-image/2.1.0/") && listed.stdout.contains("AVAILABLE"))
+    }
+
+    @Test("A failing validate step fails the image in BUILD and names the step; nothing is distributed")
+    func failingValidate() throws {
+        let regions = (try LoopbackRegistry(), try LoopbackRegistry())
+        defer { regions.0.stop(); regions.1.stop() }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let pipeline = try project(scratch, regions: regions, validate: "test -e /etc/never-there")
+        let built = try Kiln.run(["build", "-f", pipeline], in: scratch.path)
+        #expect(built.status == 1)
+        let image = try record(built)
+        let failure = try #require(image["failure"] as? [String: Any])
+        #expect(image["status"] as? String == "FAILED" && failure["stage"] as? String == "BUILD")
+        #expect(failure["step"] as? String == "App/validate/Check", "\(failure)")
+        #expect((failure["log"] as? String)?.hasSuffix("/logs/build") == true)
+        #expect(try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(regions.0.host)/app:stable >/dev/null 2>&1 && echo found") == "")
+    }
+
+    @Test("A failing test fails the image in TEST, and no region receives it")
+    func failingTest() throws {
+        let regions = (try LoopbackRegistry(), try LoopbackRegistry())
+        defer { regions.0.stop(); regions.1.stop() }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let pipeline = try project(scratch, regions: regions, test: "grep -q not-ready /etc/kiln-app")
+        let built = try Kiln.run(["build", "-f", pipeline], in: scratch.path)
+        #expect(built.status == 1)
+        let image = try record(built)
+        let failure = try #require(image["failure"] as? [String: Any])
+        #expect(image["status"] as? String == "FAILED" && failure["stage"] as? String == "TEST" && failure["step"] as? String == "App/test/Ready", "\(failure)")
+        for reference in ["\(regions.0.host)/app:stable", "\(regions.1.host)/mirror/app:2.1.0"] {
+            #expect(try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(reference) >/dev/null 2>&1 && echo found") == "", "\(reference)")
+        }
+        #expect(try Kiln.shell("mount | grep -c \(sharedDataDirectory)/instances") == "0\n", "builder and test instances are gone")
+    }
+}
