@@ -43,7 +43,7 @@ struct BuildCommand: AsyncParsableCommand {
             let terminal = TerminalOutput()
             let run = try PipelineRun(configuration: environment.configuration, host: host, transfer: transfer) { line in
                 let elapsed = ContinuousClock.now - started
-                terminal.progress(String(format: "[%6.1fs] ", Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18) + line)
+                terminal.progress(String(format: "[%6.1fs] ", elapsed.inSeconds) + line)
             }
             let epoch = sourceDateEpoch ?? ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) }
             let record = try await run.run(.init(definitionsPath: file, pipeline: name, contextDirectory: context, sourceDateEpoch: epoch))
@@ -93,11 +93,39 @@ struct ImagesShowCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
-            let records = try ImageRecordStore(dataDirectory: environment.configuration.dataDirectory).all()
-            guard let record = records.first(where: { $0.arn == image || "\($0.name)/\($0.version)/\($0.build)" == image }) else {
-                throw KilnError(.notFound, "no image '\(image)'; see kiln images")
-            }
-            try TerminalOutput.printJSON(record)
+            try TerminalOutput.printJSON(try ImageRecordStore(dataDirectory: environment.configuration.dataDirectory).find(image))
         }
+    }
+}
+
+/// `kiln image retry-distribution`: Image Builder's RetryImage, distribution without rebuilding.
+struct ImageRetryDistributionCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "retry-distribution", abstract: "Distribute a built image again to the regions its build chose, without rebuilding."
+    )
+
+    @Argument(help: "name/x.y.z/build or the image's ARN (see kiln images).")
+    var image: String
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        let record = try await KilnEnvironment.reportingErrors { () -> ImageRecord in
+            let environment = try KilnEnvironment(options)
+            let host = try InstanceHost(dataDirectory: environment.configuration.dataDirectory, store: environment.store)
+            let view = TransferProgressView()
+            let transfer = ImageTransfer(store: environment.store, registries: environment.registries, observer: view.observer)
+            let run = try PipelineRun(configuration: environment.configuration, host: host, transfer: transfer) { TerminalOutput().progress($0) }
+            let record = try run.records.find(image)
+            guard record.status == .failed || record.status == .available else {
+                throw KilnError(.invalidArgument, "image \(image) is \(record.status.rawValue); only a FAILED or AVAILABLE image can be distributed again")
+            }
+            let retried = try await run.distribute(record)
+            view.finish()
+            await environment.registries.shutdown()
+            return retried
+        }
+        try TerminalOutput.printJSON(record)
+        if record.status != .available { throw ExitCode.failure }
     }
 }

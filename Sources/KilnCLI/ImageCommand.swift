@@ -14,7 +14,7 @@ struct ImageCommand: AsyncParsableCommand {
         """,
         subcommands: [
             ImagePullCommand.self, ImagePushCommand.self, ImageCopyCommand.self, ImageInspectCommand.self,
-            ImageListCommand.self, ImageRemoveCommand.self, ImageGarbageCollectCommand.self, ImagePackCommand.self,
+            ImageListCommand.self, ImageRemoveCommand.self, ImageGarbageCollectCommand.self, ImagePackCommand.self, ImageRetryDistributionCommand.self,
         ]
     )
 }

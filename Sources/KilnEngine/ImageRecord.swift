@@ -23,6 +23,13 @@ public struct ImageRecord: Sendable, Codable, Hashable {
         public var imageUris: [String]
     }
 
+    /// Where DISTRIBUTE sends the image, fixed when the build starts, so a retry sends it to
+    /// the same places.
+    public struct DistributionTarget: Sendable, Codable, Hashable {
+        public var region: String
+        public var reference: String
+    }
+
     public struct StageTiming: Sendable, Codable, Hashable {
         public var stage: String
         public var seconds: Double
@@ -40,6 +47,7 @@ public struct ImageRecord: Sendable, Codable, Hashable {
     /// The image in Kiln's store (`kiln:<localName>`) and its manifest digest.
     public var localName: String?
     public var digest: String?
+    public var distributionTargets: [DistributionTarget] = []
     public var outputContainers: [ContainerOutput] = []
     public var timings: [StageTiming] = []
     public var logDirectory: String
@@ -80,6 +88,14 @@ public struct ImageRecordStore: Sendable {
         guard rename(temporary, folder + "/image.json") == 0 else {
             throw KilnError(.ioFailure, "cannot save the image record in \(folder): \(String(cString: strerror(errno)))")
         }
+    }
+
+    /// One record by `name/x.y.z/build` or ARN.
+    public func find(_ text: String) throws -> ImageRecord {
+        guard let record = all().first(where: { $0.arn == text || "\($0.name)/\($0.version)/\($0.build)" == text }) else {
+            throw KilnError(.notFound, "no image '\(text)'; see kiln images")
+        }
+        return record
     }
 
     public func all() -> [ImageRecord] {

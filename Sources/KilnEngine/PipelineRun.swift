@@ -99,7 +99,7 @@ public struct PipelineRun: Sendable {
             let start = ContinuousClock.now
             defer {
                 let elapsed = ContinuousClock.now - start
-                record.timings.append(.init(stage: stage, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
+                record.timings.append(.init(stage: stage, seconds: elapsed.inSeconds))
             }
             return try await body()
         }
@@ -141,8 +141,6 @@ public struct PipelineRun: Sendable {
         }
 
         // DISTRIBUTE
-        try enter(.distributing)
-        var destinations: [(region: String, location: ImageLocation)] = []
         for entry in distribution?.distributions ?? [] {
             guard let region = configuration.regions[entry.region] else {
                 return try fail("DISTRIBUTE", region: entry.region, "region \(entry.region) is not defined in kiln.yaml's regions:")
@@ -150,16 +148,42 @@ public struct PipelineRun: Sendable {
             guard let container = entry.containerDistributionConfiguration else { continue }
             let repository = [region.repositoryPrefix, container.targetRepository.repositoryName].compactMap { $0 }.joined(separator: "/")
             for tag in container.containerTags ?? [recipe.semanticVersion.description] {
-                destinations.append((entry.region, try ImageLocation("\(region.registry)/\(repository):\(tag)")))
+                record.distributionTargets.append(.init(region: entry.region, reference: "\(region.registry)/\(repository):\(tag)"))
             }
         }
-        if !destinations.isEmpty {
-            let result = try await timed("DISTRIBUTE") { try await transfer.copy(from: .store(name: localName), to: destinations.map(\.location)) }
-            if let failed = result.failures.first, let region = destinations.first(where: { $0.location == failed.location })?.region {
-                return try fail("DISTRIBUTE", region: region, "\(failed.location): \(failed.error?.message ?? "failed")")
+        return try await distribute(record)
+    }
+
+    /// DISTRIBUTE, INTEGRATE and AVAILABLE for a built image; also what RetryImage runs again.
+    public func distribute(_ built: ImageRecord) async throws -> ImageRecord {
+        var record = built
+        guard let localName = record.localName, try transfer.store.resolve(localName) != nil else {
+            throw KilnError(.notFound, "image \(record.name)/\(record.version)/\(record.build) has no built image in Kiln's store to distribute; build it again")
+        }
+        let label = "\(record.name)/\(record.version)/\(record.build)"
+        func enter(_ status: ImageStatus) throws {
+            record.status = status
+            try records.save(record)
+            progress("image \(label): \(status.rawValue)")
+        }
+        record.failure = nil
+        try enter(.distributing)
+        if !record.distributionTargets.isEmpty {
+            let locations = try record.distributionTargets.map { try ImageLocation($0.reference) }
+            let start = ContinuousClock.now
+            let result = try await transfer.copy(from: .store(name: localName), to: locations)
+            let elapsed = ContinuousClock.now - start
+            record.timings.append(.init(stage: "DISTRIBUTE", seconds: elapsed.inSeconds))
+            if let failed = result.failures.first {
+                let region = record.distributionTargets.first { (try? ImageLocation($0.reference)) == failed.location }?.region
+                record.status = .failed
+                record.failure = .init(stage: "DISTRIBUTE", step: nil, region: region, log: nil, reason: "\(failed.location): \(failed.error?.message ?? "failed")")
+                try records.save(record)
+                progress("image \(label): FAILED in DISTRIBUTE for region \(region ?? "?"): \(record.failure!.reason); retry with kiln image retry-distribution \(label)")
+                return record
             }
-            for region in Set(destinations.map(\.region)).sorted() {
-                record.outputContainers.append(.init(region: region, imageUris: destinations.filter { $0.region == region }.map { "\($0.location)@\(result.digest)" }))
+            record.outputContainers = Set(record.distributionTargets.map(\.region)).sorted().map { region in
+                .init(region: region, imageUris: record.distributionTargets.filter { $0.region == region }.map { "\($0.reference)@\(result.digest)" })
             }
         }
         try enter(.integrating)

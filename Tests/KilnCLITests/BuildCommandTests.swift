@@ -131,4 +131,34 @@ struct BuildCommandTests {
         }
         #expect(try Kiln.shell("mount | grep -c \(sharedDataDirectory)/instances") == "0\n", "builder and test instances are gone")
     }
+
+    @Test("A region down during distribution fails the image naming the region; retry-distribution then makes it AVAILABLE without rebuilding")
+    func retryDistribution() throws {
+        let north = try LoopbackRegistry()
+        let southDown = try LoopbackRegistry()
+        southDown.stop()
+        defer { north.stop() }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let pipeline = try project(scratch, regions: (north, southDown))
+        let built = try Kiln.run(["build", "-f", pipeline], in: scratch.path)
+        #expect(built.status == 1)
+        let image = try record(built)
+        let failure = try #require(image["failure"] as? [String: Any])
+        #expect(image["status"] as? String == "FAILED" && failure["stage"] as? String == "DISTRIBUTE" && failure["region"] as? String == "south", "\(failure)")
+        #expect(built.stderr.contains("retry with kiln image retry-distribution"))
+
+        let south = try LoopbackRegistry(port: southDown.port)
+        defer { south.stop() }
+        let version = "app-image/2.1.0/\(try #require(image["build"] as? Int))"
+        let retried = try Kiln.run(["image", "retry-distribution", version], in: scratch.path)
+        #expect(retried.status == 0, "\(retried.stderr)")
+        let after = try record(retried)
+        #expect(after["status"] as? String == "AVAILABLE" && after["digest"] as? String == image["digest"] as? String)
+        #expect(!retried.stderr.contains("BUILDING"), "no rebuild")
+        let digest = try #require(image["digest"] as? String)
+        #expect(try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(south.host)/mirror/app:2.1.0 | sha256sum | cut -d' ' -f1") == String(digest.dropFirst(7)) + "\n")
+        let shown = try Kiln.run(["images", "show", version], in: scratch.path)
+        #expect(shown.stdout.contains("\"status\" : \"AVAILABLE\""))
+    }
 }

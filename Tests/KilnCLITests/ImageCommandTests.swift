@@ -10,7 +10,8 @@ final class LoopbackRegistry {
     private let process: Process
     private let directory: Scratch
 
-    init() throws {
+    /// `port` reuses a port (a registry coming back); nil picks a free one.
+    init(port fixedPort: Int? = nil) throws {
         directory = try Scratch()
         let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
@@ -19,7 +20,7 @@ final class LoopbackRegistry {
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) } }
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
-        port = Int(UInt16(bigEndian: address.sin_port))
+        port = fixedPort ?? Int(UInt16(bigEndian: address.sin_port))
         close(probe)
         let config = try directory.write("config.yml", """
         version: 0.1
