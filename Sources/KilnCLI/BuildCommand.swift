@@ -24,6 +24,9 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Clamp file times and the created date to this (seconds since 1970), for reproducible images (default: $SOURCE_DATE_EPOCH).")
     var sourceDateEpoch: Int64?
 
+    @Flag(name: .long, help: "Build every step again even when an earlier build had the same inputs.")
+    var noCache = false
+
     @OptionGroup var options: KilnOptions
 
     func run() async throws {
@@ -46,7 +49,7 @@ struct BuildCommand: AsyncParsableCommand {
                 terminal.progress(String(format: "[%6.1fs] ", elapsed.inSeconds) + line)
             }
             let epoch = sourceDateEpoch ?? ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) }
-            let record = try await run.run(.init(definitionsPath: file, pipeline: name, contextDirectory: context, sourceDateEpoch: epoch))
+            let record = try await run.run(.init(definitionsPath: file, pipeline: name, contextDirectory: context, sourceDateEpoch: epoch, useCache: !noCache))
             view.finish()
             await environment.registries.shutdown()
             return record

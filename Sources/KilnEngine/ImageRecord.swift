@@ -47,6 +47,8 @@ public struct ImageRecord: Sendable, Codable, Hashable {
     /// The image in Kiln's store (`kiln:<localName>`) and its manifest digest.
     public var localName: String?
     public var digest: String?
+    /// The build reused an earlier image with the same inputs.
+    public var cacheHit: Bool?
     public var distributionTargets: [DistributionTarget] = []
     public var outputContainers: [ContainerOutput] = []
     public var timings: [StageTiming] = []

@@ -18,8 +18,11 @@ public struct PipelineRun: Sendable {
         /// COPY and ADD read from here (default: the definitions file's folder).
         public var contextDirectory: String?
         public var sourceDateEpoch: Int64?
+        /// Reuse the image of an earlier build with exactly the same inputs (no builder starts).
+        public var useCache = true
 
-        public init(definitionsPath: String, pipeline: String, contextDirectory: String? = nil, sourceDateEpoch: Int64? = nil) {
+        public init(definitionsPath: String, pipeline: String, contextDirectory: String? = nil, sourceDateEpoch: Int64? = nil, useCache: Bool = true) {
+            self.useCache = useCache
             self.definitionsPath = definitionsPath
             self.pipeline = pipeline
             self.contextDirectory = contextDirectory
@@ -115,16 +118,29 @@ public struct PipelineRun: Sendable {
         try enter(.building)
         let localName = "\(name):\(recipe.semanticVersion)-\(build)"
         let builder = RecipeBuilder(
-            host: host, template: template, components: components, type: type, logRoot: folder + "/logs",
+            host: host, recipeLabel: "\(recipe.name)/\(recipe.semanticVersion)", template: template, components: components, type: type, logRoot: folder + "/logs",
             context: settings.contextDirectory ?? (base.isEmpty ? "." : base), sourceDateEpoch: settings.sourceDateEpoch, progress: progress
         )
+        let cacheName = "kiln-cache/" + (try BuildCacheKey.key(
+            parent: parent.digest, template: recipe.dockerfileTemplateData ?? DockerfileTemplate.canonical, templateSteps: template,
+            components: recipe.components ?? [], definitions: definitions, base: base.isEmpty ? "." : base,
+            context: settings.contextDirectory ?? (base.isEmpty ? "." : base), sourceDateEpoch: settings.sourceDateEpoch
+        ).encoded)
         let built: Descriptor
-        do {
-            built = try await timed("BUILD") {
-                try await builder.build(parent: parent, as: localName, keepOnFailure: infrastructure.terminateInstanceOnFailure == false)
+        if settings.useCache, let cached = try transfer.store.resolve(cacheName) {
+            progress("BUILD: cache hit (same parent, template, components, parameters and context); no builder started")
+            built = cached
+            try transfer.store.tag(localName, cached)
+            record.cacheHit = true
+        } else {
+            do {
+                built = try await timed("BUILD") {
+                    try await builder.build(parent: parent, as: localName, keepOnFailure: infrastructure.terminateInstanceOnFailure == false)
+                }
+            } catch let failure as RecipeBuilder.StepFailure {
+                return try fail("BUILD", step: failure.step, log: failure.log, failure.reason)
             }
-        } catch let failure as RecipeBuilder.StepFailure {
-            return try fail("BUILD", step: failure.step, log: failure.log, failure.reason)
+            try transfer.store.tag(cacheName, built)
         }
         record.localName = localName
         record.digest = built.digest.description

@@ -16,6 +16,8 @@ struct RecipeBuilder: Sendable {
     }
 
     let host: InstanceHost
+    /// `name/x.y.z` of the recipe, for history (never the build number, so rebuilds match).
+    let recipeLabel: String
     let template: DockerfileTemplate
     let components: [(ComponentDefinition, TOEDocumentRun)]
     let type: InstanceType
@@ -37,7 +39,7 @@ struct RecipeBuilder: Sendable {
     func build(parent: Descriptor, as name: String, keepOnFailure: Bool) async throws -> Descriptor {
         let instance = try await ContainerInstance.start(image: parent, on: host, options: InstanceOptions(type: type, network: .host), name: name)
         progress("BUILD: builder \(instance.id) (\(type.name)) from \(parent.digest.encoded.prefix(12))")
-        var settings = ImageSettings(snapshot: .init(history: "kiln build \(name)", sourceDateEpoch: sourceDateEpoch))
+        var settings = ImageSettings(snapshot: .init(history: "kiln build \(recipeLabel)", sourceDateEpoch: sourceDateEpoch))
         do {
             for step in template.steps {
                 try await apply(step, in: instance, settings: &settings)
@@ -184,7 +186,7 @@ struct RecipeBuilder: Sendable {
         let instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: .none))
         progress("TEST: test instance \(instance.id) from \(image.digest.encoded.prefix(12))")
         do {
-            try await RecipeBuilder(host: host, template: template, components: testable, type: type, logRoot: logRoot, context: context, sourceDateEpoch: sourceDateEpoch, progress: progress)
+            try await RecipeBuilder(host: host, recipeLabel: recipeLabel, template: template, components: testable, type: type, logRoot: logRoot, context: context, sourceDateEpoch: sourceDateEpoch, progress: progress)
                 .runComponents(phases: ["test"], in: instance.session, folder: logRoot + "/test", stage: "TEST")
             await instance.destroy()
         } catch {

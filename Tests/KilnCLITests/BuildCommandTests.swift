@@ -161,4 +161,30 @@ struct BuildCommandTests {
         let shown = try Kiln.run(["images", "show", version], in: scratch.path)
         #expect(shown.stdout.contains("\"status\" : \"AVAILABLE\""))
     }
+
+    @Test("An unchanged rebuild is a cache hit that starts no builder (tests still run); --no-cache builds again; with SOURCE_DATE_EPOCH two fresh builds give one digest")
+    func cacheAndReproducibility() throws {
+        let regions = (try LoopbackRegistry(), try LoopbackRegistry())
+        defer { regions.0.stop(); regions.1.stop() }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let pipeline = try project(scratch, regions: regions)
+        let epoch = ["--source-date-epoch", "1700000000"]
+        let first = try record(try Kiln.run(["build", "-f", pipeline, "--no-cache"] + epoch, in: scratch.path))
+        let cached = try Kiln.run(["build", "-f", pipeline] + epoch, in: scratch.path)
+        let hit = try record(cached)
+        #expect(hit["status"] as? String == "AVAILABLE" && hit["cacheHit"] as? Bool == true)
+        #expect(hit["digest"] as? String == first["digest"] as? String)
+        #expect(cached.stderr.contains("cache hit") && !cached.stderr.contains("BUILD: builder"), "no builder on a cache hit")
+        #expect(cached.stderr.contains("TEST: test instance"), "a cache hit is still tested")
+
+        let rebuilt = try Kiln.run(["build", "-f", pipeline, "--no-cache"] + epoch, in: scratch.path)
+        #expect(rebuilt.stderr.contains("BUILD: builder"))
+        #expect(try record(rebuilt)["digest"] as? String == first["digest"] as? String, "same inputs and SOURCE_DATE_EPOCH give the same image digest")
+
+        _ = try scratch.write("files/motd", "changed \(UUID().uuidString)\n")
+        let changed = try Kiln.run(["build", "-f", pipeline] + epoch, in: scratch.path)
+        #expect(changed.stderr.contains("BUILD: builder"), "a changed COPY source is a cache miss")
+        #expect(try record(changed)["digest"] as? String != first["digest"] as? String)
+    }
 }
