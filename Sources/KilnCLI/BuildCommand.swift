@@ -132,3 +132,37 @@ struct ImageRetryDistributionCommand: AsyncParsableCommand {
         if record.status != .available { throw ExitCode.failure }
     }
 }
+
+/// `kiln logs`: an image's TOE console logs, build then test; `--follow` waits for more until
+/// the image reaches a final state.
+struct LogsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "logs", abstract: "Print an image's build and test logs.")
+
+    @Argument(help: "name/x.y.z/build or the image's ARN (see kiln images).")
+    var image: String
+
+    @Flag(name: [.customShort("f"), .long], help: "Keep printing new lines until the image is AVAILABLE, FAILED or CANCELLED.")
+    var follow = false
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            let records = try ImageRecordStore(dataDirectory: environment.configuration.dataDirectory)
+            let first = try records.find(image)
+            let files = ["build", "test"].map { first.logDirectory + "/\($0)/console.log" }
+            var offsets = [Int](repeating: 0, count: files.count)
+            while true {
+                for (index, file) in files.enumerated() {
+                    guard let data = FileManager.default.contents(atPath: file), data.count > offsets[index] else { continue }
+                    FileHandle.standardOutput.write(data[offsets[index]...])
+                    offsets[index] = data.count
+                }
+                let status = try records.find(image).status
+                if !follow || [.available, .failed, .cancelled].contains(status) { break }
+                try await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+}

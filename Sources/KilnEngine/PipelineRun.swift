@@ -128,7 +128,10 @@ public struct PipelineRun: Sendable {
         ).encoded)
         let built: Descriptor
         if settings.useCache, let cached = try transfer.store.resolve(cacheName) {
-            progress("BUILD: cache hit (same parent, template, components, parameters and context); no builder started")
+            let note = "cache hit: reused \(cached.digest) from an earlier build with the same parent, template, components, parameters and context; no builder started"
+            progress("BUILD: " + note)
+            try? FileManager.default.createDirectory(atPath: folder + "/logs/build", withIntermediateDirectories: true)
+            try? Data((note + "\n").utf8).write(to: URL(fileURLWithPath: folder + "/logs/build/console.log"))
             built = cached
             try transfer.store.tag(localName, cached)
             record.cacheHit = true

@@ -79,7 +79,7 @@ struct BuildCommandTests {
         let scratch = try Scratch()
         defer { scratch.remove() }
         let pipeline = try project(scratch, regions: regions)
-        let built = try Kiln.run(["build", "-f", pipeline], in: scratch.path)
+        let built = try Kiln.run(["build", "-f", pipeline, "--no-cache"], in: scratch.path)
         #expect(built.status == 0, "\(built.stderr)")
         let image = try record(built)
         #expect(image["status"] as? String == "AVAILABLE")
@@ -95,6 +95,9 @@ struct BuildCommandTests {
         }
         let listed = try Kiln.run(["images"], in: scratch.path)
         #expect(listed.stdout.contains("app-image/2.1.0/") && listed.stdout.contains("AVAILABLE"))
+        let version = "app-image/2.1.0/\(try #require(image["build"] as? Int))"
+        let logs = try Kiln.run(["logs", version, "--follow"], in: scratch.path)
+        #expect(logs.status == 0 && logs.stdout.contains("Step Write") && logs.stdout.contains("Step Ready"), "build and test logs: \(logs.stdout)")
     }
 
     @Test("A failing validate step fails the image in BUILD and names the step; nothing is distributed")
