@@ -57,14 +57,19 @@ extension KilnEnvironment {
         return try ImageLocation(text)
     }
 
-    /// Copies and prints one line per destination; fails naming every destination that failed.
-    func copy(_ transfer: ImageTransfer, from source: ImageLocation, to destinations: [ImageLocation], view: TransferProgressView) async throws -> ImageTransfer.Result {
-        let result = try await transfer.copy(from: source, to: destinations)
+    /// Copies with progress as the flags ask, prints one line per destination and the digest on
+    /// stdout; fails naming every destination that failed.
+    func copy(from source: ImageLocation, to destinations: [ImageLocation], with flags: TransferOptions) async throws {
+        guard !destinations.isEmpty else { throw KilnError(.invalidArgument, "give at least one destination") }
+        let view = TransferProgressView(quiet: flags.quiet)
+        let result = try await flags.transfer(self, view: view).copy(from: source, to: destinations)
         view.finish()
-        if view.quiet {
-            await registries.shutdown()
-            return try result.checked()
-        }
+        if !view.quiet { report(result, from: source) }
+        await registries.shutdown()
+        print(try result.checked().digest)
+    }
+
+    private func report(_ result: ImageTransfer.Result, from source: ImageLocation) {
         if let received = result.totals[source.description], received.bytes > 0 {
             TerminalOutput().progress("\(source): \(TransferProgressView.size(received.bytes)) received, \(received.blobsSent) blob(s)")
         }
@@ -72,8 +77,6 @@ extension KilnEnvironment {
             let sent = destination.totals
             TerminalOutput().progress("\(destination.location): \(result.digest) (\(TransferProgressView.size(sent.bytes)) sent, \(sent.blobsSent) blob(s) written, \(sent.blobsSkipped) already there, \(sent.blobsMounted) mounted)")
         }
-        await registries.shutdown()
-        return try result.checked()
     }
 }
 
@@ -89,11 +92,9 @@ struct ImagePullCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
-            let view = TransferProgressView(quiet: transferOptions.quiet)
             let source = try ImageLocation(reference)
             let name = if case .registry(let parsed) = source { parsed.description } else { reference }
-            let result = try await environment.copy(try transferOptions.transfer(environment, view: view), from: source, to: [.store(name: name)], view: view)
-            print(result.digest)
+            try await environment.copy(from: source, to: [.store(name: name)], with: transferOptions)
         }
     }
 }
@@ -118,12 +119,7 @@ struct ImagePushCommand: AsyncParsableCommand {
             guard let name = environment.localName(reference) else {
                 throw KilnError(.notFound, "'\(reference)' is not in Kiln's content store at \(environment.store.root); pull it first, or use kiln image copy for a remote source")
             }
-            guard !destinations.isEmpty else { throw KilnError(.invalidArgument, "give at least one destination") }
-            let view = TransferProgressView(quiet: transferOptions.quiet)
-            let result = try await environment.copy(
-                try transferOptions.transfer(environment, view: view), from: .store(name: name), to: try destinations.map(ImageLocation.init), view: view
-            )
-            print(result.digest)
+            try await environment.copy(from: .store(name: name), to: try destinations.map(ImageLocation.init), with: transferOptions)
         }
     }
 }
@@ -146,12 +142,7 @@ struct ImageCopyCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
-            guard !destinations.isEmpty else { throw KilnError(.invalidArgument, "give at least one destination") }
-            let view = TransferProgressView(quiet: transferOptions.quiet)
-            let result = try await environment.copy(
-                try transferOptions.transfer(environment, view: view), from: try environment.source(source), to: try destinations.map(ImageLocation.init), view: view
-            )
-            print(result.digest)
+            try await environment.copy(from: try environment.source(source), to: try destinations.map(ImageLocation.init), with: transferOptions)
         }
     }
 }
