@@ -83,23 +83,11 @@ public struct LayerCache: Sendable {
             throw KilnError(.unsupported, "layer \(layer.digest) is '\(layer.mediaType)'; Kiln unpacks tar and tar+gzip layers")
         }
         var hash = SHA256Stream()
-        let source: TarReader.Source
-        if compressed {
-            let gzip = try GzipReader(path: store.path(of: layer.digest))
-            source = { buffer, limit in
-                let count = try gzip.read(into: &buffer, limit: limit)
-                hash.update(Array(buffer[0..<count]))
-                return count
-            }
-        } else {
-            guard let handle = FileHandle(forReadingAtPath: store.path(of: layer.digest)) else {
-                throw KilnError(.notFound, "layer \(layer.digest) is not in the content store")
-            }
-            source = { buffer, limit in
-                buffer = Array(try handle.read(upToCount: limit) ?? Data())
-                hash.update(buffer)
-                return buffer.count
-            }
+        let file = try TarReader.fileSource(store.path(of: layer.digest), compressed: compressed)
+        let source: TarReader.Source = { buffer, limit in
+            let count = try file(&buffer, limit)
+            hash.update(Array(buffer[0..<count]))
+            return count
         }
         var reader = TarReader(source: source)
         var unpacker = LayerUnpacker(target: target)

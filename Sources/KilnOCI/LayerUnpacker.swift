@@ -28,19 +28,8 @@ public struct LayerUnpacker {
 
     /// Applies a gzip-compressed (or plain tar, when `compressed` is false) layer file.
     public func apply(layerFile path: String, compressed: Bool = true) throws {
-        if compressed {
-            let gzip = try GzipReader(path: path)
-            var reader = TarReader { buffer, limit in try gzip.read(into: &buffer, limit: limit) }
-            try apply(&reader)
-        } else {
-            guard let handle = FileHandle(forReadingAtPath: path) else { throw KilnError(.notFound, "cannot read the layer '\(path)'") }
-            defer { try? handle.close() }
-            var reader = TarReader { buffer, limit in
-                buffer = Array(try handle.read(upToCount: limit) ?? Data())
-                return buffer.count
-            }
-            try apply(&reader)
-        }
+        var reader = TarReader(source: try TarReader.fileSource(path, compressed: compressed))
+        try apply(&reader)
     }
 
     public func apply(_ reader: inout TarReader) throws {

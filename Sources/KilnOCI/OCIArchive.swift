@@ -13,19 +13,9 @@ enum OCIArchive {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw KilnError(.notFound, "cannot read the OCI archive '\(path)'")
         }
-        defer { try? handle.close() }
         let gzipped = (try? handle.read(upToCount: 2)).map { Array($0) == [0x1f, 0x8b] } ?? false
-        try handle.seek(toOffset: 0)
-        var reader: TarReader
-        if gzipped {
-            let gzip = try GzipReader(path: path)
-            reader = TarReader { buffer, limit in try gzip.read(into: &buffer, limit: limit) }
-        } else {
-            reader = TarReader { buffer, limit in
-                buffer = Array(try handle.read(upToCount: limit) ?? Data())
-                return buffer.count
-            }
-        }
+        try? handle.close()
+        var reader = TarReader(source: try TarReader.fileSource(path, compressed: gzipped))
         try FileManager.default.createDirectory(atPath: directory + "/blobs", withIntermediateDirectories: true)
         var sawLayout = false
         while let entry = try reader.next() {

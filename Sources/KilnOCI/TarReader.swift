@@ -178,3 +178,18 @@ public struct TarReader {
         return records
     }
 }
+
+extension TarReader {
+    /// The bytes of a tar file for `init(source:)`, through gzip when `compressed`.
+    public static func fileSource(_ path: String, compressed: Bool) throws -> Source {
+        if compressed {
+            let gzip = try GzipReader(path: path)
+            return { buffer, limit in try gzip.read(into: &buffer, limit: limit) }
+        }
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw KilnError(.notFound, "cannot read '\(path)'") }
+        return { buffer, limit in
+            buffer = Array(try handle.read(upToCount: limit) ?? Data())
+            return buffer.count
+        }
+    }
+}
