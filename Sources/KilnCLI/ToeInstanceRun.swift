@@ -7,6 +7,7 @@ import KilnInstances
 import KilnModel
 import KilnOCI
 import KilnTOE
+import Synchronization
 
 /// `kiln toe run --image`: the documents run in a throwaway container instead of on this host.
 struct ToeInstanceOptions: ParsableArguments {
@@ -47,6 +48,8 @@ struct ToeInstanceRun {
         defer { interrupts.cancel() }
         terminal.progress("running in \(instance.session.displayName) from \(image)")
         let outcome = await TOERunner(session: instance.session, options: TOEOptions()).run(request, log: log, resume: nil)
+        // The run ends early when an interrupt removes the instance; the handler's exit code wins.
+        await interrupts.waitIfInterrupted()
         if outcome.succeeded, let snapshot = options.snapshot {
             do {
                 let saved = try instance.snapshot(as: snapshot, settings: .init(history: "kiln toe run " + request.documents.map(\.document.source).joined(separator: ",")))
@@ -88,12 +91,15 @@ struct ToeInstanceRun {
 /// The sources are set once in init and only cancelled afterwards.
 final class InterruptCleanup: @unchecked Sendable {
     private let sources: [any DispatchSourceSignal]
+    private let flag = InterruptFlag()
 
     init(_ cleanup: @escaping @Sendable () async -> Void) {
+        let flag = self.flag
         sources = [SIGINT, SIGTERM].map { number in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             source.setEventHandler {
+                flag.fired.store(true, ordering: .relaxed)
                 FileHandle.standardError.write(Data("kiln: interrupted; removing the instance\n".utf8))
                 Task {
                     await cleanup()
@@ -105,9 +111,20 @@ final class InterruptCleanup: @unchecked Sendable {
         }
     }
 
+    /// Suspends for good once an interrupt arrived: its handler removes the instance and exits.
+    func waitIfInterrupted() async {
+        while flag.fired.load(ordering: .relaxed) {
+            try? await Task.sleep(for: .seconds(60))
+        }
+    }
+
     func cancel() {
         sources.forEach { $0.cancel() }
         signal(SIGINT, SIG_DFL)
         signal(SIGTERM, SIG_DFL)
     }
+}
+
+final class InterruptFlag: Sendable {
+    let fired = Atomic<Bool>(false)
 }
