@@ -133,8 +133,8 @@ struct ImageRetryDistributionCommand: AsyncParsableCommand {
     }
 }
 
-/// `kiln logs`: an image's TOE console logs, build then test; `--follow` waits for more until
-/// the image reaches a final state.
+/// `kiln logs`: an image's pipeline log (stages, steps, component and command output);
+/// `--follow` waits for more until the image reaches a final state.
 struct LogsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "logs", abstract: "Print an image's build and test logs.")
 
@@ -151,7 +151,7 @@ struct LogsCommand: AsyncParsableCommand {
             let environment = try KilnEnvironment(options)
             let records = try ImageRecordStore(dataDirectory: environment.configuration.dataDirectory)
             let first = try records.find(image)
-            let files = ["build", "test"].map { first.logDirectory + "/\($0)/console.log" }
+            let files = [first.logDirectory + "/pipeline.log"]
             var offsets = [Int](repeating: 0, count: files.count)
             while true {
                 for (index, file) in files.enumerated() {

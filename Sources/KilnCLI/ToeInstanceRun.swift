@@ -76,7 +76,7 @@ struct ToeInstanceRun {
         guard let network = InstanceNetwork(rawValue: options.network) else {
             throw KilnError(.invalidArgument, "--network must be host or none, not '\(options.network)'")
         }
-        let type = try InstanceType.named(options.instanceType, in: InstanceType.table(configured: environment.configuration.instanceTypes))
+        let type = try InstanceType.named(options.instanceType, in: try InstanceType.table(configured: environment.configuration.instanceTypes))
         let view = TransferProgressView()
         let transfer = ImageTransfer(store: environment.store, registries: environment.registries, observer: view.observer)
         let resolver = ParentImageResolver(transfer: transfer, mirrors: environment.configuration.bootstrapMirrors, observer: { terminal.progress($0) })

@@ -2,37 +2,26 @@ import Foundation
 import KilnModel
 import KilnOCI
 
-/// What decides a build's result, hashed: the parent's digest, the template, each component's
-/// name, version, document bytes and parameters (in recipe order), the files COPY and ADD read,
-/// and SOURCE_DATE_EPOCH. Equal keys mean a build can be skipped.
+/// The cache key of each build step, chained: a step's key hashes the key before it with what
+/// the step does (a component's build-version ARN, document digest and parameters; an
+/// instruction's text, environment and COPY sources' contents). The first key hashes the parent
+/// digest, the platform and SOURCE_DATE_EPOCH. Equal keys mean equal layers, so a step whose
+/// key is cached is not run again.
 enum BuildCacheKey {
-    static func key(
-        parent: Digest, template: String, templateSteps: DockerfileTemplate, components: [ComponentConfiguration], definitions: Definitions,
-        base: String, context: String, sourceDateEpoch: Int64?
-    ) throws -> Digest {
-        var text = "kiln-build-cache-v1\nparent \(parent)\nepoch \(sourceDateEpoch.map(String.init) ?? "-")\ntemplate \(Digest(sha256Of: Data(template.utf8)))\n"
-        for configuration in components {
-            guard let component = definitions.component(try ResourceReference(configuration.componentArn, resourceType: "component")) else { continue }
-            let document: Data
-            if let data = component.data {
-                document = Data(data.utf8)
-            } else if let uri = component.uri, let bytes = FileManager.default.contents(atPath: uri.hasPrefix("/") ? uri : base + "/" + uri) {
-                document = bytes
-            } else {
-                document = Data()
-            }
-            let parameters = (configuration.parameters ?? []).sorted { $0.name < $1.name }.map { "\($0.name)=\($0.value.joined(separator: ","))" }.joined(separator: ";")
-            text += "component \(component.name)/\(component.semanticVersion) \(Digest(sha256Of: document)) \(parameters)\n"
-        }
-        for step in templateSteps.steps {
-            switch step.instruction {
-            case .copy(let sources, _, _), .add(let sources, _, _):
-                for source in sources { text += "context \(source) \(try contentDigest(context + "/" + source))\n" }
-            default:
-                break
-            }
-        }
-        return Digest(sha256Of: Data(text.utf8))
+    static func first(parent: Digest, platform: String, sourceDateEpoch: Int64?) -> Digest {
+        Digest(sha256Of: Data("kiln-step-cache-v2\nparent \(parent)\nplatform \(platform)\nepoch \(sourceDateEpoch.map(String.init) ?? "-")\n".utf8))
+    }
+
+    static func next(_ previous: Digest, _ step: String) -> Digest {
+        Digest(sha256Of: Data("\(previous)\n\(step)\n".utf8))
+    }
+
+    /// The store name of the image that ends with the step whose key this is.
+    static func tag(_ key: Digest) -> String { "kiln-cache/" + key.encoded }
+
+    static func component(_ component: RecipeComponent) -> String {
+        let parameters = component.run.parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ";")
+        return "component \(component.arn) document \(component.documentDigest) parameters \(parameters)"
     }
 
     /// A file's bytes and mode, or a folder's entries recursively, hashed.

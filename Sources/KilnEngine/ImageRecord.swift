@@ -47,12 +47,61 @@ public struct ImageRecord: Sendable, Codable, Hashable {
     /// The image in Kiln's store (`kiln:<localName>`) and its manifest digest.
     public var localName: String?
     public var digest: String?
-    /// The build reused an earlier image with the same inputs.
+    /// Every build step came from the cache: no builder started.
     public var cacheHit: Bool?
+    /// Build steps (components and file-changing instructions) reused from the cache, and run.
+    public var cachedSteps: Int?
+    public var builtSteps: Int?
+    /// What the build used, measured; `kiln cost` prices it.
+    public var ledger: CostLedger?
     public var distributionTargets: [DistributionTarget] = []
     public var outputContainers: [ContainerOutput] = []
     public var timings: [StageTiming] = []
     public var logDirectory: String
+}
+
+/// The measured facts an image is charged for.
+public struct CostLedger: Sendable, Codable, Hashable {
+    /// A builder or test instance: how long it ran and the CPU its cgroup used.
+    public struct InstanceRun: Sendable, Codable, Hashable {
+        public var role: String
+        public var instanceType: String
+        public var seconds: Double
+        public var cpuSeconds: Double
+    }
+
+    /// What the image keeps in a region and what was sent there.
+    public struct RegionUsage: Sendable, Codable, Hashable {
+        public var region: String
+        /// The image's blobs in the region (manifest, config, layers), each once: digest → bytes.
+        public var blobs: [String: Int64]
+        public var storedBytes: Int64
+        /// Bytes sent to the region's registry, over every distribution of this image (a blob
+        /// the registry already had, or mounted, costs nothing; retried bytes count).
+        public var transferredBytes: Int64
+    }
+
+    public var instances: [InstanceRun] = []
+    public var regions: [RegionUsage] = []
+
+    public init() {}
+
+    public mutating func charge(role: String, instanceType: String, seconds: Double, cpuSeconds: Double) {
+        instances.append(InstanceRun(role: role, instanceType: instanceType, seconds: seconds, cpuSeconds: cpuSeconds))
+    }
+
+    /// Adds a distribution's bytes to `region`; the stored blobs are the image's, whatever was sent.
+    public mutating func distributed(to region: String, blobs: [String: Int64], sentBytes: Int64) {
+        let stored = blobs.values.reduce(0, +)
+        if let index = regions.firstIndex(where: { $0.region == region }) {
+            regions[index].blobs = blobs
+            regions[index].storedBytes = stored
+            regions[index].transferredBytes += sentBytes
+        } else {
+            regions.append(RegionUsage(region: region, blobs: blobs, storedBytes: stored, transferredBytes: sentBytes))
+            regions.sort { $0.region < $1.region }
+        }
+    }
 }
 
 /// Image records under `<dataDirectory>/images/<name>/<version>/<build>/image.json`; every

@@ -58,18 +58,22 @@ public struct PipelineRun: Sendable {
         let reference = try ResourceReference(recipeReference, resourceType: "container-recipe")
         let recipe = try Self.select(reference, from: definitions.containerRecipes)
         let base = (settings.definitionsPath as NSString).deletingLastPathComponent
-        let components = try (recipe.components ?? []).map { configuration in
-            let component = definitions.component(try ResourceReference(configuration.componentArn, resourceType: "component"))!
-            let document = try Self.document(for: component, base: base.isEmpty ? "." : base)
+        let components = try (recipe.components ?? []).map { entry in
+            let component = definitions.component(try ResourceReference(entry.componentArn, resourceType: "component"))!
+            let (document, digest) = try Self.document(for: component, base: base.isEmpty ? "." : base)
             var parameters: [String: String] = [:]
-            for parameter in configuration.parameters ?? [] { parameters[parameter.name] = parameter.value.joined(separator: ",") }
-            return (component, TOEDocumentRun(document: document, parameters: parameters))
+            for parameter in entry.parameters ?? [] { parameters[parameter.name] = parameter.value.joined(separator: ",") }
+            let arn = ImageBuilderARN(
+                region: configuration.homeRegion, account: configuration.accountId, resourceType: "component",
+                name: ImageBuilderARN.normalizedName(component.name), version: "\(component.semanticVersion)/1"
+            )
+            return RecipeComponent(definition: component, arn: arn.description, run: TOEDocumentRun(document: document, parameters: parameters), documentDigest: digest)
         }
         let infrastructure = definitions.infrastructureConfigurations.first { ImageBuilderARN.normalizedName($0.name) == (try? ResourceReference(pipeline.infrastructureConfigurationArn, resourceType: "infrastructure-configuration"))?.name }!
         let distribution = pipeline.distributionConfigurationArn.flatMap { text in
             definitions.distributionConfigurations.first { ImageBuilderARN.normalizedName($0.name) == (try? ResourceReference(text, resourceType: "distribution-configuration"))?.name }
         }
-        let types = InstanceType.table(configured: configuration.instanceTypes)
+        let types = try InstanceType.table(configured: configuration.instanceTypes)
         let type = try InstanceType.named(infrastructure.instanceTypes?.first ?? "t3.medium", in: types)
         let template = try DockerfileTemplate(
             parsing: recipe.dockerfileTemplateData ?? DockerfileTemplate.canonical, parentImage: recipe.parentImage, source: "\(recipe.name)/\(recipe.semanticVersion)"
@@ -84,6 +88,7 @@ public struct PipelineRun: Sendable {
             dateCreated: ISO8601DateFormatter().string(from: Date()), logDirectory: folder + "/logs"
         )
         try records.save(record)
+        let progress = PipelineLog.tee(folder + "/logs/pipeline.log", self.progress)
         progress("image \(record.arn): PENDING")
 
         func enter(_ status: ImageStatus) throws {
@@ -121,29 +126,21 @@ public struct PipelineRun: Sendable {
             host: host, recipeLabel: "\(recipe.name)/\(recipe.semanticVersion)", template: template, components: components, type: type, logRoot: folder + "/logs",
             context: settings.contextDirectory ?? (base.isEmpty ? "." : base), sourceDateEpoch: settings.sourceDateEpoch, progress: progress
         )
-        let cacheName = "kiln-cache/" + (try BuildCacheKey.key(
-            parent: parent.digest, template: recipe.dockerfileTemplateData ?? DockerfileTemplate.canonical, templateSteps: template,
-            components: recipe.components ?? [], definitions: definitions, base: base.isEmpty ? "." : base,
-            context: settings.contextDirectory ?? (base.isEmpty ? "." : base), sourceDateEpoch: settings.sourceDateEpoch
-        ).encoded)
-        let built: Descriptor
-        if settings.useCache, let cached = try transfer.store.resolve(cacheName) {
-            let note = "cache hit: reused \(cached.digest) from an earlier build with the same parent, template, components, parameters and context; no builder started"
-            progress("BUILD: " + note)
-            try? FileManager.default.createDirectory(atPath: folder + "/logs/build", withIntermediateDirectories: true)
-            try? Data((note + "\n").utf8).write(to: URL(fileURLWithPath: folder + "/logs/build/console.log"))
-            built = cached
-            try transfer.store.tag(localName, cached)
-            record.cacheHit = true
-        } else {
-            do {
-                built = try await timed("BUILD") {
-                    try await builder.build(parent: parent, as: localName, keepOnFailure: infrastructure.terminateInstanceOnFailure == false)
-                }
-            } catch let failure as RecipeBuilder.StepFailure {
-                return try fail("BUILD", step: failure.step, log: failure.log, failure.reason)
+        let outcome: RecipeBuilder.Outcome
+        do {
+            outcome = try await timed("BUILD") {
+                try await builder.build(parent: parent, as: localName, useCache: settings.useCache, keepOnFailure: infrastructure.terminateInstanceOnFailure == false)
             }
-            try transfer.store.tag(cacheName, built)
+        } catch let failure as RecipeBuilder.StepFailure {
+            return try fail("BUILD", step: failure.step, log: failure.log, failure.reason)
+        }
+        let built = outcome.image
+        record.cacheHit = outcome.builtSteps == 0
+        record.cachedSteps = outcome.reusedSteps
+        record.builtSteps = outcome.builtSteps
+        if let usage = outcome.builder {
+            record.ledger = record.ledger ?? CostLedger()
+            record.ledger!.charge(role: "builder", instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds)
         }
         record.localName = localName
         record.digest = built.digest.description
@@ -153,7 +150,11 @@ public struct PipelineRun: Sendable {
         if pipeline.imageTestsConfiguration?.imageTestsEnabled ?? true {
             try enter(.testing)
             do {
-                try await timed("TEST") { try await builder.test(image: built, keepOnFailure: infrastructure.terminateInstanceOnFailure == false) }
+                let usage = try await timed("TEST") { try await builder.test(image: built, keepOnFailure: infrastructure.terminateInstanceOnFailure == false) }
+                if let usage {
+                    record.ledger = record.ledger ?? CostLedger()
+                    record.ledger!.charge(role: "test", instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds)
+                }
             } catch let failure as RecipeBuilder.StepFailure {
                 return try fail("TEST", step: failure.step, log: failure.log, failure.reason)
             }
@@ -180,6 +181,7 @@ public struct PipelineRun: Sendable {
             throw KilnError(.notFound, "image \(record.name)/\(record.version)/\(record.build) has no built image in Kiln's store to distribute; build it again")
         }
         let label = "\(record.name)/\(record.version)/\(record.build)"
+        let progress = PipelineLog.tee(record.logDirectory + "/pipeline.log", self.progress)
         func enter(_ status: ImageStatus) throws {
             record.status = status
             try records.save(record)
@@ -193,6 +195,15 @@ public struct PipelineRun: Sendable {
             let result = try await transfer.copy(from: .store(name: localName), to: locations)
             let elapsed = ContinuousClock.now - start
             record.timings.append(.init(stage: "DISTRIBUTE", seconds: elapsed.inSeconds))
+            let blobs = try imageBlobs(result.digest)
+            var ledger = record.ledger ?? CostLedger()
+            for region in Set(record.distributionTargets.map(\.region)).sorted() {
+                let targets = Set(record.distributionTargets.filter { $0.region == region }.compactMap { try? ImageLocation($0.reference) })
+                let destinations = result.destinations.filter { targets.contains($0.location) }
+                let reached = !destinations.isEmpty && destinations.allSatisfy { $0.error == nil }
+                ledger.distributed(to: region, blobs: reached ? blobs : [:], sentBytes: destinations.reduce(0) { $0 + $1.totals.bytes })
+            }
+            record.ledger = ledger
             if let failed = result.failures.first {
                 let region = record.distributionTargets.first { (try? ImageLocation($0.reference)) == failed.location }?.region
                 record.status = .failed
@@ -210,6 +221,15 @@ public struct PipelineRun: Sendable {
         return record
     }
 
+    /// The manifest, config and layer blobs of an image in the store, digest → bytes.
+    func imageBlobs(_ digest: Digest) throws -> [String: Int64] {
+        let data = try transfer.store.read(digest)
+        let manifest = try JSONDecoder().decode(ImageManifest.self, from: data)
+        var blobs = [digest.description: Int64(data.count), manifest.config.digest.description: manifest.config.size]
+        for layer in manifest.layers { blobs[layer.digest.description] = layer.size }
+        return blobs
+    }
+
     static func select(_ reference: ResourceReference, from recipes: [ContainerRecipeDefinition]) throws -> ContainerRecipeDefinition {
         let candidates = recipes.filter { ImageBuilderARN.normalizedName($0.name) == reference.name }
         let chosen = (reference.selector ?? (try! VersionSelector(parsing: "x.x.x"))).select(from: candidates.map { BuildVersion($0.semanticVersion, build: 1) })
@@ -219,14 +239,36 @@ public struct PipelineRun: Sendable {
         return recipe
     }
 
-    /// A component's document: inline `data`, or `uri` (a file relative to the definitions).
-    static func document(for component: ComponentDefinition, base: String) throws -> ComponentDocument {
+    /// A component's document and the digest of its bytes: inline `data`, or `uri` (a file
+    /// relative to the definitions).
+    static func document(for component: ComponentDefinition, base: String) throws -> (ComponentDocument, Digest) {
         let parser = ComponentDocumentParser(platform: .linux)
-        if let data = component.data { return try parser.parse(text: data, source: "\(component.name)/\(component.semanticVersion)") }
+        if let data = component.data {
+            return (try parser.parse(text: data, source: "\(component.name)/\(component.semanticVersion)"), Digest(sha256Of: Data(data.utf8)))
+        }
         guard let uri = component.uri else { throw KilnError(.invalidDocument, "component \(component.name) has neither data nor uri") }
         if uri.hasPrefix("https://") || uri.hasPrefix("s3://") {
             throw KilnError(.unsupported, "component \(component.name): uri \(uri) must be a local file for now; download it next to the definitions")
         }
-        return try parser.parse(contentsOf: uri.hasPrefix("/") ? uri : base + "/" + uri)
+        let path = uri.hasPrefix("/") ? uri : base + "/" + uri
+        guard let bytes = FileManager.default.contents(atPath: path) else {
+            throw KilnError(.notFound, "component \(component.name)/\(component.semanticVersion): cannot read its document \(path) (uri: \(uri))")
+        }
+        return (try parser.parse(text: String(decoding: bytes, as: UTF8.self), source: path), Digest(sha256Of: bytes))
+    }
+}
+
+/// The pipeline's progress lines, also appended to the image's `logs/pipeline.log`, which
+/// `kiln logs` prints (component output included, as the TOE runs echo it).
+enum PipelineLog {
+    static func tee(_ path: String, _ progress: @escaping @Sendable (String) -> Void) -> @Sendable (String) -> Void {
+        try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        let file = descriptor >= 0 ? FileHandle(fileDescriptor: descriptor, closeOnDealloc: true) : nil
+        let lock = NSLock()
+        return { line in
+            progress(line)
+            lock.withLock { try? file?.write(contentsOf: Data((line + "\n").utf8)) }
+        }
     }
 }

@@ -4,9 +4,22 @@ import KilnModel
 import KilnOCI
 import KilnTOE
 
-/// The BUILD and TEST stages of a container recipe: the Dockerfile template's instructions and
-/// the components' phases, applied in template order in a builder instance, then a snapshot;
-/// and the components' test phases in a fresh instance from the result.
+/// A recipe's component, resolved: its definition, build-version ARN, document and parameters.
+struct RecipeComponent: Sendable {
+    var definition: ComponentDefinition
+    var arn: String
+    var run: TOEDocumentRun
+    /// The digest of the document's bytes, for the cache key.
+    var documentDigest: Digest
+
+    var label: String { "\(definition.name)/\(definition.semanticVersion)" }
+}
+
+/// The BUILD and TEST stages of a container recipe. BUILD applies the Dockerfile template's
+/// instructions and the components (each its build then validate phase, as AWSTOE runs a
+/// document) in template order in one builder instance, packing each step's changes as its own
+/// layer; a step whose cache key is known is not run, and the builder starts only at the first
+/// step that is not cached. TEST runs the components' test phases in a fresh instance.
 struct RecipeBuilder: Sendable {
     /// A step that failed: which, where its log is, and why.
     struct StepFailure: Error {
@@ -19,7 +32,7 @@ struct RecipeBuilder: Sendable {
     /// `name/x.y.z` of the recipe, for history (never the build number, so rebuilds match).
     let recipeLabel: String
     let template: DockerfileTemplate
-    let components: [(ComponentDefinition, TOEDocumentRun)]
+    let components: [RecipeComponent]
     let type: InstanceType
     let logRoot: String
     let context: String
@@ -32,69 +45,156 @@ struct RecipeBuilder: Sendable {
         var arguments: [String: String] = [:]
         var workingDir: String?
         var user: String?
-        var history: [String] = []
         var snapshot: ContainerInstance.SnapshotSettings
     }
 
-    func build(parent: Descriptor, as name: String, keepOnFailure: Bool) async throws -> Descriptor {
-        let instance = try await ContainerInstance.start(image: parent, on: host, options: InstanceOptions(type: type, network: .host), name: name)
-        progress("BUILD: builder \(instance.id) (\(type.name)) from \(parent.digest.encoded.prefix(12))")
+    /// One step of the build in order: a template instruction, or one component.
+    enum BuildStep {
+        case instruction(DockerfileTemplate.Step)
+        case component(RecipeComponent)
+
+        /// Whether the step can change files (and so gets a layer and a cache entry).
+        var changesFiles: Bool {
+            switch self {
+            case .component: true
+            case .instruction(let step):
+                switch step.instruction {
+                case .run, .copy, .add, .workdir: true
+                default: false
+                }
+            }
+        }
+    }
+
+    /// What BUILD did: the image, how many steps came from the cache, and the builder's usage
+    /// (nil when every step was cached and no builder started).
+    struct Outcome {
+        var image: Descriptor
+        var reusedSteps: Int
+        var builtSteps: Int
+        var builder: ContainerInstance.Usage?
+    }
+
+    var steps: [BuildStep] {
+        template.steps.flatMap { step -> [BuildStep] in
+            if case .components = step.instruction { return components.map { .component($0) } }
+            return [.instruction(step)]
+        }
+    }
+
+    func build(parent: Descriptor, as name: String, useCache: Bool, keepOnFailure: Bool) async throws -> Outcome {
+        let store = host.store
+        let parentManifest = try JSONDecoder().decode(ImageManifest.self, from: try store.read(parent.digest))
+        let parentConfig = try JSONDecoder().decode(ImageConfiguration.self, from: try store.read(parentManifest.config.digest))
         var settings = ImageSettings(snapshot: .init(history: "kiln build \(recipeLabel)", sourceDateEpoch: sourceDateEpoch))
+        var key = BuildCacheKey.first(parent: parent.digest, platform: Platform.host.description, sourceDateEpoch: sourceDateEpoch)
+        var layers: [ContainerInstance.PackedLayer] = []
+        var reusing = useCache
+        var builder: ContainerInstance?
+        var baseline: DirectoryState?
+        var reused = 0, built = 0
         do {
-            for step in template.steps {
-                try await apply(step, in: instance, settings: &settings)
+            for step in steps {
+                key = BuildCacheKey.next(key, try cacheText(step))
+                let label = describe(step)
+                record(step, settings: &settings)
+                guard step.changesFiles else {
+                    settings.snapshot.layerHistory.append((label, true))
+                    continue
+                }
+                if reusing, let cached = try store.resolve(BuildCacheKey.tag(key)) {
+                    let manifest = try JSONDecoder().decode(ImageManifest.self, from: try store.read(cached.digest))
+                    let config = try JSONDecoder().decode(ImageConfiguration.self, from: try store.read(manifest.config.digest))
+                    let added = Array(zip(manifest.layers, config.rootfs.diffIDs).dropFirst(parentManifest.layers.count))
+                    settings.snapshot.layerHistory.append((label, added.count == layers.count))
+                    layers = added.map { ContainerInstance.PackedLayer(descriptor: $0.0, diffID: $0.1, entries: 1) }
+                    progress("BUILD: \(label): cached, not run (step key \(key.encoded.prefix(12)))")
+                    reused += 1
+                    continue
+                }
+                reusing = false
+                if builder == nil {
+                    let start = layers.isEmpty ? parent : try ContainerInstance.compose(
+                        base: parentManifest, config: parentConfig, layers: layers, settings: .init(history: "kiln cache", sourceDateEpoch: sourceDateEpoch), in: store, name: nil
+                    )
+                    builder = try await ContainerInstance.start(image: start, on: host, options: InstanceOptions(type: type, network: .host), name: name)
+                    progress("BUILD: builder \(builder!.id) (\(type.name)) from \(start.digest.encoded.prefix(12))\(layers.isEmpty ? "" : " (the parent and \(reused) cached step(s))")")
+                }
+                try await execute(step, in: builder!, settings: &settings)
+                let packed = try builder!.packLayer(since: baseline, sourceDateEpoch: sourceDateEpoch)
+                baseline = try builder!.upperState()
+                if packed.entries > 0 { layers.append(packed) }
+                settings.snapshot.layerHistory.append((label, packed.entries == 0))
+                _ = try ContainerInstance.compose(
+                    base: parentManifest, config: parentConfig, layers: layers, settings: .init(history: "kiln cache", sourceDateEpoch: sourceDateEpoch), in: store, name: BuildCacheKey.tag(key)
+                )
+                built += 1
             }
             settings.snapshot.environment = settings.environment
             settings.snapshot.workingDir = settings.workingDir
             settings.snapshot.user = settings.user
-            settings.snapshot.steps = settings.history
-            let image = try instance.snapshot(as: name, settings: settings.snapshot)
-            progress("BUILD: snapshot \(image.digest)")
-            await instance.destroy()
-            return image
+            let image = try ContainerInstance.compose(base: parentManifest, config: parentConfig, layers: layers, settings: settings.snapshot, in: store, name: name)
+            progress("BUILD: image \(image.digest) (\(reused) step(s) cached, \(built) built, \(layers.count) new layer(s))")
+            let usage = builder?.usage()
+            await builder?.destroy()
+            return Outcome(image: image, reusedSteps: reused, builtSteps: built, builder: usage)
         } catch {
-            if keepOnFailure {
-                try? instance.keep()
-                progress("BUILD: kept \(instance.id) for debugging (terminateInstanceOnFailure: false); kiln instance shell \(instance.id)")
-            } else {
-                await instance.destroy()
+            if let builder {
+                if keepOnFailure {
+                    try? builder.keep()
+                    progress("BUILD: kept \(builder.id) for debugging (terminateInstanceOnFailure: false); kiln instance shell \(builder.id)")
+                } else {
+                    await builder.destroy()
+                }
             }
             if let failure = error as? StepFailure { throw failure }
             throw StepFailure(step: "snapshot", log: nil, reason: (error as? KilnError)?.message ?? "\(error)")
         }
     }
 
-    private func apply(_ step: DockerfileTemplate.Step, in instance: ContainerInstance, settings: inout ImageSettings) async throws {
-        let session = instance.session
-        let place = "line \(step.line)"
-        switch step.instruction {
-        case .from, .environments, .shell:
-            break
-        case .components:
-            try await runComponents(phases: ["build", "validate"], in: session, folder: logRoot + "/build", stage: "BUILD")
-            settings.history += components.map { "kiln component \($0.0.name)/\($0.0.semanticVersion)" }
-        case .run(let command):
-            progress("BUILD: RUN \(command.joined(separator: " ").prefix(100))")
-            var environment = settings.arguments
-            environment.merge(settings.environment) { _, new in new }
-            let output = LineEcho(prefix: "BUILD: ", progress: progress)
-            let result = try await session.exec(ExecRequest(
-                executable: command[0], arguments: Array(command.dropFirst()), environment: environment,
-                workingDirectory: settings.workingDir, user: settings.user
-            )) { _, bytes in output.append(bytes) }
-            output.flush()
-            guard result.exitCode == 0 else {
-                throw StepFailure(step: "RUN at \(place)", log: nil, reason: "the command exited with \(result.exitCode): \(output.tail)")
+    /// How a step reads in progress lines and the image's history.
+    private func describe(_ step: BuildStep) -> String {
+        switch step {
+        case .component(let component): "kiln component \(component.label)"
+        case .instruction(let step):
+            switch step.instruction {
+            case .run(let command): "RUN " + command.joined(separator: " ")
+            case .copy(let sources, let destination, _): "COPY \(sources.joined(separator: " ")) \(destination)"
+            case .add(let sources, let destination, _): "ADD \(sources.joined(separator: " ")) \(destination)"
+            case .workdir(let path): "WORKDIR \(path)"
+            default: "\(step.instruction)".prefix(200).description
             }
-            settings.history.append("RUN " + command.joined(separator: " "))
+        }
+    }
+
+    /// What decides a step's result, for its cache key (see BuildCacheKey).
+    private func cacheText(_ step: BuildStep) throws -> String {
+        switch step {
+        case .component(let component):
+            return BuildCacheKey.component(component)
+        case .instruction(let step):
+            switch step.instruction {
+            case .healthcheck(let command, let options):
+                return "HEALTHCHECK \(command ?? []) \(options.sorted { $0.key < $1.key })"
+            case .copy(let sources, _, _), .add(let sources, _, _):
+                let contents = try sources.map { "\($0)=\(try BuildCacheKey.contentDigest(context + "/" + $0))" }
+                return "\(step.instruction) \(contents.joined(separator: " "))"
+            default:
+                return "\(step.instruction)"
+            }
+        }
+    }
+
+    /// Applies what a step sets on the image (whether it runs or comes from the cache).
+    private func record(_ step: BuildStep, settings: inout ImageSettings) {
+        guard case .instruction(let step) = step else { return }
+        switch step.instruction {
         case .env(let pairs):
             for pair in pairs { settings.environment[pair.name] = pair.value }
         case .arg(let name, let value):
             settings.arguments[name] = value ?? ""
         case .workdir(let path):
-            let absolute = path.hasPrefix("/") ? path : (settings.workingDir ?? "/") + "/" + path
-            try await session.createDirectory(absolute, mode: 0o755)
-            settings.workingDir = absolute
+            settings.workingDir = path.hasPrefix("/") ? path : (settings.workingDir ?? "/") + "/" + path
         case .user(let user):
             settings.user = user
         case .entrypoint(let command):
@@ -109,11 +209,45 @@ struct RecipeBuilder: Sendable {
             settings.snapshot.volumes += paths
         case .stopSignal(let signal):
             settings.snapshot.stopSignal = signal
-        case .healthcheck:
-            settings.history.append("HEALTHCHECK (recorded; Kiln's own tests check health)")
-        case .copy(let sources, let destination, let owner), .add(let sources, let destination, let owner):
-            try await copy(sources, to: destination, owner: owner, into: session, workingDir: settings.workingDir, place: place)
-            settings.history.append("COPY \(sources.joined(separator: " ")) \(destination)")
+        case .from, .environments, .components, .shell, .healthcheck, .run, .copy, .add:
+            break
+        }
+    }
+
+    /// Runs a step that changes files in the builder.
+    private func execute(_ step: BuildStep, in instance: ContainerInstance, settings: inout ImageSettings) async throws {
+        let session = instance.session
+        switch step {
+        case .component(let component):
+            let index = (components.firstIndex { $0.arn == component.arn } ?? 0) + 1
+            try await runComponents(
+                [component], phases: ["build", "validate"], in: session,
+                folder: logRoot + "/build/" + String(format: "%02d-", index) + ImageBuilderARN.normalizedName(component.definition.name), stage: "BUILD"
+            )
+        case .instruction(let step):
+            let place = "line \(step.line)"
+            switch step.instruction {
+            case .run(let command):
+                progress("BUILD: RUN \(command.joined(separator: " ").prefix(100))")
+                var environment = settings.arguments
+                environment.merge(settings.environment) { _, new in new }
+                let output = LineEcho(prefix: "BUILD: ", progress: progress)
+                let result = try await session.exec(ExecRequest(
+                    executable: command[0], arguments: Array(command.dropFirst()), environment: environment,
+                    workingDirectory: settings.workingDir, user: settings.user
+                )) { _, bytes in output.append(bytes) }
+                output.flush()
+                guard result.exitCode == 0 else {
+                    throw StepFailure(step: "RUN at \(place)", log: nil, reason: "the command exited with \(result.exitCode): \(output.tail)")
+                }
+            case .workdir:
+                try await session.createDirectory(settings.workingDir ?? "/", mode: 0o755)
+            case .copy(let sources, let destination, let owner), .add(let sources, let destination, let owner):
+                progress("BUILD: \(describe(.instruction(step)))")
+                try await copy(sources, to: destination, owner: owner, into: session, workingDir: settings.workingDir, place: place)
+            default:
+                break
+            }
         }
     }
 
@@ -158,13 +292,13 @@ struct RecipeBuilder: Sendable {
         }
     }
 
-    /// Runs the components' `phases` as one TOE run; a failure names the component and step.
-    private func runComponents(phases: [String], in session: any InstanceSession, folder: String, stage: String) async throws {
+    /// Runs `components`' `phases` as one TOE run; a failure names the component and step.
+    private func runComponents(_ components: [RecipeComponent], phases: [String], in session: any InstanceSession, folder: String, stage: String) async throws {
         guard !components.isEmpty else { return }
         let log = try TOELogWriter(folder: folder, echo: { progress("\(stage): \($0)") })
-        try? TOELogFolder.writeDocuments(components.map(\.1.document), to: folder)
+        try? TOELogFolder.writeDocuments(components.map(\.run.document), to: folder)
         let outcome = await TOERunner(session: session, options: TOEOptions()).run(
-            TOERunRequest(documents: components.map(\.1), phases: phases), log: log, resume: nil
+            TOERunRequest(documents: components.map(\.run), phases: phases), log: log, resume: nil
         )
         try? TOELogFolder.writeResults(outcome, to: folder)
         guard outcome.succeeded else {
@@ -177,18 +311,20 @@ struct RecipeBuilder: Sendable {
     }
 
     /// TEST: a fresh instance from the new image, without network, runs every test phase.
-    func test(image: Descriptor, keepOnFailure: Bool) async throws {
-        let testable = components.filter { $0.1.document.phases.contains { $0.name == "test" } }
+    /// Returns the test instance's usage (nil when nothing needed an instance).
+    func test(image: Descriptor, keepOnFailure: Bool) async throws -> ContainerInstance.Usage? {
+        let testable = components.filter { $0.run.document.phases.contains { $0.name == "test" } }
         guard !testable.isEmpty else {
             progress("TEST: no component has a test phase")
-            return
+            return nil
         }
         let instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: .none))
         progress("TEST: test instance \(instance.id) from \(image.digest.encoded.prefix(12))")
         do {
-            try await RecipeBuilder(host: host, recipeLabel: recipeLabel, template: template, components: testable, type: type, logRoot: logRoot, context: context, sourceDateEpoch: sourceDateEpoch, progress: progress)
-                .runComponents(phases: ["test"], in: instance.session, folder: logRoot + "/test", stage: "TEST")
+            try await runComponents(testable, phases: ["test"], in: instance.session, folder: logRoot + "/test", stage: "TEST")
+            let usage = instance.usage()
             await instance.destroy()
+            return usage
         } catch {
             if keepOnFailure { try? instance.keep() } else { await instance.destroy() }
             throw error

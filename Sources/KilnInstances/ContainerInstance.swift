@@ -96,8 +96,10 @@ public final class ContainerInstance: Sendable {
     var bundle: String { directory + "/bundle" }
 
     /// The image's Env as a dictionary.
+    static let defaultEnvironment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"]
+
     var environment: [String: String] {
-        var values = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"]
+        var values = Self.defaultEnvironment
         for entry in image.config?.env ?? [] {
             guard let equals = entry.firstIndex(of: "=") else { continue }
             values[String(entry[..<equals])] = String(entry[entry.index(after: equals)...])
@@ -110,6 +112,8 @@ public final class ContainerInstance: Sendable {
     public var session: ContainerSession { ContainerSession(instance: self) }
 
     var cgroupsPath: String { "/kiln/\(id)" }
+
+    let started = ContinuousClock.now
 
     private init(id: String, directory: String, image: ImageConfiguration, manifest: ImageManifest, options: InstanceOptions, host: InstanceHost) {
         self.id = id
@@ -175,6 +179,22 @@ public final class ContainerInstance: Sendable {
         return (uid, gid)
     }
 
+    /// How long an instance ran and the CPU its processes used: what a build is charged for.
+    public struct Usage: Sendable, Hashable, Codable {
+        public var seconds: Double
+        public var cpuSeconds: Double
+
+        public init(seconds: Double, cpuSeconds: Double) {
+            self.seconds = seconds
+            self.cpuSeconds = cpuSeconds
+        }
+    }
+
+    /// The usage so far; read it before `destroy()`, which removes the cgroup.
+    public func usage() -> Usage {
+        Usage(seconds: (ContinuousClock.now - started).inSeconds, cpuSeconds: Cgroups.cpuSeconds(path: cgroupsPath))
+    }
+
     /// Stops the container, unmounts its root and deletes its folder; safe to call twice.
     public func destroy() async {
         await runc.remove(id: id)
@@ -200,6 +220,9 @@ public final class ContainerInstance: Sendable {
         public var volumes: [String] = []
         public var stopSignal: String?
         public var sourceDateEpoch: Int64?
+        /// One history entry per step when the image has a layer per step; replaces `steps`
+        /// and `history` when set.
+        public var layerHistory: [(createdBy: String, emptyLayer: Bool)] = []
 
         public init(history: String, sourceDateEpoch: Int64? = nil) {
             self.history = history
@@ -209,27 +232,65 @@ public final class ContainerInstance: Sendable {
 
     /// The upper dir as a new layer on the parent image (whiteouts included), stored and named.
     public func snapshot(as name: String, settings: SnapshotSettings) throws -> Descriptor {
+        let layer = try packLayer(sourceDateEpoch: settings.sourceDateEpoch)
+        return try Self.compose(base: manifest, config: image, layers: [layer], settings: settings, in: host.store, name: name)
+    }
+
+    /// A layer packed from an instance's upper dir.
+    public struct PackedLayer: Sendable, Hashable {
+        public var descriptor: Descriptor
+        public var diffID: Digest
+        /// Tar entries written; 0 when nothing changed.
+        public var entries: Int
+
+        public init(descriptor: Descriptor, diffID: Digest, entries: Int) {
+            self.descriptor = descriptor
+            self.diffID = diffID
+            self.entries = entries
+        }
+    }
+
+    /// What the upper dir holds now, to pack only the next step's changes.
+    public func upperState() throws -> DirectoryState {
+        try DirectoryState(scanning: upper)
+    }
+
+    /// Packs the upper dir (or only what changed since `since`) as a gzip layer in the store.
+    public func packLayer(since: DirectoryState? = nil, sourceDateEpoch: Int64?) throws -> PackedLayer {
         let store = host.store
         let staging = store.scratch + "/.snapshot-\(UUID().uuidString)"
         defer { unlink(staging) }
         let handle = try FileHandle(forWritingTo: { FileManager.default.createFile(atPath: staging, contents: nil); return URL(fileURLWithPath: staging) }())
         let gzip = try GzipLayerWriter { try handle.write(contentsOf: Data($0)) }
         var tar = TarWriter { try gzip.write($0) }
-        try DirectoryArchiver(sourceDateEpoch: settings.sourceDateEpoch, overlayUpperDirectory: true).archive(upper, into: &tar)
-        try tar.finish()
+        let entries = try DirectoryArchiver(sourceDateEpoch: sourceDateEpoch, overlayUpperDirectory: true, changesSince: since).archive(upper, into: &tar)
         let packed = try gzip.finish()
         try handle.close()
         guard rename(staging, store.path(of: packed.digest)) == 0 else {
             throw KilnError(.ioFailure, "cannot store the snapshot layer of \(id): \(String(cString: strerror(errno)))")
         }
+        return PackedLayer(descriptor: Descriptor(mediaType: MediaType.layerTarGzip, digest: packed.digest, size: packed.size), diffID: packed.diffID, entries: entries)
+    }
+
+    /// A new image: `base`'s layers plus `layers`, with `config` changed as `settings` say;
+    /// stored, and named if `name` is given.
+    public static func compose(
+        base: ImageManifest, config image: ImageConfiguration, layers: [PackedLayer], settings: SnapshotSettings, in store: ContentStore, name: String?
+    ) throws -> Descriptor {
         var config = image
         let created = ISO8601DateFormatter().string(from: settings.sourceDateEpoch.map { Date(timeIntervalSince1970: TimeInterval($0)) } ?? Date())
         config.created = created
-        config.rootfs.diffIDs.append(packed.diffID)
-        config.history = (config.history ?? []) + settings.steps.map { .init(created: created, createdBy: $0, emptyLayer: true) } + [.init(created: created, createdBy: settings.history)]
+        config.rootfs.diffIDs += layers.map(\.diffID)
+        config.history = (config.history ?? []) + (settings.layerHistory.isEmpty
+            ? settings.steps.map { .init(created: created, createdBy: $0, emptyLayer: true) } + [.init(created: created, createdBy: settings.history)]
+            : settings.layerHistory.map { .init(created: created, createdBy: $0.createdBy, emptyLayer: $0.emptyLayer ? true : nil) })
         var container = config.config ?? ImageConfiguration.ContainerConfig()
         if !settings.environment.isEmpty {
-            var environment = environment
+            var environment = defaultEnvironment
+            for entry in container.env ?? [] {
+                guard let equals = entry.firstIndex(of: "=") else { continue }
+                environment[String(entry[..<equals])] = String(entry[entry.index(after: equals)...])
+            }
             environment.merge(settings.environment) { _, new in new }
             container.env = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         }
@@ -243,9 +304,8 @@ public final class ContainerInstance: Sendable {
         for volume in settings.volumes { container.volumes = (container.volumes ?? [:]).merging([volume: EmptyObject()]) { a, _ in a } }
         config.config = container
         let configDescriptor = try store.ingestJSON(config, mediaType: MediaType.imageConfig)
-        let layer = Descriptor(mediaType: MediaType.layerTarGzip, digest: packed.digest, size: packed.size)
-        let manifest = try store.ingestJSON(ImageManifest(config: configDescriptor, layers: manifest.layers + [layer]), mediaType: MediaType.imageManifest)
-        try store.tag(name, manifest)
+        let manifest = try store.ingestJSON(ImageManifest(config: configDescriptor, layers: base.layers + layers.map(\.descriptor)), mediaType: MediaType.imageManifest)
+        if let name { try store.tag(name, manifest) }
         return manifest
     }
 

@@ -7,29 +7,39 @@ public struct InstanceType: Sendable, Hashable, Codable {
     public var vCPUs: Double
     public var memoryMiB: Int
     public var pidsLimit: Int
+    /// US dollars per hour, what a build is charged per second of instance time.
+    public var pricePerHour: Double
 
-    public init(name: String, vCPUs: Double, memoryMiB: Int, pidsLimit: Int = 4096) {
+    public init(name: String, vCPUs: Double, memoryMiB: Int, pidsLimit: Int = 4096, pricePerHour: Double = 0) {
         self.name = name
         self.vCPUs = vCPUs
         self.memoryMiB = memoryMiB
         self.pidsLimit = pidsLimit
+        self.pricePerHour = pricePerHour
     }
 
-    /// EC2's published sizes for the types infrastructure configurations name most.
+    /// EC2's published sizes for the types infrastructure configurations name most, with the
+    /// public on-demand Linux prices in us-east-1.
     public static let defaults: [String: InstanceType] = Dictionary(uniqueKeysWithValues: [
-        InstanceType(name: "t3.micro", vCPUs: 2, memoryMiB: 1024),
-        InstanceType(name: "t3.small", vCPUs: 2, memoryMiB: 2048),
-        InstanceType(name: "t3.medium", vCPUs: 2, memoryMiB: 4096),
-        InstanceType(name: "t3.large", vCPUs: 2, memoryMiB: 8192),
-        InstanceType(name: "m5.large", vCPUs: 2, memoryMiB: 8192),
-        InstanceType(name: "c5.large", vCPUs: 2, memoryMiB: 4096),
+        InstanceType(name: "t3.micro", vCPUs: 2, memoryMiB: 1024, pricePerHour: 0.0104),
+        InstanceType(name: "t3.small", vCPUs: 2, memoryMiB: 2048, pricePerHour: 0.0208),
+        InstanceType(name: "t3.medium", vCPUs: 2, memoryMiB: 4096, pricePerHour: 0.0416),
+        InstanceType(name: "t3.large", vCPUs: 2, memoryMiB: 8192, pricePerHour: 0.0832),
+        InstanceType(name: "m5.large", vCPUs: 2, memoryMiB: 8192, pricePerHour: 0.096),
+        InstanceType(name: "c5.large", vCPUs: 2, memoryMiB: 4096, pricePerHour: 0.085),
     ].map { ($0.name, $0) })
 
-    /// The defaults with `kiln.yaml`'s `instanceTypes` laid over them.
-    public static func table(configured: [String: KilnConfiguration.InstanceTypeSize]) -> [String: InstanceType] {
+    /// The defaults with `kiln.yaml`'s `instanceTypes` laid over them, field by field.
+    public static func table(configured: [String: KilnConfiguration.InstanceTypeSize]) throws -> [String: InstanceType] {
         var table = defaults
         for (name, size) in configured {
-            table[name] = InstanceType(name: name, vCPUs: size.vCPUs, memoryMiB: size.memoryMiB, pidsLimit: size.pidsLimit ?? 4096)
+            let base = defaults[name]
+            guard let vCPUs = size.vCPUs ?? base?.vCPUs, let memory = size.memoryMiB ?? base?.memoryMiB else {
+                throw KilnError(.invalidArgument, "kiln.yaml: instanceTypes.\(name) needs vCPUs and memoryMiB; it is not one of Kiln's default types (\(defaults.keys.sorted().joined(separator: ", ")))")
+            }
+            table[name] = InstanceType(
+                name: name, vCPUs: vCPUs, memoryMiB: memory, pidsLimit: size.pidsLimit ?? base?.pidsLimit ?? 4096, pricePerHour: size.pricePerHour ?? base?.pricePerHour ?? 0
+            )
         }
         return table
     }

@@ -41,6 +41,22 @@ enum Cgroups {
         return 0
     }
 
+    /// CPU time the cgroup's processes used, in seconds (cgroup v1 cpuacct or v2 cpu.stat).
+    static func cpuSeconds(path: String) -> Double {
+        for file in ["/sys/fs/cgroup/cpuacct\(path)/cpuacct.usage", "/sys/fs/cgroup/cpu,cpuacct\(path)/cpuacct.usage"] {
+            if let text = try? String(contentsOfFile: file, encoding: .utf8), let nanoseconds = Double(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                return nanoseconds / 1e9
+            }
+        }
+        for file in ["/sys/fs/cgroup\(path)/cpu.stat", "/sys/fs/cgroup/unified\(path)/cpu.stat"] {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n") where line.hasPrefix("usage_usec ") {
+                return (Double(line.split(separator: " ")[1]) ?? 0) / 1e6
+            }
+        }
+        return 0
+    }
+
     static func remove(path: String) {
         for controller in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? [] {
             rmdir("/sys/fs/cgroup/\(controller)\(path)")

@@ -11,7 +11,11 @@ import Yams
 ///   registry.example:5000: {caCertificate: /etc/kiln/ca.pem, username: robot, passwordEnv: ROBOT_TOKEN}
 ///   127.0.0.1:5001: {insecure: true}
 /// instanceTypes:
-///   build.huge: {vCPUs: 2, memoryMiB: 16384, pidsLimit: 8192}
+///   build.huge: {vCPUs: 2, memoryMiB: 16384, pidsLimit: 8192, pricePerHour: 0.33}
+///   t3.small: {pricePerHour: 0.0228}          # a default type with another price
+/// regions:
+///   eu-west-1: {registry: "registry.eu.example", storagePerGBMonth: 0.10, transferPerGB: 0.02}
+/// pricing: {storagePerGBMonth: 0.10, transferPerGB: 0.02}   # for regions that set none
 /// bootstrap:
 ///   mirrors: {ubuntu: "http://archive.ubuntu.com/ubuntu"}
 /// ```
@@ -30,28 +34,48 @@ public struct KilnConfiguration: Sendable, Hashable {
         }
     }
 
-    /// An instance type's size, overriding or adding to Kiln's EC2-like defaults.
+    /// An instance type's size and price, overriding or adding to Kiln's EC2-like defaults;
+    /// a field left out keeps the default type's value.
     public struct InstanceTypeSize: Sendable, Hashable {
-        public var vCPUs: Double
-        public var memoryMiB: Int
+        public var vCPUs: Double?
+        public var memoryMiB: Int?
         public var pidsLimit: Int?
+        /// US dollars per hour of instance time.
+        public var pricePerHour: Double?
 
-        public init(vCPUs: Double, memoryMiB: Int, pidsLimit: Int? = nil) {
+        public init(vCPUs: Double? = nil, memoryMiB: Int? = nil, pidsLimit: Int? = nil, pricePerHour: Double? = nil) {
             self.vCPUs = vCPUs
             self.memoryMiB = memoryMiB
             self.pidsLimit = pidsLimit
+            self.pricePerHour = pricePerHour
         }
     }
 
-    /// A distribution target: a registry (host[:port]) and an optional repository prefix.
+    /// A distribution target: a registry (host[:port]), an optional repository prefix, and
+    /// what storing and sending images there costs.
     public struct Region: Sendable, Hashable {
         public var registry: String
         public var repositoryPrefix: String?
+        /// US dollars per GB-month stored (nil: `pricing.storagePerGBMonth`).
+        public var storagePerGBMonth: Double?
+        /// US dollars per GB sent to this region from another (nil: `pricing.transferPerGB`).
+        public var transferPerGB: Double?
 
-        public init(registry: String, repositoryPrefix: String? = nil) {
+        public init(registry: String, repositoryPrefix: String? = nil, storagePerGBMonth: Double? = nil, transferPerGB: Double? = nil) {
             self.registry = registry
             self.repositoryPrefix = repositoryPrefix
+            self.storagePerGBMonth = storagePerGBMonth
+            self.transferPerGB = transferPerGB
         }
+    }
+
+    /// Prices for regions that set none: Amazon ECR storage and inter-region data transfer out
+    /// of us-east-1, in US dollars (GB = 2^30 bytes, as AWS bills).
+    public struct Pricing: Sendable, Hashable {
+        public var storagePerGBMonth = 0.10
+        public var transferPerGB = 0.02
+
+        public init() {}
     }
 
     public var dataDirectory: String
@@ -66,6 +90,15 @@ public struct KilnConfiguration: Sendable, Hashable {
     public var bootstrapMirrors: [String: String] = [:]
     /// Blob transfers in flight at once, over all destinations.
     public var transferConcurrency = 4
+    public var pricing = Pricing()
+
+    /// What storing a GB for a month in `region` costs.
+    public func storagePrice(region: String) -> Double { regions[region]?.storagePerGBMonth ?? pricing.storagePerGBMonth }
+
+    /// What sending a GB to `region` costs; nothing within the home region.
+    public func transferPrice(region: String) -> Double {
+        region == homeRegion ? 0 : regions[region]?.transferPerGB ?? pricing.transferPerGB
+    }
 
     public init(dataDirectory: String = KilnConfiguration.defaultDataDirectory()) {
         self.dataDirectory = dataDirectory
@@ -106,6 +139,10 @@ public struct KilnConfiguration: Sendable, Hashable {
         }
         func bool(_ node: Node, _ what: String) throws -> Bool {
             guard let value = node.bool else { throw issue(node, "\(what) must be true or false") }
+            return value
+        }
+        func price(_ node: Node, _ what: String) throws -> Double {
+            guard let value = node.float, value >= 0, value.isFinite else { throw issue(node, "\(what) must be a price in US dollars, 0 or more (like 0.0416)") }
             return value
         }
 
@@ -154,38 +191,41 @@ public struct KilnConfiguration: Sendable, Hashable {
                 }
             case "instanceTypes":
                 for (name, _, sizeNode) in try mapping(value, "instanceTypes") {
-                    var vCPUs: Double?
-                    var memory: Int?
-                    var pids: Int?
+                    var size = InstanceTypeSize()
                     for (field, fieldNode, fieldValue) in try mapping(sizeNode, "instanceTypes.\(name)") {
                         let what = "instanceTypes.\(name).\(field)"
                         switch field {
                         case "vCPUs":
                             guard let number = fieldValue.float, number > 0 else { throw issue(fieldValue, "\(what) must be a positive number") }
-                            vCPUs = number
+                            size.vCPUs = number
                         case "memoryMiB":
                             guard let number = fieldValue.int, number >= 16 else { throw issue(fieldValue, "\(what) must be a whole number of MiB, at least 16") }
-                            memory = number
+                            size.memoryMiB = number
                         case "pidsLimit":
                             guard let number = fieldValue.int, number > 0 else { throw issue(fieldValue, "\(what) must be a positive whole number") }
-                            pids = number
+                            size.pidsLimit = number
+                        case "pricePerHour":
+                            size.pricePerHour = try price(fieldValue, what)
                         default:
-                            throw issue(fieldNode, "unknown key '\(what)'; allowed: vCPUs, memoryMiB, pidsLimit")
+                            throw issue(fieldNode, "unknown key '\(what)'; allowed: vCPUs, memoryMiB, pidsLimit, pricePerHour")
                         }
                     }
-                    guard let vCPUs, let memory else { throw issue(sizeNode, "instanceTypes.\(name) needs vCPUs and memoryMiB") }
-                    configuration.instanceTypes[name] = InstanceTypeSize(vCPUs: vCPUs, memoryMiB: memory, pidsLimit: pids)
+                    configuration.instanceTypes[name] = size
                 }
             case "regions":
                 for (name, _, regionNode) in try mapping(value, "regions") {
                     var registry: String?
                     var prefix: String?
+                    var storage: Double?
+                    var transfer: Double?
                     var settings = Registry()
                     for (field, fieldNode, fieldValue) in try mapping(regionNode, "regions.\(name)") {
                         let what = "regions.\(name).\(field)"
                         switch field {
                         case "registry": registry = try string(fieldValue, what)
                         case "repositoryPrefix": prefix = try string(fieldValue, what)
+                        case "storagePerGBMonth": storage = try price(fieldValue, what)
+                        case "transferPerGB": transfer = try price(fieldValue, what)
                         case "insecure": settings.insecure = try bool(fieldValue, what)
                         case "caCertificate": settings.caCertificate = absolute(try string(fieldValue, what))
                         case "username": settings.username = try string(fieldValue, what)
@@ -195,12 +235,20 @@ public struct KilnConfiguration: Sendable, Hashable {
                             guard let secret = environment[variable] else { throw issue(fieldValue, "\(what) names \(variable), which is not set in the environment") }
                             settings.password = secret
                         default:
-                            throw issue(fieldNode, "unknown key '\(what)'; allowed: registry, repositoryPrefix, insecure, caCertificate, username, password, passwordEnv")
+                            throw issue(fieldNode, "unknown key '\(what)'; allowed: registry, repositoryPrefix, storagePerGBMonth, transferPerGB, insecure, caCertificate, username, password, passwordEnv")
                         }
                     }
                     guard let registry else { throw issue(regionNode, "regions.\(name) needs registry: host[:port]") }
-                    configuration.regions[name] = Region(registry: registry, repositoryPrefix: prefix)
+                    configuration.regions[name] = Region(registry: registry, repositoryPrefix: prefix, storagePerGBMonth: storage, transferPerGB: transfer)
                     if settings != Registry() { configuration.registries[registry] = settings }
+                }
+            case "pricing":
+                for (field, fieldNode, fieldValue) in try mapping(value, "pricing") {
+                    switch field {
+                    case "storagePerGBMonth": configuration.pricing.storagePerGBMonth = try price(fieldValue, "pricing.\(field)")
+                    case "transferPerGB": configuration.pricing.transferPerGB = try price(fieldValue, "pricing.\(field)")
+                    default: throw issue(fieldNode, "unknown key 'pricing.\(field)'; allowed: storagePerGBMonth, transferPerGB")
+                    }
                 }
             case "homeRegion":
                 configuration.homeRegion = try string(value, "homeRegion")
@@ -216,7 +264,7 @@ public struct KilnConfiguration: Sendable, Hashable {
                     }
                 }
             default:
-                throw issue(keyNode, "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, bootstrap")
+                throw issue(keyNode, "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, pricing, bootstrap")
             }
         }
         return configuration

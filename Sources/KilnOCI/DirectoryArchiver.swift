@@ -13,17 +13,39 @@ public struct DirectoryArchiver {
     /// The directory is an overlayfs upper dir: whiteouts (char device 0/0) become `.wh.<name>`
     /// and opaque folders (`trusted.overlay.opaque=y`) get `.wh..wh..opq`.
     public var overlayUpperDirectory: Bool
+    /// Pack only what changed since this state of the same directory: new or changed entries
+    /// (with their parent folders) and a whiteout for each entry that is gone.
+    public var changesSince: DirectoryState?
 
-    public init(sourceDateEpoch: Int64? = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap(Int64.init), overlayUpperDirectory: Bool = false) {
+    public init(sourceDateEpoch: Int64? = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap(Int64.init), overlayUpperDirectory: Bool = false, changesSince: DirectoryState? = nil) {
         self.sourceDateEpoch = sourceDateEpoch
         self.overlayUpperDirectory = overlayUpperDirectory
+        self.changesSince = changesSince
     }
 
-    /// Archives the contents of `directory` (not the directory itself) into `writer`.
-    public func archive(_ directory: String, into writer: inout TarWriter) throws {
-        var hardLinks: [HardLinkKey: String] = [:]
-        try walk(directory, relative: "", writer: &writer, hardLinks: &hardLinks)
+    /// Archives the contents of `directory` (not the directory itself) into `writer`; returns
+    /// how many entries were written (0: nothing changed).
+    @discardableResult
+    public func archive(_ directory: String, into writer: inout TarWriter) throws -> Int {
+        var walk = Walk()
+        try self.walk(directory, relative: "", writer: &writer, state: &walk)
         try writer.finish()
+        return walk.written
+    }
+
+    /// Bookkeeping of one archive run.
+    struct Walk {
+        var hardLinks: [HardLinkKey: String] = [:]
+        /// Unchanged folders on the way down, written only if something below them is.
+        var pendingFolders: [TarEntry] = []
+        var written = 0
+
+        mutating func write(_ entry: TarEntry, to writer: inout TarWriter) throws {
+            for folder in pendingFolders { try writer.writeHeader(folder) }
+            written += pendingFolders.count + 1
+            pendingFolders.removeAll()
+            try writer.writeHeader(entry)
+        }
     }
 
     struct HardLinkKey: Hashable {
@@ -31,13 +53,21 @@ public struct DirectoryArchiver {
         var inode: UInt64
     }
 
-    private func walk(_ root: String, relative: String, writer: inout TarWriter, hardLinks: inout [HardLinkKey: String]) throws {
+    private func walk(_ root: String, relative: String, writer: inout TarWriter, state: inout Walk) throws {
         let folder = relative.isEmpty ? root : root + "/" + relative
         let names: [String]
         do {
             names = try FileManager.default.contentsOfDirectory(atPath: folder)
         } catch {
             throw KilnError(.ioFailure, "cannot read folder '\(folder)' while packing a layer: \(error.localizedDescription)")
+        }
+        if let changesSince {
+            // Entries an earlier step left that are gone now: hide them in the lower layers.
+            for gone in changesSince.children(of: relative).subtracting(names).sorted() {
+                var whiteout = TarEntry(path: (relative.isEmpty ? "" : relative + "/") + ".wh." + gone, kind: .file, mode: 0o600)
+                whiteout.modificationTime = clamp(0)
+                try state.write(whiteout, to: &writer)
+            }
         }
         for name in names.sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }) {
             let path = relative.isEmpty ? name : relative + "/" + name
@@ -46,6 +76,7 @@ public struct DirectoryArchiver {
             guard lstat(hostPath, &info) == 0 else {
                 throw KilnError(.ioFailure, "cannot read '\(hostPath)' while packing a layer: \(String(cString: strerror(errno)))")
             }
+            let unchanged = changesSince?.entries[path] == DirectoryState.Stamp(info)
             var entry = TarEntry(path: path, kind: .file, mode: UInt32(info.st_mode & 0o7777))
             entry.uid = info.st_uid
             entry.gid = info.st_gid
@@ -57,47 +88,58 @@ public struct DirectoryArchiver {
                 // overlayfs bookkeeping is not part of the image.
                 entry.extendedAttributes = entry.extendedAttributes.filter { !$0.key.hasPrefix("trusted.overlay.") }
                 if info.st_mode & S_IFMT == S_IFCHR, info.st_rdev == 0 {
+                    if unchanged { continue }
                     var whiteout = TarEntry(path: (relative.isEmpty ? "" : relative + "/") + ".wh." + name, kind: .file, mode: 0o600)
                     whiteout.modificationTime = entry.modificationTime
-                    try writer.writeHeader(whiteout)
+                    try state.write(whiteout, to: &writer)
                     continue
                 }
             }
             switch info.st_mode & S_IFMT {
             case S_IFDIR:
                 entry.kind = .directory
-                try writer.writeHeader(entry)
+                if unchanged {
+                    state.pendingFolders.append(entry)
+                    try walk(root, relative: path, writer: &writer, state: &state)
+                    if state.pendingFolders.last?.path == path { state.pendingFolders.removeLast() }
+                    continue
+                }
+                try state.write(entry, to: &writer)
                 if opaque {
                     var marker = TarEntry(path: path + "/.wh..wh..opq", kind: .file, mode: 0o600)
                     marker.modificationTime = entry.modificationTime
-                    try writer.writeHeader(marker)
+                    try state.write(marker, to: &writer)
                 }
-                try walk(root, relative: path, writer: &writer, hardLinks: &hardLinks)
+                try walk(root, relative: path, writer: &writer, state: &state)
             case S_IFREG:
+                if unchanged { continue }
                 let key = HardLinkKey(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
-                if info.st_nlink > 1, let first = hardLinks[key] {
+                if info.st_nlink > 1, let first = state.hardLinks[key] {
                     entry.kind = .hardLink
                     entry.linkTarget = first
-                    try writer.writeHeader(entry)
+                    try state.write(entry, to: &writer)
                     continue
                 }
-                if info.st_nlink > 1 { hardLinks[key] = path }
+                if info.st_nlink > 1 { state.hardLinks[key] = path }
                 entry.size = Int64(info.st_size)
-                try writer.writeHeader(entry)
+                try state.write(entry, to: &writer)
                 try copyContents(hostPath, expected: entry.size, into: &writer)
             case S_IFLNK:
+                if unchanged { continue }
                 entry.kind = .symlink
                 entry.mode = 0o777
                 entry.linkTarget = try FileManager.default.destinationOfSymbolicLink(atPath: hostPath)
-                try writer.writeHeader(entry)
+                try state.write(entry, to: &writer)
             case S_IFCHR, S_IFBLK:
+                if unchanged { continue }
                 entry.kind = info.st_mode & S_IFMT == S_IFCHR ? .characterDevice : .blockDevice
                 entry.deviceMajor = UInt32((info.st_rdev >> 8) & 0xfff) | UInt32((info.st_rdev >> 32) & ~0xfff)
                 entry.deviceMinor = UInt32(info.st_rdev & 0xff) | UInt32((info.st_rdev >> 12) & ~0xff)
-                try writer.writeHeader(entry)
+                try state.write(entry, to: &writer)
             case S_IFIFO:
+                if unchanged { continue }
                 entry.kind = .fifo
-                try writer.writeHeader(entry)
+                try state.write(entry, to: &writer)
             default:
                 continue // Sockets cannot be archived; tar skips them too.
             }
@@ -143,5 +185,48 @@ public struct DirectoryArchiver {
             result[name] = value
         }
         return result
+    }
+}
+
+/// What a directory held at one moment, to pack only what changes after it. Each entry's inode
+/// and change time (which every write, chmod, chown, link or xattr change updates) identify it.
+public struct DirectoryState: Sendable {
+    struct Stamp: Hashable, Sendable {
+        var inode: UInt64
+        var changed: Int64
+        var changedNanoseconds: Int
+        var mode: UInt32
+
+        init(_ info: stat) {
+            inode = UInt64(info.st_ino)
+            changed = Int64(info.st_ctim.tv_sec)
+            changedNanoseconds = info.st_ctim.tv_nsec
+            mode = UInt32(info.st_mode)
+        }
+    }
+
+    var entries: [String: Stamp] = [:]
+    private var childNames: [String: Set<String>] = [:]
+
+    /// Scans `directory` recursively without following links.
+    public init(scanning directory: String) throws {
+        try scan(directory, relative: "")
+    }
+
+    func children(of relative: String) -> Set<String> { childNames[relative] ?? [] }
+
+    private mutating func scan(_ root: String, relative: String) throws {
+        let folder = relative.isEmpty ? root : root + "/" + relative
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else {
+            throw KilnError(.ioFailure, "cannot read folder '\(folder)' while recording a build step's changes")
+        }
+        childNames[relative] = Set(names)
+        for name in names {
+            let path = relative.isEmpty ? name : relative + "/" + name
+            var info = stat()
+            guard lstat(root + "/" + path, &info) == 0 else { continue }
+            entries[path] = Stamp(info)
+            if info.st_mode & S_IFMT == S_IFDIR { try scan(root, relative: path) }
+        }
     }
 }

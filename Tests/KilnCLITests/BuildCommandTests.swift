@@ -113,7 +113,8 @@ struct BuildCommandTests {
         let failure = try #require(image["failure"] as? [String: Any])
         #expect(image["status"] as? String == "FAILED" && failure["stage"] as? String == "BUILD")
         #expect(failure["step"] as? String == "App/validate/Check", "\(failure)")
-        #expect((failure["log"] as? String)?.hasSuffix("/logs/build") == true)
+        let log = try #require(failure["log"] as? String)
+        #expect(log.hasSuffix("/logs/build/01-app") && (try String(contentsOfFile: log + "/console.log", encoding: .utf8)).contains("Step Check"), "the failed component's own TOE log: \(log)")
         #expect(try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(regions.0.host)/app:stable >/dev/null 2>&1 && echo found") == "")
     }
 
@@ -178,7 +179,8 @@ struct BuildCommandTests {
         let hit = try record(cached)
         #expect(hit["status"] as? String == "AVAILABLE" && hit["cacheHit"] as? Bool == true)
         #expect(hit["digest"] as? String == first["digest"] as? String)
-        #expect(cached.stderr.contains("cache hit") && !cached.stderr.contains("BUILD: builder"), "no builder on a cache hit")
+        #expect(cached.stderr.contains("kiln component app/1.0.0: cached, not run") && !cached.stderr.contains("BUILD: builder"), "no builder on a cache hit")
+        #expect(hit["cachedSteps"] as? Int == 2 && hit["builtSteps"] as? Int == 0, "the component and the COPY came from the cache")
         #expect(cached.stderr.contains("TEST: test instance"), "a cache hit is still tested")
 
         let rebuilt = try Kiln.run(["build", "-f", pipeline, "--no-cache"] + epoch, in: scratch.path)
@@ -187,7 +189,18 @@ struct BuildCommandTests {
 
         _ = try scratch.write("files/motd", "changed \(UUID().uuidString)\n")
         let changed = try Kiln.run(["build", "-f", pipeline] + epoch, in: scratch.path)
-        #expect(changed.stderr.contains("BUILD: builder"), "a changed COPY source is a cache miss")
-        #expect(try record(changed)["digest"] as? String != first["digest"] as? String)
+        let changedRecord = try record(changed)
+        #expect(changed.stderr.contains("BUILD: builder") && changed.stderr.contains("(the parent and 1 cached step(s))"), "a changed COPY source is a miss for the COPY only: \(changed.stderr)")
+        #expect(changed.stderr.contains("kiln component app/1.0.0: cached, not run") && !changed.stderr.contains("Step Write"), "the component before it is not run again")
+        #expect(changedRecord["cachedSteps"] as? Int == 1 && changedRecord["builtSteps"] as? Int == 1)
+        #expect(changedRecord["digest"] as? String != first["digest"] as? String)
+        func layers(_ image: [String: Any]) throws -> [String] {
+            let raw = try Kiln.run(["image", "inspect", "--raw", "kiln:" + (try #require(image["localName"] as? String))], in: scratch.path)
+            let manifest = try #require(try JSONSerialization.jsonObject(with: Data(raw.stdout.utf8)) as? [String: Any], "\(raw.stderr)")
+            return (manifest["layers"] as? [[String: Any]] ?? []).compactMap { $0["digest"] as? String }
+        }
+        let firstLayers = try layers(first), changedLayers = try layers(changedRecord)
+        #expect(firstLayers.count == 3 && changedLayers.count == 3, "the parent, the component's layer and the COPY's layer")
+        #expect(Array(firstLayers.prefix(2)) == Array(changedLayers.prefix(2)) && firstLayers[2] != changedLayers[2], "only the COPY layer differs")
     }
 }

@@ -55,4 +55,43 @@ struct LayerPackerTests {
         let gzipSize = Int64(try shell("gzip -dc \(work)/layer.tar.gz | gzip -6 -n | wc -c"))!
         #expect(abs(result.size - gzipSize) * 100 <= gzipSize * 5)
     }
+
+    @Test("A step's layer holds only what changed since the last state: new and changed files with their folders, and whiteouts for what is gone (GNU tar lists it)")
+    func changesSinceState() throws {
+        let work = scratch()
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let tree = work + "/tree"
+        let manager = FileManager.default
+        try manager.createDirectory(atPath: tree + "/etc/app", withIntermediateDirectories: true)
+        try manager.createDirectory(atPath: tree + "/var/lib/gone", withIntermediateDirectories: true)
+        for name in ["etc/app/keep.conf", "etc/app/edit.conf", "etc/app/drop.conf", "var/lib/gone/x", "etc/chmod-me"] {
+            try "first\n".write(toFile: tree + "/" + name, atomically: false, encoding: .utf8)
+        }
+        let before = try DirectoryState(scanning: tree)
+
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: tree + "/etc/app/edit.conf"))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data("second\n".utf8))
+        try handle.close()
+        try manager.removeItem(atPath: tree + "/etc/app/drop.conf")
+        try manager.removeItem(atPath: tree + "/var/lib/gone")
+        try manager.createDirectory(atPath: tree + "/opt/new", withIntermediateDirectories: true)
+        try "new\n".write(toFile: tree + "/opt/new/file", atomically: false, encoding: .utf8)
+        chmod(tree + "/etc/chmod-me", 0o600)
+
+        var bytes = Data()
+        var writer = TarWriter { bytes.append(contentsOf: $0) }
+        let written = try DirectoryArchiver(sourceDateEpoch: 0, changesSince: before).archive(tree, into: &writer)
+        try bytes.write(to: URL(fileURLWithPath: work + "/step.tar"))
+        let listed = try shell("tar -tf \(work)/step.tar").split(separator: "\n").map(String.init)
+        #expect(listed == [
+            "etc/", "etc/app/", "etc/app/.wh.drop.conf", "etc/app/edit.conf", "etc/chmod-me", "opt/", "opt/new/", "opt/new/file", "var/", "var/lib/", "var/lib/.wh.gone",
+        ], "\(listed)")
+        #expect(written == listed.count)
+        #expect(try shell("tar -xOf \(work)/step.tar etc/app/edit.conf") == "first\nsecond")
+
+        var empty = Data()
+        var emptyWriter = TarWriter { empty.append(contentsOf: $0) }
+        #expect(try DirectoryArchiver(sourceDateEpoch: 0, changesSince: try DirectoryState(scanning: tree)).archive(tree, into: &emptyWriter) == 0, "no change, no entries")
+    }
 }
