@@ -69,7 +69,7 @@ struct BuildCommandTests {
     }
 
     func record(_ result: Kiln.Result) throws -> [String: Any] {
-        try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result.stdout)\n\(result.stderr)")
+        try #require((try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [String: Any], "\(result.stdout)\n\(result.stderr)")
     }
 
     @Test("A pipeline reaches AVAILABLE in two regions; skopeo sees the recorded digest in both, with the recipe's settings")
@@ -114,7 +114,8 @@ struct BuildCommandTests {
         #expect(image["status"] as? String == "FAILED" && failure["stage"] as? String == "BUILD")
         #expect(failure["step"] as? String == "App/validate/Check", "\(failure)")
         let log = try #require(failure["log"] as? String)
-        #expect(log.hasSuffix("/logs/build/01-app") && (try String(contentsOfFile: log + "/console.log", encoding: .utf8)).contains("Step Check"), "the failed component's own TOE log: \(log)")
+        let console = try String(contentsOfFile: log + "/console.log", encoding: .utf8)
+        #expect(log.hasSuffix("/logs/build/01-app") && console.contains("Step Check"), "the failed component's own TOE log: \(log)")
         #expect(try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(regions.0.host)/app:stable >/dev/null 2>&1 && echo found") == "")
     }
 
@@ -202,5 +203,64 @@ struct BuildCommandTests {
         let firstLayers = try layers(first), changedLayers = try layers(changedRecord)
         #expect(firstLayers.count == 3 && changedLayers.count == 3, "the parent, the component's layer and the COPY's layer")
         #expect(Array(firstLayers.prefix(2)) == Array(changedLayers.prefix(2)) && firstLayers[2] != changedLayers[2], "only the COPY layer differs")
+    }
+
+    @Test("The cost ledger holds what was measured: instance seconds and cgroup CPU, the image's bytes per region as skopeo sees them, bytes sent; kiln cost prices them with kiln.yaml's prices")
+    func costLedger() throws {
+        let regions = (try LoopbackRegistry(), try LoopbackRegistry())
+        defer { regions.0.stop(); regions.1.stop() }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let pipeline = try project(scratch, regions: regions)
+        // Round prices: $3.60/h is $0.001 a second; north is another region than home, south is home.
+        let configuration = try String(contentsOfFile: scratch.path + "/kiln.yaml", encoding: .utf8)
+            .replacingOccurrences(of: "north: {registry: \"\(regions.0.host)\"}", with: "north: {registry: \"\(regions.0.host)\", storagePerGBMonth: 1.5, transferPerGB: 2}")
+        _ = try scratch.write("kiln.yaml", configuration + "\nhomeRegion: south\ninstanceTypes:\n  t3.small: {pricePerHour: 3.6}\npricing: {storagePerGBMonth: 0.25}\n")
+        let epoch = ["--source-date-epoch", "1700000000"]
+        let built = try record(try Kiln.run(["build", "-f", pipeline, "--no-cache"] + epoch, in: scratch.path))
+        let ledger = try #require(built["ledger"] as? [String: Any], "\(built)")
+        let instances = try #require(ledger["instances"] as? [[String: Any]])
+        #expect(instances.map { $0["role"] as? String } == ["builder", "test"])
+        let timings = Dictionary(uniqueKeysWithValues: (built["timings"] as? [[String: Any]] ?? []).map { ($0["stage"] as! String, $0["seconds"] as! Double) })
+        for (run, stage) in zip(instances, ["BUILD", "TEST"]) {
+            let seconds = try #require(run["seconds"] as? Double), cpu = try #require(run["cpuSeconds"] as? Double)
+            let stageSeconds = try #require(timings[stage])
+            #expect(seconds > 0 && seconds <= stageSeconds, "an instance runs within its stage: \(seconds) s vs \(timings)")
+            #expect(cpu > 0 && cpu <= seconds * 2 + 0.1, "cgroup CPU is measured and at most 2 vCPUs' worth: \(cpu) s in \(seconds) s")
+        }
+
+        // What each region holds, measured with skopeo: the manifest's bytes, the config and the layers.
+        let raw = try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(regions.0.host)/app:stable")
+        let manifest = try #require(try JSONSerialization.jsonObject(with: Data(raw.utf8)) as? [String: Any])
+        let blobBytes = ((manifest["layers"] as? [[String: Any]] ?? []) + [manifest["config"] as! [String: Any]]).reduce(Int64(0)) { $0 + ($1["size"] as! NSNumber).int64Value }
+        let stored = blobBytes + Int64(raw.utf8.count)
+        let usage = try #require(ledger["regions"] as? [[String: Any]])
+        #expect(usage.map { $0["region"] as? String } == ["north", "south"])
+        for region in usage {
+            #expect((region["storedBytes"] as? NSNumber)?.int64Value == stored, "\(region["region"]!): stored bytes = manifest + config + layers")
+            #expect((region["transferredBytes"] as? NSNumber)?.int64Value == blobBytes, "\(region["region"]!): a fresh registry received every blob once")
+        }
+
+        let version = "app-image/2.1.0/\(try #require(built["build"] as? Int))"
+        let priced = try #require(try JSONSerialization.jsonObject(with: Data(try Kiln.run(["cost", "--image", version, "--json"], in: scratch.path).stdout.utf8)) as? [String: Any])
+        let seconds = instances.reduce(0.0) { $0 + ($1["seconds"] as! Double) }
+        let gigabytes = Double(stored) / Double(1 << 30)
+        #expect(abs((priced["instanceCost"] as! Double) - seconds * 0.001) < 1e-9, "instance time at $3.60 an hour")
+        #expect(abs((priced["transferCost"] as! Double) - Double(blobBytes) / Double(1 << 30) * 2) < 1e-12, "north is charged $2/GB, the home region nothing")
+        #expect(abs((priced["storagePerMonth"] as! Double) - gigabytes * (1.5 + 0.25)) < 1e-12, "north's own price and pricing's default for south")
+        let text = try Kiln.run(["cost", "--image", version], in: scratch.path)
+        #expect(text.status == 0 && text.stdout.contains("builder") && text.stdout.contains("north"), "\(text.stdout)\(text.stderr)")
+
+        // A cached rebuild sends nothing (the registries have every blob) and shares the storage.
+        let again = try record(try Kiln.run(["build", "-f", pipeline] + epoch, in: scratch.path))
+        let againUsage = try #require((again["ledger"] as? [String: Any])?["regions"] as? [[String: Any]])
+        #expect(againUsage.allSatisfy { ($0["transferredBytes"] as? NSNumber)?.int64Value == 0 }, "\(againUsage)")
+        let summary = try #require(try JSONSerialization.jsonObject(with: Data(try Kiln.run(["cost", "--pipeline", "app-pipeline", "--json"], in: scratch.path).stdout.utf8)) as? [String: Any])
+        let storage = try #require(summary["storage"] as? [[String: Any]])
+        #expect(storage.count == 2 && storage.allSatisfy { ($0["storedBytes"] as? NSNumber)?.int64Value ?? 0 >= stored })
+        let month = String(try #require(built["dateCreated"] as? String).prefix(7))
+        let monthly = try Kiln.run(["cost", "--month", month], in: scratch.path)
+        #expect(monthly.status == 0 && monthly.stdout.contains(version), "\(monthly.stdout)\(monthly.stderr)")
+        #expect(try Kiln.run(["cost", "--month", "May"], in: scratch.path).stderr.contains("--month must look like"))
     }
 }
