@@ -202,7 +202,11 @@ public struct LayerUnpacker {
         case .fifo:
             guard mkfifo(host, mode_t(entry.mode)) == 0 else { throw posixError("create fifo", host) }
         }
-        if applyOwners { lchown(host, entry.uid, entry.gid) }
+        if applyOwners {
+            lchown(host, entry.uid, entry.gid)
+            // chown clears the SUID and SGID bits, so they are set again after it.
+            if entry.kind != .symlink, entry.mode & 0o6000 != 0, chmod(host, mode_t(entry.mode)) != 0 { throw posixError("set the mode of", host) }
+        }
         var times = [timespec(tv_sec: Int(entry.modificationTime), tv_nsec: 0), timespec(tv_sec: Int(entry.modificationTime), tv_nsec: 0)]
         utimensat(AT_FDCWD, host, &times, AT_SYMLINK_NOFOLLOW)
     }

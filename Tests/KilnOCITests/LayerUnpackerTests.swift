@@ -98,6 +98,11 @@ struct LayerUnpackerTests {
         try FileManager.default.createDirectory(atPath: source + "/usr/bin", withIntermediateDirectories: true)
         try String(repeating: "binary", count: 5000).write(toFile: source + "/usr/bin/tool", atomically: true, encoding: .utf8)
         chmod(source + "/usr/bin/tool", 0o755)
+        try "su".write(toFile: source + "/usr/bin/su", atomically: true, encoding: .utf8)
+        chmod(source + "/usr/bin/su", 0o4755)
+        try "wall".write(toFile: source + "/usr/bin/wall", atomically: true, encoding: .utf8)
+        chown(source + "/usr/bin/wall", 0, 5)
+        chmod(source + "/usr/bin/wall", 0o2755)
         try FileManager.default.createSymbolicLink(atPath: source + "/bin", withDestinationPath: "usr/bin")
         _ = try LayerPacker.pack(directory: source, to: sandbox.base + "/layer.tar.gz", sourceDateEpoch: 1_000_000)
         try LayerUnpacker(target: sandbox.target).apply(layerFile: sandbox.base + "/layer.tar.gz")
@@ -106,6 +111,13 @@ struct LayerUnpackerTests {
         lstat(sandbox.target + "/usr/bin/tool", &info)
         #expect(info.st_mode & 0o777 == 0o755)
         #expect(info.st_mtim.tv_sec == 1_000_000)
+        // Setting owners must not drop SUID/SGID (chown clears them); this needs root to own files.
+        if geteuid() == 0 {
+            lstat(sandbox.target + "/usr/bin/su", &info)
+            #expect(info.st_mode & 0o7777 == 0o4755, "su keeps its SUID bit: \(String(info.st_mode & 0o7777, radix: 8))")
+            lstat(sandbox.target + "/usr/bin/wall", &info)
+            #expect(info.st_mode & 0o7777 == 0o2755 && info.st_gid == 5, "wall keeps SGID and its group")
+        }
     }
 
     static let escapes: [(String, [Item], String)] = [
