@@ -262,9 +262,9 @@ for run in $(seq 1 "$RUNS"); do
     # --- buildah: new storage holding only the parent ---
     store=$WORK/buildah-run$run
     buildah_storage "$store"
-    "${B[@]}" pull --quiet "$PARENT" >/dev/null
-    "${B[@]}" tag "$("${B[@]}" images --quiet --no-trunc | head -n1)" "localhost/$PARENT_NAME"
-    digest=$("${B[@]}" images --format '{{.Digest}}' "localhost/$PARENT_NAME" | head -n1)
+    id=$("${B[@]}" pull --quiet "$PARENT")
+    "${B[@]}" tag "$id" "localhost/$PARENT_NAME"
+    digest=$("${B[@]}" inspect --type image --format '{{.FromImageDigest}}' "localhost/$PARENT_NAME")
     [[ $digest == "$PARENT_DIGEST" ]] || die "buildah imported the parent as $digest, not $PARENT_DIGEST"
     buildah_build "$WORK/containerfile/Containerfile.warmup" localhost/bench/warmup:1 "$WORK/logs/buildah-warmup-$run.log"
 

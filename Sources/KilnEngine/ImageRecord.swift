@@ -52,6 +52,8 @@ public struct ImageRecord: Sendable, Codable, Hashable {
     /// Build steps (components and file-changing instructions) reused from the cache, and run.
     public var cachedSteps: Int?
     public var builtSteps: Int?
+    /// The test results as JUnit XML (`tests.json` beside it), once TEST ran.
+    public var testResults: String?
     /// What the build used, measured; `kiln cost` prices it.
     public var ledger: CostLedger?
     public var distributionTargets: [DistributionTarget] = []

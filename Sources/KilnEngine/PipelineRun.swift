@@ -150,11 +150,16 @@ public struct PipelineRun: Sendable {
         if pipeline.imageTestsConfiguration?.imageTestsEnabled ?? true {
             try enter(.testing)
             do {
-                let usage = try await timed("TEST") { try await builder.test(image: built, keepOnFailure: infrastructure.terminateInstanceOnFailure == false) }
-                if let usage {
-                    record.ledger = record.ledger ?? CostLedger()
-                    record.ledger!.charge(role: "test", instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds)
+                let parentLayers = try JSONDecoder().decode(ImageManifest.self, from: try transfer.store.read(parent.digest)).layers.count
+                let usages = try await timed("TEST") {
+                    try await builder.test(
+                        image: built, suites: pipeline.kilnTests ?? KilnTests(), parentLayers: parentLayers, imageLabel: record.arn,
+                        keepOnFailure: infrastructure.terminateInstanceOnFailure == false
+                    )
                 }
+                record.ledger = record.ledger ?? CostLedger()
+                for usage in usages { record.ledger!.charge(role: "test", instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds) }
+                record.testResults = folder + "/logs/test/junit.xml"
             } catch let failure as RecipeBuilder.StepFailure {
                 return try fail("TEST", step: failure.step, log: failure.log, failure.reason)
             }

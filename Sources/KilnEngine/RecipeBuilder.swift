@@ -280,7 +280,7 @@ struct RecipeBuilder: Sendable {
             try await session.createDirectory(path, mode: 0o755)
             for child in try FileManager.default.contentsOfDirectory(atPath: hostPath).sorted() {
                 var childIsDirectory: ObjCBool = false
-                FileManager.default.fileExists(atPath: hostPath + "/" + child, isDirectory: &childIsDirectory)
+                _ = FileManager.default.fileExists(atPath: hostPath + "/" + child, isDirectory: &childIsDirectory)
                 try await copyTree(hostPath + "/" + child, to: path + "/" + child, isDirectory: childIsDirectory.boolValue, session: session)
             }
         } else {
@@ -294,41 +294,81 @@ struct RecipeBuilder: Sendable {
 
     /// Runs `components`' `phases` as one TOE run; a failure names the component and step.
     private func runComponents(_ components: [RecipeComponent], phases: [String], in session: any InstanceSession, folder: String, stage: String) async throws {
-        guard !components.isEmpty else { return }
+        let outcome = try await runTOE(components, phases: phases, in: session, folder: folder, stage: stage)
+        if let failure = Self.failure(of: outcome, folder: folder) { throw failure }
+    }
+
+    private func runTOE(_ components: [RecipeComponent], phases: [String], in session: any InstanceSession, folder: String, stage: String) async throws -> TOERunOutcome {
         let log = try TOELogWriter(folder: folder, echo: { progress("\(stage): \($0)") })
         try? TOELogFolder.writeDocuments(components.map(\.run.document), to: folder)
         let outcome = await TOERunner(session: session, options: TOEOptions()).run(
             TOERunRequest(documents: components.map(\.run), phases: phases), log: log, resume: nil
         )
         try? TOELogFolder.writeResults(outcome, to: folder)
-        guard outcome.succeeded else {
-            let failedDocument = outcome.report.documents.first { $0.status == .failed }
-            let failedPhase = failedDocument?.phases.first { $0.status == .failed }
-            let failedStep = failedPhase?.steps.first { $0.status == .failed }
-            let step = [failedDocument?.name, failedPhase?.name, failedStep?.name].compactMap { $0 }.joined(separator: "/")
-            throw StepFailure(step: step.isEmpty ? "components" : step, log: folder, reason: failedStep?.failureMessage ?? outcome.report.failureMessage)
-        }
+        return outcome
     }
 
-    /// TEST: a fresh instance from the new image, without network, runs every test phase.
-    /// Returns the test instance's usage (nil when nothing needed an instance).
-    func test(image: Descriptor, keepOnFailure: Bool) async throws -> ContainerInstance.Usage? {
-        let testable = components.filter { $0.run.document.phases.contains { $0.name == "test" } }
-        guard !testable.isEmpty else {
-            progress("TEST: no component has a test phase")
-            return nil
-        }
+    static func failure(of outcome: TOERunOutcome, folder: String) -> StepFailure? {
+        guard !outcome.succeeded else { return nil }
+        let failedDocument = outcome.report.documents.first { $0.status == .failed }
+        let failedPhase = failedDocument?.phases.first { $0.status == .failed }
+        let failedStep = failedPhase?.steps.first { $0.status == .failed }
+        let step = [failedDocument?.name, failedPhase?.name, failedStep?.name].compactMap { $0 }.joined(separator: "/")
+        return StepFailure(step: step.isEmpty ? "components" : step, log: folder, reason: failedStep?.failureMessage ?? outcome.report.failureMessage)
+    }
+
+    /// TEST: a fresh instance from the new image, without network, runs the components' test
+    /// phases, then Kiln's suites. Results go to `logs/test/tests.json` and `junit.xml`.
+    /// Returns the test instances' usage.
+    func test(image: Descriptor, suites: KilnTests, parentLayers: Int, imageLabel: String, keepOnFailure: Bool) async throws -> [ContainerInstance.Usage] {
+        let folder = logRoot + "/test"
         let instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: .none))
         progress("TEST: test instance \(instance.id) from \(image.digest.encoded.prefix(12))")
+        var results: [TestCaseResult] = []
+        var usages: [ContainerInstance.Usage] = []
+        var firstFailure: StepFailure?
         do {
-            try await runComponents(testable, phases: ["test"], in: instance.session, folder: logRoot + "/test", stage: "TEST")
-            let usage = instance.usage()
-            await instance.destroy()
-            return usage
+            let testable = components.filter { $0.run.document.phases.contains { $0.name == "test" } }
+            if !testable.isEmpty {
+                let outcome = try await runTOE(testable, phases: ["test"], in: instance.session, folder: folder, stage: "TEST")
+                firstFailure = Self.failure(of: outcome, folder: folder)
+                for document in outcome.report.documents {
+                    for phase in document.phases {
+                        for step in phase.steps {
+                            let status: TestCaseResult.Status = step.status == .failed ? .failed : (step.status == .success ? .passed : .skipped)
+                            results.append(TestCaseResult(suite: "component \(document.name)", name: step.name, status: status, message: step.failureMessage, seconds: Self.seconds(from: step.startTime, to: step.endTime)))
+                        }
+                    }
+                }
+            }
+            let suiteRun = ImageTestSuites(settings: suites, host: host, type: type, parentLayerCount: parentLayers, progress: progress)
+            let (suiteResults, extra) = await suiteRun.run(image: image, in: instance)
+            results += suiteResults
+            usages += extra
+            try TestReportWriter.write(results, image: imageLabel, to: folder)
+            let failed = results.filter { $0.status == .failed }
+            progress("TEST: \(results.count - failed.count - results.filter { $0.status == .skipped }.count) passed, \(failed.count) failed, \(results.filter { $0.status == .skipped }.count) skipped; \(folder)/junit.xml")
+            if firstFailure == nil, let failed = failed.first {
+                firstFailure = StepFailure(step: "\(failed.suite)/\(failed.name)", log: folder + "/junit.xml", reason: failed.message)
+            }
         } catch {
-            if keepOnFailure { try? instance.keep() } else { await instance.destroy() }
-            throw error
+            firstFailure = (error as? StepFailure) ?? StepFailure(step: "test instance", log: folder, reason: (error as? KilnError)?.message ?? "\(error)")
         }
+        usages.insert(instance.usage(), at: 0)
+        if let firstFailure {
+            if keepOnFailure { try? instance.keep() } else { await instance.destroy() }
+            throw firstFailure
+        }
+        await instance.destroy()
+        return usages
+    }
+
+    static func seconds(from start: String, to end: String) -> Double {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        guard let from = formatter.date(from: start) ?? ISO8601DateFormatter().date(from: start),
+              let to = formatter.date(from: end) ?? ISO8601DateFormatter().date(from: end) else { return 0 }
+        return max(0, to.timeIntervalSince(from))
     }
 }
 
@@ -336,14 +376,19 @@ struct RecipeBuilder: Sendable {
 final class LineEcho: @unchecked Sendable {
     private let lock = NSLock()
     private var pending = Data()
-    private var lines: [String] = []
+    private var kept: [String] = []
     let prefix: String
     let progress: @Sendable (String) -> Void
+    /// How many of the last lines to keep.
+    let keep: Int
 
-    init(prefix: String, progress: @escaping @Sendable (String) -> Void) {
+    init(prefix: String, progress: @escaping @Sendable (String) -> Void, keep: Int = 5) {
         self.prefix = prefix
         self.progress = progress
+        self.keep = keep
     }
+
+    var lines: [String] { lock.withLock { kept } }
 
     func append(_ bytes: [UInt8]) {
         lock.lock()
@@ -353,7 +398,7 @@ final class LineEcho: @unchecked Sendable {
             complete.append(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self))
             pending.removeSubrange(pending.startIndex...newline)
         }
-        lines = Array((lines + complete).suffix(5))
+        kept = Array((kept + complete).suffix(keep))
         lock.unlock()
         complete.forEach { progress(prefix + $0) }
     }
@@ -362,7 +407,7 @@ final class LineEcho: @unchecked Sendable {
         lock.lock()
         let rest = String(decoding: pending, as: UTF8.self)
         pending.removeAll()
-        if !rest.isEmpty { lines = Array((lines + [rest]).suffix(5)) }
+        if !rest.isEmpty { kept = Array((kept + [rest]).suffix(keep)) }
         lock.unlock()
         if !rest.isEmpty { progress(prefix + rest) }
     }
@@ -370,6 +415,6 @@ final class LineEcho: @unchecked Sendable {
     var tail: String {
         lock.lock()
         defer { lock.unlock() }
-        return lines.joined(separator: " | ")
+        return kept.suffix(5).joined(separator: " | ")
     }
 }

@@ -27,9 +27,13 @@ public struct InstanceHost: Sendable {
     /// Kiln's own top layer for every instance: the init at /.kiln/init and the mount points
     /// runc needs, so that nothing Kiln adds ever lands in an instance's upper dir (or a snapshot).
     func kilnLayer() throws -> String {
-        let folder = instancesDirectory + "/.kiln-layer"
+        // Named after the init binary's size and time, so a new kiln-init gets a new layer.
+        let initBinary = try Self.locateInit()
+        var info = stat()
+        guard stat(initBinary, &info) == 0 else { throw KilnError(.notFound, "cannot read \(initBinary): \(String(cString: strerror(errno)))") }
+        let folder = instancesDirectory + "/.kiln-layer-\(info.st_size)-\(info.st_mtim.tv_sec)"
         if FileManager.default.fileExists(atPath: folder + "/.kiln/init") { return folder }
-        let staging = instancesDirectory + "/.kiln-layer-\(UUID().uuidString)"
+        let staging = instancesDirectory + "/.kiln-staging-\(UUID().uuidString)"
         let manager = FileManager.default
         for directory in ["/.kiln", "/proc", "/sys", "/dev", "/etc"] {
             try manager.createDirectory(atPath: staging + directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
@@ -37,7 +41,6 @@ public struct InstanceHost: Sendable {
         for file in ["/etc/resolv.conf", "/etc/hosts"] {
             _ = manager.createFile(atPath: staging + file, contents: nil, attributes: [.posixPermissions: 0o644])
         }
-        let initBinary = try Self.locateInit()
         try manager.copyItem(atPath: initBinary, toPath: staging + "/.kiln/init")
         chmod(staging + "/.kiln/init", 0o755)
         if rename(staging, folder) != 0 { try? manager.removeItem(atPath: staging) }

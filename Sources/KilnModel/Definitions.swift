@@ -118,6 +118,49 @@ public struct ImageTestsConfiguration: Sendable, Hashable, Codable {
     public var timeoutMinutes: Int?
 }
 
+/// Kiln's built-in test suites (not an Image Builder field): they run in TEST after the
+/// components' test phases. Functionality and security run unless switched off; health runs
+/// when a command or an HTTP port is given.
+public struct KilnTests: Sendable, Hashable, Codable {
+    /// The image's entrypoint and cmd (or `command`) must exit 0, or still run after
+    /// `runForSeconds` (default 3).
+    public struct Functionality: Sendable, Hashable, Codable {
+        public var enabled: Bool?
+        public var command: [String]?
+        public var runForSeconds: Int?
+    }
+
+    public struct Security: Sendable, Hashable, Codable {
+        /// No pending security updates where apt, dnf or apk exists (checked online, in a
+        /// throwaway instance with the host's network).
+        public var pendingUpdates: Bool?
+        /// No world-writable files, or folders without the sticky bit, outside tmp folders.
+        public var worldWritable: Bool?
+        /// No SUID/SGID file added or changed by the build's layers.
+        public var setuid: Bool?
+        /// No private keys or cloud credentials in the build's layers (deleted files included).
+        public var secrets: Bool?
+    }
+
+    /// With the image's entrypoint and cmd running: `command` exits 0, or
+    /// `http://127.0.0.1:httpPort/httpPath` answers `expectStatus` (default 200), within
+    /// `startupSeconds` (default 10).
+    public struct Health: Sendable, Hashable, Codable {
+        public var command: [String]?
+        public var httpPort: Int?
+        public var httpPath: String?
+        public var expectStatus: Int?
+        public var startupSeconds: Int?
+    }
+
+    public var functionality: Functionality?
+    public var security: Security?
+    public var health: Health?
+
+    /// The defaults: functionality and security suites, no health check.
+    public init() {}
+}
+
 public struct Schedule: Sendable, Hashable, Codable {
     public var scheduleExpression: String?
     public var timezone: String?
@@ -132,6 +175,8 @@ public struct ImagePipelineDefinition: Sendable, Hashable, Codable {
     public var infrastructureConfigurationArn: String
     public var distributionConfigurationArn: String?
     public var imageTestsConfiguration: ImageTestsConfiguration?
+    /// Kiln's own test suites; not sent to Image Builder.
+    public var kilnTests: KilnTests?
     public var schedule: Schedule?
     public var status: String?
     public var tags: [String: String]?
@@ -162,7 +207,11 @@ extension Definitions {
         "distributionConfigurations[].distributions[].containerDistributionConfiguration.targetRepository": ["service", "repositoryName"],
         "imagePipelines[]": ["name", "description", "containerRecipeArn", "imageRecipeArn", "infrastructureConfigurationArn",
                              "distributionConfigurationArn", "imageTestsConfiguration", "schedule", "status", "tags",
-                             "enhancedImageMetadataEnabled", "imageScanningConfiguration", "workflows", "executionRole", "imageTags"],
+                             "enhancedImageMetadataEnabled", "imageScanningConfiguration", "workflows", "executionRole", "imageTags", "kilnTests"],
+        "imagePipelines[].kilnTests": ["functionality", "security", "health"],
+        "imagePipelines[].kilnTests.functionality": ["enabled", "command", "runForSeconds"],
+        "imagePipelines[].kilnTests.security": ["pendingUpdates", "worldWritable", "setuid", "secrets"],
+        "imagePipelines[].kilnTests.health": ["command", "httpPort", "httpPath", "expectStatus", "startupSeconds"],
         "imagePipelines[].imageTestsConfiguration": ["imageTestsEnabled", "timeoutMinutes"],
         "imagePipelines[].schedule": ["scheduleExpression", "timezone", "pipelineExecutionStartCondition", "autoDisablePolicy"],
     ]

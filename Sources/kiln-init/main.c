@@ -3,7 +3,14 @@
 //   kiln-init            reaps orphans; on SIGTERM or SIGINT stops everything and exits.
 //   kiln-init run CMD…   runs CMD in a new session (so Kiln can kill its whole process group),
 //                        looked up in PATH, and exits with its status (128+n for signal n).
+//   kiln-init http-get PORT PATH
+//                        GET http://127.0.0.1:PORT/PATH; prints the status line and exits 0,
+//                        or 1 if no connection, so health checks need no tool in the image.
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -48,9 +55,41 @@ static int serve(void) {
     }
 }
 
+static int http_get(const char *port, const char *path) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(port))};
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&address, sizeof address) != 0) {
+        fprintf(stderr, "kiln-init: nothing listens on 127.0.0.1:%s: %s\n", port, strerror(errno));
+        return 1;
+    }
+    char request[1024];
+    int length = snprintf(request, sizeof request, "GET %s HTTP/1.0\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n", path, port);
+    if (length <= 0 || length >= (int)sizeof request || write(fd, request, (size_t)length) != length) return 1;
+    char line[512];
+    size_t used = 0;
+    while (used < sizeof line - 1) {
+        ssize_t count = read(fd, line + used, sizeof line - 1 - used);
+        if (count < 0 && errno == EINTR) continue;
+        if (count <= 0) break;
+        used += (size_t)count;
+        if (memchr(line, '\n', used)) break;
+    }
+    line[used] = 0;
+    char *end = strpbrk(line, "\r\n");
+    if (end) *end = 0;
+    if (used == 0) {
+        fprintf(stderr, "kiln-init: 127.0.0.1:%s closed the connection without an answer\n", port);
+        return 1;
+    }
+    printf("%s\n", line);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 3 && strcmp(argv[1], "run") == 0) return run(argv + 2);
+    if (argc == 4 && strcmp(argv[1], "http-get") == 0) return http_get(argv[2], argv[3]);
     if (argc == 1) return serve();
-    fprintf(stderr, "usage: kiln-init | kiln-init run COMMAND [ARGUMENT...]\n");
+    fprintf(stderr, "usage: kiln-init | kiln-init run COMMAND [ARGUMENT...] | kiln-init http-get PORT PATH\n");
     return 2;
 }

@@ -1,0 +1,302 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KilnInstances
+import KilnModel
+import KilnOCI
+import KilnTOE
+
+/// One test's result, as JUnit XML and `tests.json` report it.
+public struct TestCaseResult: Sendable, Codable, Hashable {
+    public enum Status: String, Sendable, Codable, Hashable { case passed, failed, skipped }
+
+    public var suite: String
+    public var name: String
+    public var status: Status
+    public var message: String
+    public var seconds: Double
+
+    public init(suite: String, name: String, status: Status, message: String, seconds: Double) {
+        self.suite = suite
+        self.name = name
+        self.status = status
+        self.message = message
+        self.seconds = seconds
+    }
+}
+
+/// Kiln's built-in suites, run in TEST after the components' test phases: functionality (the
+/// image's command starts), health (a command or HTTP check while it runs), and security
+/// (pending security updates, world-writable files, SUID/SGID growth, secrets in the build's
+/// layers).
+struct ImageTestSuites: Sendable {
+    let settings: KilnTests
+    let host: InstanceHost
+    let type: InstanceType
+    /// The parent's layer count: layers after it are what the build added.
+    let parentLayerCount: Int
+    let progress: @Sendable (String) -> Void
+
+    /// Runs the suites; also returns the usage of the extra instances they started.
+    func run(image: Descriptor, in instance: ContainerInstance) async -> ([TestCaseResult], [ContainerInstance.Usage]) {
+        var results: [TestCaseResult] = []
+        var usages: [ContainerInstance.Usage] = []
+        func record(_ suite: String, _ name: String, _ body: () async throws -> (TestCaseResult.Status, String)) async {
+            let start = ContinuousClock.now
+            let (status, message): (TestCaseResult.Status, String)
+            do {
+                (status, message) = try await body()
+            } catch {
+                (status, message) = (.failed, (error as? KilnError)?.message ?? "\(error)")
+            }
+            let result = TestCaseResult(suite: suite, name: name, status: status, message: message, seconds: (ContinuousClock.now - start).inSeconds)
+            progress("TEST: \(suite)/\(name): \(status.rawValue.uppercased()) \(message)")
+            results.append(result)
+        }
+        let functionality = settings.functionality
+        if functionality?.enabled != false {
+            await record("functionality", "command starts") { try await commandStarts(in: instance) }
+        }
+        if let health = settings.health, health.command != nil || health.httpPort != nil {
+            await record("health", health.httpPort.map { "http 127.0.0.1:\($0)\(health.httpPath ?? "/")" } ?? "command") { try await healthCheck(health, in: instance) }
+        }
+        let security = settings.security
+        if security?.worldWritable != false {
+            await record("security", "no world-writable files") { try worldWritable(root: instance.rootfs) }
+        }
+        let layers = instance.manifest.layers.dropFirst(parentLayerCount)
+        if security?.setuid != false {
+            await record("security", "no new SUID/SGID files") { try setuidGrowth(layers: Array(layers), root: instance.rootfs) }
+        }
+        if security?.secrets != false {
+            await record("security", "no private keys or credentials in layers") { try secrets(layers: Array(layers)) }
+        }
+        if security?.pendingUpdates != false {
+            await record("security", "no pending security updates") { try await pendingUpdates(image: image, root: instance.rootfs) { usages.append($0) } }
+        }
+        return (results, usages)
+    }
+
+    /// The image's command; a command that is not a server exits 0, a server is still up after N s.
+    private func commandStarts(in instance: ContainerInstance) async throws -> (TestCaseResult.Status, String) {
+        let command = settings.functionality?.command ?? ((instance.image.config?.entrypoint ?? []) + (instance.image.config?.cmd ?? []))
+        guard let executable = command.first else { return (.skipped, "the image has no entrypoint or cmd; set kilnTests.functionality.command") }
+        let seconds = settings.functionality?.runForSeconds ?? 3
+        let output = LineEcho(prefix: "TEST: functionality: ", progress: progress)
+        let result = try await instance.session.exec(ExecRequest(executable: executable, arguments: Array(command.dropFirst()), timeout: .seconds(seconds))) { _, bytes in
+            output.append(bytes)
+        }
+        output.flush()
+        let shown = command.joined(separator: " ")
+        if result.timedOut { return (.passed, "\(shown) was still running after \(seconds) s") }
+        if result.exitCode == 0 { return (.passed, "\(shown) exited 0") }
+        return (.failed, "\(shown) exited with \(result.exitCode) within \(seconds) s: \(output.tail)")
+    }
+
+    /// Starts the image's command, then retries the check until it passes or time is up.
+    private func healthCheck(_ health: KilnTests.Health, in instance: ContainerInstance) async throws -> (TestCaseResult.Status, String) {
+        let command = settings.functionality?.command ?? ((instance.image.config?.entrypoint ?? []) + (instance.image.config?.cmd ?? []))
+        let startup = health.startupSeconds ?? 10
+        let session = instance.session
+        let server = command.first.map { executable in
+            Task {
+                _ = try? await session.exec(ExecRequest(executable: executable, arguments: Array(command.dropFirst()), timeout: .seconds(startup + 30))) { _, _ in }
+            }
+        }
+        defer { server?.cancel() }
+        let deadline = ContinuousClock.now + .seconds(startup)
+        var last = "no answer yet"
+        repeat {
+            let output = LineEcho(prefix: "", progress: { _ in })
+            if let check = health.command, let executable = check.first {
+                let result = try await session.exec(ExecRequest(executable: executable, arguments: Array(check.dropFirst()), timeout: .seconds(5))) { _, bytes in output.append(bytes) }
+                output.flush()
+                if result.exitCode == 0 { return (.passed, "\(check.joined(separator: " ")) exited 0") }
+                last = "\(check.joined(separator: " ")) exited with \(result.exitCode): \(output.tail)"
+            } else if let port = health.httpPort {
+                let path = health.httpPath ?? "/"
+                let result = try await session.exec(ExecRequest(executable: "/.kiln/init", arguments: ["http-get", String(port), path], timeout: .seconds(5))) { _, bytes in output.append(bytes) }
+                output.flush()
+                let statusLine = output.tail
+                let code = statusLine.split(separator: " ").dropFirst().first.flatMap { Int($0) }
+                let expected = health.expectStatus ?? 200
+                if result.exitCode == 0, code == expected { return (.passed, "GET \(path) on port \(port) answered \(statusLine)") }
+                last = result.exitCode == 0 ? "GET \(path) on port \(port) answered '\(statusLine)', expected status \(expected)" : statusLine
+            }
+            try await Task.sleep(for: .milliseconds(250))
+        } while ContinuousClock.now < deadline
+        return (.failed, "not healthy within \(startup) s: \(last)")
+    }
+
+    static let temporaryFolders = ["tmp", "var/tmp", "dev", "proc", "sys", "run", "dev/shm", "run/lock", "var/lock"]
+
+    /// World-writable files, and world-writable folders without the sticky bit, outside tmp folders.
+    private func worldWritable(root: String) throws -> (TestCaseResult.Status, String) {
+        var found: [String] = []
+        walk(root) { path, info in
+            if Self.temporaryFolders.contains(where: { path == $0 || path.hasPrefix($0 + "/") }) { return false }
+            let kind = info.st_mode & S_IFMT
+            if info.st_mode & 0o002 != 0, kind == S_IFREG || (kind == S_IFDIR && info.st_mode & 0o1000 == 0) {
+                found.append("/" + path)
+            }
+            return true
+        }
+        if found.isEmpty { return (.passed, "none outside tmp folders") }
+        return (.failed, "\(found.count) world-writable: \(found.prefix(10).joined(separator: ", "))\(found.count > 10 ? ", …" : ""); remove o+w (chmod o-w) in a component")
+    }
+
+    /// SUID/SGID files the build's layers add or change, and the whole image's inventory.
+    private func setuidGrowth(layers: [Descriptor], root: String) throws -> (TestCaseResult.Status, String) {
+        var inventory = 0
+        walk(root) { path, info in
+            if info.st_mode & S_IFMT == S_IFREG, info.st_mode & 0o6000 != 0 { inventory += 1 }
+            return !["proc", "sys", "dev"].contains(path)
+        }
+        var added: [String] = []
+        try scanLayers(layers) { entry, _ in
+            if entry.kind == .file, entry.mode & 0o6000 != 0 { added.append("/" + entry.path) }
+            return false
+        }
+        if added.isEmpty { return (.passed, "\(inventory) SUID/SGID file(s), all from the parent image") }
+        return (.failed, "the build added or changed \(added.count) SUID/SGID file(s): \(added.prefix(10).joined(separator: ", ")) (\(inventory) in the image); remove the bit (chmod u-s,g-s) or the file")
+    }
+
+    static let credentialFiles = [".aws/credentials", ".docker/config.json", ".git-credentials", ".ssh/id_rsa", ".ssh/id_dsa", ".ssh/id_ecdsa", ".ssh/id_ed25519", ".netrc"]
+
+    /// Private keys and cloud credentials in the build's layers, deleted ones included (a later
+    /// layer's whiteout does not remove bytes from an earlier layer).
+    private func secrets(layers: [Descriptor]) throws -> (TestCaseResult.Status, String) {
+        var found: [String] = []
+        try scanLayers(layers) { entry, layer in
+            guard entry.kind == .file else { return false }
+            if Self.credentialFiles.contains(where: { entry.path.hasSuffix($0) }), entry.size > 0 {
+                found.append("/\(entry.path) (a credentials file, layer \(layer))")
+                return false
+            }
+            return entry.size > 0 && entry.size <= 1 << 20
+        } inspect: { entry, layer, contents in
+            if let kind = Self.secret(in: contents) { found.append("/\(entry.path) (\(kind), layer \(layer))") }
+        }
+        if found.isEmpty { return (.passed, "no private key or cloud credential in \(layers.count) layer(s) the build added") }
+        return (.failed, "\(found.count) secret(s) left in the image's layers: \(found.prefix(10).joined(separator: ", ")); delete them in the same step that creates them, or keep them out of the image")
+    }
+
+    /// What kind of secret `contents` holds, if any.
+    static func secret(in contents: [UInt8]) -> String? {
+        let text = String(decoding: contents, as: UTF8.self)
+        if text.contains("PRIVATE KEY-----"), text.contains("-----BEGIN") { return "a private key" }
+        if text.range(of: #"(A3T[A-Z0-9]|AKIA|ASIA)[A-Z2-7]{16}"#, options: .regularExpression) != nil { return "an AWS access key id" }
+        if text.range(of: #"aws_secret_access_key\s*=\s*\S"#, options: [.regularExpression, .caseInsensitive]) != nil { return "an AWS secret access key" }
+        return nil
+    }
+
+    /// Pending security updates, asked of the image's package manager in a throwaway instance
+    /// with the host's network (the package lists must be fresh).
+    private func pendingUpdates(image: Descriptor, root: String, used: (ContainerInstance.Usage) -> Void) async throws -> (TestCaseResult.Status, String) {
+        let script: String
+        if FileManager.default.fileExists(atPath: root + "/usr/bin/apt-get") {
+            script = "apt-get update -qq >/dev/null 2>&1 || { echo 'kiln: apt-get update failed' >&2; exit 3; }; apt-get -s -o Debug::NoLocking=1 upgrade | grep '^Inst ' || true"
+        } else if FileManager.default.fileExists(atPath: root + "/usr/bin/dnf") {
+            script = "dnf -q updateinfo list --security 2>/dev/null | sed 's/^/Inst security /' ; exit 0"
+        } else if FileManager.default.fileExists(atPath: root + "/sbin/apk") {
+            script = "apk update -q >/dev/null 2>&1 || exit 3; apk version -l '<' | sed 1d | sed 's/^/Inst /'"
+        } else {
+            return (.skipped, "no apt, dnf or apk in the image")
+        }
+        guard FileManager.default.fileExists(atPath: root + "/bin/sh") else { return (.skipped, "the image has no /bin/sh to ask its package manager") }
+        let instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: .host))
+        let output = LineEcho(prefix: "", progress: { _ in }, keep: 10_000)
+        let result: ExecResult
+        do {
+            result = try await instance.session.exec(ExecRequest(executable: "/bin/sh", arguments: ["-c", script], timeout: .seconds(300), user: "0")) { _, bytes in output.append(bytes) }
+            output.flush()
+        } catch {
+            used(instance.usage())
+            await instance.destroy()
+            throw error
+        }
+        used(instance.usage())
+        await instance.destroy()
+        if result.exitCode == 3 { return (.skipped, "the package sources could not be reached from a test instance: \(output.tail)") }
+        let pending = output.lines.filter { $0.hasPrefix("Inst ") }
+        let security = pending.filter { $0.lowercased().contains("secur") }
+        if security.isEmpty { return (.passed, "no security update pending (\(pending.count) other update(s) pending)") }
+        let names = security.map { $0.split(separator: " ").dropFirst().first.map(String.init) ?? $0 }
+        return (.failed, "\(security.count) security update(s) pending: \(names.prefix(15).joined(separator: ", ")); run the update-os component (or apt-get upgrade) in the recipe")
+    }
+
+    /// Walks `root` without following links; `visit` gets each path relative to root and says
+    /// whether to go into a folder.
+    private func walk(_ root: String, visit: (String, stat) -> Bool) {
+        func walk(_ relative: String) {
+            let folder = relative.isEmpty ? root : root + "/" + relative
+            for name in ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).sorted() {
+                let path = relative.isEmpty ? name : relative + "/" + name
+                var info = stat()
+                guard lstat(root + "/" + path, &info) == 0 else { continue }
+                if visit(path, info), info.st_mode & S_IFMT == S_IFDIR { walk(path) }
+            }
+        }
+        walk("")
+    }
+
+    /// Reads each layer's tar entries; `wants` says whether `inspect` should see the contents.
+    private func scanLayers(_ layers: [Descriptor], wants: (TarEntry, Int) -> Bool, inspect: (TarEntry, Int, [UInt8]) -> Void = { _, _, _ in }) throws {
+        for (index, layer) in layers.enumerated() {
+            var reader = TarReader(source: try TarReader.fileSource(host.store.path(of: layer.digest), compressed: layer.mediaType.contains("gzip")))
+            while let entry = try reader.next() {
+                if wants(entry, parentLayerCount + index + 1) {
+                    var contents: [UInt8] = []
+                    while true {
+                        let chunk = try reader.readContents()
+                        if chunk.isEmpty { break }
+                        contents += chunk
+                    }
+                    inspect(entry, parentLayerCount + index + 1, contents)
+                } else {
+                    try reader.skipContents()
+                }
+            }
+        }
+    }
+}
+
+/// `tests.json` and `junit.xml` for an image's test results.
+enum TestReportWriter {
+    static func write(_ results: [TestCaseResult], image: String, to folder: String) throws {
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try encoder.encode(results).write(to: URL(fileURLWithPath: folder + "/tests.json"))
+        try Data(junit(results, image: image).utf8).write(to: URL(fileURLWithPath: folder + "/junit.xml"))
+    }
+
+    static func junit(_ results: [TestCaseResult], image: String) -> String {
+        func escape(_ text: String) -> String {
+            text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+                .replacingOccurrences(of: "\"", with: "&quot;").filter { $0 == "\n" || $0 == "\t" || !($0.asciiValue.map { $0 < 32 } ?? false) }
+        }
+        func counts(_ results: [TestCaseResult]) -> String {
+            let time = results.reduce(0) { $0 + $1.seconds }
+            return "tests=\"\(results.count)\" failures=\"\(results.filter { $0.status == .failed }.count)\" errors=\"0\" skipped=\"\(results.filter { $0.status == .skipped }.count)\" time=\"\(String(format: "%.3f", time))\""
+        }
+        var xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"\(escape(image))\" \(counts(results))>\n"
+        var suites: [String] = []
+        for result in results where !suites.contains(result.suite) { suites.append(result.suite) }
+        for suite in suites {
+            let members = results.filter { $0.suite == suite }
+            xml += "  <testsuite name=\"\(escape(suite))\" \(counts(members))>\n"
+            for result in members {
+                xml += "    <testcase classname=\"\(escape(suite))\" name=\"\(escape(result.name))\" time=\"\(String(format: "%.3f", result.seconds))\""
+                switch result.status {
+                case .passed: xml += "><system-out>\(escape(result.message))</system-out></testcase>\n"
+                case .failed: xml += "><failure message=\"\(escape(result.message))\"/></testcase>\n"
+                case .skipped: xml += "><skipped message=\"\(escape(result.message))\"/></testcase>\n"
+                }
+            }
+            xml += "  </testsuite>\n"
+        }
+        return xml + "</testsuites>\n"
+    }
+}
