@@ -54,6 +54,9 @@ struct ImageTestSuites: Sendable {
             progress("TEST: \(suite)/\(name): \(status.rawValue.uppercased()) \(message)")
             results.append(result)
         }
+        // The online check takes longest and has its own instance, so it runs alongside the rest.
+        let updatesStart = ContinuousClock.now
+        async let updates = settings.security?.pendingUpdates != false ? pendingUpdates(image: image, root: instance.rootfs) : nil
         let functionality = settings.functionality
         if functionality?.enabled != false {
             await record("functionality", "command starts") { try await commandStarts(in: instance) }
@@ -65,15 +68,20 @@ struct ImageTestSuites: Sendable {
         if security?.worldWritable != false {
             await record("security", "no world-writable files") { try worldWritable(root: instance.rootfs) }
         }
-        let layers = instance.manifest.layers.dropFirst(parentLayerCount)
         if security?.setuid != false {
-            await record("security", "no new SUID/SGID files") { try setuidGrowth(layers: Array(layers), root: instance.rootfs) }
+            await record("security", "no new SUID/SGID files") { try setuidGrowth(in: instance) }
         }
         if security?.secrets != false {
-            await record("security", "no private keys or credentials in layers") { try secrets(layers: Array(layers)) }
+            let start = ContinuousClock.now
+            let scan = Result { try scanAddedLayers(Array(instance.manifest.layers.dropFirst(parentLayerCount))) }
+            let scanSeconds = (ContinuousClock.now - start).inSeconds
+            await record("security", "no private keys or credentials in layers") { try secrets(try scan.get().secrets, layers: instance.manifest.layers.count - parentLayerCount) }
+            results[results.count - 1].seconds += scanSeconds
         }
-        if security?.pendingUpdates != false {
-            await record("security", "no pending security updates") { try await pendingUpdates(image: image, root: instance.rootfs) { usages.append($0) } }
+        if let (status, message, usage) = await updates {
+            progress("TEST: security/no pending security updates: \(status.rawValue.uppercased()) \(message)")
+            results.append(TestCaseResult(suite: "security", name: "no pending security updates", status: status, message: message, seconds: (ContinuousClock.now - updatesStart).inSeconds))
+            if let usage { usages.append(usage) }
         }
         return (results, usages)
     }
@@ -146,39 +154,90 @@ struct ImageTestSuites: Sendable {
         return (.failed, "\(found.count) world-writable: \(found.prefix(10).joined(separator: ", "))\(found.count > 10 ? ", …" : ""); remove o+w (chmod o-w) in a component")
     }
 
-    /// SUID/SGID files the build's layers add or change, and the whole image's inventory.
-    private func setuidGrowth(layers: [Descriptor], root: String) throws -> (TestCaseResult.Status, String) {
-        var inventory = 0
-        walk(root) { path, info in
-            if info.st_mode & S_IFMT == S_IFREG, info.st_mode & 0o6000 != 0 { inventory += 1 }
-            return !["proc", "sys", "dev"].contains(path)
-        }
-        var added: [String] = []
-        try scanLayers(layers) { entry, _ in
-            if entry.kind == .file, entry.mode & 0o6000 != 0 { added.append("/" + entry.path) }
-            return false
-        }
-        if added.isEmpty { return (.passed, "\(inventory) SUID/SGID file(s), all from the parent image") }
-        return (.failed, "the build added or changed \(added.count) SUID/SGID file(s): \(added.prefix(10).joined(separator: ", ")) (\(inventory) in the image); remove the bit (chmod u-s,g-s) or the file")
+    /// What the build's layers hold that the security suite flags.
+    struct LayerFindings {
+        var secrets: [String] = []
     }
 
     static let credentialFiles = [".aws/credentials", ".docker/config.json", ".git-credentials", ".ssh/id_rsa", ".ssh/id_dsa", ".ssh/id_ecdsa", ".ssh/id_ed25519", ".netrc"]
 
-    /// Private keys and cloud credentials in the build's layers, deleted ones included (a later
-    /// layer's whiteout does not remove bytes from an earlier layer).
-    private func secrets(layers: [Descriptor]) throws -> (TestCaseResult.Status, String) {
-        var found: [String] = []
-        try scanLayers(layers) { entry, layer in
-            guard entry.kind == .file else { return false }
-            if Self.credentialFiles.contains(where: { entry.path.hasSuffix($0) }), entry.size > 0 {
-                found.append("/\(entry.path) (a credentials file, layer \(layer))")
-                return false
+    /// Reads every entry of the layers the build added: credential files, and
+    /// files up to 1 MiB holding a private key or cloud credential. Deleted files count too (a
+    /// later layer's whiteout does not remove bytes from an earlier layer).
+    /// A layer's findings are kept by its digest, so a layer is read once however often it is tested.
+    private func scanAddedLayers(_ layers: [Descriptor]) throws -> LayerFindings {
+        var findings = LayerFindings()
+        let cache = host.dataDirectory + "/scans"
+        try? FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        for (index, layer) in layers.enumerated() {
+            let number = parentLayerCount + index + 1
+            let cached = cache + "/secrets-v1-\(layer.digest.encoded).json"
+            var found: [String] = []
+            if let data = FileManager.default.contents(atPath: cached), let known = try? JSONDecoder().decode([String].self, from: data) {
+                found = known
+            } else {
+                found = try secretsIn(layer)
+                let temporary = cached + ".\(UUID().uuidString)"
+                if (try? JSONEncoder().encode(found).write(to: URL(fileURLWithPath: temporary))) != nil { rename(temporary, cached) }
             }
-            return entry.size > 0 && entry.size <= 1 << 20
-        } inspect: { entry, layer, contents in
-            if let kind = Self.secret(in: contents) { found.append("/\(entry.path) (\(kind), layer \(layer))") }
+            findings.secrets += found.map { "\($0), layer \(number))" }
         }
-        if found.isEmpty { return (.passed, "no private key or cloud credential in \(layers.count) layer(s) the build added") }
+        return findings
+    }
+
+    /// "path (kind" for each secret in one layer.
+    private func secretsIn(_ layer: Descriptor) throws -> [String] {
+        var found: [String] = []
+        var reader = TarReader(source: try TarReader.fileSource(host.store.path(of: layer.digest), compressed: layer.mediaType.contains("gzip")))
+        while let entry = try reader.next() {
+            guard entry.kind == .file else { continue }
+            if Self.credentialFiles.contains(where: { entry.path.hasSuffix($0) }), entry.size > 0 {
+                found.append("/\(entry.path) (a credentials file")
+            } else if entry.size > 0, entry.size <= 1 << 20 {
+                var contents: [UInt8] = []
+                while true {
+                    let chunk = try reader.readContents()
+                    if chunk.isEmpty { break }
+                    contents += chunk
+                }
+                if let kind = Self.secret(in: contents) { found.append("/\(entry.path) (\(kind)") }
+                continue
+            }
+            try reader.skipContents()
+        }
+        return found
+    }
+
+    /// SUID/SGID files in the image that were not SUID/SGID in the parent. The parent's set
+    /// comes from its unpacked layers, applied in order (a whiteout removes a path).
+    private func setuidGrowth(in instance: ContainerInstance) throws -> (TestCaseResult.Status, String) {
+        func isSetuidFile(_ info: stat) -> Bool { info.st_mode & S_IFMT == S_IFREG && info.st_mode & 0o6000 != 0 }
+        var parent = Set<String>()
+        for (layer, diffID) in zip(instance.manifest.layers, instance.image.rootfs.diffIDs).prefix(parentLayerCount) {
+            let folder = try host.layers.unpack(layer, diffID: diffID, store: host.store)
+            walk(folder) { path, info in
+                if info.st_mode & S_IFMT == S_IFCHR, info.st_rdev == 0 {
+                    parent = parent.filter { $0 != path && !$0.hasPrefix(path + "/") }
+                } else if isSetuidFile(info) {
+                    parent.insert(path)
+                } else {
+                    parent.remove(path)
+                }
+                return true
+            }
+        }
+        var image: [String] = []
+        walk(instance.rootfs) { path, info in
+            if isSetuidFile(info) { image.append(path) }
+            return !["proc", "sys", "dev"].contains(path)
+        }
+        let growth = image.filter { !parent.contains($0) }.map { "/" + $0 }
+        if growth.isEmpty { return (.passed, "\(image.count) SUID/SGID file(s), none beyond the parent's \(parent.count)") }
+        return (.failed, "\(growth.count) SUID/SGID file(s) beyond the parent's: \(growth.prefix(10).joined(separator: ", ")); remove the bit (chmod u-s,g-s) or the file")
+    }
+
+    private func secrets(_ found: [String], layers: Int) throws -> (TestCaseResult.Status, String) {
+        if found.isEmpty { return (.passed, "no private key or cloud credential in \(layers) layer(s) the build added") }
         return (.failed, "\(found.count) secret(s) left in the image's layers: \(found.prefix(10).joined(separator: ", ")); delete them in the same step that creates them, or keep them out of the image")
     }
 
@@ -193,7 +252,7 @@ struct ImageTestSuites: Sendable {
 
     /// Pending security updates, asked of the image's package manager in a throwaway instance
     /// with the host's network (the package lists must be fresh).
-    private func pendingUpdates(image: Descriptor, root: String, used: (ContainerInstance.Usage) -> Void) async throws -> (TestCaseResult.Status, String) {
+    private func pendingUpdates(image: Descriptor, root: String) async -> (TestCaseResult.Status, String, ContainerInstance.Usage?) {
         let script: String
         if FileManager.default.fileExists(atPath: root + "/usr/bin/apt-get") {
             script = "apt-get update -qq >/dev/null 2>&1 || { echo 'kiln: apt-get update failed' >&2; exit 3; }; apt-get -s -o Debug::NoLocking=1 upgrade | grep '^Inst ' || true"
@@ -202,28 +261,33 @@ struct ImageTestSuites: Sendable {
         } else if FileManager.default.fileExists(atPath: root + "/sbin/apk") {
             script = "apk update -q >/dev/null 2>&1 || exit 3; apk version -l '<' | sed 1d | sed 's/^/Inst /'"
         } else {
-            return (.skipped, "no apt, dnf or apk in the image")
+            return (.skipped, "no apt, dnf or apk in the image", nil)
         }
-        guard FileManager.default.fileExists(atPath: root + "/bin/sh") else { return (.skipped, "the image has no /bin/sh to ask its package manager") }
-        let instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: .host))
+        guard FileManager.default.fileExists(atPath: root + "/bin/sh") else { return (.skipped, "the image has no /bin/sh to ask its package manager", nil) }
+        let instance: ContainerInstance
+        do {
+            instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: .host))
+        } catch {
+            return (.failed, "cannot start an instance to ask the package manager: \((error as? KilnError)?.message ?? "\(error)")", nil)
+        }
         let output = LineEcho(prefix: "", progress: { _ in }, keep: 10_000)
         let result: ExecResult
         do {
             result = try await instance.session.exec(ExecRequest(executable: "/bin/sh", arguments: ["-c", script], timeout: .seconds(300), user: "0")) { _, bytes in output.append(bytes) }
             output.flush()
         } catch {
-            used(instance.usage())
+            let usage = instance.usage()
             await instance.destroy()
-            throw error
+            return (.failed, "the package manager could not be asked: \((error as? KilnError)?.message ?? "\(error)")", usage)
         }
-        used(instance.usage())
+        let usage = instance.usage()
         await instance.destroy()
-        if result.exitCode == 3 { return (.skipped, "the package sources could not be reached from a test instance: \(output.tail)") }
+        if result.exitCode == 3 { return (.skipped, "the package sources could not be reached from a test instance: \(output.tail)", usage) }
         let pending = output.lines.filter { $0.hasPrefix("Inst ") }
         let security = pending.filter { $0.lowercased().contains("secur") }
-        if security.isEmpty { return (.passed, "no security update pending (\(pending.count) other update(s) pending)") }
+        if security.isEmpty { return (.passed, "no security update pending (\(pending.count) other update(s) pending)", usage) }
         let names = security.map { $0.split(separator: " ").dropFirst().first.map(String.init) ?? $0 }
-        return (.failed, "\(security.count) security update(s) pending: \(names.prefix(15).joined(separator: ", ")); run the update-os component (or apt-get upgrade) in the recipe")
+        return (.failed, "\(security.count) security update(s) pending: \(names.prefix(15).joined(separator: ", ")); run the update-os component (or apt-get upgrade) in the recipe", usage)
     }
 
     /// Walks `root` without following links; `visit` gets each path relative to root and says
@@ -239,26 +303,6 @@ struct ImageTestSuites: Sendable {
             }
         }
         walk("")
-    }
-
-    /// Reads each layer's tar entries; `wants` says whether `inspect` should see the contents.
-    private func scanLayers(_ layers: [Descriptor], wants: (TarEntry, Int) -> Bool, inspect: (TarEntry, Int, [UInt8]) -> Void = { _, _, _ in }) throws {
-        for (index, layer) in layers.enumerated() {
-            var reader = TarReader(source: try TarReader.fileSource(host.store.path(of: layer.digest), compressed: layer.mediaType.contains("gzip")))
-            while let entry = try reader.next() {
-                if wants(entry, parentLayerCount + index + 1) {
-                    var contents: [UInt8] = []
-                    while true {
-                        let chunk = try reader.readContents()
-                        if chunk.isEmpty { break }
-                        contents += chunk
-                    }
-                    inspect(entry, parentLayerCount + index + 1, contents)
-                } else {
-                    try reader.skipContents()
-                }
-            }
-        }
     }
 }
 

@@ -161,6 +161,7 @@ public struct PipelineRun: Sendable {
                 for usage in usages { record.ledger!.charge(role: "test", instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds) }
                 record.testResults = folder + "/logs/test/junit.xml"
             } catch let failure as RecipeBuilder.StepFailure {
+                if FileManager.default.fileExists(atPath: folder + "/logs/test/junit.xml") { record.testResults = folder + "/logs/test/junit.xml" }
                 return try fail("TEST", step: failure.step, log: failure.log, failure.reason)
             }
         }

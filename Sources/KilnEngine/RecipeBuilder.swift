@@ -318,18 +318,32 @@ struct RecipeBuilder: Sendable {
     }
 
     /// TEST: a fresh instance from the new image, without network, runs the components' test
-    /// phases, then Kiln's suites. Results go to `logs/test/tests.json` and `junit.xml`.
-    /// Returns the test instances' usage.
+    /// phases; then another fresh one (so nothing the tests left running is in the way) runs
+    /// Kiln's suites. Results go to `logs/test/tests.json` and `junit.xml`. Returns the test
+    /// instances' usage.
     func test(image: Descriptor, suites: KilnTests, parentLayers: Int, imageLabel: String, keepOnFailure: Bool) async throws -> [ContainerInstance.Usage] {
         let folder = logRoot + "/test"
-        let instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: .none))
-        progress("TEST: test instance \(instance.id) from \(image.digest.encoded.prefix(12))")
         var results: [TestCaseResult] = []
         var usages: [ContainerInstance.Usage] = []
+        func fresh() async throws -> ContainerInstance {
+            let instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: .none))
+            progress("TEST: test instance \(instance.id) from \(image.digest.encoded.prefix(12))")
+            return instance
+        }
+        func finish(_ instance: ContainerInstance, failed: Bool) async {
+            usages.append(instance.usage())
+            if failed, keepOnFailure {
+                try? instance.keep()
+                progress("TEST: kept \(instance.id) for debugging (terminateInstanceOnFailure: false); kiln instance shell \(instance.id)")
+            } else {
+                await instance.destroy()
+            }
+        }
         var firstFailure: StepFailure?
-        do {
-            let testable = components.filter { $0.run.document.phases.contains { $0.name == "test" } }
-            if !testable.isEmpty {
+        let testable = components.filter { $0.run.document.phases.contains { $0.name == "test" } }
+        if !testable.isEmpty {
+            let instance = try await fresh()
+            do {
                 let outcome = try await runTOE(testable, phases: ["test"], in: instance.session, folder: folder, stage: "TEST")
                 firstFailure = Self.failure(of: outcome, folder: folder)
                 for document in outcome.report.documents {
@@ -340,26 +354,23 @@ struct RecipeBuilder: Sendable {
                         }
                     }
                 }
+            } catch {
+                firstFailure = StepFailure(step: "component tests", log: folder, reason: (error as? KilnError)?.message ?? "\(error)")
             }
-            let suiteRun = ImageTestSuites(settings: suites, host: host, type: type, parentLayerCount: parentLayers, progress: progress)
-            let (suiteResults, extra) = await suiteRun.run(image: image, in: instance)
-            results += suiteResults
-            usages += extra
-            try TestReportWriter.write(results, image: imageLabel, to: folder)
-            let failed = results.filter { $0.status == .failed }
-            progress("TEST: \(results.count - failed.count - results.filter { $0.status == .skipped }.count) passed, \(failed.count) failed, \(results.filter { $0.status == .skipped }.count) skipped; \(folder)/junit.xml")
-            if firstFailure == nil, let failed = failed.first {
-                firstFailure = StepFailure(step: "\(failed.suite)/\(failed.name)", log: folder + "/junit.xml", reason: failed.message)
-            }
-        } catch {
-            firstFailure = (error as? StepFailure) ?? StepFailure(step: "test instance", log: folder, reason: (error as? KilnError)?.message ?? "\(error)")
+            await finish(instance, failed: firstFailure != nil)
         }
-        usages.insert(instance.usage(), at: 0)
-        if let firstFailure {
-            if keepOnFailure { try? instance.keep() } else { await instance.destroy() }
-            throw firstFailure
+        let instance = try await fresh()
+        let (suiteResults, extra) = await ImageTestSuites(settings: suites, host: host, type: type, parentLayerCount: parentLayers, progress: progress).run(image: image, in: instance)
+        results += suiteResults
+        usages += extra
+        let failed = results.filter { $0.status == .failed }, skipped = results.filter { $0.status == .skipped }
+        if firstFailure == nil, let failed = failed.first {
+            firstFailure = StepFailure(step: "\(failed.suite)/\(failed.name)", log: folder + "/junit.xml", reason: failed.message)
         }
-        await instance.destroy()
+        await finish(instance, failed: !failed.isEmpty)
+        try TestReportWriter.write(results, image: imageLabel, to: folder)
+        progress("TEST: \(results.count - failed.count - skipped.count) passed, \(failed.count) failed, \(skipped.count) skipped; \(folder)/junit.xml")
+        if let firstFailure { throw firstFailure }
         return usages
     }
 

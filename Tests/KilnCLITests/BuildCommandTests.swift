@@ -263,4 +263,115 @@ struct BuildCommandTests {
         #expect(monthly.status == 0 && monthly.stdout.contains(version), "\(monthly.stdout)\(monthly.stderr)")
         #expect(try Kiln.run(["cost", "--month", "May"], in: scratch.path).stderr.contains("--month must look like"))
     }
+
+    /// A pipeline file around `components` (YAML list items), `template` lines and `kilnTests`.
+    func suitePipeline(_ scratch: Scratch, components: String, componentArns: [String], template: String, kilnTests: String) throws -> String {
+        try scratch.write("suites.yaml", """
+        components:
+        \(components)
+        containerRecipes:
+          - name: suites
+            semanticVersion: 1.0.0
+            parentImage: bootstrap:debian:bookworm
+            components: [\(componentArns.map { "{componentArn: \($0)}" }.joined(separator: ", "))]
+            dockerfileTemplateData: |
+              FROM {{{ imagebuilder:parentImage }}}
+        \(template.split(separator: "\n").map { "      " + $0 }.joined(separator: "\n"))
+        infrastructureConfigurations:
+          - {name: builders, instanceTypes: [t3.small], instanceProfileName: kiln}
+        distributionConfigurations:
+          - name: north
+            distributions:
+              - {region: north, containerDistributionConfiguration: {targetRepository: {repositoryName: suites}}}
+        imagePipelines:
+          - name: suites
+            containerRecipeArn: suites/1.x.x
+            infrastructureConfigurationArn: builders
+            distributionConfigurationArn: north
+            kilnTests: \(kilnTests)
+        """)
+    }
+
+    func junit(_ image: [String: Any]) throws -> String {
+        try String(contentsOfFile: try #require(image["testResults"] as? String), encoding: .utf8)
+    }
+
+    @Test("Built-in suites: an HTTP health check passes against the image's own server; a build that leaves a world-writable file, a new SUID binary and a deleted private key fails TEST with each named in JUnit XML, and no region receives it")
+    func builtInSuites() throws {
+        let regions = (try LoopbackRegistry(), try LoopbackRegistry())
+        defer { regions.0.stop(); regions.1.stop() }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        _ = try project(scratch, regions: regions)
+        // A static server, so the image needs nothing installed: 200 for /ok, 404 otherwise.
+        _ = try scratch.write("files/serve.c", """
+        #include <netinet/in.h>
+        #include <stdlib.h>
+        #include <string.h>
+        #include <sys/socket.h>
+        #include <unistd.h>
+        int main(int argc, char **argv) {
+            int server = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+            setsockopt(server, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
+            if (bind(server, (struct sockaddr *)&address, sizeof address) || listen(server, 8)) return 1;
+            for (;;) {
+                int client = accept(server, 0, 0);
+                char request[1024] = {0};
+                read(client, request, sizeof request - 1);
+                const char *answer = strncmp(request, "GET /ok ", 8) == 0 ? "HTTP/1.0 200 OK\\r\\n\\r\\nok\\n" : "HTTP/1.0 404 Not Found\\r\\n\\r\\n";
+                write(client, answer, strlen(answer));
+                close(client);
+            }
+        }
+        """)
+        _ = try Kiln.shell("gcc -static -O1 -o \(scratch.path)/files/serve \(scratch.path)/files/serve.c && rm \(scratch.path)/files/serve.c")
+        let healthy = try suitePipeline(
+            scratch, components: "  - {name: app, semanticVersion: 1.0.0, platform: Linux, uri: app.yaml}", componentArns: ["app/1.x.x"],
+            template: "{{{ imagebuilder:environments }}}\n{{{ imagebuilder:components }}}\nCOPY files/ /opt/files/\nCMD [\"/opt/files/serve\", \"8081\"]",
+            kilnTests: "{health: {httpPort: 8081, httpPath: /ok, startupSeconds: 10}}"
+        )
+        let passed = try Kiln.run(["build", "-f", healthy], in: scratch.path)
+        let image = try record(passed)
+        #expect(image["status"] as? String == "AVAILABLE", "\(passed.stderr)")
+        let report = try junit(image)
+        #expect(report.contains("name=\"http 127.0.0.1:8081/ok\"") && report.contains("answered HTTP/1.0 200 OK"), "\(report)")
+        #expect(report.contains("command starts") && report.contains("was still running after 3 s"), "the server stays up: functionality passes")
+        #expect(report.contains("<testsuites") && report.contains("failures=\"0\""))
+        let json = try #require(try JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: ((image["testResults"] as! NSString).deletingLastPathComponent) + "/tests.json"))) as? [[String: Any]])
+        #expect(Set(json.compactMap { $0["suite"] as? String }) == ["component App", "functionality", "health", "security"], "\(json)")
+        #expect(json.filter { $0["suite"] as? String == "security" }.count == 4 && json.allSatisfy { $0["status"] as? String != "failed" })
+
+        _ = try scratch.write("careless.yaml", """
+        name: Careless
+        schemaVersion: 1.0
+        phases:
+          - name: build
+            steps:
+              - name: Mess
+                action: ExecuteBash
+                inputs:
+                  commands:
+                    - mkdir -p /root/keys && printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAA\\n-----END OPENSSH PRIVATE KEY-----\\n' > /root/keys/deploy
+                    - touch /etc/open.conf && chmod 666 /etc/open.conf
+                    - cp /usr/bin/env /usr/local/bin/rootenv && chmod u+s /usr/local/bin/rootenv
+        """)
+        let careless = try suitePipeline(
+            scratch, components: "  - {name: careless, semanticVersion: 1.0.0, platform: Linux, uri: careless.yaml}", componentArns: ["careless/1.x.x"],
+            template: "{{{ imagebuilder:environments }}}\n{{{ imagebuilder:components }}}\nRUN rm -rf /root/keys\nCMD [\"sh\", \"-c\", \"exit 4\"]",
+            kilnTests: "{security: {pendingUpdates: false}}"
+        )
+        let failed = try Kiln.run(["build", "-f", careless], in: scratch.path)
+        let failedImage = try record(failed)
+        let failure = try #require(failedImage["failure"] as? [String: Any], "\(failed.stderr)")
+        #expect(failedImage["status"] as? String == "FAILED" && failure["stage"] as? String == "TEST")
+        #expect(failure["step"] as? String == "functionality/command starts" && (failure["reason"] as? String)?.contains("exited with 4") == true, "\(failure)")
+        let failedReport = try junit(failedImage)
+        #expect(failedReport.contains("failures=\"4\""), "\(failedReport)")
+        for expected in ["/etc/open.conf", "/usr/local/bin/rootenv", "/root/keys/deploy (a private key, layer 2)"] {
+            #expect(failedReport.contains(expected), "JUnit names \(expected)")
+        }
+        let held = try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(regions.0.host)/suites:1.0.0 | sha256sum | cut -d' ' -f1")
+        #expect("sha256:" + held.trimmingCharacters(in: .whitespacesAndNewlines) == image["digest"] as? String, "the region still holds the healthy image, not the failed one")
+    }
 }
