@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
 import Foundation
 import KilnEngine
@@ -49,13 +52,46 @@ struct BuildCommand: AsyncParsableCommand {
                 terminal.progress(String(format: "[%6.1fs] ", elapsed.inSeconds) + line)
             }
             let epoch = sourceDateEpoch ?? ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) }
-            let record = try await run.run(.init(definitionsPath: file, pipeline: name, contextDirectory: context, sourceDateEpoch: epoch, useCache: !noCache))
+            let pipelineRun = Task {
+                try await run.run(.init(definitionsPath: file, pipeline: name, contextDirectory: context, sourceDateEpoch: epoch, useCache: !noCache))
+            }
+            // Ctrl-C cancels the run: its instances are removed and the image becomes CANCELLED.
+            let interrupts = InterruptCancellation(message: "kiln: interrupted; cancelling the build and removing its instances (again to quit at once)") { pipelineRun.cancel() }
+            defer { interrupts.stop() }
+            let record = try await pipelineRun.value
             view.finish()
             await environment.registries.shutdown()
             return record
         }
         try TerminalOutput.printJSON(record)
+        if record.status == .cancelled { throw ExitCode(128 + SIGINT) }
         if record.status != .available { throw ExitCode.failure }
+    }
+}
+
+/// SIGINT and SIGTERM call `cancel` once; a second signal exits at once.
+final class InterruptCancellation: @unchecked Sendable {
+    private let sources: [any DispatchSourceSignal]
+
+    init(message: String, cancel: @escaping @Sendable () -> Void) {
+        let fired = InterruptFlag()
+        sources = [SIGINT, SIGTERM].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                if fired.fired.exchange(true, ordering: .relaxed) { exit(128 + number) }
+                FileHandle.standardError.write(Data((message + "\n").utf8))
+                cancel()
+            }
+            source.resume()
+            return source
+        }
+    }
+
+    func stop() {
+        sources.forEach { $0.cancel() }
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
     }
 }
 
@@ -120,8 +156,8 @@ struct ImageRetryDistributionCommand: AsyncParsableCommand {
             let transfer = ImageTransfer(store: environment.store, registries: environment.registries, observer: view.observer)
             let run = try PipelineRun(configuration: environment.configuration, host: host, transfer: transfer) { TerminalOutput().progress($0) }
             let record = try run.records.find(image)
-            guard record.status == .failed || record.status == .available else {
-                throw KilnError(.invalidArgument, "image \(image) is \(record.status.rawValue); only a FAILED or AVAILABLE image can be distributed again")
+            guard [.failed, .available, .cancelled].contains(record.status) else {
+                throw KilnError(.invalidArgument, "image \(image) is \(record.status.rawValue); only a FAILED, CANCELLED or AVAILABLE image can be distributed again")
             }
             let retried = try await run.distribute(record)
             view.finish()

@@ -91,16 +91,20 @@ public struct PipelineRun: Sendable {
         let progress = PipelineLog.tee(folder + "/logs/pipeline.log", self.progress)
         progress("image \(record.arn): PENDING")
 
+        var stage = "BUILD"
         func enter(_ status: ImageStatus) throws {
+            try Task.checkCancellation()
             record.status = status
             try records.save(record)
             progress("image \(name)/\(recipe.semanticVersion)/\(build): \(status.rawValue)")
         }
+        /// FAILED, or CANCELLED when the failure came from an interrupt.
         func fail(_ stage: String, step: String? = nil, region: String? = nil, log: String? = nil, _ reason: String) throws -> ImageRecord {
-            record.status = .failed
-            record.failure = .init(stage: stage, step: step, region: region, log: log, reason: reason)
+            let cancelled = Task.isCancelled
+            record.status = cancelled ? .cancelled : .failed
+            record.failure = .init(stage: stage, step: step, region: region, log: log, reason: cancelled ? "cancelled by an interrupt; its instances were removed" : reason)
             try records.save(record)
-            progress("image \(name)/\(recipe.semanticVersion)/\(build): FAILED in \(stage)\(step.map { " at step \($0)" } ?? "")\(region.map { " for region \($0)" } ?? ""): \(reason)")
+            progress("image \(name)/\(recipe.semanticVersion)/\(build): \(record.status.rawValue) in \(stage)\(step.map { " at step \($0)" } ?? "")\(region.map { " for region \($0)" } ?? ""): \(record.failure!.reason)")
             return record
         }
         func timed<T>(_ stage: String, _ body: () async throws -> T) async rethrows -> T {
@@ -112,72 +116,83 @@ public struct PipelineRun: Sendable {
             return try await body()
         }
 
-        // BUILD
-        try enter(.creating)
-        let parent: Descriptor
-        do {
-            parent = try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(recipe.parentImage)
-        } catch let error as KilnError {
-            return try fail("BUILD", "the parent image \(recipe.parentImage) is not available: \(error.message)")
-        }
-        try enter(.building)
-        let localName = "\(name):\(recipe.semanticVersion)-\(build)"
-        let builder = RecipeBuilder(
-            host: host, recipeLabel: "\(recipe.name)/\(recipe.semanticVersion)", template: template, components: components, type: type, logRoot: folder + "/logs",
-            context: settings.contextDirectory ?? (base.isEmpty ? "." : base), sourceDateEpoch: settings.sourceDateEpoch, progress: progress
-        )
-        let outcome: RecipeBuilder.Outcome
-        do {
-            outcome = try await timed("BUILD") {
-                try await builder.build(parent: parent, as: localName, useCache: settings.useCache, keepOnFailure: infrastructure.terminateInstanceOnFailure == false)
-            }
-        } catch let failure as RecipeBuilder.StepFailure {
-            return try fail("BUILD", step: failure.step, log: failure.log, failure.reason)
-        }
-        let built = outcome.image
-        record.cacheHit = outcome.builtSteps == 0
-        record.cachedSteps = outcome.reusedSteps
-        record.builtSteps = outcome.builtSteps
-        if let usage = outcome.builder {
-            record.ledger = record.ledger ?? CostLedger()
-            record.ledger!.charge(role: "builder", instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds)
-        }
-        record.localName = localName
-        record.digest = built.digest.description
-        try records.save(record)
-
-        // TEST
-        if pipeline.imageTestsConfiguration?.imageTestsEnabled ?? true {
-            try enter(.testing)
+        func stages() async throws -> ImageRecord {
+                // BUILD
+            try enter(.creating)
+            let parent: Descriptor
             do {
-                let parentLayers = try JSONDecoder().decode(ImageManifest.self, from: try transfer.store.read(parent.digest)).layers.count
-                let usages = try await timed("TEST") {
-                    try await builder.test(
-                        image: built, suites: pipeline.kilnTests ?? KilnTests(), parentLayers: parentLayers, imageLabel: record.arn,
-                        keepOnFailure: infrastructure.terminateInstanceOnFailure == false
-                    )
+                parent = try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(recipe.parentImage)
+            } catch let error as KilnError {
+                return try fail("BUILD", "the parent image \(recipe.parentImage) is not available: \(error.message)")
+            }
+            try enter(.building)
+            let localName = "\(name):\(recipe.semanticVersion)-\(build)"
+            let builder = RecipeBuilder(
+                host: host, recipeLabel: "\(recipe.name)/\(recipe.semanticVersion)", template: template, components: components, type: type, logRoot: folder + "/logs",
+                context: settings.contextDirectory ?? (base.isEmpty ? "." : base), sourceDateEpoch: settings.sourceDateEpoch, progress: progress
+            )
+            let outcome: RecipeBuilder.Outcome
+            do {
+                outcome = try await timed("BUILD") {
+                    try await builder.build(parent: parent, as: localName, useCache: settings.useCache, keepOnFailure: infrastructure.terminateInstanceOnFailure == false)
                 }
-                record.ledger = record.ledger ?? CostLedger()
-                for usage in usages { record.ledger!.charge(role: "test", instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds) }
-                record.testResults = folder + "/logs/test/junit.xml"
             } catch let failure as RecipeBuilder.StepFailure {
-                if FileManager.default.fileExists(atPath: folder + "/logs/test/junit.xml") { record.testResults = folder + "/logs/test/junit.xml" }
-                return try fail("TEST", step: failure.step, log: failure.log, failure.reason)
+                return try fail("BUILD", step: failure.step, log: failure.log, failure.reason)
             }
-        }
+            let built = outcome.image
+            record.cacheHit = outcome.builtSteps == 0
+            record.cachedSteps = outcome.reusedSteps
+            record.builtSteps = outcome.builtSteps
+            if let usage = outcome.builder {
+                record.ledger = record.ledger ?? CostLedger()
+                record.ledger!.charge(role: "builder", instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds)
+            }
+            record.localName = localName
+            record.digest = built.digest.description
+            try records.save(record)
 
-        // DISTRIBUTE
-        for entry in distribution?.distributions ?? [] {
-            guard let region = configuration.regions[entry.region] else {
-                return try fail("DISTRIBUTE", region: entry.region, "region \(entry.region) is not defined in kiln.yaml's regions:")
+            // TEST
+            stage = "TEST"
+            if pipeline.imageTestsConfiguration?.imageTestsEnabled ?? true {
+                try enter(.testing)
+                do {
+                    let parentLayers = try JSONDecoder().decode(ImageManifest.self, from: try transfer.store.read(parent.digest)).layers.count
+                    let usages = try await timed("TEST") {
+                        try await builder.test(
+                            image: built, suites: pipeline.kilnTests ?? KilnTests(), parentLayers: parentLayers, imageLabel: record.arn,
+                            keepOnFailure: infrastructure.terminateInstanceOnFailure == false
+                        )
+                    }
+                    record.ledger = record.ledger ?? CostLedger()
+                    for usage in usages { record.ledger!.charge(role: "test", instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds) }
+                    record.testResults = folder + "/logs/test/junit.xml"
+                } catch let failure as RecipeBuilder.StepFailure {
+                    if FileManager.default.fileExists(atPath: folder + "/logs/test/junit.xml") { record.testResults = folder + "/logs/test/junit.xml" }
+                    return try fail("TEST", step: failure.step, log: failure.log, failure.reason)
+                }
             }
-            guard let container = entry.containerDistributionConfiguration else { continue }
-            let repository = [region.repositoryPrefix, container.targetRepository.repositoryName].compactMap { $0 }.joined(separator: "/")
-            for tag in container.containerTags ?? [recipe.semanticVersion.description] {
-                record.distributionTargets.append(.init(region: entry.region, reference: "\(region.registry)/\(repository):\(tag)"))
+
+            // DISTRIBUTE
+            stage = "DISTRIBUTE"
+            for entry in distribution?.distributions ?? [] {
+                guard let region = configuration.regions[entry.region] else {
+                    return try fail("DISTRIBUTE", region: entry.region, "region \(entry.region) is not defined in kiln.yaml's regions:")
+                }
+                guard let container = entry.containerDistributionConfiguration else { continue }
+                let repository = [region.repositoryPrefix, container.targetRepository.repositoryName].compactMap { $0 }.joined(separator: "/")
+                for tag in container.containerTags ?? [recipe.semanticVersion.description] {
+                    record.distributionTargets.append(.init(region: entry.region, reference: "\(region.registry)/\(repository):\(tag)"))
+                }
             }
+            return try await distribute(record)
         }
-        return try await distribute(record)
+        do {
+            return try await stages()
+        } catch {
+            let reason = error is CancellationError ? "cancelled" : (error as? KilnError)?.message ?? "\(error)"
+            if let saved = try? records.find(record.arn), [.available, .failed, .cancelled].contains(saved.status) { return saved }
+            return try fail(stage, reason)
+        }
     }
 
     /// DISTRIBUTE, INTEGRATE and AVAILABLE for a built image; also what RetryImage runs again.
@@ -210,6 +225,13 @@ public struct PipelineRun: Sendable {
                 ledger.distributed(to: region, blobs: reached ? blobs : [:], sentBytes: destinations.reduce(0) { $0 + $1.totals.bytes })
             }
             record.ledger = ledger
+            if Task.isCancelled {
+                record.status = .cancelled
+                record.failure = .init(stage: "DISTRIBUTE", step: nil, region: nil, log: nil, reason: "cancelled by an interrupt during distribution")
+                try records.save(record)
+                progress("image \(label): CANCELLED in DISTRIBUTE; kiln image retry-distribution \(label) sends it again")
+                return record
+            }
             if let failed = result.failures.first {
                 let region = record.distributionTargets.first { (try? ImageLocation($0.reference)) == failed.location }?.region
                 record.status = .failed

@@ -199,11 +199,14 @@ public final class ContainerInstance: Sendable {
     }
 
     /// Stops the container, unmounts its root and deletes its folder; safe to call twice.
+    /// Runs in its own task, so it completes even when the caller was cancelled (an interrupt).
     public func destroy() async {
-        await runc.remove(id: id)
-        Overlay.unmount(rootfs)
-        try? FileManager.default.removeItem(atPath: directory)
-        Cgroups.remove(path: cgroupsPath)
+        await Task { [self] in
+            await runc.remove(id: id)
+            Overlay.unmount(rootfs)
+            try? FileManager.default.removeItem(atPath: directory)
+            Cgroups.remove(path: cgroupsPath)
+        }.value
     }
 
     // MARK: Snapshot

@@ -374,4 +374,56 @@ struct BuildCommandTests {
         let held = try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(regions.0.host)/suites:1.0.0 | sha256sum | cut -d' ' -f1")
         #expect("sha256:" + held.trimmingCharacters(in: .whitespacesAndNewlines) == image["digest"] as? String, "the region still holds the healthy image, not the failed one")
     }
+
+    @Test("Ctrl-C during BUILD cancels the run: exit 130, the image is CANCELLED, the builder is gone and no region receives anything")
+    func interruptCancels() throws {
+        let regions = (try LoopbackRegistry(), try LoopbackRegistry())
+        defer { regions.0.stop(); regions.1.stop() }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        _ = try project(scratch, regions: regions)
+        _ = try scratch.write("slow.yaml", """
+        name: Slow
+        schemaVersion: 1.0
+        phases:
+          - name: build
+            steps:
+              - name: Sleep
+                action: ExecuteBash
+                inputs:
+                  commands: ["sleep 300"]
+        """)
+        let pipeline = try suitePipeline(
+            scratch, components: "  - {name: slow, semanticVersion: 1.0.0, platform: Linux, uri: slow.yaml}", componentArns: ["slow/1.x.x"],
+            template: "{{{ imagebuilder:environments }}}\n{{{ imagebuilder:components }}}", kilnTests: "{}"
+        )
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Kiln.binary)
+        process.arguments = ["build", "-f", pipeline, "--no-cache"]
+        process.currentDirectoryURL = URL(fileURLWithPath: scratch.path)
+        let output = Pipe(), errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        let collected = ErrorText()
+        errors.fileHandleForReading.readabilityHandler = { collected.append($0.availableData) }
+        try process.run()
+        for _ in 0..<900 where !collected.text.contains("Step Sleep") { usleep(100_000) }
+        let builder = try #require(collected.text.range(of: #"builder (kiln-[0-9a-f]{12})"#, options: .regularExpression).map {
+            String(collected.text[$0].dropFirst("builder ".count))
+        }, "a builder started: \(collected.text)")
+        kill(process.processIdentifier, SIGINT)
+        let stdout = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        errors.fileHandleForReading.readabilityHandler = nil
+        #expect(process.terminationStatus == 128 + SIGINT, "\(collected.text)")
+        let image = try #require(try JSONSerialization.jsonObject(with: stdout) as? [String: Any], "\(collected.text)")
+        #expect(image["status"] as? String == "CANCELLED" && (image["failure"] as? [String: Any])?["stage"] as? String == "BUILD", "\(image)")
+        #expect(collected.text.contains("interrupted; cancelling the build"))
+        #expect(!FileManager.default.fileExists(atPath: "\(sharedDataDirectory)/instances/\(builder)"), "the builder's folder is removed")
+        #expect(!(try Kiln.shell("runc --root /run/kiln/runc list")).contains(builder), "the builder container is gone")
+        #expect(try Kiln.shell("mount | grep -c \(builder) || true") == "0\n")
+        let shown = try Kiln.run(["images", "show", "suites/1.0.0/\(try #require(image["build"] as? Int))"], in: scratch.path)
+        #expect(shown.stdout.contains("\"CANCELLED\""))
+        #expect(try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(regions.0.host)/suites:1.0.0 >/dev/null 2>&1 && echo found || true") == "", "nothing reached the region")
+    }
 }
