@@ -66,7 +66,9 @@ log "packing $ROOTFS into $WORK/parent.tar (oci-archive)"
 "$KILN" image copy "kiln:$PARENT_NAME" "oci-archive:$WORK/parent.tar:bookworm" --data-dir "$WORK/pack" --quiet >/dev/null
 rm -rf "$WORK/pack"
 PARENT=oci-archive:$WORK/parent.tar:bookworm
-PARENT_DIGEST=$("$KILN" image inspect "$PARENT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["digest"])')
+read -r PARENT_DIGEST PARENT_LAYERS < <("$KILN" image inspect "$PARENT" \
+    | python3 -c 'import json,sys; m=json.load(sys.stdin); print(m["digest"], len(m["layers"]))') \
+    || die "cannot inspect $PARENT"
 parent_bytes=$(stat -c %s "$WORK/parent.tar")
 log "parent: $PARENT $PARENT_DIGEST ($(mib "$parent_bytes") MiB)"
 
@@ -195,19 +197,22 @@ buildah_build() {
 
 # The files the three steps write, as "sha256  path" lines, from each tool's image.
 CHECKED=(etc/bench.conf etc/group etc/login.defs etc/motd etc/passwd home/app/data.bin opt/bench/files/f500.txt opt/bench/zeros.sha256)
-kiln_files() { # CONFIG LOCAL_NAME -> sums, read from the image's top layer
+kiln_files() { # CONFIG LOCAL_NAME -> sums, read from the layers the build added to the parent
     local layout=$WORK/verify-kiln layer
     "$KILN" image copy "kiln:$2" "oci-layout:$layout:check" --config "$1" --quiet >/dev/null
-    layer=$(python3 - "$layout" <<'PY'
+    mkdir -p "$layout/top"
+    # one layer (a snapshot of the whole build) or one per step: applied in order, later wins
+    for layer in $(python3 - "$layout" "$PARENT_LAYERS" <<'PY'
 import json, sys
-layout = sys.argv[1]
+layout, parent_layers = sys.argv[1], int(sys.argv[2])
 index = json.load(open(layout + "/index.json"))
 manifest = json.load(open(layout + "/blobs/sha256/" + index["manifests"][0]["digest"].split(":")[1]))
-print(layout + "/blobs/sha256/" + manifest["layers"][-1]["digest"].split(":")[1])
+for layer in manifest["layers"][parent_layers:]:
+    print(layout + "/blobs/sha256/" + layer["digest"].split(":")[1])
 PY
-)
-    mkdir -p "$layout/top"
-    tar -xzf "$layer" -C "$layout/top" "${CHECKED[@]}"
+); do
+        tar -xzf "$layer" -C "$layout/top"
+    done
     (cd "$layout/top" && sha256sum "${CHECKED[@]}")
     rm -rf "$layout"
 }
