@@ -58,16 +58,17 @@ public struct PipelineRun: Sendable {
         let reference = try ResourceReference(recipeReference, resourceType: "container-recipe")
         let recipe = try Self.select(reference, from: definitions.containerRecipes)
         let base = (settings.definitionsPath as NSString).deletingLastPathComponent
-        let components = try (recipe.components ?? []).map { entry in
+        var components: [RecipeComponent] = []
+        for entry in recipe.components ?? [] {
             let component = definitions.component(try ResourceReference(entry.componentArn, resourceType: "component"))!
-            let (document, digest) = try Self.document(for: component, base: base.isEmpty ? "." : base)
+            let (document, digest) = try await document(for: component, base: base.isEmpty ? "." : base)
             var parameters: [String: String] = [:]
             for parameter in entry.parameters ?? [] { parameters[parameter.name] = parameter.value.joined(separator: ",") }
             let arn = ImageBuilderARN(
                 region: configuration.homeRegion, account: configuration.accountId, resourceType: "component",
                 name: ImageBuilderARN.normalizedName(component.name), version: "\(component.semanticVersion)/1"
             )
-            return RecipeComponent(definition: component, arn: arn.description, run: TOEDocumentRun(document: document, parameters: parameters), documentDigest: digest)
+            components.append(RecipeComponent(definition: component, arn: arn.description, run: TOEDocumentRun(document: document, parameters: parameters), documentDigest: digest))
         }
         let infrastructure = definitions.infrastructureConfigurations.first { ImageBuilderARN.normalizedName($0.name) == (try? ResourceReference(pipeline.infrastructureConfigurationArn, resourceType: "infrastructure-configuration"))?.name }!
         let distribution = pipeline.distributionConfigurationArn.flatMap { text in
@@ -124,6 +125,9 @@ public struct PipelineRun: Sendable {
                 parent = try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(recipe.parentImage)
             } catch let error as KilnError {
                 return try fail("BUILD", "the parent image \(recipe.parentImage) is not available: \(error.message)")
+            }
+            if let unsupported = try supportedOsCheck(components, parent: parent) {
+                return try fail("BUILD", step: unsupported.step, unsupported.reason)
             }
             try enter(.building)
             let localName = "\(name):\(recipe.semanticVersion)-\(build)"
@@ -249,6 +253,50 @@ public struct PipelineRun: Sendable {
         return record
     }
 
+    /// Components that name `supportedOsVersions` must match the parent's OS, as Image Builder
+    /// checks: an entry matches when it is a prefix (any case) of the parent's
+    /// "NAME VERSION_ID", "ID VERSION_ID" or PRETTY_NAME from /etc/os-release.
+    func supportedOsCheck(_ components: [RecipeComponent], parent: Descriptor) throws -> (step: String, reason: String)? {
+        let restricted = components.filter { !($0.definition.supportedOsVersions ?? []).isEmpty }
+        guard !restricted.isEmpty else { return nil }
+        let fields = try osRelease(of: parent)
+        let names = [
+            [fields["NAME"], fields["VERSION_ID"]].compactMap { $0 }.joined(separator: " "),
+            [fields["ID"], fields["VERSION_ID"]].compactMap { $0 }.joined(separator: " "),
+            fields["PRETTY_NAME"] ?? "",
+        ].filter { !$0.isEmpty }
+        for component in restricted {
+            let supported = component.definition.supportedOsVersions ?? []
+            let matches = supported.contains { entry in names.contains { $0.lowercased().hasPrefix(entry.lowercased()) } }
+            if !matches {
+                let parentOS = names.first ?? "an OS without /etc/os-release"
+                return ("\(component.label)/supportedOsVersions", "component \(component.label) supports \(supported.joined(separator: ", ")); the parent image is \(parentOS). Choose a parent it supports or add the OS to supportedOsVersions")
+            }
+        }
+        return nil
+    }
+
+    /// The key=value lines of the image's os-release, read from its topmost layer that has one.
+    func osRelease(of image: Descriptor) throws -> [String: String] {
+        let store = transfer.store
+        let manifest = try JSONDecoder().decode(ImageManifest.self, from: try store.read(image.digest))
+        let config = try JSONDecoder().decode(ImageConfiguration.self, from: try store.read(manifest.config.digest))
+        for (layer, diffID) in zip(manifest.layers, config.rootfs.diffIDs).reversed() {
+            let folder = try host.layers.unpack(layer, diffID: diffID, store: store)
+            for path in ["/etc/os-release", "/usr/lib/os-release"] {
+                var info = stat()
+                guard lstat(folder + path, &info) == 0, info.st_mode & S_IFMT == S_IFREG, let text = try? String(contentsOfFile: folder + path, encoding: .utf8) else { continue }
+                var fields: [String: String] = [:]
+                for line in text.split(separator: "\n") {
+                    guard let equals = line.firstIndex(of: "=") else { continue }
+                    fields[String(line[..<equals])] = String(line[line.index(after: equals)...]).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
+                }
+                return fields
+            }
+        }
+        return [:]
+    }
+
     /// The manifest, config and layer blobs of an image in the store, digest → bytes.
     func imageBlobs(_ digest: Digest) throws -> [String: Int64] {
         let data = try transfer.store.read(digest)
@@ -268,21 +316,34 @@ public struct PipelineRun: Sendable {
     }
 
     /// A component's document and the digest of its bytes: inline `data`, or `uri` (a file
-    /// relative to the definitions).
-    static func document(for component: ComponentDefinition, base: String) throws -> (ComponentDocument, Digest) {
+    /// relative to the definitions, or https).
+    func document(for component: ComponentDefinition, base: String) async throws -> (ComponentDocument, Digest) {
         let parser = ComponentDocumentParser(platform: .linux)
+        let label = "component \(component.name)/\(component.semanticVersion)"
         if let data = component.data {
-            return (try parser.parse(text: data, source: "\(component.name)/\(component.semanticVersion)"), Digest(sha256Of: Data(data.utf8)))
+            return (try parser.parse(text: data, source: label), Digest(sha256Of: Data(data.utf8)))
         }
-        guard let uri = component.uri else { throw KilnError(.invalidDocument, "component \(component.name) has neither data nor uri") }
-        if uri.hasPrefix("https://") || uri.hasPrefix("s3://") {
-            throw KilnError(.unsupported, "component \(component.name): uri \(uri) must be a local file for now; download it next to the definitions")
+        guard let uri = component.uri else { throw KilnError(.invalidDocument, "\(label) has neither data nor uri") }
+        let bytes: Data
+        let source: String
+        if uri.hasPrefix("https://") {
+            let host = URL(string: uri)?.host.map { host in URL(string: uri)?.port.map { "\(host):\($0)" } ?? host } ?? ""
+            do {
+                bytes = try await HTTPSDownload.fetch(uri, caCertificate: configuration.registries[host]?.caCertificate)
+            } catch let error as KilnError {
+                throw KilnError(error.code, "\(label): \(error.message)")
+            }
+            source = uri
+        } else if uri.contains("://") {
+            throw KilnError(.unsupported, "\(label): uri \(uri) is not supported; use a file path relative to the definitions, or an https URL")
+        } else {
+            source = uri.hasPrefix("/") ? uri : base + "/" + uri
+            guard let read = FileManager.default.contents(atPath: source) else {
+                throw KilnError(.notFound, "\(label): cannot read its document \(source) (uri: \(uri))")
+            }
+            bytes = read
         }
-        let path = uri.hasPrefix("/") ? uri : base + "/" + uri
-        guard let bytes = FileManager.default.contents(atPath: path) else {
-            throw KilnError(.notFound, "component \(component.name)/\(component.semanticVersion): cannot read its document \(path) (uri: \(uri))")
-        }
-        return (try parser.parse(text: String(decoding: bytes, as: UTF8.self), source: path), Digest(sha256Of: bytes))
+        return (try parser.parse(text: String(decoding: bytes, as: UTF8.self), source: source), Digest(sha256Of: bytes))
     }
 }
 

@@ -426,4 +426,54 @@ struct BuildCommandTests {
         #expect(shown.stdout.contains("\"CANCELLED\""))
         #expect(try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(regions.0.host)/suites:1.0.0 >/dev/null 2>&1 && echo found || true") == "", "nothing reached the region")
     }
+
+    @Test("A component document served over https with a private CA builds; a 404 and an OS the component does not support are clear errors")
+    func httpsDocumentsAndSupportedOs() throws {
+        let regions = (try LoopbackRegistry(), try LoopbackRegistry())
+        defer { regions.0.stop(); regions.1.stop() }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        _ = try project(scratch, regions: regions)
+        try FileManager.default.createDirectory(atPath: scratch.path + "/served", withIntermediateDirectories: true)
+        _ = try Kiln.shell("cp \(scratch.path)/app.yaml \(scratch.path)/served/app.yaml")
+        _ = try Kiln.shell("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout \(scratch.path)/key.pem -out \(scratch.path)/cert.pem 2>/dev/null")
+        let port = try Kiln.shell("python3 -c 'import socket;s=socket.socket();s.bind((\"127.0.0.1\",0));print(s.getsockname()[1])'").trimmingCharacters(in: .whitespacesAndNewlines)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        server.arguments = ["-c", """
+        import http.server, ssl, functools
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory="\(scratch.path)/served")
+        httpd = http.server.HTTPServer(("127.0.0.1", \(port)), handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain("\(scratch.path)/cert.pem", "\(scratch.path)/key.pem")
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+        httpd.serve_forever()
+        """]
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        // SIGKILL: the server inherits the test thread's blocked signals, SIGTERM among them.
+        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        for _ in 0..<50 where (try? Kiln.shell("curl -sk https://127.0.0.1:\(port)/app.yaml | head -c 4")) != "name" { usleep(100_000) }
+        let configuration = try String(contentsOfFile: scratch.path + "/kiln.yaml", encoding: .utf8)
+        _ = try scratch.write("kiln.yaml", configuration + "\nregistries:\n  \"127.0.0.1:\(port)\": {caCertificate: \(scratch.path)/cert.pem}\n")
+
+        func pipeline(uri: String, supported: String) throws -> String {
+            try suitePipeline(
+                scratch, components: "  - {name: app, semanticVersion: 1.0.0, platform: Linux, uri: \"\(uri)\", supportedOsVersions: \(supported)}", componentArns: ["app/1.x.x"],
+                template: "{{{ imagebuilder:environments }}}\n{{{ imagebuilder:components }}}\nCOPY files/motd /etc/motd.kiln", kilnTests: "{security: {pendingUpdates: false}}"
+            )
+        }
+        let served = try Kiln.run(["build", "-f", try pipeline(uri: "https://127.0.0.1:\(port)/app.yaml", supported: "[\"Debian GNU/Linux 12\"]")], in: scratch.path)
+        #expect(try record(served)["status"] as? String == "AVAILABLE", "\(served.stderr)")
+        #expect(served.stderr.contains("Step Write") || served.stderr.contains("kiln component app/1.0.0: cached"), "the served document ran (or its layer was cached)")
+
+        let missing = try Kiln.run(["build", "-f", try pipeline(uri: "https://127.0.0.1:\(port)/missing.yaml", supported: "[]")], in: scratch.path)
+        #expect(missing.status == 1 && missing.stderr.contains("component app/1.0.0: cannot download https://127.0.0.1:\(port)/missing.yaml: the server answered HTTP 404"), "\(missing.stderr)")
+
+        let other = try Kiln.run(["build", "-f", try pipeline(uri: "https://127.0.0.1:\(port)/app.yaml", supported: "[\"Amazon Linux 2\", \"Ubuntu 22\"]")], in: scratch.path)
+        let failure = try #require(try record(other)["failure"] as? [String: Any])
+        #expect(failure["stage"] as? String == "BUILD" && failure["step"] as? String == "app/1.0.0/supportedOsVersions", "\(failure)")
+        #expect((failure["reason"] as? String)?.contains("supports Amazon Linux 2, Ubuntu 22; the parent image is Debian GNU/Linux 12") == true, "\(failure)")
+        #expect(!other.stderr.contains("BUILD: builder"), "no builder starts for an unsupported OS")
+    }
 }

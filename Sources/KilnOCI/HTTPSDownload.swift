@@ -1,0 +1,41 @@
+import AsyncHTTPClient
+import Foundation
+import KilnModel
+import NIOCore
+import NIOSSL
+
+/// Small documents over https (component `uri`s): the whole body, verified against the system's
+/// CAs or a private CA (kiln.yaml `registries.<host>.caCertificate`), with a size limit.
+public enum HTTPSDownload {
+    public static func fetch(_ url: String, caCertificate: String? = nil, limit: Int = 16 << 20, timeout: TimeAmount = .seconds(60)) async throws -> Data {
+        guard url.hasPrefix("https://") else { throw KilnError(.invalidArgument, "\(url) is not an https URL") }
+        var client = RegistryClient.sharedHTTPClient
+        var owned: HTTPClient?
+        if let caCertificate {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            do {
+                tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caCertificate))
+            } catch {
+                throw KilnError(.invalidArgument, "cannot read the CA certificate '\(caCertificate)' for \(url): \(error); give a PEM file")
+            }
+            owned = RegistryClient.makeHTTPClient(tls: tls)
+            client = owned!
+        }
+        defer { if let owned { Task { try? await owned.shutdown() } } }
+        let response: HTTPClientResponse
+        do {
+            response = try await client.execute(HTTPClientRequest(url: url), timeout: timeout)
+        } catch {
+            throw KilnError(.network, "cannot download \(url): \(error)\(caCertificate == nil ? " (for a private CA, set registries.<host>.caCertificate in kiln.yaml)" : "")")
+        }
+        guard response.status == .ok else {
+            throw KilnError(.network, "cannot download \(url): the server answered HTTP \(response.status.code) \(response.status.reasonPhrase)")
+        }
+        do {
+            var body = try await response.body.collect(upTo: limit)
+            return Data(body.readBytes(length: body.readableBytes) ?? [])
+        } catch {
+            throw KilnError(.network, "cannot download \(url): the body is over \(limit >> 20) MiB or was cut off (\(error))")
+        }
+    }
+}
