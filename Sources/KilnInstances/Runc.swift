@@ -53,9 +53,10 @@ struct Runc: Sendable {
     /// A listing can fail while another process deletes a container, so it is tried again.
     func list() async -> [Container] {
         for _ in 0..<3 {
-            if let listed = try? await call(["list", "--format", "json"], allowFailure: true), listed.status == 0,
-               let containers = try? JSONDecoder().decode([Container]?.self, from: Data(listed.output.utf8)) {
-                return containers ?? []
+            if let listed = try? await call(["list", "--format", "json"], allowFailure: true), listed.status == 0 {
+                // runc prints `null` when it has no containers.
+                if listed.output.trimmingCharacters(in: .whitespacesAndNewlines) == "null" { return [] }
+                if let containers = try? JSONDecoder().decode([Container].self, from: Data(listed.output.utf8)) { return containers }
             }
             try? await Task.sleep(for: .milliseconds(100))
         }

@@ -8,6 +8,7 @@
 //                        or 1 if no connection, so health checks need no tool in the image.
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -39,6 +40,15 @@ static int run(char **command) {
 }
 
 static int serve(void) {
+    // runc hands process 1 its own output pipes; holding them open would make Kiln wait for
+    // them to close after `runc run --detach` exits. Execs get their own pipes.
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(null, 2);
+        if (null > 2) close(null);
+    }
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
