@@ -52,11 +52,7 @@ public struct PipelineRun: Sendable {
         guard let pipeline = definitions.imagePipelines.first(where: { $0.name == settings.pipeline }) else {
             throw KilnError(.notFound, "\(settings.definitionsPath) has no image pipeline '\(settings.pipeline)'; it has: \(definitions.imagePipelines.map(\.name).joined(separator: ", "))")
         }
-        guard let recipeReference = pipeline.containerRecipeArn else {
-            throw KilnError(.unsupported, "pipeline \(pipeline.name) builds an image recipe (a machine image); Kiln builds container recipes so far")
-        }
-        let reference = try ResourceReference(recipeReference, resourceType: "container-recipe")
-        let recipe = try Self.select(reference, from: definitions.containerRecipes)
+        let recipe = try Self.recipe(of: pipeline, in: definitions)
         let base = (settings.definitionsPath as NSString).deletingLastPathComponent
         var components: [RecipeComponent] = []
         for entry in recipe.components ?? [] {
@@ -85,7 +81,7 @@ public struct PipelineRun: Sendable {
         let folder = records.directory(name: name, version: recipe.semanticVersion, build: build)
         var record = ImageRecord(
             arn: ImageBuilderARN(region: configuration.homeRegion, account: configuration.accountId, resourceType: "image", name: name, version: "\(recipe.semanticVersion)/\(build)").description,
-            name: name, version: recipe.semanticVersion, build: build, status: .pending, sourcePipelineName: pipeline.name,
+            name: name, version: recipe.semanticVersion, build: build, type: recipe.imageType, status: .pending, sourcePipelineName: pipeline.name,
             dateCreated: ISO8601DateFormatter().string(from: Date()), logDirectory: folder + "/logs"
         )
         try records.save(record)
@@ -181,6 +177,9 @@ public struct PipelineRun: Sendable {
             for entry in distribution?.distributions ?? [] {
                 guard let region = configuration.regions[entry.region] else {
                     return try fail("DISTRIBUTE", region: entry.region, "region \(entry.region) is not defined in kiln.yaml's regions:")
+                }
+                if entry.amiDistributionConfiguration != nil {
+                    progress("DISTRIBUTE: \(entry.region): amiDistributionConfiguration needs a disk image, which Kiln does not make yet; the root filesystem is kiln:\(localName)")
                 }
                 guard let container = entry.containerDistributionConfiguration else { continue }
                 let repository = [region.repositoryPrefix, container.targetRepository.repositoryName].compactMap { $0 }.joined(separator: "/")
@@ -306,13 +305,37 @@ public struct PipelineRun: Sendable {
         return blobs
     }
 
-    static func select(_ reference: ResourceReference, from recipes: [ContainerRecipeDefinition]) throws -> ContainerRecipeDefinition {
-        let candidates = recipes.filter { ImageBuilderARN.normalizedName($0.name) == reference.name }
-        let chosen = (reference.selector ?? (try! VersionSelector(parsing: "x.x.x"))).select(from: candidates.map { BuildVersion($0.semanticVersion, build: 1) })
-        guard let recipe = candidates.first(where: { BuildVersion($0.semanticVersion, build: 1) == chosen }) else {
-            throw KilnError(.notFound, "no container recipe matches \(reference)")
+    /// What BUILD needs of a container recipe or an image recipe. An image recipe (a machine
+    /// image) is built the same way up to its root filesystem, with the canonical template.
+    struct SelectedRecipe {
+        var name: String
+        var semanticVersion: SemanticVersion
+        var parentImage: String
+        var components: [ComponentConfiguration]?
+        var dockerfileTemplateData: String?
+        /// Image Builder's image type: DOCKER or AMI.
+        var imageType: String
+    }
+
+    static func recipe(of pipeline: ImagePipelineDefinition, in definitions: Definitions) throws -> SelectedRecipe {
+        func pick<Recipe>(_ text: String, _ resourceType: String, from recipes: [Recipe], name: (Recipe) -> String, version: (Recipe) -> SemanticVersion) throws -> Recipe {
+            let reference = try ResourceReference(text, resourceType: resourceType)
+            let candidates = recipes.filter { ImageBuilderARN.normalizedName(name($0)) == reference.name }
+            let chosen = (reference.selector ?? (try! VersionSelector(parsing: "x.x.x"))).select(from: candidates.map { BuildVersion(version($0), build: 1) })
+            guard let recipe = candidates.first(where: { BuildVersion(version($0), build: 1) == chosen }) else {
+                throw KilnError(.notFound, "pipeline \(pipeline.name): no \(resourceType) matches \(text); there are: \(candidates.map { "\(name($0))/\(version($0))" }.joined(separator: ", "))")
+            }
+            return recipe
         }
-        return recipe
+        if let text = pipeline.containerRecipeArn {
+            let recipe = try pick(text, "container-recipe", from: definitions.containerRecipes, name: \.name, version: \.semanticVersion)
+            return SelectedRecipe(name: recipe.name, semanticVersion: recipe.semanticVersion, parentImage: recipe.parentImage, components: recipe.components, dockerfileTemplateData: recipe.dockerfileTemplateData, imageType: "DOCKER")
+        }
+        guard let text = pipeline.imageRecipeArn else {
+            throw KilnError(.invalidDocument, "pipeline \(pipeline.name) needs containerRecipeArn or imageRecipeArn")
+        }
+        let recipe = try pick(text, "image-recipe", from: definitions.imageRecipes, name: \.name, version: \.semanticVersion)
+        return SelectedRecipe(name: recipe.name, semanticVersion: recipe.semanticVersion, parentImage: recipe.parentImage, components: recipe.components, dockerfileTemplateData: nil, imageType: "AMI")
     }
 
     /// A component's document and the digest of its bytes: inline `data`, or `uri` (a file

@@ -104,6 +104,14 @@ public struct Distribution: Sendable, Hashable, Codable {
     /// A region named in kiln.yaml's `regions:`.
     public var region: String
     public var containerDistributionConfiguration: ContainerDistributionConfiguration?
+    /// A machine image's distribution; accepted so image-recipe pipelines parse, acted on once
+    /// Kiln makes disks.
+    public var amiDistributionConfiguration: AmiDistributionConfiguration?
+}
+
+public struct AmiDistributionConfiguration: Sendable, Hashable, Codable {
+    public var name: String?
+    public var description: String?
 }
 
 public struct DistributionConfigurationDefinition: Sendable, Hashable, Codable {

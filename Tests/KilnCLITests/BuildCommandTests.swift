@@ -476,4 +476,41 @@ struct BuildCommandTests {
         #expect((failure["reason"] as? String)?.contains("supports Amazon Linux 2, Ubuntu 22; the parent image is Debian GNU/Linux 12") == true, "\(failure)")
         #expect(!other.stderr.contains("BUILD: builder"), "no builder starts for an unsupported OS")
     }
+
+    @Test("An image recipe (a machine image) builds, tests and stores its root filesystem like a container recipe; an AMI distribution is named as not yet possible")
+    func imageRecipeRootFilesystem() throws {
+        let regions = (try LoopbackRegistry(), try LoopbackRegistry())
+        defer { regions.0.stop(); regions.1.stop() }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        _ = try project(scratch, regions: regions)
+        let pipeline = try scratch.write("machine.yaml", """
+        components:
+          - {name: app, semanticVersion: 1.0.0, platform: Linux, uri: app.yaml}
+        imageRecipes:
+          - {name: machine, semanticVersion: 3.0.0, parentImage: "bootstrap:debian:bookworm", components: [{componentArn: app/1.x.x}]}
+        infrastructureConfigurations:
+          - {name: builders, instanceTypes: [t3.small], instanceProfileName: kiln}
+        distributionConfigurations:
+          - name: mixed
+            distributions:
+              - {region: north, containerDistributionConfiguration: {targetRepository: {repositoryName: machine-root}}}
+              - {region: south, amiDistributionConfiguration: {name: "machine {{ imagebuilder:buildDate }}"}}
+        imagePipelines:
+          - name: machine
+            imageRecipeArn: machine/3.x.x
+            infrastructureConfigurationArn: builders
+            distributionConfigurationArn: mixed
+            kilnTests: {security: {pendingUpdates: false}}
+        """)
+        let built = try Kiln.run(["build", "-f", pipeline], in: scratch.path)
+        let image = try record(built)
+        #expect(image["status"] as? String == "AVAILABLE" && image["type"] as? String == "AMI", "\(built.stderr)")
+        #expect(built.stderr.contains("south: amiDistributionConfiguration needs a disk image"), "the AMI target is named, not silently dropped")
+        let digest = try #require(image["digest"] as? String)
+        let pushed = try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(regions.0.host)/machine-root:3.0.0 | sha256sum | cut -d' ' -f1")
+        #expect("sha256:" + pushed.trimmingCharacters(in: .whitespacesAndNewlines) == digest)
+        let report = try junit(image)
+        #expect(report.contains("name=\"Ready\"") && report.contains("<skipped message=\"the image has no entrypoint or cmd"), "component tests ran; functionality has no command to start: \(report)")
+    }
 }
