@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KilnEngine
 import KilnModel
 import KilnOCI
 
@@ -184,10 +185,13 @@ struct ImageListCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print JSON instead of a table.")
     var json = false
 
+    @Flag(name: .long, help: "Also list kiln build's step cache (kiln-cache/…).")
+    var all = false
+
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
-            let images = try environment.store.summaries()
+            let images = try environment.store.summaries().filter { all || !$0.name.hasPrefix(BuildCacheKey.namePrefix) }
             if json {
                 try TerminalOutput.printJSON(images)
                 return
@@ -233,9 +237,17 @@ struct ImageGarbageCollectCommand: AsyncParsableCommand {
 
     @OptionGroup var options: KilnOptions
 
+    @Flag(name: .long, help: "First forget kiln build's step cache, so the next build runs every step.")
+    var buildCache = false
+
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
+            if buildCache {
+                let cached = try environment.store.summaries().map(\.name).filter { $0.hasPrefix(BuildCacheKey.namePrefix) }
+                for name in cached { _ = try environment.store.untag(name) }
+                print("forgot \(cached.count) cached build step(s)")
+            }
             let removed = try environment.store.garbageCollect()
             print("removed \(removed.blobs.count) blob(s), \(TransferProgressView.size(removed.bytes)) freed")
         }

@@ -7,7 +7,10 @@ import KilnOCI
 /// instruction's text, environment and COPY sources' contents). The first key hashes the parent
 /// digest, the platform and SOURCE_DATE_EPOCH. Equal keys mean equal layers, so a step whose
 /// key is cached is not run again.
-enum BuildCacheKey {
+public enum BuildCacheKey {
+    /// Names of cached steps' images in the store start with this.
+    public static let namePrefix = "kiln-cache/"
+
     static func first(parent: Digest, platform: String, sourceDateEpoch: Int64?) -> Digest {
         Digest(sha256Of: Data("kiln-step-cache-v2\nparent \(parent)\nplatform \(platform)\nepoch \(sourceDateEpoch.map(String.init) ?? "-")\n".utf8))
     }
@@ -17,7 +20,7 @@ enum BuildCacheKey {
     }
 
     /// The store name of the image that ends with the step whose key this is.
-    static func tag(_ key: Digest) -> String { "kiln-cache/" + key.encoded }
+    static func tag(_ key: Digest) -> String { namePrefix + key.encoded }
 
     static func component(_ component: RecipeComponent) -> String {
         let parameters = component.run.parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ";")

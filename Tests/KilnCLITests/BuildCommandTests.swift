@@ -203,6 +203,14 @@ struct BuildCommandTests {
         let firstLayers = try layers(first), changedLayers = try layers(changedRecord)
         #expect(firstLayers.count == 3 && changedLayers.count == 3, "the parent, the component's layer and the COPY's layer")
         #expect(Array(firstLayers.prefix(2)) == Array(changedLayers.prefix(2)) && firstLayers[2] != changedLayers[2], "only the COPY layer differs")
+
+        let listed = try Kiln.run(["image", "ls"], in: scratch.path), everything = try Kiln.run(["image", "ls", "--all"], in: scratch.path)
+        #expect(!listed.stdout.contains("kiln-cache/") && everything.stdout.contains("kiln-cache/"), "the step cache is listed only with --all")
+        let forgot = try Kiln.run(["image", "gc", "--build-cache"], in: scratch.path)
+        #expect(forgot.status == 0 && forgot.stdout.contains("forgot"), "\(forgot.stdout)\(forgot.stderr)")
+        let afterGC = try Kiln.run(["build", "-f", pipeline] + epoch, in: scratch.path)
+        let rebuiltDigest = try record(afterGC)["digest"] as? String
+        #expect(afterGC.stderr.contains("(0 step(s) cached, 2 built") && rebuiltDigest == changedRecord["digest"] as? String, "without the cache every step runs again, to the same digest")
     }
 
     @Test("The cost ledger holds what was measured: instance seconds and cgroup CPU, the image's bytes per region as skopeo sees them, bytes sent; kiln cost prices them with kiln.yaml's prices")
