@@ -160,6 +160,7 @@ public struct PipelineRun: Sendable {
                     let usages = try await timed("TEST") {
                         try await builder.test(
                             image: built, suites: pipeline.kilnTests ?? KilnTests(), parentLayers: parentLayers, imageLabel: record.arn,
+                        hostTests: recipe.imageType == "DOCKER" ? ("kiln:" + localName, built.digest.description) : nil,
                             keepOnFailure: infrastructure.terminateInstanceOnFailure == false
                         )
                     }

@@ -318,10 +318,11 @@ struct RecipeBuilder: Sendable {
     }
 
     /// TEST: a fresh instance from the new image, without network, runs the components' test
-    /// phases; then another fresh one (so nothing the tests left running is in the way) runs
+    /// phases; a container image's `container-host-test` phases then run on the Kiln host, as
+    /// Image Builder runs them on its build host; then another fresh instance (so nothing the tests left running is in the way) runs
     /// Kiln's suites. Results go to `logs/test/tests.json` and `junit.xml`. Returns the test
     /// instances' usage.
-    func test(image: Descriptor, suites: KilnTests, parentLayers: Int, imageLabel: String, keepOnFailure: Bool) async throws -> [ContainerInstance.Usage] {
+    func test(image: Descriptor, suites: KilnTests, parentLayers: Int, imageLabel: String, hostTests: (reference: String, digest: String)?, keepOnFailure: Bool) async throws -> [ContainerInstance.Usage] {
         let folder = logRoot + "/test"
         var results: [TestCaseResult] = []
         var usages: [ContainerInstance.Usage] = []
@@ -346,18 +347,25 @@ struct RecipeBuilder: Sendable {
             do {
                 let outcome = try await runTOE(testable, phases: ["test"], in: instance.session, folder: folder, stage: "TEST")
                 firstFailure = Self.failure(of: outcome, folder: folder)
-                for document in outcome.report.documents {
-                    for phase in document.phases {
-                        for step in phase.steps {
-                            let status: TestCaseResult.Status = step.status == .failed ? .failed : (step.status == .success ? .passed : .skipped)
-                            results.append(TestCaseResult(suite: "component \(document.name)", name: step.name, status: status, message: step.failureMessage, seconds: Self.seconds(from: step.startTime, to: step.endTime)))
-                        }
-                    }
-                }
+                results += Self.results(of: outcome, suite: { "component \($0)" })
             } catch {
                 firstFailure = StepFailure(step: "component tests", log: folder, reason: (error as? KilnError)?.message ?? "\(error)")
             }
             await finish(instance, failed: firstFailure != nil)
+        }
+        let hostTestable = components.filter { $0.run.document.phases.contains { $0.name == "container-host-test" } }
+        if let hostTests, !hostTestable.isEmpty {
+            // KILN_IMAGE names the image in Kiln's store (kiln image copy, kiln toe run --image).
+            let workingDirectory = folder + "/host"
+            try FileManager.default.createDirectory(atPath: workingDirectory, withIntermediateDirectories: true)
+            var environment = ProcessInfo.processInfo.environment
+            environment["KILN_IMAGE"] = hostTests.reference
+            environment["KILN_IMAGE_DIGEST"] = hostTests.digest
+            progress("TEST: container-host-test on the Kiln host for \(hostTestable.map(\.label).joined(separator: ", "))")
+            let session = LocalHostSession(workingDirectory: workingDirectory, environment: environment)
+            let outcome = try await runTOE(hostTestable, phases: ["container-host-test"], in: session, folder: folder + "/container-host-test", stage: "TEST")
+            if firstFailure == nil { firstFailure = Self.failure(of: outcome, folder: folder + "/container-host-test") }
+            results += Self.results(of: outcome, suite: { "component \($0) (container-host-test)" })
         }
         let instance = try await fresh()
         let (suiteResults, extra) = await ImageTestSuites(settings: suites, host: host, type: type, parentLayerCount: parentLayers, progress: progress).run(image: image, in: instance)
@@ -372,6 +380,18 @@ struct RecipeBuilder: Sendable {
         progress("TEST: \(results.count - failed.count - skipped.count) passed, \(failed.count) failed, \(skipped.count) skipped; \(folder)/junit.xml")
         if let firstFailure { throw firstFailure }
         return usages
+    }
+
+    /// Each step of a TOE run as a test case.
+    static func results(of outcome: TOERunOutcome, suite: (String) -> String) -> [TestCaseResult] {
+        outcome.report.documents.flatMap { document in
+            document.phases.flatMap { phase in
+                phase.steps.map { step in
+                    let status: TestCaseResult.Status = step.status == .failed ? .failed : (step.status == .success ? .passed : .skipped)
+                    return TestCaseResult(suite: suite(document.name), name: step.name, status: status, message: step.failureMessage, seconds: seconds(from: step.startTime, to: step.endTime))
+                }
+            }
+        }
     }
 
     static func seconds(from start: String, to end: String) -> Double {

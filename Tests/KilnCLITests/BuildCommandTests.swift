@@ -34,6 +34,12 @@ struct BuildCommandTests {
                 action: ExecuteBash
                 inputs:
                   commands: ["test -f /etc/motd.kiln", "\(test)"]
+          - name: container-host-test
+            steps:
+              - name: FromTheHost
+                action: ExecuteBash
+                inputs:
+                  commands: ["test ! -e /.kiln/init", "echo \\"$KILN_IMAGE $KILN_IMAGE_DIGEST\\" > \(scratch.path)/seen-from-host"]
         """)
         _ = try scratch.write("kiln.yaml", """
         dataDirectory: \(sharedDataDirectory)
@@ -96,6 +102,9 @@ struct BuildCommandTests {
         let listed = try Kiln.run(["images"], in: scratch.path)
         #expect(listed.stdout.contains("app-image/2.1.0/") && listed.stdout.contains("AVAILABLE"))
         let version = "app-image/2.1.0/\(try #require(image["build"] as? Int))"
+        let seen = try String(contentsOfFile: scratch.path + "/seen-from-host", encoding: .utf8)
+        #expect(seen == "kiln:\(try #require(image["localName"] as? String)) \(digest)\n", "container-host-test ran on the host (no /.kiln/init) and was told the image")
+        #expect(try junit(image).contains("component App (container-host-test)"))
         let logs = try Kiln.run(["logs", version, "--follow"], in: scratch.path)
         #expect(logs.status == 0 && logs.stdout.contains("Step Write") && logs.stdout.contains("Step Ready"), "build and test logs: \(logs.stdout)")
     }
