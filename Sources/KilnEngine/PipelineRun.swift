@@ -75,6 +75,8 @@ public struct PipelineRun: Sendable {
         let template = try DockerfileTemplate(
             parsing: recipe.dockerfileTemplateData ?? DockerfileTemplate.canonical, parentImage: recipe.parentImage, source: "\(recipe.name)/\(recipe.semanticVersion)"
         )
+        // The flag wins over the recipe's own `ARG SOURCE_DATE_EPOCH=N`.
+        let sourceDateEpoch = try settings.sourceDateEpoch ?? template.sourceDateEpoch(source: "\(recipe.name)/\(recipe.semanticVersion)")
 
         let name = ImageBuilderARN.normalizedName(recipe.name)
         let build = try records.reserveBuild(name: name, version: recipe.semanticVersion)
@@ -129,7 +131,7 @@ public struct PipelineRun: Sendable {
             let localName = "\(name):\(recipe.semanticVersion)-\(build)"
             let builder = RecipeBuilder(
                 host: host, recipeLabel: "\(recipe.name)/\(recipe.semanticVersion)", template: template, components: components, type: type, logRoot: folder + "/logs",
-                context: settings.contextDirectory ?? (base.isEmpty ? "." : base), sourceDateEpoch: settings.sourceDateEpoch, progress: progress
+                context: settings.contextDirectory ?? (base.isEmpty ? "." : base), sourceDateEpoch: sourceDateEpoch, progress: progress
             )
             let outcome: RecipeBuilder.Outcome
             do {

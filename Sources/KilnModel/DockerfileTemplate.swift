@@ -41,6 +41,18 @@ public struct DockerfileTemplate: Sendable, Hashable {
 
     public var steps: [Step]
 
+    /// The default of `ARG SOURCE_DATE_EPOCH=N`, a recipe's own setting for reproducible builds.
+    public func sourceDateEpoch(source: String) throws -> Int64? {
+        for step in steps {
+            guard case .arg("SOURCE_DATE_EPOCH", let value?) = step.instruction else { continue }
+            guard let seconds = Int64(value), seconds >= 0 else {
+                throw KilnError(.invalidDocument, "\(source): dockerfileTemplateData line \(step.line): ARG SOURCE_DATE_EPOCH=\(value) must be whole seconds since 1970, like 1700000000")
+            }
+            return seconds
+        }
+        return nil
+    }
+
     public static let canonical = "FROM {{{ imagebuilder:parentImage }}}\n{{{ imagebuilder:environments }}}\n{{{ imagebuilder:components }}}\n"
 
     /// Parses `text`, with `parentImage` put in for its placeholder. `source` names the recipe in errors.

@@ -531,4 +531,28 @@ struct BuildCommandTests {
         let report = try junit(image)
         #expect(report.contains("name=\"Ready\"") && report.contains("<skipped message=\"the image has no entrypoint or cmd"), "component tests ran; functionality has no command to start: \(report)")
     }
+
+    @Test("A recipe's own ARG SOURCE_DATE_EPOCH makes two fresh builds give one digest, created at that time; a bad value names its line")
+    func recipeSourceDateEpoch() throws {
+        let regions = (try LoopbackRegistry(), try LoopbackRegistry())
+        defer { regions.0.stop(); regions.1.stop() }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        _ = try project(scratch, regions: regions)
+        func pipeline(_ epoch: String) throws -> String {
+            try suitePipeline(
+                scratch, components: "  - {name: app, semanticVersion: 1.0.0, platform: Linux, uri: app.yaml}", componentArns: ["app/1.x.x"],
+                template: "ARG SOURCE_DATE_EPOCH=\(epoch)\n{{{ imagebuilder:environments }}}\n{{{ imagebuilder:components }}}\nRUN touch /etc/built-at",
+                kilnTests: "{security: {pendingUpdates: false}}"
+            )
+        }
+        let file = try pipeline("1700000000")
+        let first = try record(try Kiln.run(["build", "-f", file, "--no-cache"], in: scratch.path))
+        let second = try record(try Kiln.run(["build", "-f", file, "--no-cache"], in: scratch.path))
+        #expect(first["digest"] as? String == second["digest"] as? String && first["digest"] != nil, "the RUN touches a file now, but file times and created are clamped")
+        let config = try Kiln.shell("skopeo inspect --tls-verify=false --config docker://\(regions.0.host)/suites:1.0.0")
+        #expect(config.contains("\"created\": \"2023-11-14T22:13:20Z\""), "\(config)")
+        let bad = try Kiln.run(["build", "-f", try pipeline("yesterday")], in: scratch.path)
+        #expect(bad.status == 1 && bad.stderr.contains("dockerfileTemplateData line 2: ARG SOURCE_DATE_EPOCH=yesterday must be whole seconds"), "\(bad.stderr)")
+    }
 }
