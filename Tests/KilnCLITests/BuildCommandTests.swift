@@ -357,7 +357,7 @@ struct BuildCommandTests {
         #expect(report.contains("command starts") && report.contains("was still running after 3 s"), "the server stays up: functionality passes")
         #expect(report.contains("<testsuites") && report.contains("failures=\"0\""))
         let json = try #require(try JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: ((image["testResults"] as! NSString).deletingLastPathComponent) + "/tests.json"))) as? [[String: Any]])
-        #expect(Set(json.compactMap { $0["suite"] as? String }) == ["component App", "functionality", "health", "security"], "\(json)")
+        #expect(Set(json.compactMap { $0["suite"] as? String }) == ["component App", "component App (container-host-test)", "functionality", "health", "security"], "\(json)")
         #expect(json.filter { $0["suite"] as? String == "security" }.count == 4 && json.allSatisfy { $0["status"] as? String != "failed" })
 
         _ = try scratch.write("careless.yaml", """
