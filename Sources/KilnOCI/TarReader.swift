@@ -8,6 +8,8 @@ public struct TarReader {
 
     private let source: Source
     private var buffer: [UInt8] = []
+    /// Bytes at the front of `buffer` already handed out.
+    private var consumed = 0
     private var ended = false
     public private(set) var offset: Int64 = 0
 
@@ -116,7 +118,13 @@ public struct TarReader {
     // MARK: Bytes
 
     private mutating func readExactly(_ count: Int, allowEnd: Bool) throws -> [UInt8]? {
-        while buffer.count < count {
+        while buffer.count - consumed < count {
+            // Drop what was read before appending, once per chunk: removing from the front of
+            // an array at every 512-byte header moved the whole buffer each time.
+            if consumed > 0 {
+                buffer.removeFirst(consumed)
+                consumed = 0
+            }
             var chunk: [UInt8] = []
             let got = try source(&chunk, max(count - buffer.count, 64 << 10))
             if got == 0 {
@@ -125,8 +133,12 @@ public struct TarReader {
             }
             buffer += chunk.prefix(got)
         }
-        let result = Array(buffer.prefix(count))
-        buffer.removeFirst(count)
+        let result = Array(buffer[consumed..<(consumed + count)])
+        consumed += count
+        if consumed == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            consumed = 0
+        }
         offset += Int64(count)
         return result
     }
