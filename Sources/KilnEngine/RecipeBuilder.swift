@@ -121,8 +121,10 @@ struct RecipeBuilder: Sendable {
                     progress("BUILD: builder \(builder!.id) (\(type.name)) from \(start.digest.encoded.prefix(12))\(layers.isEmpty ? "" : " (the parent and \(reused) cached step(s))")")
                 }
                 try await execute(step, in: builder!, settings: &settings)
-                let packed = try builder!.packLayer(since: baseline, sourceDateEpoch: sourceDateEpoch)
-                baseline = try builder!.upperState()
+                // A cancelled step may have stopped half-way: it must not enter the cache.
+                try Task.checkCancellation()
+                let (packed, state) = try builder!.packLayer(since: baseline, sourceDateEpoch: sourceDateEpoch)
+                baseline = state
                 if packed.entries > 0 { layers.append(packed) }
                 settings.snapshot.layerHistory.append((label, packed.entries == 0))
                 _ = try ContainerInstance.compose(
@@ -140,7 +142,7 @@ struct RecipeBuilder: Sendable {
             return Outcome(image: image, reusedSteps: reused, builtSteps: built, builder: usage)
         } catch {
             if let builder {
-                if keepOnFailure {
+                if keepOnFailure, !Task.isCancelled {
                     try? builder.keep()
                     progress("BUILD: kept \(builder.id) for debugging (terminateInstanceOnFailure: false); kiln instance shell \(builder.id)")
                 } else {
@@ -333,7 +335,7 @@ struct RecipeBuilder: Sendable {
         }
         func finish(_ instance: ContainerInstance, failed: Bool) async {
             usages.append(instance.usage())
-            if failed, keepOnFailure {
+            if failed, keepOnFailure, !Task.isCancelled {
                 try? instance.keep()
                 progress("TEST: kept \(instance.id) for debugging (terminateInstanceOnFailure: false); kiln instance shell \(instance.id)")
             } else {
@@ -358,7 +360,8 @@ struct RecipeBuilder: Sendable {
             // KILN_IMAGE names the image in Kiln's store (kiln image copy, kiln toe run --image).
             let workingDirectory = folder + "/host"
             try FileManager.default.createDirectory(atPath: workingDirectory, withIntermediateDirectories: true)
-            var environment = ProcessInfo.processInfo.environment
+            // Only what the tests need: Kiln's own environment may hold registry secrets.
+            var environment = ProcessInfo.processInfo.environment.filter { ["PATH", "HOME", "LANG", "TMPDIR", "USER"].contains($0.key) }
             environment["KILN_IMAGE"] = hostTests.reference
             environment["KILN_IMAGE_DIGEST"] = hostTests.digest
             progress("TEST: container-host-test on the Kiln host for \(hostTestable.map(\.label).joined(separator: ", "))")

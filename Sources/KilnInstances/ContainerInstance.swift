@@ -144,7 +144,7 @@ public final class ContainerInstance: Sendable {
                 try manager.createDirectory(atPath: folder, withIntermediateDirectories: false)
             }
             let kilnLayer = try host.kilnLayer()
-            let budget = Overlay.optionLimit - "lowerdir=,upperdir=\(instance.upper),workdir=\(directory)/work".utf8.count - kilnLayer.utf8.count - 1
+            let budget = Overlay.optionLimit - "lowerdir=,upperdir=\(instance.upper),workdir=\(directory)/work,\(Overlay.fixedOptions)".utf8.count - kilnLayer.utf8.count - 1
             let lowers = try [kilnLayer] + host.layers.folders(for: manifest, config: config, store: host.store, budget: budget).reversed()
             try Overlay.mount(lower: lowers, upper: instance.upper, work: directory + "/work", at: instance.rootfs, scratch: directory)
             let resolv = (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "nameserver 127.0.0.1\n"
@@ -238,7 +238,7 @@ public final class ContainerInstance: Sendable {
 
     /// The upper dir as a new layer on the parent image (whiteouts included), stored and named.
     public func snapshot(as name: String, settings: SnapshotSettings) throws -> Descriptor {
-        let layer = try packLayer(sourceDateEpoch: settings.sourceDateEpoch)
+        let layer = try packLayer(sourceDateEpoch: settings.sourceDateEpoch).layer
         return try Self.compose(base: manifest, config: image, layers: [layer], settings: settings, in: host.store, name: name)
     }
 
@@ -256,26 +256,22 @@ public final class ContainerInstance: Sendable {
         }
     }
 
-    /// What the upper dir holds now, to pack only the next step's changes.
-    public func upperState() throws -> DirectoryState {
-        try DirectoryState(scanning: upper)
-    }
-
     /// Packs the upper dir (or only what changed since `since`) as a gzip layer in the store.
-    public func packLayer(since: DirectoryState? = nil, sourceDateEpoch: Int64?) throws -> PackedLayer {
+    /// Also returns the upper dir's state as packed, the baseline for the next step.
+    public func packLayer(since: DirectoryState? = nil, sourceDateEpoch: Int64?) throws -> (layer: PackedLayer, state: DirectoryState) {
         let store = host.store
         let staging = store.scratch + "/.snapshot-\(UUID().uuidString)"
         defer { unlink(staging) }
         let handle = try FileHandle(forWritingTo: { FileManager.default.createFile(atPath: staging, contents: nil); return URL(fileURLWithPath: staging) }())
         let gzip = try GzipLayerWriter { try handle.write(contentsOf: Data($0)) }
         var tar = TarWriter { try gzip.write($0) }
-        let entries = try DirectoryArchiver(sourceDateEpoch: sourceDateEpoch, overlayUpperDirectory: true, changesSince: since).archive(upper, into: &tar)
+        let (entries, state) = try DirectoryArchiver(sourceDateEpoch: sourceDateEpoch, overlayUpperDirectory: true, changesSince: since).archiveRecording(upper, into: &tar)
         let packed = try gzip.finish()
         try handle.close()
         guard rename(staging, store.path(of: packed.digest)) == 0 else {
             throw KilnError(.ioFailure, "cannot store the snapshot layer of \(id): \(String(cString: strerror(errno)))")
         }
-        return PackedLayer(descriptor: Descriptor(mediaType: MediaType.layerTarGzip, digest: packed.digest, size: packed.size), diffID: packed.diffID, entries: entries)
+        return (PackedLayer(descriptor: Descriptor(mediaType: MediaType.layerTarGzip, digest: packed.digest, size: packed.size), diffID: packed.diffID, entries: entries), state)
     }
 
     /// A new image: `base`'s layers plus `layers`, with `config` changed as `settings` say;

@@ -8,11 +8,14 @@ import KilnModel
 enum Overlay {
     /// The kernel takes mount options up to one page.
     static let optionLimit = 4000
+    static let fixedOptions = "redirect_dir=off,metacopy=off"
 
     /// Mounts `lower` (topmost first) under `upper`. Too many layers for one option string are an
     /// error here; `LayerCache` flattening comes first.
     static func mount(lower: [String], upper: String, work: String, at target: String, scratch: String) throws {
-        let options = "lowerdir=\(lower.joined(separator: ":")),upperdir=\(upper),workdir=\(work)"
+        // Snapshots pack the upper dir as layers, so every change must be whole there: no
+        // redirects to renamed lower folders and no metadata-only copy-ups, whatever the module's defaults.
+        let options = "lowerdir=\(lower.joined(separator: ":")),upperdir=\(upper),workdir=\(work),\(fixedOptions)"
         guard options.utf8.count < optionLimit else {
             throw KilnError(.unsupported, "the image has too many layers (\(lower.count)) for one overlay mount; flatten it first")
         }

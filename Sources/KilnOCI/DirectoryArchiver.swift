@@ -27,11 +27,20 @@ public struct DirectoryArchiver {
     /// how many entries were written (0: nothing changed).
     @discardableResult
     public func archive(_ directory: String, into writer: inout TarWriter) throws -> Int {
+        try archiveRecording(directory, into: &writer).entries
+    }
+
+    /// Archives like `archive`, and returns the directory's state as the same walk saw it, so
+    /// the next step's changes are measured from exactly what this layer holds.
+    public func archiveRecording(_ directory: String, into writer: inout TarWriter) throws -> (entries: Int, state: DirectoryState) {
         var walk = Walk()
         try self.walk(directory, relative: "", writer: &writer, state: &walk)
         try writer.finish()
-        return walk.written
+        return (walk.written, walk.seen)
     }
+
+    /// Every whiteout gets this time, however it arose, so equal changes pack to equal bytes.
+    static let whiteoutTime: Int64 = 0
 
     /// Bookkeeping of one archive run.
     struct Walk {
@@ -39,6 +48,7 @@ public struct DirectoryArchiver {
         /// Unchanged folders on the way down, written only if something below them is.
         var pendingFolders: [TarEntry] = []
         var written = 0
+        var seen = DirectoryState()
 
         mutating func write(_ entry: TarEntry, to writer: inout TarWriter) throws {
             for folder in pendingFolders { try writer.writeHeader(folder) }
@@ -61,36 +71,43 @@ public struct DirectoryArchiver {
         } catch {
             throw KilnError(.ioFailure, "cannot read folder '\(folder)' while packing a layer: \(error.localizedDescription)")
         }
-        if let changesSince {
-            // Entries an earlier step left that are gone now: hide them in the lower layers.
-            for gone in changesSince.children(of: relative).subtracting(names).sorted() {
-                var whiteout = TarEntry(path: (relative.isEmpty ? "" : relative + "/") + ".wh." + gone, kind: .file, mode: 0o600)
-                whiteout.modificationTime = clamp(0)
+        state.seen.record(children: names, of: relative)
+        // Entries an earlier step left that are gone now get whiteouts, in name order with the rest.
+        let gone = changesSince.map { $0.children(of: relative).subtracting(names) } ?? []
+        for name in (names + gone).sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }) {
+            if gone.contains(name) {
+                var whiteout = TarEntry(path: (relative.isEmpty ? "" : relative + "/") + ".wh." + name, kind: .file, mode: 0o600)
+                whiteout.modificationTime = Self.whiteoutTime
                 try state.write(whiteout, to: &writer)
+                continue
             }
-        }
-        for name in names.sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }) {
             let path = relative.isEmpty ? name : relative + "/" + name
             let hostPath = root + "/" + path
             var info = stat()
             guard lstat(hostPath, &info) == 0 else {
                 throw KilnError(.ioFailure, "cannot read '\(hostPath)' while packing a layer: \(String(cString: strerror(errno)))")
             }
-            let unchanged = changesSince?.entries[path] == DirectoryState.Stamp(info)
+            let attributes = Self.extendedAttributes(hostPath)
+            let stamp = DirectoryState.Stamp(info, opaque: attributes["trusted.overlay.opaque"] == Array("y".utf8))
+            state.seen.entries[path] = stamp
+            let previous = changesSince?.entries[path]
+            let unchanged = previous == stamp
             var entry = TarEntry(path: path, kind: .file, mode: UInt32(info.st_mode & 0o7777))
             entry.uid = info.st_uid
             entry.gid = info.st_gid
             entry.modificationTime = clamp(Int64(info.st_mtim.tv_sec))
-            entry.extendedAttributes = Self.extendedAttributes(hostPath)
+            entry.extendedAttributes = attributes
             var opaque = false
             if overlayUpperDirectory {
-                opaque = entry.extendedAttributes["trusted.overlay.opaque"] == Array("y".utf8)
+                // A folder already opaque in the last state hid the lower layers then; marking it
+                // again would also hide what earlier steps put in it.
+                opaque = stamp.opaque && !(previous.map { $0.opaque && $0.inode == stamp.inode } ?? false)
                 // overlayfs bookkeeping is not part of the image.
                 entry.extendedAttributes = entry.extendedAttributes.filter { !$0.key.hasPrefix("trusted.overlay.") }
                 if info.st_mode & S_IFMT == S_IFCHR, info.st_rdev == 0 {
                     if unchanged { continue }
                     var whiteout = TarEntry(path: (relative.isEmpty ? "" : relative + "/") + ".wh." + name, kind: .file, mode: 0o600)
-                    whiteout.modificationTime = entry.modificationTime
+                    whiteout.modificationTime = Self.whiteoutTime
                     try state.write(whiteout, to: &writer)
                     continue
                 }
@@ -107,7 +124,7 @@ public struct DirectoryArchiver {
                 try state.write(entry, to: &writer)
                 if opaque {
                     var marker = TarEntry(path: path + "/.wh..wh..opq", kind: .file, mode: 0o600)
-                    marker.modificationTime = entry.modificationTime
+                    marker.modificationTime = Self.whiteoutTime
                     try state.write(marker, to: &writer)
                 }
                 try walk(root, relative: path, writer: &writer, state: &state)
@@ -196,17 +213,22 @@ public struct DirectoryState: Sendable {
         var changed: Int64
         var changedNanoseconds: Int
         var mode: UInt32
+        /// An overlayfs folder that hides the layers below it.
+        var opaque: Bool
 
-        init(_ info: stat) {
+        init(_ info: stat, opaque: Bool) {
             inode = UInt64(info.st_ino)
             changed = Int64(info.st_ctim.tv_sec)
             changedNanoseconds = info.st_ctim.tv_nsec
             mode = UInt32(info.st_mode)
+            self.opaque = opaque
         }
     }
 
     var entries: [String: Stamp] = [:]
     private var childNames: [String: Set<String>] = [:]
+
+    init() {}
 
     /// Scans `directory` recursively without following links.
     public init(scanning directory: String) throws {
@@ -214,6 +236,8 @@ public struct DirectoryState: Sendable {
     }
 
     func children(of relative: String) -> Set<String> { childNames[relative] ?? [] }
+
+    mutating func record(children names: [String], of relative: String) { childNames[relative] = Set(names) }
 
     private mutating func scan(_ root: String, relative: String) throws {
         let folder = relative.isEmpty ? root : root + "/" + relative
@@ -225,8 +249,10 @@ public struct DirectoryState: Sendable {
             let path = relative.isEmpty ? name : relative + "/" + name
             var info = stat()
             guard lstat(root + "/" + path, &info) == 0 else { continue }
-            entries[path] = Stamp(info)
-            if info.st_mode & S_IFMT == S_IFDIR { try scan(root, relative: path) }
+            let isFolder = info.st_mode & S_IFMT == S_IFDIR
+            let opaque = isFolder && DirectoryArchiver.extendedAttributes(root + "/" + path)["trusted.overlay.opaque"] == Array("y".utf8)
+            entries[path] = Stamp(info, opaque: opaque)
+            if isFolder { try scan(root, relative: path) }
         }
     }
 }

@@ -94,4 +94,28 @@ struct LayerPackerTests {
         var emptyWriter = TarWriter { empty.append(contentsOf: $0) }
         #expect(try DirectoryArchiver(sourceDateEpoch: 0, changesSince: try DirectoryState(scanning: tree)).archive(tree, into: &emptyWriter) == 0, "no change, no entries")
     }
+
+    @Test("An opaque upper folder is marked opaque in the step that made it, not again when a later step adds to it; the state returned is the one packed")
+    func opaqueFolderOnce() throws {
+        guard geteuid() == 0 else { return } // trusted.* xattrs need root; CI runs as root
+        let work = scratch()
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let tree = work + "/upper"
+        try FileManager.default.createDirectory(atPath: tree + "/etc/conf.d", withIntermediateDirectories: true)
+        try "a\n".write(toFile: tree + "/etc/conf.d/a.conf", atomically: false, encoding: .utf8)
+        _ = try shell("python3 -c \"import os; os.setxattr('\(tree)/etc/conf.d', 'trusted.overlay.opaque', b'y')\"")
+        func pack(since: DirectoryState?) throws -> ([String], DirectoryState) {
+            var bytes = Data()
+            var writer = TarWriter { bytes.append(contentsOf: $0) }
+            let (_, state) = try DirectoryArchiver(sourceDateEpoch: 0, overlayUpperDirectory: true, changesSince: since).archiveRecording(tree, into: &writer)
+            let file = work + "/\(UUID().uuidString).tar"
+            try bytes.write(to: URL(fileURLWithPath: file))
+            return (try shell("tar -tf \(file)").split(separator: "\n").map(String.init), state)
+        }
+        let (first, state) = try pack(since: nil)
+        #expect(first.contains("etc/conf.d/.wh..wh..opq") && first.contains("etc/conf.d/a.conf"), "\(first)")
+        try "b\n".write(toFile: tree + "/etc/conf.d/b.conf", atomically: false, encoding: .utf8)
+        let (second, _) = try pack(since: state)
+        #expect(second == ["etc/", "etc/conf.d/", "etc/conf.d/b.conf"], "the second step adds b.conf without hiding a.conf: \(second)")
+    }
 }
