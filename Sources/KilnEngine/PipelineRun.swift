@@ -158,7 +158,7 @@ public struct PipelineRun: Sendable {
             if pipeline.imageTestsConfiguration?.imageTestsEnabled ?? true {
                 try enter(.testing)
                 do {
-                    let parentLayers = try JSONDecoder().decode(ImageManifest.self, from: try transfer.store.read(parent.digest)).layers.count
+                    let parentLayers = try transfer.store.image(parent.digest).manifest.layers.count
                     let usages = try await timed("TEST") {
                         try await builder.test(
                             image: built, suites: pipeline.kilnTests ?? KilnTests(), parentLayers: parentLayers, imageLabel: record.arn,
@@ -281,8 +281,7 @@ public struct PipelineRun: Sendable {
     /// The key=value lines of the image's os-release, read from its topmost layer that has one.
     func osRelease(of image: Descriptor) throws -> [String: String] {
         let store = transfer.store
-        let manifest = try JSONDecoder().decode(ImageManifest.self, from: try store.read(image.digest))
-        let config = try JSONDecoder().decode(ImageConfiguration.self, from: try store.read(manifest.config.digest))
+        let (manifest, config) = try store.image(image.digest)
         for (layer, diffID) in zip(manifest.layers, config.rootfs.diffIDs).reversed() {
             let folder = try host.layers.unpack(layer, diffID: diffID, store: store)
             for path in ["/etc/os-release", "/usr/lib/os-release"] {

@@ -84,8 +84,7 @@ struct RecipeBuilder: Sendable {
 
     func build(parent: Descriptor, as name: String, useCache: Bool, keepOnFailure: Bool) async throws -> Outcome {
         let store = host.store
-        let parentManifest = try JSONDecoder().decode(ImageManifest.self, from: try store.read(parent.digest))
-        let parentConfig = try JSONDecoder().decode(ImageConfiguration.self, from: try store.read(parentManifest.config.digest))
+        let (parentManifest, parentConfig) = try store.image(parent.digest)
         var settings = ImageSettings(snapshot: .init(history: "kiln build \(recipeLabel)", sourceDateEpoch: sourceDateEpoch))
         var key = BuildCacheKey.first(parent: parent.digest, platform: Platform.host.description, sourceDateEpoch: sourceDateEpoch)
         var layers: [ContainerInstance.PackedLayer] = []
@@ -103,8 +102,7 @@ struct RecipeBuilder: Sendable {
                     continue
                 }
                 if reusing, let cached = try store.resolve(BuildCacheKey.tag(key)) {
-                    let manifest = try JSONDecoder().decode(ImageManifest.self, from: try store.read(cached.digest))
-                    let config = try JSONDecoder().decode(ImageConfiguration.self, from: try store.read(manifest.config.digest))
+                    let (manifest, config) = try store.image(cached.digest)
                     let added = Array(zip(manifest.layers, config.rootfs.diffIDs).dropFirst(parentManifest.layers.count))
                     settings.snapshot.layerHistory.append((label, added.count == layers.count))
                     layers = added.map { ContainerInstance.PackedLayer(descriptor: $0.0, diffID: $0.1, entries: 1) }

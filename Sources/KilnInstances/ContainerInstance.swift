@@ -130,8 +130,7 @@ public final class ContainerInstance: Sendable {
     /// Starts an instance from an image in the store (a manifest descriptor).
     public static func start(image descriptor: Descriptor, on host: InstanceHost, options: InstanceOptions = InstanceOptions(), name: String? = nil) async throws -> ContainerInstance {
         try host.runc.available()
-        let manifest = try JSONDecoder().decode(ImageManifest.self, from: try host.store.read(descriptor.digest))
-        let config = try JSONDecoder().decode(ImageConfiguration.self, from: try host.store.read(manifest.config.digest))
+        let (manifest, config) = try host.store.image(descriptor.digest)
         let id = "kiln-" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(12)
         let directory = host.instancesDirectory + "/" + id
         let instance = ContainerInstance(id: id, directory: directory, image: config, manifest: manifest, options: options, host: host)

@@ -60,6 +60,12 @@ public struct ContentStore: Sendable {
         return data
     }
 
+    /// An image manifest in the store and its config.
+    public func image(_ manifest: Digest) throws -> (manifest: ImageManifest, config: ImageConfiguration) {
+        let decoded = try JSONDecoder().decode(ImageManifest.self, from: try read(manifest))
+        return (decoded, try JSONDecoder().decode(ImageConfiguration.self, from: try read(decoded.config.digest)))
+    }
+
     /// Stores `data`; with `expected`, refuses bytes whose digest differs.
     @discardableResult
     public func ingest(_ data: Data, expected: Digest? = nil) throws -> Descriptor {
