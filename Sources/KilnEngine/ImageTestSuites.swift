@@ -65,18 +65,22 @@ struct ImageTestSuites: Sendable {
             await record("health", health.httpPort.map { "http 127.0.0.1:\($0)\(health.httpPath ?? "/")" } ?? "command") { try await healthCheck(health, in: instance) }
         }
         let security = settings.security
+        // One walk of the image's root serves both checks that need it.
+        var walked: RootInventory?
+        func inventory() -> RootInventory {
+            if walked == nil { walked = RootInventory(root: instance.rootfs) }
+            return walked!
+        }
         if security?.worldWritable != false {
-            await record("security", "no world-writable files") { try worldWritable(root: instance.rootfs) }
+            await record("security", "no world-writable files") { worldWritable(inventory().worldWritable) }
         }
         if security?.setuid != false {
-            await record("security", "no new SUID/SGID files") { try setuidGrowth(in: instance) }
+            await record("security", "no new SUID/SGID files") { try setuidGrowth(inventory().setuid, in: instance) }
         }
         if security?.secrets != false {
-            let start = ContinuousClock.now
-            let scan = Result { try scanAddedLayers(Array(instance.manifest.layers.dropFirst(parentLayerCount))) }
-            let scanSeconds = (ContinuousClock.now - start).inSeconds
-            await record("security", "no private keys or credentials in layers") { try secrets(try scan.get().secrets, layers: instance.manifest.layers.count - parentLayerCount) }
-            results[results.count - 1].seconds += scanSeconds
+            await record("security", "no private keys or credentials in layers") {
+                secrets(try secretsInAddedLayers(Array(instance.manifest.layers.dropFirst(parentLayerCount))), layers: instance.manifest.layers.count - parentLayerCount)
+            }
         }
         if let (status, message, usage) = await updates {
             progress("TEST: security/no pending security updates: \(status.rawValue.uppercased()) \(message)")
@@ -86,9 +90,14 @@ struct ImageTestSuites: Sendable {
         return (results, usages)
     }
 
+    /// What the suites start: `functionality.command`, or the image's entrypoint and cmd.
+    private func command(of instance: ContainerInstance) -> [String] {
+        settings.functionality?.command ?? ((instance.image.config?.entrypoint ?? []) + (instance.image.config?.cmd ?? []))
+    }
+
     /// The image's command; a command that is not a server exits 0, a server is still up after N s.
     private func commandStarts(in instance: ContainerInstance) async throws -> (TestCaseResult.Status, String) {
-        let command = settings.functionality?.command ?? ((instance.image.config?.entrypoint ?? []) + (instance.image.config?.cmd ?? []))
+        let command = command(of: instance)
         guard let executable = command.first else { return (.skipped, "the image has no entrypoint or cmd; set kilnTests.functionality.command") }
         let seconds = settings.functionality?.runForSeconds ?? 3
         let output = LineEcho(prefix: "TEST: functionality: ", progress: progress)
@@ -104,7 +113,7 @@ struct ImageTestSuites: Sendable {
 
     /// Starts the image's command, then retries the check until it passes or time is up.
     private func healthCheck(_ health: KilnTests.Health, in instance: ContainerInstance) async throws -> (TestCaseResult.Status, String) {
-        let command = settings.functionality?.command ?? ((instance.image.config?.entrypoint ?? []) + (instance.image.config?.cmd ?? []))
+        let command = command(of: instance)
         let startup = health.startupSeconds ?? 10
         let session = instance.session
         let server = command.first.map { executable in
@@ -139,24 +148,30 @@ struct ImageTestSuites: Sendable {
 
     static let temporaryFolders = ["tmp", "var/tmp", "dev", "proc", "sys", "run", "dev/shm", "run/lock", "var/lock"]
 
-    /// World-writable files, and world-writable folders without the sticky bit, outside tmp folders.
-    private func worldWritable(root: String) throws -> (TestCaseResult.Status, String) {
-        var found: [String] = []
-        walk(root) { path, info in
-            if Self.temporaryFolders.contains(where: { path == $0 || path.hasPrefix($0 + "/") }) { return false }
-            let kind = info.st_mode & S_IFMT
-            if info.st_mode & 0o002 != 0, kind == S_IFREG || (kind == S_IFDIR && info.st_mode & 0o1000 == 0) {
-                found.append("/" + path)
+    /// What the security suite looks for in the image's root, found in one walk (without
+    /// going into proc, sys and dev).
+    struct RootInventory {
+        /// World-writable files, and world-writable folders without the sticky bit, outside tmp folders.
+        var worldWritable: [String] = []
+        /// SUID/SGID files, relative to the root.
+        var setuid: [String] = []
+
+        init(root: String) {
+            ImageTestSuites.walk(root) { path, info in
+                let kind = info.st_mode & S_IFMT
+                if info.st_mode & 0o002 != 0, kind == S_IFREG || (kind == S_IFDIR && info.st_mode & 0o1000 == 0),
+                   !ImageTestSuites.temporaryFolders.contains(where: { path == $0 || path.hasPrefix($0 + "/") }) {
+                    worldWritable.append("/" + path)
+                }
+                if kind == S_IFREG, info.st_mode & 0o6000 != 0 { setuid.append(path) }
+                return !["proc", "sys", "dev"].contains(path)
             }
-            return true
         }
-        if found.isEmpty { return (.passed, "none outside tmp folders") }
-        return (.failed, "\(found.count) world-writable: \(found.prefix(10).joined(separator: ", "))\(found.count > 10 ? ", …" : ""); remove o+w (chmod o-w) in a component")
     }
 
-    /// What the build's layers hold that the security suite flags.
-    struct LayerFindings {
-        var secrets: [String] = []
+    private func worldWritable(_ found: [String]) -> (TestCaseResult.Status, String) {
+        if found.isEmpty { return (.passed, "none outside tmp folders") }
+        return (.failed, "\(found.count) world-writable: \(found.prefix(10).joined(separator: ", "))\(found.count > 10 ? ", …" : ""); remove o+w (chmod o-w) in a component")
     }
 
     static let credentialFiles = [".aws/credentials", ".docker/config.json", ".git-credentials", ".ssh/id_rsa", ".ssh/id_dsa", ".ssh/id_ecdsa", ".ssh/id_ed25519", ".netrc"]
@@ -165,8 +180,8 @@ struct ImageTestSuites: Sendable {
     /// files up to 1 MiB holding a private key or cloud credential. Deleted files count too (a
     /// later layer's whiteout does not remove bytes from an earlier layer).
     /// A layer's findings are kept by its digest, so a layer is read once however often it is tested.
-    private func scanAddedLayers(_ layers: [Descriptor]) throws -> LayerFindings {
-        var findings = LayerFindings()
+    private func secretsInAddedLayers(_ layers: [Descriptor]) throws -> [String] {
+        var findings: [String] = []
         let cache = host.dataDirectory + "/scans"
         try? FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         for (index, layer) in layers.enumerated() {
@@ -180,7 +195,7 @@ struct ImageTestSuites: Sendable {
                 let temporary = cached + ".\(UUID().uuidString)"
                 if (try? JSONEncoder().encode(found).write(to: URL(fileURLWithPath: temporary))) != nil { rename(temporary, cached) }
             }
-            findings.secrets += found.map { "\($0), layer \(number))" }
+            findings += found.map { "\($0), layer \(number))" }
         }
         return findings
     }
@@ -210,12 +225,12 @@ struct ImageTestSuites: Sendable {
 
     /// SUID/SGID files in the image that were not SUID/SGID in the parent. The parent's set
     /// comes from its unpacked layers, applied in order (a whiteout removes a path).
-    private func setuidGrowth(in instance: ContainerInstance) throws -> (TestCaseResult.Status, String) {
+    private func setuidGrowth(_ image: [String], in instance: ContainerInstance) throws -> (TestCaseResult.Status, String) {
         func isSetuidFile(_ info: stat) -> Bool { info.st_mode & S_IFMT == S_IFREG && info.st_mode & 0o6000 != 0 }
         var parent = Set<String>()
         for (layer, diffID) in zip(instance.manifest.layers, instance.image.rootfs.diffIDs).prefix(parentLayerCount) {
             let folder = try host.layers.unpack(layer, diffID: diffID, store: host.store)
-            walk(folder) { path, info in
+            Self.walk(folder) { path, info in
                 if info.st_mode & S_IFMT == S_IFCHR, info.st_rdev == 0 {
                     parent = parent.filter { $0 != path && !$0.hasPrefix(path + "/") }
                 } else if isSetuidFile(info) {
@@ -226,17 +241,12 @@ struct ImageTestSuites: Sendable {
                 return true
             }
         }
-        var image: [String] = []
-        walk(instance.rootfs) { path, info in
-            if isSetuidFile(info) { image.append(path) }
-            return !["proc", "sys", "dev"].contains(path)
-        }
         let growth = image.filter { !parent.contains($0) }.map { "/" + $0 }
         if growth.isEmpty { return (.passed, "\(image.count) SUID/SGID file(s), none beyond the parent's \(parent.count)") }
         return (.failed, "\(growth.count) SUID/SGID file(s) beyond the parent's: \(growth.prefix(10).joined(separator: ", ")); remove the bit (chmod u-s,g-s) or the file")
     }
 
-    private func secrets(_ found: [String], layers: Int) throws -> (TestCaseResult.Status, String) {
+    private func secrets(_ found: [String], layers: Int) -> (TestCaseResult.Status, String) {
         if found.isEmpty { return (.passed, "no private key or cloud credential in \(layers) layer(s) the build added") }
         return (.failed, "\(found.count) secret(s) left in the image's layers: \(found.prefix(10).joined(separator: ", ")); delete them in the same step that creates them, or keep them out of the image")
     }
@@ -292,7 +302,7 @@ struct ImageTestSuites: Sendable {
 
     /// Walks `root` without following links; `visit` gets each path relative to root and says
     /// whether to go into a folder.
-    private func walk(_ root: String, visit: (String, stat) -> Bool) {
+    static func walk(_ root: String, visit: (String, stat) -> Bool) {
         func walk(_ relative: String) {
             let folder = relative.isEmpty ? root : root + "/" + relative
             for name in ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).sorted() {
