@@ -56,7 +56,12 @@ struct BuildCommand: AsyncParsableCommand {
                 try await run.run(.init(definitionsPath: file, pipeline: name, contextDirectory: context, sourceDateEpoch: epoch, useCache: !noCache))
             }
             // Ctrl-C cancels the run: its instances are removed and the image becomes CANCELLED.
-            let interrupts = InterruptCancellation(message: "kiln: interrupted; cancelling the build and removing its instances (again to quit at once)") { pipelineRun.cancel() }
+            // The first signal cancels; a second quits at once.
+            let interrupts = InterruptSignals { number, first in
+                if !first { Glibc.exit(128 + number) }
+                FileHandle.standardError.write(Data("kiln: interrupted; cancelling the build and removing its instances (again to quit at once)\n".utf8))
+                pipelineRun.cancel()
+            }
             defer { interrupts.stop() }
             let record = try await pipelineRun.value
             view.finish()
@@ -66,32 +71,6 @@ struct BuildCommand: AsyncParsableCommand {
         try TerminalOutput.printJSON(record)
         if record.status == .cancelled { throw ExitCode(128 + SIGINT) }
         if record.status != .available { throw ExitCode.failure }
-    }
-}
-
-/// SIGINT and SIGTERM call `cancel` once; a second signal exits at once.
-final class InterruptCancellation: @unchecked Sendable {
-    private let sources: [any DispatchSourceSignal]
-
-    init(message: String, cancel: @escaping @Sendable () -> Void) {
-        let fired = InterruptFlag()
-        sources = [SIGINT, SIGTERM].map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                if fired.fired.exchange(true, ordering: .relaxed) { exit(128 + number) }
-                FileHandle.standardError.write(Data((message + "\n").utf8))
-                cancel()
-            }
-            source.resume()
-            return source
-        }
-    }
-
-    func stop() {
-        sources.forEach { $0.cancel() }
-        signal(SIGINT, SIG_DFL)
-        signal(SIGTERM, SIG_DFL)
     }
 }
 

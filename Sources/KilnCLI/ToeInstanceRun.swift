@@ -87,42 +87,55 @@ struct ToeInstanceRun {
     }
 }
 
-/// Ctrl-C or SIGTERM while an instance runs removes it before Kiln exits (128 + the signal).
-/// The sources are set once in init and only cancelled afterwards.
-final class InterruptCleanup: @unchecked Sendable {
+/// SIGINT and SIGTERM are watched instead of ending Kiln: `handle` gets each one's number and
+/// whether it is the first. The sources are set once in init and only cancelled afterwards.
+final class InterruptSignals: @unchecked Sendable {
     private let sources: [any DispatchSourceSignal]
     private let flag = InterruptFlag()
 
-    init(_ cleanup: @escaping @Sendable () async -> Void) {
+    init(_ handle: @escaping @Sendable (_ signal: Int32, _ first: Bool) -> Void) {
         let flag = self.flag
         sources = [SIGINT, SIGTERM].map { number in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                flag.fired.store(true, ordering: .relaxed)
-                FileHandle.standardError.write(Data("kiln: interrupted; removing the instance\n".utf8))
-                Task {
-                    await cleanup()
-                    exit(128 + number)
-                }
-            }
+            source.setEventHandler { handle(number, !flag.fired.exchange(true, ordering: .relaxed)) }
             source.resume()
             return source
         }
     }
 
-    /// Suspends for good once an interrupt arrived: its handler removes the instance and exits.
-    func waitIfInterrupted() async {
-        while flag.fired.load(ordering: .relaxed) {
-            try? await Task.sleep(for: .seconds(60))
-        }
-    }
+    var interrupted: Bool { flag.fired.load(ordering: .relaxed) }
 
-    func cancel() {
+    /// Gives both signals back their default action.
+    func stop() {
         sources.forEach { $0.cancel() }
         signal(SIGINT, SIG_DFL)
         signal(SIGTERM, SIG_DFL)
     }
+}
+
+/// Ctrl-C or SIGTERM while an instance runs removes it before Kiln exits (128 + the signal).
+final class InterruptCleanup: Sendable {
+    private let signals: InterruptSignals
+
+    init(_ cleanup: @escaping @Sendable () async -> Void) {
+        signals = InterruptSignals { number, _ in
+            FileHandle.standardError.write(Data("kiln: interrupted; removing the instance\n".utf8))
+            Task {
+                await cleanup()
+                exit(128 + number)
+            }
+        }
+    }
+
+    /// Suspends for good once an interrupt arrived: its handler removes the instance and exits.
+    func waitIfInterrupted() async {
+        while signals.interrupted {
+            try? await Task.sleep(for: .seconds(60))
+        }
+    }
+
+    func cancel() { signals.stop() }
 }
 
 final class InterruptFlag: Sendable {

@@ -106,6 +106,10 @@ public struct PipelineRun: Sendable {
             progress("image \(name)/\(recipe.semanticVersion)/\(build): \(record.status.rawValue) in \(stage)\(step.map { " at step \($0)" } ?? "")\(region.map { " for region \($0)" } ?? ""): \(record.failure!.reason)")
             return record
         }
+        func charge(_ role: String, _ usage: ContainerInstance.Usage) {
+            record.ledger = record.ledger ?? CostLedger()
+            record.ledger!.charge(role: role, instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds)
+        }
         func timed<T>(_ stage: String, _ body: () async throws -> T) async rethrows -> T {
             let start = ContinuousClock.now
             defer {
@@ -146,8 +150,7 @@ public struct PipelineRun: Sendable {
             record.cachedSteps = outcome.reusedSteps
             record.builtSteps = outcome.builtSteps
             if let usage = outcome.builder {
-                record.ledger = record.ledger ?? CostLedger()
-                record.ledger!.charge(role: "builder", instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds)
+                charge("builder", usage)
             }
             record.localName = localName
             record.digest = built.digest.description
@@ -166,8 +169,7 @@ public struct PipelineRun: Sendable {
                             keepOnFailure: infrastructure.terminateInstanceOnFailure == false
                         )
                     }
-                    record.ledger = record.ledger ?? CostLedger()
-                    for usage in usages { record.ledger!.charge(role: "test", instanceType: type.name, seconds: usage.seconds, cpuSeconds: usage.cpuSeconds) }
+                    for usage in usages { charge("test", usage) }
                     record.testResults = folder + "/logs/test/junit.xml"
                 } catch let failure as RecipeBuilder.StepFailure {
                     if FileManager.default.fileExists(atPath: folder + "/logs/test/junit.xml") { record.testResults = folder + "/logs/test/junit.xml" }
