@@ -415,24 +415,10 @@ struct BuildCommandTests {
             scratch, components: "  - {name: slow, semanticVersion: 1.0.0, platform: Linux, uri: slow.yaml}", componentArns: ["slow/1.x.x"],
             template: "{{{ imagebuilder:environments }}}\n{{{ imagebuilder:components }}}", kilnTests: "{}"
         )
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Kiln.binary)
-        process.arguments = ["build", "-f", pipeline, "--no-cache"]
-        process.currentDirectoryURL = URL(fileURLWithPath: scratch.path)
-        let output = Pipe(), errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        let collected = ErrorText()
-        errors.fileHandleForReading.readabilityHandler = { collected.append($0.availableData) }
-        try process.run()
-        for _ in 0..<900 where !collected.text.contains("Step Sleep") { usleep(100_000) }
-        let builder = try #require(collected.text.range(of: #"builder (kiln-[0-9a-f]{12})"#, options: .regularExpression).map {
-            String(collected.text[$0].dropFirst("builder ".count))
-        }, "a builder started: \(collected.text)")
-        kill(process.processIdentifier, SIGINT)
-        let stdout = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        errors.fileHandleForReading.readabilityHandler = nil
+        let kiln = try RunningKiln(["build", "-f", pipeline, "--no-cache"], in: scratch.path)
+        let builder = try #require(kiln.instance(after: "builder ", once: "Step Sleep", seconds: 90), "a builder started: \(kiln.stderr.text)")
+        let stdout = kiln.interrupt()
+        let process = kiln.process, collected = kiln.stderr
         #expect(process.terminationStatus == 128 + SIGINT, "\(collected.text)")
         let image = try #require(try JSONSerialization.jsonObject(with: stdout) as? [String: Any], "\(collected.text)")
         #expect(image["status"] as? String == "CANCELLED" && (image["failure"] as? [String: Any])?["stage"] as? String == "BUILD", "\(image)")

@@ -109,25 +109,13 @@ struct InstanceCommandTests {
         let scratch = try Scratch()
         defer { scratch.remove() }
         let sleeper = try document(scratch, "SleepsToo", ["sleep 300"])
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Kiln.binary)
-        process.arguments = ["toe", "run", "--image", "bootstrap:debian:bookworm", "-d", sleeper, "-l", scratch.path] + data
-        let errors = Pipe()
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = errors
-        let collected = ErrorText()
-        errors.fileHandleForReading.readabilityHandler = { collected.append($0.availableData) }
-        try process.run()
+        let kiln = try RunningKiln(["toe", "run", "--image", "bootstrap:debian:bookworm", "-d", sleeper, "-l", scratch.path] + data)
         // The run has started once kiln says where it runs.
-        for _ in 0..<600 where !collected.text.contains("running in container") { usleep(100_000) }
-        let running = try #require(collected.text.range(of: #"container (kiln-[0-9a-f]{12})"#, options: .regularExpression).map {
-            String(collected.text[$0].dropFirst("container ".count))
-        }, "an instance started: \(collected.text)")
+        let running = try #require(kiln.instance(after: "container ", once: "running in container", seconds: 60), "an instance started: \(kiln.stderr.text)")
         usleep(300_000)
-        kill(process.processIdentifier, SIGINT)
-        process.waitUntilExit()
-        errors.fileHandleForReading.readabilityHandler = nil
-        let stderr = collected.text
+        _ = kiln.interrupt()
+        let process = kiln.process
+        let stderr = kiln.stderr.text
         #expect(process.terminationStatus == 128 + SIGINT, "\(stderr)")
         #expect(stderr.contains("interrupted; removing the instance"))
         #expect(!FileManager.default.fileExists(atPath: "\(sharedDataDirectory)/instances/\(running)"))
@@ -137,6 +125,41 @@ struct InstanceCommandTests {
 }
 
 /// stderr of a running kiln, read as it arrives.
+/// A kiln started in the background, its stderr read as it arrives, to be interrupted mid-run.
+final class RunningKiln {
+    let process = Process()
+    let stderr = ErrorText()
+    private let output = Pipe(), errors = Pipe()
+
+    init(_ arguments: [String], in directory: String? = nil) throws {
+        process.executableURL = URL(fileURLWithPath: Kiln.binary)
+        process.arguments = arguments
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
+        process.standardOutput = output
+        process.standardError = errors
+        let collected = stderr
+        errors.fileHandleForReading.readabilityHandler = { collected.append($0.availableData) }
+        try process.run()
+    }
+
+    /// Waits until stderr says `text` (at most `seconds`), then returns the instance id kiln
+    /// printed right after `label` (such as "container " or "builder "), if any.
+    func instance(after label: String, once text: String, seconds: Int) -> String? {
+        for _ in 0..<(seconds * 10) where !stderr.text.contains(text) { usleep(100_000) }
+        let text = stderr.text
+        return text.range(of: label + #"(kiln-[0-9a-f]{12})"#, options: .regularExpression).map { String(text[$0].dropFirst(label.count)) }
+    }
+
+    /// Sends SIGINT, waits for kiln to exit, and returns its stdout.
+    func interrupt() -> Data {
+        kill(process.processIdentifier, SIGINT)
+        let stdout = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        errors.fileHandleForReading.readabilityHandler = nil
+        return stdout
+    }
+}
+
 final class ErrorText: @unchecked Sendable {
     private let lock = NSLock()
     private var data = Data()
