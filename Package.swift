@@ -74,6 +74,7 @@ let package = Package(
         .testTarget(name: "KilnTOETests", dependencies: ["KilnTOE", "KilnModel"]),
         .testTarget(name: "KilnOCITests", dependencies: ["KilnOCI", "KilnModel", "CKilnSystem"]),
         .testTarget(name: "KilnCLITests", dependencies: ["KilnCLI", "kiln"]),
+        .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnInstances", "KilnOCI", "KilnModel", "CKilnSystem"]),
         .testTarget(name: "KilnInstancesTests", dependencies: ["KilnInstances", "KilnOCI", "KilnTOE", "KilnModel", "kiln-init"]),
     ]
 )

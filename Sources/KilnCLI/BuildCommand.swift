@@ -30,10 +30,16 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Build every step again even when an earlier build had the same inputs.")
     var noCache = false
 
+    @Flag(name: .long, help: "Build from what Kiln's store holds: look up no registry parent and ask no package source (kiln.yaml: offline: true).")
+    var offline = false
+
+    @Flag(name: .long, help: "Print the parent's digest and each step's cache decision (reused or run, and why), then stop without building.")
+    var explainCache = false
+
     @OptionGroup var options: KilnOptions
 
     func run() async throws {
-        let record = try await KilnEnvironment.reportingErrors { () -> ImageRecord in
+        let built = try await KilnEnvironment.reportingErrors { () -> ImageRecord? in
             let environment = try KilnEnvironment(options)
             let host = try await environment.instanceHost()
             let definitions = try Definitions.load(path: file)
@@ -52,9 +58,15 @@ struct BuildCommand: AsyncParsableCommand {
                 terminal.progress(String(format: "[%6.1fs] ", elapsed.inSeconds) + line)
             }
             let epoch = sourceDateEpoch ?? ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) }
-            let pipelineRun = Task {
-                try await run.run(.init(definitionsPath: file, pipeline: name, contextDirectory: context, sourceDateEpoch: epoch, useCache: !noCache))
+            let settings = PipelineRun.Settings(definitionsPath: file, pipeline: name, contextDirectory: context, sourceDateEpoch: epoch, useCache: !noCache, offline: offline)
+            if explainCache {
+                let lines = try await run.explain(settings)
+                view.finish()
+                await environment.registries.shutdown()
+                print(lines.joined(separator: "\n"))
+                return nil
             }
+            let pipelineRun = Task { try await run.run(settings) }
             // Ctrl-C cancels the run: its instances are removed and the image becomes CANCELLED.
             // The first signal cancels; a second quits at once.
             let interrupts = InterruptSignals { number, first in
@@ -68,6 +80,7 @@ struct BuildCommand: AsyncParsableCommand {
             await environment.registries.shutdown()
             return record
         }
+        guard let record = built else { return }
         try TerminalOutput.printJSON(record)
         if record.status == .cancelled { throw ExitCode(128 + SIGINT) }
         if record.status != .available { throw ExitCode.failure }

@@ -246,7 +246,8 @@ struct ImageGarbageCollectCommand: AsyncParsableCommand {
             if buildCache {
                 let cached = try environment.store.summaries().map(\.name).filter { $0.hasPrefix(BuildCacheKey.namePrefix) }
                 for name in cached { _ = try environment.store.untag(name) }
-                print("forgot \(cached.count) cached build step(s)")
+                try? FileManager.default.removeItem(atPath: BuildCacheKey.freshnessFolder(dataDirectory: environment.configuration.dataDirectory))
+                print("forgot \(cached.count) cached build step(s) and their package freshness checks")
             }
             let removed = try environment.store.garbageCollect()
             print("removed \(removed.blobs.count) blob(s), \(TransferProgressView.size(removed.bytes)) freed")

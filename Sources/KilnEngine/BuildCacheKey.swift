@@ -19,6 +19,9 @@ public enum BuildCacheKey {
         Digest(sha256Of: Data("\(previous)\n\(step)\n".utf8))
     }
 
+    /// Where the freshness checks of cached package steps are kept (see `FreshnessRecord`).
+    public static func freshnessFolder(dataDirectory: String) -> String { FreshnessRecord.folder(dataDirectory) }
+
     /// The store name of the image that ends with the step whose key this is.
     static func tag(_ key: Digest) -> String { namePrefix + key.encoded }
 

@@ -44,6 +44,13 @@ public struct ImageRecord: Sendable, Codable, Hashable {
     public var failure: Failure?
     public var sourcePipelineName: String?
     public var dateCreated: String
+    /// The parent as the recipe names it, and the manifest digest it resolved to for this build.
+    public var parentImage: String?
+    public var parentDigest: String?
+    /// Each file-changing step: reused from the cache or run, and why.
+    public var cacheDecisions: [CacheDecision]?
+    /// Upgrades the image's package sources offered that made cached steps run again.
+    public var packageUpdates: [PackageUpgrade]?
     /// The image in Kiln's store (`kiln:<localName>`) and its manifest digest.
     public var localName: String?
     public var digest: String?

@@ -260,44 +260,22 @@ struct ImageTestSuites: Sendable {
         return nil
     }
 
-    /// Pending security updates, asked of the image's package manager in a throwaway instance
-    /// with the host's network (the package lists must be fresh).
+    /// Pending security updates, asked of the image's own package sources in a throwaway
+    /// instance with the host's network (see `PackageUpgradeQuery`); an upgrade counts as a
+    /// security update when its origin names security (Debian-Security, a -security suite).
     private func pendingUpdates(image: Descriptor, root: String) async -> (TestCaseResult.Status, String, ContainerInstance.Usage?) {
-        let script: String
-        if FileManager.default.fileExists(atPath: root + "/usr/bin/apt-get") {
-            script = "apt-get update -qq >/dev/null 2>&1 || { echo 'kiln: apt-get update failed' >&2; exit 3; }; apt-get -s -o Debug::NoLocking=1 upgrade | grep '^Inst ' || true"
-        } else if FileManager.default.fileExists(atPath: root + "/usr/bin/dnf") {
-            script = "dnf -q updateinfo list --security 2>/dev/null | sed 's/^/Inst security /' ; exit 0"
-        } else if FileManager.default.fileExists(atPath: root + "/sbin/apk") {
-            script = "apk update -q >/dev/null 2>&1 || exit 3; apk version -l '<' | sed 1d | sed 's/^/Inst /'"
-        } else {
-            return (.skipped, "no apt, dnf or apk in the image", nil)
+        let (answer, usage) = await PackageUpgradeQuery(host: host, type: type).ask(image)
+        switch answer {
+        case .noPackageManager(let why):
+            return (.skipped, why, usage)
+        case .unreachable(let why):
+            return (.skipped, "the package sources could not be reached from a test instance: \(why)", usage)
+        case .upgrades(let upgrades, _):
+            let security = upgrades.filter(\.isSecurity)
+            if security.isEmpty { return (.passed, "no security update pending (\(upgrades.count) other update(s) pending)", usage) }
+            let names = security.prefix(15).map(\.description).joined(separator: ", ")
+            return (.failed, "\(security.count) security update(s) pending: \(names); run the update-os component (or apt-get upgrade) in the recipe", usage)
         }
-        guard FileManager.default.fileExists(atPath: root + "/bin/sh") else { return (.skipped, "the image has no /bin/sh to ask its package manager", nil) }
-        let instance: ContainerInstance
-        do {
-            instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: .host))
-        } catch {
-            return (.failed, "cannot start an instance to ask the package manager: \((error as? KilnError)?.message ?? "\(error)")", nil)
-        }
-        let output = LineEcho(prefix: "", progress: { _ in }, keep: 10_000)
-        let result: ExecResult
-        do {
-            result = try await instance.session.exec(ExecRequest(executable: "/bin/sh", arguments: ["-c", script], timeout: .seconds(300), user: "0")) { _, bytes in output.append(bytes) }
-            output.flush()
-        } catch {
-            let usage = instance.usage()
-            await instance.destroy()
-            return (.failed, "the package manager could not be asked: \((error as? KilnError)?.message ?? "\(error)")", usage)
-        }
-        let usage = instance.usage()
-        await instance.destroy()
-        if result.exitCode == 3 { return (.skipped, "the package sources could not be reached from a test instance: \(output.tail)", usage) }
-        let pending = output.lines.filter { $0.hasPrefix("Inst ") }
-        let security = pending.filter { $0.lowercased().contains("secur") }
-        if security.isEmpty { return (.passed, "no security update pending (\(pending.count) other update(s) pending)", usage) }
-        let names = security.map { $0.split(separator: " ").dropFirst().first.map(String.init) ?? $0 }
-        return (.failed, "\(security.count) security update(s) pending: \(names.prefix(15).joined(separator: ", ")); run the update-os component (or apt-get upgrade) in the recipe", usage)
     }
 
     /// Walks `root` without following links; `visit` gets each path relative to root and says

@@ -20,9 +20,12 @@ public struct PipelineRun: Sendable {
         public var sourceDateEpoch: Int64?
         /// Reuse the image of an earlier build with exactly the same inputs (no builder starts).
         public var useCache = true
+        /// Take registry parents from the store and ask no package source (also kiln.yaml `offline: true`).
+        public var offline = false
 
-        public init(definitionsPath: String, pipeline: String, contextDirectory: String? = nil, sourceDateEpoch: Int64? = nil, useCache: Bool = true) {
+        public init(definitionsPath: String, pipeline: String, contextDirectory: String? = nil, sourceDateEpoch: Int64? = nil, useCache: Bool = true, offline: Bool = false) {
             self.useCache = useCache
+            self.offline = offline
             self.definitionsPath = definitionsPath
             self.pipeline = pipeline
             self.contextDirectory = contextDirectory
@@ -45,8 +48,21 @@ public struct PipelineRun: Sendable {
         self.progress = progress
     }
 
-    /// Runs the pipeline; the returned record is AVAILABLE or FAILED (with stage, step, region and log).
-    public func run(_ settings: Settings) async throws -> ImageRecord {
+    /// What a run needs from the definitions, parsed and checked once.
+    struct Prepared {
+        var pipeline: ImagePipelineDefinition
+        var recipe: SelectedRecipe
+        var components: [RecipeComponent]
+        var infrastructure: InfrastructureConfigurationDefinition
+        var distribution: DistributionConfigurationDefinition?
+        var type: InstanceType
+        var template: DockerfileTemplate
+        var sourceDateEpoch: Int64?
+        var context: String
+        var policy: PackageUpdatePolicy
+    }
+
+    func prepare(_ settings: Settings) async throws -> Prepared {
         let definitions = try Definitions.load(path: settings.definitionsPath)
         try definitions.validateReferences(source: settings.definitionsPath)
         guard let pipeline = definitions.imagePipelines.first(where: { $0.name == settings.pipeline }) else {
@@ -77,6 +93,69 @@ public struct PipelineRun: Sendable {
         )
         // The flag wins over the recipe's own `ARG SOURCE_DATE_EPOCH=N`.
         let sourceDateEpoch = try settings.sourceDateEpoch ?? template.sourceDateEpoch(source: "\(recipe.name)/\(recipe.semanticVersion)")
+        let offline = settings.offline || configuration.offline
+        let policy: PackageUpdatePolicy = offline ? .offline : (pipeline.kilnCache?.packageUpdates == .ignore ? .ignore : .check)
+        return Prepared(
+            pipeline: pipeline, recipe: recipe, components: components, infrastructure: infrastructure, distribution: distribution, type: type,
+            template: template, sourceDateEpoch: sourceDateEpoch, context: settings.contextDirectory ?? (base.isEmpty ? "." : base), policy: policy
+        )
+    }
+
+    func builder(_ prepared: Prepared, logRoot: String, progress: @escaping @Sendable (String) -> Void) -> RecipeBuilder {
+        RecipeBuilder(
+            host: host, recipeLabel: "\(prepared.recipe.name)/\(prepared.recipe.semanticVersion)", template: prepared.template, components: prepared.components,
+            type: prepared.type, logRoot: logRoot, context: prepared.context, sourceDateEpoch: prepared.sourceDateEpoch, progress: progress
+        )
+    }
+
+    /// The parent named by a recipe, resolved afresh (see `ParentImageResolver`). An image ARN
+    /// (`arn:aws:imagebuilder:…:image/NAME/x.x.x[/BUILD]`) names the newest AVAILABLE build of a
+    /// Kiln image that matches, as Image Builder resolves a parent image version.
+    func resolveParent(_ text: String, offline: Bool, lookOnly: Bool = false, progress: @escaping @Sendable (String) -> Void) async throws -> Descriptor {
+        var text = text
+        if text.hasPrefix("arn:") {
+            let arn = try ImageBuilderARN(parsing: text)
+            guard arn.resourceType == "image" else { throw KilnError(.invalidArgument, "parentImage \(text) is a \(arn.resourceType) ARN; name an image ARN") }
+            let selector = try VersionSelector(parsing: arn.version ?? "x.x.x")
+            let candidates = records.all().filter { $0.name == arn.name && $0.status == .available && $0.localName != nil }
+            guard let chosen = selector.select(from: candidates.map { BuildVersion($0.version, build: $0.build) }),
+                  let record = candidates.first(where: { BuildVersion($0.version, build: $0.build) == chosen }) else {
+                throw KilnError(.notFound, "no AVAILABLE image matches \(text); see kiln images")
+            }
+            progress("parent \(text): image \(record.name)/\(record.version)/\(record.build)")
+            text = "kiln:" + record.localName!
+        }
+        return try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(text, offline: offline, lookOnly: lookOnly)
+    }
+
+    /// The newest earlier record of the same image name, to say what changed since.
+    func previousRecord(name: String) -> ImageRecord? {
+        records.all().filter { $0.name == name && $0.cacheDecisions != nil }.max { ($0.version, $0.build) < ($1.version, $1.build) }
+    }
+
+    /// `kiln build --explain-cache`: the parent's digest and each step's cache decision, with
+    /// no builder, no image record and no distribution.
+    public func explain(_ settings: Settings) async throws -> [String] {
+        let prepared = try await prepare(settings)
+        let parent = try await resolveParent(prepared.recipe.parentImage, offline: prepared.policy == .offline, lookOnly: true, progress: progress)
+        let plan = try await builder(prepared, logRoot: host.dataDirectory + "/tmp", progress: progress).plan(
+            parent: parent, useCache: settings.useCache, policy: prepared.policy,
+            previous: previousRecord(name: ImageBuilderARN.normalizedName(prepared.recipe.name)), caCertificates: caCertificates
+        )
+        return ["parent \(prepared.recipe.parentImage): \(parent.digest)"] + plan.decisions.map(\.line)
+    }
+
+    /// Private CAs by host, for https package indexes and documents.
+    var caCertificates: [String: String] {
+        configuration.registries.compactMapValues(\.caCertificate)
+    }
+
+    /// Runs the pipeline; the returned record is AVAILABLE or FAILED (with stage, step, region and log).
+    public func run(_ settings: Settings) async throws -> ImageRecord {
+        let prepared = try await prepare(settings)
+        let (pipeline, recipe, components, infrastructure, distribution, type) = (
+            prepared.pipeline, prepared.recipe, prepared.components, prepared.infrastructure, prepared.distribution, prepared.type
+        )
 
         let name = ImageBuilderARN.normalizedName(recipe.name)
         let build = try records.reserveBuild(name: name, version: recipe.semanticVersion)
@@ -123,28 +202,35 @@ public struct PipelineRun: Sendable {
                 // BUILD
             try enter(.creating)
             let parent: Descriptor
+            let previous = previousRecord(name: name)
             do {
-                parent = try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(recipe.parentImage)
+                parent = try await resolveParent(recipe.parentImage, offline: prepared.policy == .offline, progress: progress)
             } catch let error as KilnError {
                 return try fail("BUILD", "the parent image \(recipe.parentImage) is not available: \(error.message)")
             }
+            record.parentImage = recipe.parentImage
+            record.parentDigest = parent.digest.description
+            try records.save(record)
+            progress("BUILD: parent \(recipe.parentImage): \(parent.digest)")
             if let unsupported = try supportedOsCheck(components, parent: parent) {
                 return try fail("BUILD", step: unsupported.step, unsupported.reason)
             }
             try enter(.building)
             let localName = "\(name):\(recipe.semanticVersion)-\(build)"
-            let builder = RecipeBuilder(
-                host: host, recipeLabel: "\(recipe.name)/\(recipe.semanticVersion)", template: template, components: components, type: type, logRoot: folder + "/logs",
-                context: settings.contextDirectory ?? (base.isEmpty ? "." : base), sourceDateEpoch: sourceDateEpoch, progress: progress
-            )
+            let builder = self.builder(prepared, logRoot: folder + "/logs", progress: progress)
             let outcome: RecipeBuilder.Outcome
             do {
                 outcome = try await timed("BUILD") {
-                    try await builder.build(parent: parent, as: localName, useCache: settings.useCache, keepOnFailure: infrastructure.terminateInstanceOnFailure == false)
+                    let plan = try await builder.plan(parent: parent, useCache: settings.useCache, policy: prepared.policy, previous: previous, caCertificates: caCertificates)
+                    record.cacheDecisions = plan.decisions
+                    record.packageUpdates = plan.packageUpdates.isEmpty ? nil : plan.packageUpdates
+                    try records.save(record)
+                    return try await builder.build(plan: plan, parent: parent, as: localName, keepOnFailure: infrastructure.terminateInstanceOnFailure == false, caCertificates: caCertificates)
                 }
             } catch let failure as RecipeBuilder.StepFailure {
                 return try fail("BUILD", step: failure.step, log: failure.log, failure.reason)
             }
+            for check in outcome.checks { charge("package-check", check) }
             let built = outcome.image
             record.cacheHit = outcome.builtSteps == 0
             record.cachedSteps = outcome.reusedSteps

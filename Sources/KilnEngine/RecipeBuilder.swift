@@ -66,13 +66,14 @@ struct RecipeBuilder: Sendable {
         }
     }
 
-    /// What BUILD did: the image, how many steps came from the cache, and the builder's usage
-    /// (nil when every step was cached and no builder started).
+    /// What BUILD did: the image, how many steps came from the cache, the builder's usage (nil
+    /// when every step was cached and no builder started) and the freshness checks' usage.
     struct Outcome {
         var image: Descriptor
         var reusedSteps: Int
         var builtSteps: Int
         var builder: ContainerInstance.Usage?
+        var checks: [ContainerInstance.Usage] = []
     }
 
     var steps: [BuildStep] {
@@ -82,35 +83,223 @@ struct RecipeBuilder: Sendable {
         }
     }
 
-    func build(parent: Descriptor, as name: String, useCache: Bool, keepOnFailure: Bool) async throws -> Outcome {
+    /// BUILD's plan: each step's key, its cached image if any, and which steps run and why.
+    struct Plan {
+        struct Step {
+            var step: BuildStep
+            var label: String
+            var key: Digest
+            /// The digest of the step's own input, to say later what changed.
+            var input: Digest
+            var cached: Descriptor?
+        }
+
+        var steps: [Step]
+        /// One per file-changing step, in order.
+        var decisions: [CacheDecision]
+        /// The first step (an index into `steps`) that runs; nil when every step is reused.
+        var firstRun: Int?
+        /// The upgrades that made cached steps run again.
+        var packageUpdates: [PackageUpgrade]
+        var policy: PackageUpdatePolicy
+        /// Instances the freshness check started.
+        var checks: [ContainerInstance.Usage]
+    }
+
+    /// Decides, without running anything in a builder, which steps are reused and which run. A
+    /// cached chain is reused only while an uncached build could not give newer packages: when
+    /// one of its steps changed package state (see `PackageState`), the image's own sources are
+    /// asked (index fingerprints from the host first, then the package manager in a throwaway
+    /// instance). Upgrades they offer run the steps again from the first step that changed
+    /// package state; earlier steps installed no package, so their results cannot be newer.
+    func plan(parent: Descriptor, useCache: Bool, policy: PackageUpdatePolicy, previous: ImageRecord?, caCertificates: [String: String]) async throws -> Plan {
+        let store = host.store
+        var key = BuildCacheKey.first(parent: parent.digest, platform: Platform.host.description, sourceDateEpoch: sourceDateEpoch)
+        var planned: [Plan.Step] = []
+        for step in steps {
+            let text = try cacheText(step)
+            key = BuildCacheKey.next(key, text)
+            let cached = useCache && step.changesFiles ? try store.resolve(BuildCacheKey.tag(key)) : nil
+            planned.append(Plan.Step(step: step, label: describe(step), key: key, input: Digest(sha256Of: Data(text.utf8)), cached: cached))
+        }
+        let fileSteps = planned.indices.filter { planned[$0].step.changesFiles }
+        let prefix = Array(fileSteps.prefix { planned[$0].cached != nil })
+        var firstRun = fileSteps.first { !prefix.contains($0) }
+        var packageUpdates: [PackageUpgrade] = []
+        var checks: [ContainerInstance.Usage] = []
+        var firstRunReason: String?
+
+        // Why a reused step is current: before the first step that changed package state, no
+        // package update can reach it; from there on, the freshness check (or the policy) says.
+        let untouched = "cached; it installed no packages, so package updates cannot change it"
+        var firstPackageStep: Int?
+        var packageReuseReason = untouched
+        if !prefix.isEmpty {
+            switch policy {
+            case .ignore: packageReuseReason = "cached; package updates not checked (kilnCache: {packageUpdates: ignore})"
+            case .offline: packageReuseReason = "cached; package sources not asked (offline)"
+            case .check:
+                var below = try store.image(parent.digest).manifest.layers.count
+                var packageSteps: [Int] = []
+                for index in prefix {
+                    let (manifest, config) = try store.image(planned[index].cached!.digest)
+                    let own = Array(zip(manifest.layers, config.rootfs.diffIDs).dropFirst(below))
+                    below = manifest.layers.count
+                    if try PackageState.touched(own, host: host) { packageSteps.append(index) }
+                }
+                if let first = packageSteps.first, let last = packageSteps.last {
+                    firstPackageStep = first
+                    let (freshness, usage) = await freshness(of: planned[last], caCertificates: caCertificates)
+                    if let usage { checks.append(usage) }
+                    switch freshness {
+                    case .current(let why): packageReuseReason = "cached; \(why)"
+                    case .stale(let upgrades, let why):
+                        firstRun = first
+                        packageUpdates = upgrades
+                        firstRunReason = why
+                    }
+                }
+            }
+        }
+        var decisions: [CacheDecision] = []
+        for (ordinal, index) in fileSteps.enumerated() {
+            let step = planned[index]
+            let decision: CacheDecision.Outcome
+            let reason: String
+            if let firstRun, index >= firstRun {
+                decision = .run
+                if !useCache {
+                    reason = "--no-cache"
+                } else if index == firstRun {
+                    reason = firstRunReason ?? whyNotCached(step, ordinal: ordinal, parent: parent, previous: previous)
+                } else {
+                    reason = "an earlier step runs (\(planned[firstRun].label)), so this one runs on its result"
+                }
+            } else {
+                decision = .reused
+                let why = (policy == .check && (firstPackageStep.map { index < $0 } ?? true)) ? untouched : packageReuseReason
+                reason = "\(why); step key \(step.key.encoded.prefix(12))"
+            }
+            decisions.append(CacheDecision(step: step.label, decision: decision, reason: reason, key: step.key.description, input: step.input.description))
+        }
+        return Plan(steps: planned, decisions: decisions, firstRun: firstRun, packageUpdates: packageUpdates, policy: policy, checks: checks)
+    }
+
+    /// Why the first uncached step has no cache entry, by comparing with the recipe's previous build.
+    private func whyNotCached(_ step: Plan.Step, ordinal: Int, parent: Descriptor, previous: ImageRecord?) -> String {
+        guard let previous, let earlier = previous.cacheDecisions else { return "not in the cache: not built before with these inputs" }
+        let label = "\(previous.name)/\(previous.version)/\(previous.build)"
+        if let old = previous.parentDigest, old != parent.digest.description {
+            return "the parent moved since \(label): \(old) → \(parent.digest)"
+        }
+        if earlier.contains(where: { $0.key == step.key.description }) {
+            return "its cached result is gone (kiln image gc --build-cache, or an interrupted build)"
+        }
+        if ordinal < earlier.count, earlier[ordinal].input != step.input.description {
+            return "its input changed since \(label)"
+        }
+        return ordinal < earlier.count ? "an input before it changed since \(label) (SOURCE_DATE_EPOCH, platform or parent)" : "a new step since \(label)"
+    }
+
+    enum Freshness {
+        case current(String)
+        case stale([PackageUpgrade], String)
+    }
+
+    /// Whether the cached image of `step` (the last cached step that changed package state)
+    /// could be newer: unchanged index fingerprints say no at once; otherwise the package
+    /// manager is asked, and only upgrades that a fresh run did not already leave behind count.
+    func freshness(of step: Plan.Step, caCertificates: [String: String]) async -> (Freshness, ContainerInstance.Usage?) {
+        guard let image = step.cached else { return (.stale([], "no cached image"), nil) }
+        let record = FreshnessRecord.load(key: step.key, dataDirectory: host.dataDirectory)
+        var fingerprint: Digest?
+        var indexes: [String] = []
+        do {
+            let files = try ImageFiles(image: image, host: host)
+            if let sources = try PackageSources.read(files, architecture: try host.store.image(image.digest).config.architecture) {
+                (fingerprint, indexes) = try await sources.fingerprint(caCertificates: caCertificates)
+            }
+        } catch {
+            let reason = (error as? PackageSources.Unreadable)?.reason ?? (error as? KilnError)?.message ?? "\(error)"
+            progress("BUILD: cache: package indexes not fingerprinted from the host (\(reason)); asking the package manager in an instance")
+        }
+        if let record, let fingerprint, record.fingerprint == fingerprint.description {
+            return (.current("package indexes unchanged since \(record.checked) (\(indexes.count) index(es) fetched from the host)"), nil)
+        }
+        progress("BUILD: cache: \(record == nil ? "first check of" : "package indexes changed for") \(step.label); asking its package sources in a throwaway instance")
+        let (answer, usage) = await PackageUpgradeQuery(host: host, type: type).ask(image)
+        switch answer {
+        case .noPackageManager(let why):
+            return (.current(why), usage)
+        case .unreachable(let why):
+            return (.stale([], "its package sources could not be asked, so it runs as an uncached build would: \(why)"), usage)
+        case .upgrades(let offered, let manager):
+            let news = FreshnessRule.newUpgrades(offered, remaining: record?.remainingUpgrades)
+            guard news.isEmpty else { return (.stale(news, "packages upgradable: \(FreshnessRule.describe(news))"), usage) }
+            let remaining = record?.remainingUpgrades ?? []
+            FreshnessRecord(fingerprint: fingerprint?.description, indexes: indexes, remainingUpgrades: remaining, checked: Self.now()).save(key: step.key, dataDirectory: host.dataDirectory)
+            if offered.isEmpty { return (.current("\(manager.rawValue) offers no upgrade"), usage) }
+            return (.current("the \(offered.count) upgrade(s) \(manager.rawValue) offers were left by a fresh run of these steps too: \(FreshnessRule.describe(offered, limit: 5))"), usage)
+        }
+    }
+
+    /// After a build ran a step that changed package state: the index fingerprint the step ran
+    /// against, fetched from the host. When the steps ran because of upgrades, the package
+    /// manager is asked too, so the next build knows which upgrades the steps do not pick up
+    /// (a cold build skips that instance: if its indexes change, the next build asks anyway).
+    func recordFreshness(key: Digest, image: Descriptor, askPackageManager: Bool, caCertificates: [String: String]) async -> ContainerInstance.Usage? {
+        var fingerprint: Digest?
+        var indexes: [String] = []
+        if let files = try? ImageFiles(image: image, host: host), let architecture = try? host.store.image(image.digest).config.architecture,
+           let sources = try? PackageSources.read(files, architecture: architecture),
+           let (digest, fetched) = try? await sources.fingerprint(caCertificates: caCertificates) {
+            (fingerprint, indexes) = (digest, fetched)
+        }
+        guard askPackageManager else {
+            guard let fingerprint else { return nil }
+            FreshnessRecord(fingerprint: fingerprint.description, indexes: indexes, remainingUpgrades: nil, checked: Self.now()).save(key: key, dataDirectory: host.dataDirectory)
+            progress("BUILD: cache: recorded the package index fingerprint (\(indexes.count) index(es)) for the next build")
+            return nil
+        }
+        let (answer, usage) = await PackageUpgradeQuery(host: host, type: type).ask(image)
+        if case .upgrades(let offered, let manager) = answer {
+            FreshnessRecord(fingerprint: fingerprint?.description, indexes: indexes, remainingUpgrades: offered, checked: Self.now()).save(key: key, dataDirectory: host.dataDirectory)
+            progress("BUILD: cache: after the build, \(manager.rawValue) offers \(offered.isEmpty ? "no upgrade" : FreshnessRule.describe(offered, limit: 5)); recorded for the next build")
+        }
+        return usage
+    }
+
+    static func now() -> String { ISO8601DateFormatter().string(from: Date()) }
+
+    func build(plan: Plan, parent: Descriptor, as name: String, keepOnFailure: Bool, caCertificates: [String: String]) async throws -> Outcome {
         let store = host.store
         let (parentManifest, parentConfig) = try store.image(parent.digest)
         var settings = ImageSettings(snapshot: .init(history: "kiln build \(recipeLabel)", sourceDateEpoch: sourceDateEpoch))
-        var key = BuildCacheKey.first(parent: parent.digest, platform: Platform.host.description, sourceDateEpoch: sourceDateEpoch)
         var layers: [ContainerInstance.PackedLayer] = []
-        var reusing = useCache
         var builder: ContainerInstance?
         var baseline: DirectoryState?
         var reused = 0, built = 0
+        /// The last step built in this run that changed package state, and its cached image.
+        var lastPackageStep: (key: Digest, image: Descriptor)?
+        for decision in plan.decisions { progress("BUILD: cache: \(decision.line)") }
         do {
-            for step in steps {
-                key = BuildCacheKey.next(key, try cacheText(step))
-                let label = describe(step)
+            for (index, planned) in plan.steps.enumerated() {
+                let step = planned.step
+                let label = planned.label
                 record(step, settings: &settings)
                 guard step.changesFiles else {
                     settings.snapshot.layerHistory.append((label, true))
                     continue
                 }
-                if reusing, let cached = try store.resolve(BuildCacheKey.tag(key)) {
+                if plan.firstRun.map({ index < $0 }) ?? true, let cached = planned.cached {
                     let (manifest, config) = try store.image(cached.digest)
                     let added = Array(zip(manifest.layers, config.rootfs.diffIDs).dropFirst(parentManifest.layers.count))
                     settings.snapshot.layerHistory.append((label, added.count == layers.count))
                     layers = added.map { ContainerInstance.PackedLayer(descriptor: $0.0, diffID: $0.1, entries: 1) }
-                    progress("BUILD: \(label): cached, not run (step key \(key.encoded.prefix(12)))")
+                    progress("BUILD: \(label): cached, not run (step key \(planned.key.encoded.prefix(12)))")
                     reused += 1
                     continue
                 }
-                reusing = false
                 if builder == nil {
                     let start = layers.isEmpty ? parent : try ContainerInstance.compose(
                         base: parentManifest, config: parentConfig, layers: layers, settings: .init(history: "kiln cache", sourceDateEpoch: sourceDateEpoch), in: store, name: nil
@@ -125,9 +314,13 @@ struct RecipeBuilder: Sendable {
                 baseline = state
                 if packed.entries > 0 { layers.append(packed) }
                 settings.snapshot.layerHistory.append((label, packed.entries == 0))
-                _ = try ContainerInstance.compose(
-                    base: parentManifest, config: parentConfig, layers: layers, settings: .init(history: "kiln cache", sourceDateEpoch: sourceDateEpoch), in: store, name: BuildCacheKey.tag(key)
+                let cachedImage = try ContainerInstance.compose(
+                    base: parentManifest, config: parentConfig, layers: layers, settings: .init(history: "kiln cache", sourceDateEpoch: sourceDateEpoch), in: store, name: BuildCacheKey.tag(planned.key)
                 )
+                if plan.policy == .check, packed.entries > 0,
+                   PackageState.touched(layerFolder: try host.layers.unpack(packed.descriptor, diffID: packed.diffID, store: store)) {
+                    lastPackageStep = (planned.key, cachedImage)
+                }
                 built += 1
             }
             settings.snapshot.environment = settings.environment
@@ -137,7 +330,13 @@ struct RecipeBuilder: Sendable {
             progress("BUILD: image \(image.digest) (\(reused) step(s) cached, \(built) built, \(layers.count) new layer(s))")
             let usage = builder?.usage()
             await builder?.destroy()
-            return Outcome(image: image, reusedSteps: reused, builtSteps: built, builder: usage)
+            var checks = plan.checks
+            if let lastPackageStep, let check = await recordFreshness(
+                key: lastPackageStep.key, image: lastPackageStep.image, askPackageManager: !plan.packageUpdates.isEmpty, caCertificates: caCertificates
+            ) {
+                checks.append(check)
+            }
+            return Outcome(image: image, reusedSteps: reused, builtSteps: built, builder: usage, checks: checks)
         } catch {
             if let builder {
                 if keepOnFailure, !Task.isCancelled {

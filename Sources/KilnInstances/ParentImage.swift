@@ -23,19 +23,111 @@ public struct ParentImageResolver: Sendable {
 
     var store: ContentStore { transfer.store }
 
-    /// The parent's manifest descriptor in the store.
-    public func resolve(_ text: String) async throws -> Descriptor {
+    /// The parent's manifest descriptor in the store, resolved afresh: a registry reference is
+    /// looked up at its registry every time (one manifest GET, this platform's entry of an
+    /// index), and the store's name moves only when the digest did; an OCI layout's tag is read
+    /// again; an OCI archive is read again when its size, time or inode changed. `offline`
+    /// takes the store's copy of a registry parent instead, and says so. `lookOnly` resolves a
+    /// registry parent's digest without pulling it or moving a name (`--explain-cache`).
+    public func resolve(_ text: String, offline: Bool = false, lookOnly: Bool = false) async throws -> Descriptor {
         if text == "scratch" { return try scratch() }
         if text.hasPrefix("bootstrap:") { return try await bootstrap(text) }
-        if let named = try store.resolve(text) { return named }
-        let location = try ImageLocation(text)
-        if case .store(let name) = location {
+        let location: ImageLocation
+        do {
+            location = try ImageLocation(text)
+        } catch {
+            if let named = try store.resolve(text) { return named }
+            throw error
+        }
+        switch location {
+        case .store(let name):
             guard let named = try store.resolve(name) else { throw KilnError(.notFound, "\(text) is not in Kiln's content store; see kiln image ls") }
             return named
+        case .registry(let reference):
+            return try await resolveRegistry(reference, offline: offline, lookOnly: lookOnly)
+        case .layout(let path, let tag):
+            let layout = try ContentStore(existingLayout: path)
+            guard let current = try layout.resolve(tag) else { throw KilnError(.notFound, "\(text): the layout has no tag '\(tag)'") }
+            return try await storeCopy(of: location, digest: current.digest, name: text)
+        case .archive(let path, _):
+            var info = stat()
+            guard stat(path, &info) == 0 else { throw KilnError(.notFound, "\(text): cannot read \(path): \(String(cString: strerror(errno)))") }
+            // The archive's stat in the name: a rewritten archive is read again.
+            let stamped = "\(text)@\(info.st_size)-\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)-\(info.st_ino)"
+            if let known = try store.resolve(stamped) {
+                try store.tag(text, known)
+                return known
+            }
+            _ = try await platformTransfer.copy(from: location, to: [.store(name: stamped), .store(name: text)]).checked()
+            guard let pulled = try store.resolve(text) else { throw KilnError(.internalError, "\(text) was read but is not named in the store") }
+            return pulled
         }
-        let name = if case .registry(let reference) = location { reference.description } else { text }
-        _ = try await transfer.copy(from: location, to: [.store(name: name)]).checked()
-        guard let pulled = try store.resolve(name) else { throw KilnError(.internalError, "\(text) was pulled but is not named in the store") }
+    }
+
+    /// Copies to the store only the platform this host runs, as builders need.
+    private var platformTransfer: ImageTransfer {
+        var transfer = transfer
+        if transfer.platform == nil { transfer.platform = .host }
+        return transfer
+    }
+
+    private func resolveRegistry(_ reference: ImageReference, offline: Bool, lookOnly: Bool) async throws -> Descriptor {
+        let name = reference.description
+        let stored = try store.resolve(name)
+        if offline {
+            guard let stored else {
+                throw KilnError(.notFound, "the parent \(name) is not in Kiln's store, and offline builds do not pull; run once online, or kiln image pull \(name)")
+            }
+            observer?("parent \(name): offline, using the store's copy \(stored.digest) without asking \(reference.registry)")
+            return stored
+        }
+        let current: Digest
+        do {
+            current = try await currentDigest(reference)
+        } catch let error as KilnError where error.code != .notFound {
+            throw KilnError(error.code, "cannot reach registry \(reference.registry) to resolve the parent \(name): \(error.message). Start the registry, or build from the store's copy\(stored.map { " (\($0.digest))" } ?? "") with --offline (or offline: true in kiln.yaml)")
+        }
+        if let stored, stored.digest == current {
+            observer?("parent \(name): \(current), unchanged at \(reference.registry)")
+            return stored
+        }
+        if lookOnly {
+            observer?("parent \(name): \(current) at \(reference.registry)\(stored.map { ", moved from \($0.digest)" } ?? "") (not pulled)")
+            return Descriptor(mediaType: MediaType.imageManifest, digest: current, size: 0)
+        }
+        let result = try await storeCopy(of: .registry(reference), digest: current, name: name)
+        observer?("parent \(name): \(current)\(stored.map { ", moved from \($0.digest)" } ?? ", first use")")
+        return result
+    }
+
+    /// The manifest digest `reference` names now, for this host's platform when it is an index.
+    func currentDigest(_ reference: ImageReference) async throws -> Digest {
+        let client = try transfer.registries.client(for: reference.registry)
+        let fetched = try await client.manifest(reference)
+        guard MediaType.isIndex(fetched.mediaType) else { return fetched.digest }
+        let index: ImageIndex
+        do {
+            index = try JSONDecoder().decode(ImageIndex.self, from: fetched.data)
+        } catch {
+            throw KilnError(.invalidArgument, "\(reference): the index is not valid JSON: \(error)")
+        }
+        let platform = transfer.platform ?? .host
+        guard let entry = ImageTransfer.best(platform, in: index.manifests) else {
+            throw KilnError(.notFound, "\(reference) has no image for \(platform); it offers \(index.manifests.compactMap(\.platform).map(\.description).joined(separator: ", "))")
+        }
+        return entry.digest
+    }
+
+    /// The image with manifest `digest`, named `name` in the store: tagged at once when the store
+    /// has it, copied from `location` otherwise.
+    private func storeCopy(of location: ImageLocation, digest: Digest, name: String) async throws -> Descriptor {
+        if store.contains(digest), let data = try? store.read(digest), let mediaType = MediaType.sniff(data), MediaType.isManifest(mediaType) {
+            let descriptor = Descriptor(mediaType: mediaType, digest: digest, size: Int64(data.count))
+            try store.tag(name, descriptor)
+            return descriptor
+        }
+        _ = try await platformTransfer.copy(from: location, to: [.store(name: name)]).checked()
+        guard let pulled = try store.resolve(name) else { throw KilnError(.internalError, "\(name) was pulled but is not named in the store") }
         return pulled
     }
 

@@ -169,6 +169,30 @@ public struct KilnTests: Sendable, Hashable, Codable {
     public init() {}
 }
 
+/// How the build cache treats a pipeline's steps (a Kiln field, not sent to Image Builder).
+public struct KilnCache: Sendable, Hashable, Codable {
+    /// `check` (the default): before cached steps that installed packages are reused, the image's
+    /// package sources are asked for upgrades, and the steps run again if there are any.
+    /// `ignore`: reuse them regardless, for images that pin their package versions.
+    public enum PackageUpdates: String, Sendable, Hashable, Codable {
+        case check, ignore
+
+        public init(from decoder: Decoder) throws {
+            let text = try decoder.singleValueContainer().decode(String.self)
+            guard let value = PackageUpdates(rawValue: text) else {
+                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "'\(text)' is not a choice; use check or ignore"))
+            }
+            self = value
+        }
+    }
+
+    public var packageUpdates: PackageUpdates?
+
+    public init(packageUpdates: PackageUpdates? = nil) {
+        self.packageUpdates = packageUpdates
+    }
+}
+
 public struct Schedule: Sendable, Hashable, Codable {
     public var scheduleExpression: String?
     public var timezone: String?
@@ -185,6 +209,8 @@ public struct ImagePipelineDefinition: Sendable, Hashable, Codable {
     public var imageTestsConfiguration: ImageTestsConfiguration?
     /// Kiln's own test suites; not sent to Image Builder.
     public var kilnTests: KilnTests?
+    /// Kiln's build-cache settings; not sent to Image Builder.
+    public var kilnCache: KilnCache?
     public var schedule: Schedule?
     public var status: String?
     public var tags: [String: String]?
@@ -215,7 +241,8 @@ extension Definitions {
         "distributionConfigurations[].distributions[].containerDistributionConfiguration.targetRepository": ["service", "repositoryName"],
         "imagePipelines[]": ["name", "description", "containerRecipeArn", "imageRecipeArn", "infrastructureConfigurationArn",
                              "distributionConfigurationArn", "imageTestsConfiguration", "schedule", "status", "tags",
-                             "enhancedImageMetadataEnabled", "imageScanningConfiguration", "workflows", "executionRole", "imageTags", "kilnTests"],
+                             "enhancedImageMetadataEnabled", "imageScanningConfiguration", "workflows", "executionRole", "imageTags", "kilnTests", "kilnCache"],
+        "imagePipelines[].kilnCache": ["packageUpdates"],
         "imagePipelines[].kilnTests": ["functionality", "security", "health"],
         "imagePipelines[].kilnTests.functionality": ["enabled", "command", "runForSeconds"],
         "imagePipelines[].kilnTests.security": ["pendingUpdates", "worldWritable", "setuid", "secrets"],

@@ -88,6 +88,9 @@ public struct KilnConfiguration: Sendable, Hashable {
     public var instanceTypes: [String: InstanceTypeSize] = [:]
     /// Mirrors for `bootstrap:` parents, by distribution (`debian`, `ubuntu`).
     public var bootstrapMirrors: [String: String] = [:]
+    /// Build from what the store holds: registry parents are not looked up again and package
+    /// sources are not asked (`offline: true`, or `kiln build --offline`).
+    public var offline = false
     /// Blob transfers in flight at once, over all destinations.
     public var transferConcurrency = 4
     public var pricing = Pricing()
@@ -250,6 +253,8 @@ public struct KilnConfiguration: Sendable, Hashable {
                     default: throw issue(fieldNode, "unknown key 'pricing.\(field)'; allowed: storagePerGBMonth, transferPerGB")
                     }
                 }
+            case "offline":
+                configuration.offline = try bool(value, "offline")
             case "homeRegion":
                 configuration.homeRegion = try string(value, "homeRegion")
             case "accountId":
@@ -264,7 +269,7 @@ public struct KilnConfiguration: Sendable, Hashable {
                     }
                 }
             default:
-                throw issue(keyNode, "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, pricing, bootstrap")
+                throw issue(keyNode, "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, pricing, bootstrap, offline")
             }
         }
         return configuration

@@ -4,11 +4,12 @@ import KilnModel
 import NIOCore
 import NIOSSL
 
-/// Small documents over https (component `uri`s): the whole body, verified against the system's
-/// CAs or a private CA (kiln.yaml `registries.<host>.caCertificate`), with a size limit.
+/// Small documents over https (component `uri`s, package indexes): the whole body, verified
+/// against the system's CAs or a private CA (kiln.yaml `registries.<host>.caCertificate`), with
+/// a size limit. Plain http only where the caller allows it (package indexes are signed).
 public enum HTTPSDownload {
-    public static func fetch(_ url: String, caCertificate: String? = nil, limit: Int = 16 << 20, timeout: TimeAmount = .seconds(60)) async throws -> Data {
-        guard url.hasPrefix("https://") else { throw KilnError(.invalidArgument, "\(url) is not an https URL") }
+    public static func fetch(_ url: String, caCertificate: String? = nil, limit: Int = 16 << 20, timeout: TimeAmount = .seconds(60), allowPlainHTTP: Bool = false) async throws -> Data {
+        guard url.hasPrefix("https://") || (allowPlainHTTP && url.hasPrefix("http://")) else { throw KilnError(.invalidArgument, "\(url) is not an https URL") }
         var client = RegistryClient.sharedHTTPClient
         var owned: HTTPClient?
         if let caCertificate {

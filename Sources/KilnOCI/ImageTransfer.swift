@@ -288,7 +288,7 @@ public struct ImageTransfer: Sendable {
     }
 
     /// The entry for `wanted`: os and architecture must match; a variant must match when both name one.
-    static func best(_ wanted: Platform, in entries: [Descriptor]) -> Descriptor? {
+    public static func best(_ wanted: Platform, in entries: [Descriptor]) -> Descriptor? {
         let candidates = entries.filter { $0.platform?.os == wanted.os && $0.platform?.architecture == wanted.architecture }
         if let variant = wanted.variant {
             return candidates.first { $0.platform?.variant == variant } ?? candidates.first { $0.platform?.variant == nil }

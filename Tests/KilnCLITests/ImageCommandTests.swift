@@ -13,15 +13,7 @@ final class LoopbackRegistry {
     /// `port` reuses a port (a registry coming back); nil picks a free one.
     init(port fixedPort: Int? = nil) throws {
         directory = try Scratch()
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
-        port = fixedPort ?? Int(UInt16(bigEndian: address.sin_port))
-        close(probe)
+        port = fixedPort ?? freeLoopbackPort()
         let config = try directory.write("config.yml", """
         version: 0.1
         log: {level: error}
@@ -36,14 +28,7 @@ final class LoopbackRegistry {
         try process.run()
         // Ready once the port accepts connections.
         for _ in 0..<400 {
-            let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var target = sockaddr_in()
-            target.sin_family = sa_family_t(AF_INET)
-            target.sin_addr.s_addr = inet_addr("127.0.0.1")
-            target.sin_port = UInt16(port).bigEndian
-            let connected = withUnsafePointer(to: &target) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            close(probe)
-            if connected == 0 { return }
+            if loopbackAccepts(port) { return }
             usleep(25_000)
         }
     }

@@ -1,0 +1,97 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KilnInstances
+import KilnModel
+import KilnOCI
+
+/// What the build cache decided for one step, and why: kept in the image record and printed by
+/// `kiln build` and `kiln build --explain-cache`.
+public struct CacheDecision: Sendable, Codable, Hashable {
+    public enum Outcome: String, Sendable, Codable, Hashable { case reused, run }
+
+    public var step: String
+    public var decision: Outcome
+    public var reason: String
+    /// The step's chained cache key, and the digest of its own input (to say later what changed).
+    public var key: String
+    public var input: String
+
+    public var line: String { "\(step): \(decision.rawValue) (\(reason))" }
+}
+
+/// How a pipeline treats package updates for cached steps (`kilnCache.packageUpdates`).
+public enum PackageUpdatePolicy: Sendable, Equatable {
+    /// Ask the package sources before reusing steps that installed packages (the default).
+    case check
+    /// Reuse regardless, for images that pin their versions.
+    case ignore
+    /// `--offline`: nothing is asked, and the log says so.
+    case offline
+}
+
+/// The last freshness check of one cached step that changed package state: the fingerprint of the
+/// image's package indexes then (equal fingerprints: the sources publish what they did when the
+/// step last ran, so running it again gives the same packages), and, when known, the upgrades
+/// the sources still offered right after the step ran. Those are upgrades the recipe's steps do
+/// not pick up, so seeing them again is no reason to run the steps; nil means not asked.
+struct FreshnessRecord: Codable, Sendable, Hashable {
+    var fingerprint: String?
+    var indexes: [String]
+    var remainingUpgrades: [PackageUpgrade]?
+    var checked: String
+
+    /// `<dataDirectory>/build-cache/freshness/<step key>.json`
+    static func folder(_ dataDirectory: String) -> String { dataDirectory + "/build-cache/freshness" }
+
+    static func load(key: Digest, dataDirectory: String) -> FreshnessRecord? {
+        guard let data = FileManager.default.contents(atPath: folder(dataDirectory) + "/\(key.encoded).json") else { return nil }
+        return try? JSONDecoder().decode(FreshnessRecord.self, from: data)
+    }
+
+    func save(key: Digest, dataDirectory: String) {
+        let folder = Self.folder(dataDirectory)
+        try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let temporary = folder + "/.tmp-\(UUID().uuidString)"
+        guard (try? JSONEncoder().encode(self).write(to: URL(fileURLWithPath: temporary))) != nil else { return }
+        if rename(temporary, folder + "/\(key.encoded).json") != 0 { unlink(temporary) }
+    }
+}
+
+/// Where package managers keep their state: a layer that holds any of these changed installed
+/// packages or package indexes. A step whose layer holds none of them installed nothing through
+/// a package manager, so package updates cannot change its result.
+enum PackageState {
+    static let paths = [
+        "var/lib/dpkg/status", "var/lib/dpkg/info", "var/lib/apt/lists",
+        "var/lib/rpm", "usr/lib/sysimage/rpm", "var/lib/dnf", "var/cache/dnf",
+        "lib/apk/db", "var/cache/apk",
+    ]
+
+    /// Whether an unpacked layer folder touches package state.
+    static func touched(layerFolder: String) -> Bool {
+        paths.contains { path in
+            var info = stat()
+            return lstat(layerFolder + "/" + path, &info) == 0
+        }
+    }
+
+    /// Whether any of `layers` touches package state (unpacking them into the layer cache).
+    static func touched(_ layers: [(Descriptor, Digest)], host: InstanceHost) throws -> Bool {
+        try layers.contains { layer, diffID in touched(layerFolder: try host.layers.unpack(layer, diffID: diffID, store: host.store)) }
+    }
+}
+
+/// Which upgrades are news: those a fresh run of the steps did not already leave behind.
+enum FreshnessRule {
+    static func newUpgrades(_ offered: [PackageUpgrade], remaining: [PackageUpgrade]?) -> [PackageUpgrade] {
+        let known = Set((remaining ?? []).map { "\($0.name) \($0.candidate)" })
+        return offered.filter { !known.contains("\($0.name) \($0.candidate)") }
+    }
+
+    static func describe(_ upgrades: [PackageUpgrade], limit: Int = 12) -> String {
+        let shown = upgrades.prefix(limit).map(\.description).joined(separator: ", ")
+        return upgrades.count > limit ? "\(shown) and \(upgrades.count - limit) more" : shown
+    }
+}
