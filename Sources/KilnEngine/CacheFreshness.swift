@@ -31,13 +31,15 @@ public enum PackageUpdatePolicy: Sendable, Equatable {
     case offline
 }
 
-/// The last freshness check of one cached step that changed package state: the fingerprint of the
-/// image's package indexes then (equal fingerprints: the sources publish what they did when the
-/// step last ran, so running it again gives the same packages), and, when known, the upgrades
-/// the sources still offered right after the step ran. Those are upgrades the recipe's steps do
-/// not pick up, so seeing them again is no reason to run the steps; nil means not asked.
+/// What Kiln knows of one cached package step's sources: the fingerprint of its package indexes
+/// taken right after it ran (equal later: the sources publish what they did then, so running it
+/// again gives the same packages), the fingerprint of the last check that found nothing newer,
+/// and, when known, the upgrades the sources still offered right after a run. Those are upgrades
+/// the recipe's steps do not pick up, so seeing them again is no reason to run the steps; nil
+/// means not asked.
 struct FreshnessRecord: Codable, Sendable, Hashable {
-    var fingerprint: String?
+    var ranFingerprint: String?
+    var checkedFingerprint: String?
     var indexes: [String]
     var remainingUpgrades: [PackageUpgrade]?
     var checked: String
@@ -59,9 +61,10 @@ struct FreshnessRecord: Codable, Sendable, Hashable {
     }
 }
 
-/// Where package managers keep their state: a layer that holds any of these changed installed
-/// packages or package indexes. A step whose layer holds none of them installed nothing through
-/// a package manager, so package updates cannot change its result.
+/// Package steps: a step whose layer holds package-manager state (installed packages or package
+/// indexes changed), or whose text runs a package manager (an upgrade with nothing to do leaves
+/// no trace in the layer, yet would install updates once they are published). Any other step
+/// installed nothing through a package manager, so package updates cannot change its result.
 enum PackageState {
     static let paths = [
         "var/lib/dpkg/status", "var/lib/dpkg/info", "var/lib/apt/lists",
@@ -69,17 +72,33 @@ enum PackageState {
         "lib/apk/db", "var/cache/apk",
     ]
 
-    /// Whether an unpacked layer folder touches package state.
+    /// Whether an unpacked layer folder holds package state (looked up without following links).
     static func touched(layerFolder: String) -> Bool {
-        paths.contains { path in
-            var info = stat()
-            return lstat(layerFolder + "/" + path, &info) == 0
-        }
+        let layer = ImageFiles(folders: [layerFolder])
+        return paths.contains { layer.hasEntry($0) }
     }
 
     /// Whether any of `layers` touches package state (unpacking them into the layer cache).
     static func touched(_ layers: [(Descriptor, Digest)], host: InstanceHost) throws -> Bool {
         try layers.contains { layer, diffID in touched(layerFolder: try host.layers.unpack(layer, diffID: diffID, store: host.store)) }
+    }
+
+    static let managerPattern = #"(^|[^A-Za-z0-9_.-])(apt-get|apt|aptitude|dpkg|dnf|dnf5|yum|microdnf|rpm|apk|zypper|UpdateOS)([^A-Za-z0-9_-]|$)"#
+
+    /// Whether a RUN's command or a component's document names a package manager.
+    static func invokesPackageManager(_ step: RecipeBuilder.BuildStep) -> Bool {
+        let text: String
+        switch step {
+        case .component(let component): text = component.run.document.text
+        case .instruction(let instruction):
+            guard case .run(let command) = instruction.instruction else { return false }
+            text = command.joined(separator: " ")
+        }
+        return mentionsPackageManager(text)
+    }
+
+    static func mentionsPackageManager(_ text: String) -> Bool {
+        text.range(of: managerPattern, options: .regularExpression) != nil
     }
 }
 

@@ -24,17 +24,28 @@ struct PackageSources: Sendable, Hashable {
     struct Unreadable: Error { var reason: String }
 
     /// Reads the sources from the image's files. `architecture` is the OCI architecture.
+    /// At most this many indexes are fetched for one image; more is no ordinary image.
+    static let maximumIndexes = 64
+
     static func read(_ files: ImageFiles, architecture: String) throws -> PackageSources? {
         guard let manager = PackageManager.detect(in: files) else { return nil }
+        let indexes: [Index]
         do {
             switch manager {
-            case .apt: return PackageSources(manager: .apt, indexes: try aptIndexes(files, architecture: architecture))
-            case .dnf: return PackageSources(manager: .dnf, indexes: try dnfIndexes(files, architecture: architecture))
-            case .apk: return PackageSources(manager: .apk, indexes: try apkIndexes(files))
+            case .apt: indexes = try aptIndexes(files, architecture: architecture)
+            case .dnf: indexes = try dnfIndexes(files, architecture: architecture)
+            case .apk: indexes = try apkIndexes(files)
             }
         } catch let error as ImageFiles.ReadError {
             throw Unreadable(reason: "\(error)")
         }
+        // No readable source would give one constant fingerprint: the package manager may still
+        // have sources Kiln does not see (dnf.conf, apk --repository), so it must be asked.
+        guard !indexes.isEmpty else { throw Unreadable(reason: "the image's files name no package repository Kiln can fetch from the host") }
+        guard indexes.count <= maximumIndexes else {
+            throw Unreadable(reason: "the image names \(indexes.count) package indexes; Kiln fetches at most \(maximumIndexes) from the host")
+        }
+        return PackageSources(manager: manager, indexes: indexes)
     }
 
     // MARK: apt
@@ -53,7 +64,7 @@ struct PackageSources: Sendable, Hashable {
     static func aptIndexes(_ files: ImageFiles, architecture: String) throws -> [Index] {
         var entries: [AptEntry] = []
         if let text = try files.text("/etc/apt/sources.list") { entries += try parseOneLine(text, file: "/etc/apt/sources.list") }
-        for name in try files.list("/etc/apt/sources.list.d") {
+        for name in try files.list("/etc/apt/sources.list.d").prefix(maximumIndexes) {
             let path = "/etc/apt/sources.list.d/" + name
             if name.hasSuffix(".list"), let text = try files.text(path) { entries += try parseOneLine(text, file: path) }
             if name.hasSuffix(".sources"), let text = try files.text(path) { entries += try parseDeb822(text, file: path) }
@@ -132,7 +143,7 @@ struct PackageSources: Sendable, Hashable {
             }
         }
         var indexes: [Index] = []
-        for name in try files.list("/etc/yum.repos.d") where name.hasSuffix(".repo") {
+        for name in try files.list("/etc/yum.repos.d").prefix(maximumIndexes) where name.hasSuffix(".repo") {
             let path = "/etc/yum.repos.d/" + name
             guard let text = try files.text(path) else { continue }
             var section: [String: String] = [:]
@@ -184,10 +195,18 @@ struct PackageSources: Sendable, Hashable {
     func fingerprint(caCertificates: [String: String] = [:]) async throws -> (Digest, [String]) {
         // The indexes are fetched at once: a warm build waits for the slowest, not the sum.
         let answers = try await withThrowingTaskGroup(of: (String, String).self) { group in
-            for index in indexes {
+            var answers: [(String, String)] = []
+            var pending = indexes[...]
+            // At most 8 at a time, each at most 32 MiB.
+            for _ in 0..<8 {
+                guard let index = pending.popFirst() else { break }
                 group.addTask { try await Self.fetch(index, caCertificates: caCertificates) }
             }
-            return try await group.reduce(into: [(String, String)]()) { $0.append($1) }
+            while let answer = try await group.next() {
+                answers.append(answer)
+                if let index = pending.popFirst() { group.addTask { try await Self.fetch(index, caCertificates: caCertificates) } }
+            }
+            return answers
         }
         let lines = answers.map { "\($0.0) \($0.1)" }.sorted()
         return (Digest(sha256Of: Data(lines.joined(separator: "\n").utf8)), answers.map(\.0).sorted())
@@ -199,7 +218,7 @@ struct PackageSources: Sendable, Hashable {
         for url in index.candidates {
             do {
                 let host = URL(string: url).flatMap { url in url.host.map { host in url.port.map { "\(host):\($0)" } ?? host } } ?? ""
-                let body = try await HTTPSDownload.fetch(url, caCertificate: caCertificates[host], limit: 64 << 20, timeout: .seconds(20), allowPlainHTTP: true)
+                let body = try await HTTPSDownload.fetch(url, caCertificate: caCertificates[host], limit: 32 << 20, timeout: .seconds(20), allowPlainHTTP: true)
                 return (url, relevantDigest(url: url, body: body, entries: index.releaseEntries))
             } catch let error as KilnError {
                 problems.append(error.message)

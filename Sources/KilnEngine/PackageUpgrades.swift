@@ -38,21 +38,28 @@ enum PackageManager: String, Sendable {
         return nil
     }
 
-    /// A script that refreshes the indexes (exit 3 when the sources cannot be reached), then
-    /// prints every upgrade as `KILN-UPGRADE name installed candidate origin`. apt simulates
-    /// dist-upgrade, so new dependencies and held-back packages count too.
+    /// A script that refreshes the indexes (exit 3 when a source cannot be reached: an
+    /// uncached build could not have used it either), then prints every upgrade as
+    /// `KILN-UPGRADE …` lines. apt simulates dist-upgrade, so new dependencies and held-back
+    /// packages count too. apt-get update exits 0 on a failed fetch unless told otherwise, and
+    /// older apt only warns, so its warnings count as failures as well.
     var script: String {
         switch self {
         case .apt:
             return """
-            apt-get update -qq >/dev/null 2>/tmp/kiln-update.err || { cat /tmp/kiln-update.err >&2; exit 3; }
-            apt-get -s -o Debug::NoLocking=1 dist-upgrade | grep '^Inst ' | sed 's/^Inst /KILN-UPGRADE /'
+            apt-get update -qq -o APT::Update::Error-Mode=any >/dev/null 2>/tmp/kiln-update.err; status=$?
+            if [ $status != 0 ] || grep -Eq '^(W: (Failed to fetch|Some index files failed)|E: )' /tmp/kiln-update.err; then cat /tmp/kiln-update.err >&2; exit 3; fi
+            apt-get -s -o Debug::NoLocking=1 dist-upgrade >/tmp/kiln-upgrade.out 2>&1 || { cat /tmp/kiln-upgrade.out >&2; exit 4; }
+            sed -n 's/^Inst /KILN-UPGRADE /p' /tmp/kiln-upgrade.out
             """
         case .dnf:
+            // --refresh: never answer from metadata cached in the image. dnf wraps a long name
+            // onto its own line; the awk joins it with the next.
             return """
-            out=$(dnf -q check-update 2>/tmp/kiln-update.err); status=$?
-            [ $status = 1 ] && { cat /tmp/kiln-update.err >&2; exit 3; }
-            echo "$out" | awk 'NF==3 && $1 ~ /\\./ {print $1, $2, $3}' | while read -r name candidate repo; do
+            dnf -q --refresh check-update >/tmp/kiln-upgrade.out 2>/tmp/kiln-update.err; status=$?
+            [ $status = 0 ] || [ $status = 100 ] || { cat /tmp/kiln-update.err >&2; exit 3; }
+            awk 'NF==1 && $1 ~ /\\./ {held=$1; next} held != "" {$0 = held " " $0; held=""} NF==3 && $1 ~ /\\./ {print $1, $2, $3}' /tmp/kiln-upgrade.out |
+            while read -r name candidate repo; do
               installed=$(rpm -q --qf '%{VERSION}-%{RELEASE}\\n' "${name%.*}" 2>/dev/null | tail -1)
               echo "KILN-UPGRADE ${name%.*} ${installed:--} $candidate $repo"
             done
@@ -60,7 +67,8 @@ enum PackageManager: String, Sendable {
         case .apk:
             return """
             apk update -q >/dev/null 2>/tmp/kiln-update.err || { cat /tmp/kiln-update.err >&2; exit 3; }
-            apk version -l '<' 2>/dev/null | sed 1d | awk '{print "KILN-UPGRADE", $1, $3}'
+            apk version -l '<' >/tmp/kiln-upgrade.out 2>&1 || { cat /tmp/kiln-upgrade.out >&2; exit 4; }
+            sed 1d /tmp/kiln-upgrade.out | awk '{print "KILN-UPGRADE", $1, $3}'
             """
         }
     }
@@ -160,7 +168,8 @@ struct PackageUpgradeQuery: Sendable {
         let usage = instance.usage()
         await instance.destroy()
         guard result.exitCode == 0 else {
-            return (.unreachable("\(manager.rawValue) could not refresh its package indexes (exit \(result.exitCode)): \(output.tail)"), usage)
+            let what = result.exitCode == 3 ? "could not refresh its package indexes" : "failed (exit \(result.exitCode))"
+            return (.unreachable("\(manager.rawValue) \(what): \(output.tail)"), usage)
         }
         return (.upgrades(manager.parse(output.lines), manager), usage)
     }

@@ -140,7 +140,7 @@ public struct PipelineRun: Sendable {
         let parent = try await resolveParent(prepared.recipe.parentImage, offline: prepared.policy == .offline, lookOnly: true, progress: progress)
         let plan = try await builder(prepared, logRoot: host.dataDirectory + "/tmp", progress: progress).plan(
             parent: parent, useCache: settings.useCache, policy: prepared.policy,
-            previous: previousRecord(name: ImageBuilderARN.normalizedName(prepared.recipe.name)), caCertificates: caCertificates
+            previous: previousRecord(name: ImageBuilderARN.normalizedName(prepared.recipe.name)), caCertificates: caCertificates, saveChecks: false
         )
         return ["parent \(prepared.recipe.parentImage): \(parent.digest)"] + plan.decisions.map(\.line)
     }

@@ -108,11 +108,14 @@ struct RecipeBuilder: Sendable {
 
     /// Decides, without running anything in a builder, which steps are reused and which run. A
     /// cached chain is reused only while an uncached build could not give newer packages: when
-    /// one of its steps changed package state (see `PackageState`), the image's own sources are
+    /// one of its steps is a package step (see `PackageState`), the image's own sources are
     /// asked (index fingerprints from the host first, then the package manager in a throwaway
-    /// instance). Upgrades they offer run the steps again from the first step that changed
-    /// package state; earlier steps installed no package, so their results cannot be newer.
-    func plan(parent: Descriptor, useCache: Bool, policy: PackageUpdatePolicy, previous: ImageRecord?, caCertificates: [String: String]) async throws -> Plan {
+    /// instance). Upgrades they offer run the steps again from the first package step; earlier
+    /// steps installed no package, so their results cannot be newer. When a later step runs, it
+    /// may read the cached package lists, so those must be as fresh as when the package step
+    /// ran: changed indexes then run the steps again from the first package step too.
+    /// `saveChecks: false` (`--explain-cache`) leaves the freshness records as they are.
+    func plan(parent: Descriptor, useCache: Bool, policy: PackageUpdatePolicy, previous: ImageRecord?, caCertificates: [String: String], saveChecks: Bool = true) async throws -> Plan {
         let store = host.store
         var key = BuildCacheKey.first(parent: parent.digest, platform: Platform.host.description, sourceDateEpoch: sourceDateEpoch)
         var planned: [Plan.Step] = []
@@ -145,11 +148,13 @@ struct RecipeBuilder: Sendable {
                     let (manifest, config) = try store.image(planned[index].cached!.digest)
                     let own = Array(zip(manifest.layers, config.rootfs.diffIDs).dropFirst(below))
                     below = manifest.layers.count
-                    if try PackageState.touched(own, host: host) { packageSteps.append(index) }
+                    if try PackageState.touched(own, host: host) || PackageState.invokesPackageManager(planned[index].step) { packageSteps.append(index) }
                 }
                 if let first = packageSteps.first, let last = packageSteps.last {
                     firstPackageStep = first
-                    let (freshness, usage) = await freshness(of: planned[last], caCertificates: caCertificates)
+                    let (freshness, usage) = await freshness(
+                        of: planned[last], laterStepRuns: firstRun != nil, caCertificates: caCertificates, saveChecks: saveChecks
+                    )
                     if let usage { checks.append(usage) }
                     switch freshness {
                     case .current(let why): packageReuseReason = "cached; \(why)"
@@ -206,28 +211,37 @@ struct RecipeBuilder: Sendable {
         case stale([PackageUpgrade], String)
     }
 
-    /// Whether the cached image of `step` (the last cached step that changed package state)
-    /// could be newer: unchanged index fingerprints say no at once; otherwise the package
-    /// manager is asked, and only upgrades that a fresh run did not already leave behind count.
-    func freshness(of step: Plan.Step, caCertificates: [String: String]) async -> (Freshness, ContainerInstance.Usage?) {
+    /// Whether the cached image of `step` (the last cached package step) could be newer.
+    /// Indexes unchanged since the step ran (or since a check found nothing newer) say no at
+    /// once. When a later step runs, only "unchanged since the step ran" will do, because that
+    /// step may install from the cached lists. Otherwise the package manager is asked, and only
+    /// upgrades that a fresh run did not already leave behind count.
+    func freshness(of step: Plan.Step, laterStepRuns: Bool, caCertificates: [String: String], saveChecks: Bool) async -> (Freshness, ContainerInstance.Usage?) {
         guard let image = step.cached else { return (.stale([], "no cached image"), nil) }
-        let record = FreshnessRecord.load(key: step.key, dataDirectory: host.dataDirectory)
-        var fingerprint: Digest?
-        var indexes: [String] = []
-        do {
-            let files = try ImageFiles(image: image, host: host)
-            if let sources = try PackageSources.read(files, architecture: try host.store.image(image.digest).config.architecture) {
-                (fingerprint, indexes) = try await sources.fingerprint(caCertificates: caCertificates)
-            }
-        } catch {
-            let reason = (error as? PackageSources.Unreadable)?.reason ?? (error as? KilnError)?.message ?? "\(error)"
-            progress("BUILD: cache: package indexes not fingerprinted from the host (\(reason)); asking the package manager in an instance")
+        var record = FreshnessRecord.load(key: step.key, dataDirectory: host.dataDirectory)
+        let started = ContinuousClock.now
+        let (fingerprint, indexes, unreadable) = await indexFingerprint(image, caCertificates: caCertificates)
+        let fetched = String(format: "%.2f s", (ContinuousClock.now - started).inSeconds)
+        if let unreadable {
+            progress("BUILD: cache: package indexes not fingerprinted from the host (\(unreadable))")
+        } else {
+            progress("BUILD: cache: \(indexes.count) package index(es) of \(step.label) fetched from the host in \(fetched)")
         }
-        if let record, let fingerprint, record.fingerprint == fingerprint.description {
-            return (.current("package indexes unchanged since \(record.checked) (\(indexes.count) index(es) fetched from the host)"), nil)
+        let since = record?.checked ?? "the last check"
+        if laterStepRuns {
+            guard let fingerprint, fingerprint.description == record?.ranFingerprint else {
+                let why = fingerprint == nil ? "cannot be fingerprinted from the host" : (record?.ranFingerprint == nil ? "have no fingerprint from when it ran" : "changed since it ran")
+                return (.stale([], "its package indexes \(why), and a later step runs and may install from its package lists"), nil)
+            }
+            return (.current("package indexes unchanged since it ran (\(indexes.count) index(es) fetched from the host)"), nil)
+        }
+        if let record, let fingerprint, [record.ranFingerprint, record.checkedFingerprint].contains(fingerprint.description) {
+            return (.current("package indexes unchanged since \(since) (\(indexes.count) index(es) fetched from the host)"), nil)
         }
         progress("BUILD: cache: \(record == nil ? "first check of" : "package indexes changed for") \(step.label); asking its package sources in a throwaway instance")
+        let askStarted = ContinuousClock.now
         let (answer, usage) = await PackageUpgradeQuery(host: host, type: type).ask(image)
+        progress("BUILD: cache: asked in \(String(format: "%.2f s", (ContinuousClock.now - askStarted).inSeconds))")
         switch answer {
         case .noPackageManager(let why):
             return (.current(why), usage)
@@ -236,34 +250,47 @@ struct RecipeBuilder: Sendable {
         case .upgrades(let offered, let manager):
             let news = FreshnessRule.newUpgrades(offered, remaining: record?.remainingUpgrades)
             guard news.isEmpty else { return (.stale(news, "packages upgradable: \(FreshnessRule.describe(news))"), usage) }
-            let remaining = record?.remainingUpgrades ?? []
-            FreshnessRecord(fingerprint: fingerprint?.description, indexes: indexes, remainingUpgrades: remaining, checked: Self.now()).save(key: step.key, dataDirectory: host.dataDirectory)
+            if saveChecks {
+                record = record ?? FreshnessRecord(indexes: indexes, remainingUpgrades: [], checked: Self.now())
+                record!.checkedFingerprint = fingerprint?.description
+                record!.checked = Self.now()
+                record!.save(key: step.key, dataDirectory: host.dataDirectory)
+            }
             if offered.isEmpty { return (.current("\(manager.rawValue) offers no upgrade"), usage) }
             return (.current("the \(offered.count) upgrade(s) \(manager.rawValue) offers were left by a fresh run of these steps too: \(FreshnessRule.describe(offered, limit: 5))"), usage)
         }
     }
 
-    /// After a build ran a step that changed package state: the index fingerprint the step ran
-    /// against, fetched from the host. When the steps ran because of upgrades, the package
-    /// manager is asked too, so the next build knows which upgrades the steps do not pick up
-    /// (a cold build skips that instance: if its indexes change, the next build asks anyway).
-    func recordFreshness(key: Digest, image: Descriptor, askPackageManager: Bool, caCertificates: [String: String]) async -> ContainerInstance.Usage? {
-        var fingerprint: Digest?
-        var indexes: [String] = []
-        if let files = try? ImageFiles(image: image, host: host), let architecture = try? host.store.image(image.digest).config.architecture,
-           let sources = try? PackageSources.read(files, architecture: architecture),
-           let (digest, fetched) = try? await sources.fingerprint(caCertificates: caCertificates) {
-            (fingerprint, indexes) = (digest, fetched)
+    /// The fingerprint of the package indexes `image` names, fetched from the host; nil with
+    /// the reason when the sources cannot be read or fetched there.
+    func indexFingerprint(_ image: Descriptor, caCertificates: [String: String]) async -> (Digest?, [String], String?) {
+        do {
+            let files = try ImageFiles(image: image, host: host)
+            guard let sources = try PackageSources.read(files, architecture: try host.store.image(image.digest).config.architecture) else {
+                return (nil, [], "no apt, dnf or apk in the image")
+            }
+            let (digest, indexes) = try await sources.fingerprint(caCertificates: caCertificates)
+            return (digest, indexes, nil)
+        } catch {
+            return (nil, [], (error as? PackageSources.Unreadable)?.reason ?? (error as? KilnError)?.message ?? "\(error)")
         }
-        guard askPackageManager else {
-            guard let fingerprint else { return nil }
-            FreshnessRecord(fingerprint: fingerprint.description, indexes: indexes, remainingUpgrades: nil, checked: Self.now()).save(key: key, dataDirectory: host.dataDirectory)
-            progress("BUILD: cache: recorded the package index fingerprint (\(indexes.count) index(es)) for the next build")
-            return nil
-        }
+    }
+
+    /// Right after a package step ran: the fingerprint of the indexes it ran against, fetched
+    /// from the host at once, so the next build can tell whether the sources moved since.
+    func recordRun(key: Digest, image: Descriptor, caCertificates: [String: String]) async {
+        let (fingerprint, indexes, unreadable) = await indexFingerprint(image, caCertificates: caCertificates)
+        FreshnessRecord(ranFingerprint: fingerprint?.description, indexes: indexes, remainingUpgrades: nil, checked: Self.now()).save(key: key, dataDirectory: host.dataDirectory)
+        if let unreadable { progress("BUILD: cache: package indexes not fingerprinted from the host (\(unreadable)); the next build asks the package manager") }
+    }
+
+    /// After steps ran because of upgrades: what the sources still offer, so the next build
+    /// knows which upgrades the recipe's steps do not pick up.
+    func recordRemaining(key: Digest, image: Descriptor) async -> ContainerInstance.Usage? {
         let (answer, usage) = await PackageUpgradeQuery(host: host, type: type).ask(image)
-        if case .upgrades(let offered, let manager) = answer {
-            FreshnessRecord(fingerprint: fingerprint?.description, indexes: indexes, remainingUpgrades: offered, checked: Self.now()).save(key: key, dataDirectory: host.dataDirectory)
+        if case .upgrades(let offered, let manager) = answer, var record = FreshnessRecord.load(key: key, dataDirectory: host.dataDirectory) {
+            record.remainingUpgrades = offered
+            record.save(key: key, dataDirectory: host.dataDirectory)
             progress("BUILD: cache: after the build, \(manager.rawValue) offers \(offered.isEmpty ? "no upgrade" : FreshnessRule.describe(offered, limit: 5)); recorded for the next build")
         }
         return usage
@@ -317,9 +344,10 @@ struct RecipeBuilder: Sendable {
                 let cachedImage = try ContainerInstance.compose(
                     base: parentManifest, config: parentConfig, layers: layers, settings: .init(history: "kiln cache", sourceDateEpoch: sourceDateEpoch), in: store, name: BuildCacheKey.tag(planned.key)
                 )
-                if plan.policy == .check, packed.entries > 0,
-                   PackageState.touched(layerFolder: try host.layers.unpack(packed.descriptor, diffID: packed.diffID, store: store)) {
+                let touched = try packed.entries > 0 && PackageState.touched(layerFolder: try host.layers.unpack(packed.descriptor, diffID: packed.diffID, store: store))
+                if plan.policy == .check, touched || PackageState.invokesPackageManager(step) {
                     lastPackageStep = (planned.key, cachedImage)
+                    await recordRun(key: planned.key, image: cachedImage, caCertificates: caCertificates)
                 }
                 built += 1
             }
@@ -331,9 +359,7 @@ struct RecipeBuilder: Sendable {
             let usage = builder?.usage()
             await builder?.destroy()
             var checks = plan.checks
-            if let lastPackageStep, let check = await recordFreshness(
-                key: lastPackageStep.key, image: lastPackageStep.image, askPackageManager: !plan.packageUpdates.isEmpty, caCertificates: caCertificates
-            ) {
+            if let lastPackageStep, !plan.packageUpdates.isEmpty, let check = await recordRemaining(key: lastPackageStep.key, image: lastPackageStep.image) {
                 checks.append(check)
             }
             return Outcome(image: image, reusedSteps: reused, builtSteps: built, builder: usage, checks: checks)

@@ -131,22 +131,34 @@ public struct ImageFiles: Sendable {
         return (.directory(opaque: false), resolved)
     }
 
-    public enum ReadError: Error { case tooLarge(String), notRegular(String), unreadable(String) }
+    public enum ReadError: Error, CustomStringConvertible {
+        case tooLarge(String, Int), notRegular(String), unreadable(String, String)
+
+        public var description: String {
+            switch self {
+            case .tooLarge(let path, let limit): "the image's \(path) is larger than \(limit >> 10) KiB"
+            case .notRegular(let path): "the image's \(path) is not a regular file"
+            case .unreadable(let path, let why): "the image's \(path) cannot be read: \(why)"
+            }
+        }
+    }
 
     /// A regular file's bytes (at most `limit`), nil when the image has none there.
     public func read(_ path: String, limit: Int = 1 << 20) throws -> Data? {
         switch resolve(path, openFile: true).0 {
         case .absent, .deleted: return nil
         case .file(let descriptor):
-            guard let descriptor else { throw ReadError.unreadable(path) }
+            guard let descriptor else { throw ReadError.unreadable(path, "it could not be opened") }
             defer { close(descriptor) }
             var data = Data()
             var buffer = [UInt8](repeating: 0, count: 65536)
             while true {
                 let count = Glibc.read(descriptor, &buffer, buffer.count)
-                if count <= 0 { break }
+                if count < 0 && errno == EINTR { continue }
+                if count < 0 { throw ReadError.unreadable(path, String(cString: strerror(errno))) }
+                if count == 0 { break }
                 data.append(contentsOf: buffer[0..<count])
-                if data.count > limit { throw ReadError.tooLarge(path) }
+                if data.count > limit { throw ReadError.tooLarge(path, limit) }
             }
             return data
         default: throw ReadError.notRegular(path)
@@ -155,6 +167,24 @@ public struct ImageFiles: Sendable {
 
     public func text(_ path: String, limit: Int = 1 << 20) throws -> String? {
         try read(path, limit: limit).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Whether the topmost layer that has `path` holds any entry there, a whiteout included,
+    /// without following a symlink on the way (for one layer's folder: did the layer touch it).
+    public func hasEntry(_ path: String) -> Bool {
+        let components = path.split(separator: "/").map(String.init)
+        for folder in folders {
+            switch lookup(components, in: folder) {
+            case .absent, .notFolder:
+                if hiddenBelow(components, in: folder) { return false }
+            case .file(let descriptor):
+                if let descriptor { close(descriptor) }
+                return true
+            default:
+                return true
+            }
+        }
+        return false
     }
 
     public func isRegularFile(_ path: String) -> Bool {

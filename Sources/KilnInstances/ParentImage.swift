@@ -60,6 +60,10 @@ public struct ParentImageResolver: Sendable {
             }
             _ = try await platformTransfer.copy(from: location, to: [.store(name: stamped), .store(name: text)]).checked()
             guard let pulled = try store.resolve(text) else { throw KilnError(.internalError, "\(text) was read but is not named in the store") }
+            // Earlier versions of the archive: their names would keep their blobs from gc.
+            for entry in try store.index().manifests {
+                if let name = entry.annotations?[ContentStore.refNameAnnotation], name.hasPrefix(text + "@"), name != stamped { _ = try store.untag(name) }
+            }
             return pulled
         }
     }
@@ -84,7 +88,7 @@ public struct ParentImageResolver: Sendable {
         let current: Digest
         do {
             current = try await currentDigest(reference)
-        } catch let error as KilnError where error.code != .notFound {
+        } catch let error as KilnError where error.code == .network {
             throw KilnError(error.code, "cannot reach registry \(reference.registry) to resolve the parent \(name): \(error.message). Start the registry, or build from the store's copy\(stored.map { " (\($0.digest))" } ?? "") with --offline (or offline: true in kiln.yaml)")
         }
         if let stored, stored.digest == current {

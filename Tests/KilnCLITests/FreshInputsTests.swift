@@ -187,6 +187,28 @@ struct FreshInputsTests {
         let shown = try Kiln.run(["images", "show", version], in: scratch.path)
         #expect((try? JSONSerialization.jsonObject(with: Data(shown.stdout.utf8)) as? [String: Any])?["parentDigest"] as? String == v2, "kiln images show has parentDigest: \(shown.stdout)\(shown.stderr)")
 
+        // An image ARN parent is the newest AVAILABLE build that matches, as in Image Builder.
+        let child = try scratch.write("child.yaml", """
+        containerRecipes:
+          - name: fresh-child
+            semanticVersion: 1.0.0
+            parentImage: "arn:aws:imagebuilder:us-east-1:000000000000:image/fresh-app/1.x.x"
+            dockerfileTemplateData: |
+              FROM {{{ imagebuilder:parentImage }}}
+              RUN cat /etc/seen-parent
+        \(infrastructure)
+        imagePipelines:
+          - name: fresh-child
+            containerRecipeArn: fresh-child/1.x.x
+            infrastructureConfigurationArn: builders
+            imageTestsConfiguration: {imageTestsEnabled: false}
+        """)
+        let childBuild = try Kiln.run(["build", "-f", child], in: scratch.path)
+        let childImage = try record(childBuild)
+        #expect(childBuild.status == 0, "\(childBuild.stderr)")
+        #expect(childImage["parentDigest"] as? String == secondImage["digest"] as? String, "the ARN resolved to the newest fresh-app build: \(childBuild.stderr)")
+        #expect(try files(["/etc/seen-parent"], in: childImage, scratch)["/etc/seen-parent"] == "v2-\(nonce)\n")
+
         // The parent's registry is gone: no silent fallback to the store's copy.
         registry.stop()
         registryRunning = false
@@ -224,22 +246,22 @@ struct FreshInputsTests {
 
         // A flat repository: the .debs and one Packages index beside them.
         var lastPublished: Date?
-        func publish(_ version: String) throws {
+        func publish(_ version: String, package name: String = "kiln-hello") throws {
             // The index's mtime is its Last-Modified: keep each version's a second apart, so no
             // If-Modified-Since check can take a new index for the old one.
             if let lastPublished {
                 let wait = 1.1 - Date().timeIntervalSince(lastPublished)
                 if wait > 0 { usleep(UInt32(wait * 1_000_000)) }
             }
-            let package = "\(root)/kiln-hello-\(version)"
+            let package = "\(root)/\(name)-\(version)"
             try FileManager.default.createDirectory(atPath: package + "/DEBIAN", withIntermediateDirectories: true)
-            try FileManager.default.createDirectory(atPath: package + "/usr/share/kiln-hello", withIntermediateDirectories: true)
-            try "Package: kiln-hello\nVersion: \(version)\nArchitecture: all\nMaintainer: Kiln Tests <tests@kiln.invalid>\nDescription: a package for Kiln's fresh-inputs tests\n"
+            try FileManager.default.createDirectory(atPath: package + "/usr/share/\(name)", withIntermediateDirectories: true)
+            try "Package: \(name)\nVersion: \(version)\nArchitecture: all\nMaintainer: Kiln Tests <tests@kiln.invalid>\nDescription: a package for Kiln's fresh-inputs tests\n"
                 .write(toFile: package + "/DEBIAN/control", atomically: true, encoding: .utf8)
-            try "\(version)\n".write(toFile: package + "/usr/share/kiln-hello/version", atomically: true, encoding: .utf8)
+            try "\(version)\n".write(toFile: package + "/usr/share/\(name)/version", atomically: true, encoding: .utf8)
             let output = try Kiln.shell("""
             chmod -R u=rwX,go=rX \(package) && \
-            dpkg-deb --root-owner-group -Zgzip --build \(package) \(repository)/kiln-hello_\(version)_all.deb 2>&1 && \
+            dpkg-deb --root-owner-group -Zgzip --build \(package) \(repository)/\(name)_\(version)_all.deb 2>&1 && \
             cd \(repository) && dpkg-scanpackages --multiversion . /dev/null 2>&1 > \(root)/Packages.new && \
             mv \(root)/Packages.new \(repository)/Packages && grep '^Version:' \(repository)/Packages
             """)
@@ -272,7 +294,7 @@ struct FreshInputsTests {
                     - DEBIAN_FRONTEND=noninteractive apt-get install -y kiln-hello
                     - dpkg-query -W -f='installed=${Version}\\n' kiln-hello
         """)
-        func pipeline(kilnCache: String? = nil) throws -> String {
+        func pipeline(kilnCache: String? = nil, lastStep: String = "RUN cp /usr/share/kiln-hello/version /etc/kiln-hello-seen") throws -> String {
             try scratch.write("pipeline.yaml", """
             components:
               - {name: hello-apt, semanticVersion: 1.0.0, platform: Linux, uri: hello.yaml}
@@ -286,7 +308,7 @@ struct FreshInputsTests {
                   RUN echo early > /etc/early
                   {{{ imagebuilder:environments }}}
                   {{{ imagebuilder:components }}}
-                  RUN cp /usr/share/kiln-hello/version /etc/kiln-hello-seen
+                  \(lastStep)
             infrastructureConfigurations:
               - {name: builders, instanceTypes: [t3.small], instanceProfileName: kiln}
             imagePipelines:
@@ -336,6 +358,14 @@ struct FreshInputsTests {
         #expect(updates == ["kiln-hello 1.0 1.1"], "packageUpdates: \(secondImage["packageUpdates"] ?? "none")")
         #expect(secondImage["cachedSteps"] as? Int == 1 && secondImage["builtSteps"] as? Int == 2, "\(second.stderr)")
 
+        // The rule is right: an uncached build now holds exactly what the partly cached one does.
+        let uncached = try Kiln.run(["build", "-f", file, "--no-cache"], in: scratch.path)
+        let uncachedImage = try record(uncached)
+        #expect(uncached.status == 0, "\(uncached.stderr)")
+        #expect(decisions(uncachedImage).allSatisfy { $0.decision == "run" && $0.reason == "--no-cache" }, "\(decisions(uncachedImage))")
+        let compared = versionFiles + ["/etc/apt/sources.list.d/kiln-test.list"]
+        #expect(try files(compared, in: uncachedImage, scratch) == files(compared, in: secondImage, scratch), "the cached build holds what an uncached one does")
+
         // Nothing new: every step is reused, and the explanation says so.
         let third = try Kiln.run(["build", "-f", file], in: scratch.path)
         let thirdImage = try record(third)
@@ -349,8 +379,22 @@ struct FreshInputsTests {
         #expect(again.status == 0 && againLines.count == 4, "\(again.stdout)\n\(again.stderr)")
         #expect(againLines.dropFirst().allSatisfy({ $0.contains(": reused (") }), "every step reused: \(again.stdout)")
 
+        // The index changes but offers no upgrade of what the image holds (another package): a
+        // build that reuses every step stays as it is, but a later step that runs may install
+        // from the cached package lists, so the package step runs again first.
+        try publish("1.0", package: "kiln-other")
+        let unchanged = try record(try Kiln.run(["build", "-f", file], in: scratch.path))
+        #expect(unchanged["builtSteps"] as? Int == 0, "nothing installed is upgradable: \(decisions(unchanged))")
+        let changedLast = try pipeline(lastStep: "RUN cp /usr/share/kiln-hello/version /etc/kiln-hello-seen && true")
+        let later = try Kiln.run(["build", "-f", changedLast], in: scratch.path)
+        let laterImage = try record(later)
+        #expect(later.status == 0, "\(later.stderr)")
+        let laterRun = decision(laterImage, component)
+        #expect(laterRun?.decision == "run" && laterRun?.reason.contains("a later step runs") == true, "\(decisions(laterImage))")
+        #expect(decision(laterImage, "echo early > /etc/early")?.decision == "reused", "\(decisions(laterImage))")
+
         // A pipeline that pins its versions opts out: 1.2 is published, the steps are reused anyway.
-        let optedOut = try pipeline(kilnCache: "{packageUpdates: ignore}")
+        let optedOut = try pipeline(kilnCache: "{packageUpdates: ignore}", lastStep: "RUN cp /usr/share/kiln-hello/version /etc/kiln-hello-seen && true")
         try publish("1.2")
         let fourth = try Kiln.run(["build", "-f", optedOut], in: scratch.path)
         let fourthImage = try record(fourth)
@@ -360,6 +404,19 @@ struct FreshInputsTests {
         #expect(decisions(fourthImage).count == 3 && decisions(fourthImage).allSatisfy({ $0.decision == "reused" }), "\(decisions(fourthImage))")
         #expect((fourthImage["packageUpdates"] as? [Any] ?? []).isEmpty)
         #expect(try files(versionFiles, in: fourthImage, scratch)["/usr/share/kiln-hello/version"] == "1.1\n", "the opt-out keeps the cached 1.1: \(fourth.stderr)")
+
+        // The repository is gone: its indexes cannot be fetched and apt-get update fails, so the
+        // steps run as an uncached build would, and fail the same way, naming the step.
+        server.stop()
+        let checked = try pipeline(lastStep: "RUN cp /usr/share/kiln-hello/version /etc/kiln-hello-seen && true")
+        let gone = try Kiln.run(["build", "-f", checked], in: scratch.path)
+        let goneImage = try record(gone)
+        let failure = goneImage["failure"] as? [String: Any]
+        #expect(gone.status == 1 && failure?["stage"] as? String == "BUILD" && failure?["step"] as? String == "HelloApt/build/Install", "\(failure ?? [:])\n\(gone.stderr)")
+        #expect(decision(goneImage, component)?.reason.contains("could not be asked") == true, "\(decisions(goneImage))")
+        let offline = try Kiln.run(["build", "-f", checked, "--offline"], in: scratch.path)
+        let offlineImage = try record(offline)
+        #expect(offline.status == 0 && offlineImage["builtSteps"] as? Int == 0, "offline asks nothing and reuses every step: \(offline.stderr)")
     }
 }
 

@@ -132,6 +132,31 @@ struct FreshnessTests {
         #expect(throws: ImageFiles.ReadError.self) { try files.read("/etc/apt/sources.list", limit: 4) }
     }
 
+    @Test("A step that names a package manager is a package step even when its layer shows nothing (an upgrade with nothing to do)")
+    func packageManagerNamed() {
+        for text in ["apt-get upgrade -y", "set -e; apk upgrade --no-cache", "dnf -y update", "action: UpdateOS", "DEBIAN_FRONTEND=noninteractive apt install x", "yum update"] {
+            #expect(PackageState.mentionsPackageManager(text), "\(text)")
+        }
+        for text in ["echo adapt > /etc/x", "cp rpmfile.txt /opt", "useradd app", "sha256sum /opt/apkg"] {
+            #expect(!PackageState.mentionsPackageManager(text), "\(text)")
+        }
+    }
+
+    @Test("No readable package source is not a fingerprint: the package manager must be asked")
+    func noSources() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-nosources-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try FileManager.default.createDirectory(atPath: root + "/usr/bin", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: root + "/etc/apt", withIntermediateDirectories: true)
+        try "#!/bin/sh\n".write(toFile: root + "/usr/bin/apt-get", atomically: true, encoding: .utf8)
+        #expect(throws: PackageSources.Unreadable.self) { try PackageSources.read(ImageFiles(folders: [root]), architecture: "amd64") }
+        try "deb http://deb.debian.org/debian bookworm main\n".write(toFile: root + "/etc/apt/sources.list", atomically: true, encoding: .utf8)
+        let read = try PackageSources.read(ImageFiles(folders: [root]), architecture: "amd64")
+        let sources = try #require(read)
+        #expect(sources.indexes == [.init(candidates: ["http://deb.debian.org/debian/dists/bookworm/InRelease", "http://deb.debian.org/debian/dists/bookworm/Release"],
+                                          releaseEntries: ["main/binary-amd64/Packages", "main/binary-all/Packages"])])
+    }
+
     @Test("A layer that holds package-manager state touched packages; one without it did not")
     func packageState() throws {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-pkgstate-\(UUID().uuidString)").path
@@ -143,5 +168,9 @@ struct FreshnessTests {
         #expect(!PackageState.touched(layerFolder: root + "/plain"))
         #expect(PackageState.touched(layerFolder: root + "/apt"))
         #expect(PackageState.touched(layerFolder: root + "/lists"), "refreshed indexes count: later installs would read them")
+        // A layer whose var is a symlink to the host's / must not report the host's dpkg status.
+        try FileManager.default.createDirectory(atPath: root + "/link", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: root + "/link/var", withDestinationPath: "/var")
+        #expect(FileManager.default.fileExists(atPath: "/var/lib/dpkg/status") && !PackageState.touched(layerFolder: root + "/link"))
     }
 }
