@@ -35,13 +35,17 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
+        // OCI values, the content store and archive formats: no network.
         .target(
             name: "KilnOCI",
+            dependencies: ["KilnModel", "CKilnSystem", "CZlib", .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        // Registries: the client, auth, credentials, and copying images between locations.
+        .target(
+            name: "KilnRegistry",
             dependencies: [
                 "KilnModel",
-                "CKilnSystem",
-                "CZlib",
-                .product(name: "Crypto", package: "swift-crypto"),
+                "KilnOCI",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -50,11 +54,20 @@ let package = Package(
         ),
         .target(
             name: "KilnInstances",
-            dependencies: ["KilnModel", "KilnTOE", "KilnOCI", "CKilnSystem"]
+            dependencies: ["KilnModel", "KilnTOE", "KilnOCI", "KilnRegistry", "CKilnSystem"]
         ),
         .target(
             name: "KilnEngine",
-            dependencies: ["KilnModel", "KilnTOE", "KilnOCI", "KilnInstances"]
+            dependencies: [
+                "KilnModel",
+                "KilnTOE",
+                "KilnOCI",
+                "KilnRegistry",
+                "KilnInstances",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
         ),
         // Process 1 of every instance: static, so it runs in images without a libc or a shell.
         .executableTarget(name: "kiln-init", linkerSettings: [.unsafeFlags(["-static-executable"])]),
@@ -64,17 +77,21 @@ let package = Package(
                 "KilnModel",
                 "KilnTOE",
                 "KilnOCI",
+                "KilnRegistry",
                 "KilnInstances",
                 "KilnEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(name: "kiln", dependencies: ["KilnCLI", "kiln-init"]),
-        .testTarget(name: "KilnModelTests", dependencies: ["KilnModel"]),
-        .testTarget(name: "KilnTOETests", dependencies: ["KilnTOE", "KilnModel"]),
-        .testTarget(name: "KilnOCITests", dependencies: ["KilnOCI", "KilnModel", "CKilnSystem"]),
-        .testTarget(name: "KilnCLITests", dependencies: ["KilnCLI", "kiln"]),
-        .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnInstances", "KilnOCI", "KilnModel", "CKilnSystem"]),
-        .testTarget(name: "KilnInstancesTests", dependencies: ["KilnInstances", "KilnOCI", "KilnTOE", "KilnModel", "kiln-init"]),
+        // Fixtures shared by the test targets (never by a product).
+        .target(name: "KilnTestSupport", path: "Tests/KilnTestSupport"),
+        .testTarget(name: "KilnModelTests", dependencies: ["KilnTestSupport", "KilnModel"]),
+        .testTarget(name: "KilnTOETests", dependencies: ["KilnTestSupport", "KilnTOE", "KilnModel"]),
+        .testTarget(name: "KilnOCITests", dependencies: ["KilnTestSupport", "KilnOCI", "KilnModel", "CKilnSystem"]),
+        .testTarget(name: "KilnRegistryTests", dependencies: ["KilnTestSupport", "KilnRegistry", "KilnOCI", "KilnModel"]),
+        .testTarget(name: "KilnCLITests", dependencies: ["KilnTestSupport", "KilnCLI", "kiln"]),
+        .testTarget(name: "KilnEngineTests", dependencies: ["KilnTestSupport", "KilnEngine", "KilnInstances", "KilnOCI", "KilnModel", "CKilnSystem"]),
+        .testTarget(name: "KilnInstancesTests", dependencies: ["KilnTestSupport", "KilnInstances", "KilnOCI", "KilnRegistry", "KilnTOE", "KilnModel", "kiln-init"]),
     ]
 )

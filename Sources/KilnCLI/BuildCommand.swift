@@ -7,6 +7,7 @@ import KilnEngine
 import KilnInstances
 import KilnModel
 import KilnOCI
+import KilnRegistry
 
 /// `kiln build`: run one image pipeline from a definitions file, with no server.
 struct BuildCommand: AsyncParsableCommand {

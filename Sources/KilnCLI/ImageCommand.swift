@@ -3,6 +3,7 @@ import Foundation
 import KilnEngine
 import KilnModel
 import KilnOCI
+import KilnRegistry
 
 /// `kiln image`: move images between registries, OCI layouts and Kiln's content store.
 struct ImageCommand: AsyncParsableCommand {

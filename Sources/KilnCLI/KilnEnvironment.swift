@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KilnModel
 import KilnOCI
+import KilnRegistry
 
 /// Options every command that touches images shares.
 struct KilnOptions: ParsableArguments {

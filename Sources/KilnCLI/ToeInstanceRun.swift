@@ -6,6 +6,7 @@ import Foundation
 import KilnInstances
 import KilnModel
 import KilnOCI
+import KilnRegistry
 import KilnTOE
 import Synchronization
 

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import KilnOCI
+import KilnRegistry
 import Synchronization
 
 /// Shows transfers on stderr: one redrawn bar per endpoint on a terminal, plain log lines

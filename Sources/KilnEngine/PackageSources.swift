@@ -2,6 +2,7 @@ import Foundation
 import KilnInstances
 import KilnModel
 import KilnOCI
+import KilnRegistry
 
 /// The package repositories an image's own files name (apt's sources, dnf's .repo files, apk's
 /// repositories), and a fingerprint of their index files fetched from the Kiln host. Equal

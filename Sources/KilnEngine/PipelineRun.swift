@@ -5,6 +5,7 @@ import Foundation
 import KilnInstances
 import KilnModel
 import KilnOCI
+import KilnRegistry
 import KilnTOE
 
 /// Runs one image pipeline once, as Image Builder does: BUILD in a builder instance from the

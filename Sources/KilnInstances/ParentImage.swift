@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import KilnModel
 import KilnOCI
+import KilnRegistry
 import KilnTOE
 
 /// The parent image forms a recipe may name, each turned into an image in Kiln's store:

@@ -5,11 +5,11 @@ import Foundation
 import KilnModel
 
 /// `oci-archive:` files: an OCI image layout in a tar, as skopeo and buildah write them.
-enum OCIArchive {
+package enum OCIArchive {
     /// Unpacks the layout parts of an archive into `directory`. Only `oci-layout`, `index.json`
     /// and `blobs/<algorithm>/<hex>` are written; links and devices are refused, other files skipped.
     /// Blob contents are verified later, when they are copied on.
-    static func extract(_ path: String, into directory: String) throws {
+    package static func extract(_ path: String, into directory: String) throws {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw KilnError(.notFound, "cannot read the OCI archive '\(path)'")
         }
@@ -63,7 +63,7 @@ enum OCIArchive {
 
     /// Writes the layout at `directory` as a tar at `path` (atomically): entries sorted, owned by
     /// 0:0 and stamped `modificationTime`, so the same layout gives the same archive.
-    static func write(layout directory: String, to path: String, modificationTime: Int64 = 0) throws {
+    package static func write(layout directory: String, to path: String, modificationTime: Int64 = 0) throws {
         let temporary = path + ".kiln-partial"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw KilnError(.ioFailure, "cannot create '\(path)': \(String(cString: strerror(errno)))") }

@@ -1,4 +1,5 @@
 import Foundation
+import KilnModel
 
 /// Wire formats of the OCI image spec (v1.1), with the spec's field names.
 
@@ -161,4 +162,26 @@ public enum CanonicalJSON {
         let data = try encode(value)
         return (data, Descriptor(mediaType: mediaType, digest: Digest(sha256Of: data), size: Int64(data.count)))
     }
+}
+
+extension Platform: CustomStringConvertible {
+    /// The machine Kiln runs on, as OCI names it.
+    public static var host: Platform {
+        #if arch(arm64)
+        Platform(architecture: "arm64", os: "linux", variant: "v8")
+        #else
+        Platform(architecture: "amd64", os: "linux")
+        #endif
+    }
+
+    /// `os/arch[/variant]`, as `--platform` takes it.
+    public init(parsing text: String) throws {
+        let parts = text.split(separator: "/").map(String.init)
+        guard (2...3).contains(parts.count), parts.allSatisfy({ !$0.isEmpty }) else {
+            throw KilnError(.invalidArgument, "'\(text)' is not a platform; use os/architecture[/variant], e.g. linux/arm64/v8")
+        }
+        self.init(architecture: parts[1], os: parts[0], variant: parts.count == 3 ? parts[2] : nil)
+    }
+
+    public var description: String { [os, architecture, variant].compactMap { $0 }.joined(separator: "/") }
 }

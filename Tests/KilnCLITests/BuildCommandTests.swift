@@ -2,10 +2,11 @@
 import Glibc
 #endif
 import Foundation
+import KilnTestSupport
 import Testing
 
 @Suite("kiln build: pipelines end to end on runc, with two registries as regions", .serialized,
-       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || (geteuid() == 0 && FileManager.default.fileExists(atPath: "/usr/bin/runc"))))
+       .enabled(if: TestEnvironment.requiresRoot("runc")))
 struct BuildCommandTests {
     /// A pipeline whose components write, check and test /etc/kiln-app; `validate` and `test`
     /// are the commands of those phases.
@@ -82,7 +83,7 @@ struct BuildCommandTests {
     func available() throws {
         let regions = (try LoopbackRegistry(), try LoopbackRegistry())
         defer { regions.0.stop(); regions.1.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let pipeline = try project(scratch, regions: regions)
         let built = try Kiln.run(["build", "-f", pipeline, "--no-cache"], in: scratch.path)
@@ -113,7 +114,7 @@ struct BuildCommandTests {
     func failingValidate() throws {
         let regions = (try LoopbackRegistry(), try LoopbackRegistry())
         defer { regions.0.stop(); regions.1.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let pipeline = try project(scratch, regions: regions, validate: "test -e /etc/never-there")
         let built = try Kiln.run(["build", "-f", pipeline], in: scratch.path)
@@ -132,7 +133,7 @@ struct BuildCommandTests {
     func failingTest() throws {
         let regions = (try LoopbackRegistry(), try LoopbackRegistry())
         defer { regions.0.stop(); regions.1.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let pipeline = try project(scratch, regions: regions, test: "grep -q not-ready /etc/kiln-app")
         let built = try Kiln.run(["build", "-f", pipeline], in: scratch.path)
@@ -152,7 +153,7 @@ struct BuildCommandTests {
         let southDown = try LoopbackRegistry()
         southDown.stop()
         defer { north.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let pipeline = try project(scratch, regions: (north, southDown))
         let built = try Kiln.run(["build", "-f", pipeline], in: scratch.path)
@@ -180,7 +181,7 @@ struct BuildCommandTests {
     func cacheAndReproducibility() throws {
         let regions = (try LoopbackRegistry(), try LoopbackRegistry())
         defer { regions.0.stop(); regions.1.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let pipeline = try project(scratch, regions: regions)
         let epoch = ["--source-date-epoch", "1700000000"]
@@ -226,7 +227,7 @@ struct BuildCommandTests {
     func costLedger() throws {
         let regions = (try LoopbackRegistry(), try LoopbackRegistry())
         defer { regions.0.stop(); regions.1.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let pipeline = try project(scratch, regions: regions)
         // Round prices: $3.60/h is $0.001 a second; north is another region than home, south is home.
@@ -318,7 +319,7 @@ struct BuildCommandTests {
     func builtInSuites() throws {
         let regions = (try LoopbackRegistry(), try LoopbackRegistry())
         defer { regions.0.stop(); regions.1.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         _ = try project(scratch, regions: regions)
         // A static server, so the image needs nothing installed: 200 for /ok, 404 otherwise.
@@ -397,7 +398,7 @@ struct BuildCommandTests {
     func interruptCancels() throws {
         let regions = (try LoopbackRegistry(), try LoopbackRegistry())
         defer { regions.0.stop(); regions.1.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         _ = try project(scratch, regions: regions)
         _ = try scratch.write("slow.yaml", """
@@ -435,7 +436,7 @@ struct BuildCommandTests {
     func httpsDocumentsAndSupportedOs() throws {
         let regions = (try LoopbackRegistry(), try LoopbackRegistry())
         defer { regions.0.stop(); regions.1.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         _ = try project(scratch, regions: regions)
         try FileManager.default.createDirectory(atPath: scratch.path + "/served", withIntermediateDirectories: true)
@@ -485,7 +486,7 @@ struct BuildCommandTests {
     func imageRecipeRootFilesystem() throws {
         let regions = (try LoopbackRegistry(), try LoopbackRegistry())
         defer { regions.0.stop(); regions.1.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         _ = try project(scratch, regions: regions)
         let pipeline = try scratch.write("machine.yaml", """
@@ -522,7 +523,7 @@ struct BuildCommandTests {
     func recipeSourceDateEpoch() throws {
         let regions = (try LoopbackRegistry(), try LoopbackRegistry())
         defer { regions.0.stop(); regions.1.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         _ = try project(scratch, regions: regions)
         func pipeline(_ epoch: String) throws -> String {

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import KilnTestSupport
 import Testing
 
 /// Fresh inputs: a cached build is never staler than an uncached one. A registry parent is
@@ -9,7 +10,7 @@ import Testing
 /// when their package sources offer upgrades. Real runc, a real docker-registry, a real apt
 /// repository served over HTTP on loopback.
 @Suite("kiln build: fresh inputs (a moved parent tag, package upgrades, --offline, --explain-cache)", .serialized,
-       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || (geteuid() == 0 && FileManager.default.fileExists(atPath: "/usr/bin/runc"))))
+       .enabled(if: TestEnvironment.requiresRoot("runc")))
 struct FreshInputsTests {
     func record(_ result: Kiln.Result) throws -> [String: Any] {
         try #require((try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [String: Any], "stdout is not the image record:\n\(result.stdout)\n\(result.stderr)")
@@ -86,7 +87,7 @@ struct FreshInputsTests {
         let registry = try LoopbackRegistry()
         var registryRunning = true
         defer { if registryRunning { registry.stop() } }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         // Unique per run: the data directory (and so the step cache) is shared with earlier runs.
         let nonce = UUID().uuidString.prefix(8).lowercased()
@@ -237,7 +238,7 @@ struct FreshInputsTests {
 
     @Test("A local apt repository: a new package version makes the steps from the package step on run again (the earlier RUN is reused), --explain-cache says so beforehand, nothing new reuses every step, and kilnCache packageUpdates: ignore opts out")
     func packageUpgrades() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let nonce = UUID().uuidString.prefix(8).lowercased()
         let recipe = "fresh-apt-\(nonce)"
@@ -269,7 +270,7 @@ struct FreshInputsTests {
             lastPublished = Date()
         }
         try publish("1.0")
-        let server = try LoopbackHTTPServer(directory: repository)
+        let server = try LoopbackServer(executable: "python3", arguments: { ["-m", "http.server", String($0), "--bind", "127.0.0.1", "--directory", repository] })
         defer { server.stop() }
         try #require(try Kiln.shell("curl -sf http://127.0.0.1:\(server.port)/Packages").contains("Package: kiln-hello"), "the repository is served")
 
@@ -417,35 +418,5 @@ struct FreshInputsTests {
         let offline = try Kiln.run(["build", "-f", checked, "--offline"], in: scratch.path)
         let offlineImage = try record(offline)
         #expect(offline.status == 0 && offlineImage["builtSteps"] as? Int == 0, "offline asks nothing and reuses every step: \(offline.stderr)")
-    }
-}
-
-/// `python3 -m http.server` serving `directory` on a free loopback port.
-fileprivate final class LoopbackHTTPServer {
-    let port: Int
-    private let process: Process
-    private var running = true
-
-    init(directory: String) throws {
-        port = freeLoopbackPort()
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = ["-m", "http.server", String(port), "--bind", "127.0.0.1", "--directory", directory]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        var attempts = 0
-        while !loopbackAccepts(port), attempts < 200 {
-            usleep(25_000)
-            attempts += 1
-        }
-    }
-
-    /// SIGKILL: the server inherits the test thread's blocked signals, SIGTERM among them.
-    func stop() {
-        guard running else { return }
-        running = false
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
     }
 }

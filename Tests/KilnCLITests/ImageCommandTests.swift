@@ -2,54 +2,18 @@
 import Glibc
 #endif
 import Foundation
+import KilnTestSupport
 import Testing
 
 /// A plain-http docker-registry on a free loopback port.
-final class LoopbackRegistry {
-    let port: Int
-    private let process: Process
-    private let directory: Scratch
-
-    /// `port` reuses a port (a registry coming back); nil picks a free one.
-    init(port fixedPort: Int? = nil) throws {
-        directory = try Scratch()
-        port = fixedPort ?? freeLoopbackPort()
-        let config = try directory.write("config.yml", """
-        version: 0.1
-        log: {level: error}
-        storage: {filesystem: {rootdirectory: \(directory.path)/data}}
-        http: {addr: 127.0.0.1:\(port)}
-        """)
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
-        process.arguments = ["serve", config]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        // Ready once the port accepts connections.
-        for _ in 0..<400 {
-            if loopbackAccepts(port) { return }
-            usleep(25_000)
-        }
-    }
-
-    var host: String { "127.0.0.1:\(port)" }
-
-    func stop() {
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-        directory.remove()
-    }
-}
-
 @Suite("kiln image", .serialized,
-       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || FileManager.default.fileExists(atPath: "/usr/bin/docker-registry")))
+       .enabled(if: TestEnvironment.requires("docker-registry")))
 struct ImageCommandTests {
     @Test("pack, push to a registry and an archive, ls, pull elsewhere, inspect, rm and gc; progress as plain lines")
     func lifecycle() throws {
         let registry = try LoopbackRegistry()
         defer { registry.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         try FileManager.default.createDirectory(atPath: scratch.path + "/rootfs/etc", withIntermediateDirectories: true)
         _ = try scratch.write("rootfs/etc/os-release", "ID=kiln\n")
@@ -91,7 +55,7 @@ struct ImageCommandTests {
     func errors() throws {
         let registry = try LoopbackRegistry()
         defer { registry.stop() }
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let data = ["--data-dir", scratch.path + "/data"]
 
@@ -116,15 +80,8 @@ struct ImageCommandTests {
 }
 
 extension Kiln {
+    /// A host command's stdout (stderr left out), for checking results with real tools.
     static func shell(_ command: String) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", command]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        try KilnTestSupport.shell(command, includeStandardError: false).output
     }
 }

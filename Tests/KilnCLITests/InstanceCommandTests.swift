@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import KilnTestSupport
 import Testing
 
 /// A data directory shared by the instance tests of one machine, so the Debian parent is
@@ -9,7 +10,7 @@ import Testing
 let sharedDataDirectory = "/var/tmp/kiln-cli-instances"
 
 @Suite("kiln toe run --image and kiln instance, on runc with a bootstrapped Debian", .serialized,
-       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || (geteuid() == 0 && FileManager.default.fileExists(atPath: "/usr/bin/runc"))))
+       .enabled(if: TestEnvironment.requiresRoot("runc")))
 struct InstanceCommandTests {
     let data = ["--data-dir", sharedDataDirectory]
 
@@ -30,7 +31,7 @@ struct InstanceCommandTests {
 
     @Test("Bootstrap Debian, install a package and change files in a builder, snapshot, and see every change in a fresh instance without network")
     func buildAndTest() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let build = try document(scratch, "Build", [
             "apt-get update -qq",
@@ -56,7 +57,7 @@ struct InstanceCommandTests {
 
     @Test("A failed run can keep its instance; kiln instance ls shows it and rm removes it")
     func keepOnFailure() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let failing = try document(scratch, "Fails", ["echo about to fail", "exit 3"])
         let failed = try Kiln.run(["toe", "run", "--image", "bootstrap:debian:bookworm", "-d", failing, "--keep-on-failure", "-l", scratch.path] + data)
@@ -75,7 +76,7 @@ struct InstanceCommandTests {
 
     @Test("kill -9 of kiln mid-run: the next start removes the container, its mount and its cgroup")
     func killedMidRun() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let sleeper = try document(scratch, "Sleeps", ["sleep 300"])
         let process = Process()
@@ -106,7 +107,7 @@ struct InstanceCommandTests {
 
     @Test("Ctrl-C (SIGINT) during a run removes the instance before kiln exits")
     func interrupted() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let sleeper = try document(scratch, "SleepsToo", ["sleep 300"])
         let kiln = try RunningKiln(["toe", "run", "--image", "bootstrap:debian:bookworm", "-d", sleeper, "-l", scratch.path] + data)

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import KilnTestSupport
 import Testing
 
 /// Runs the real `kiln` executable, as a user or a pipeline would.
@@ -39,20 +40,6 @@ struct Kiln {
     }
 }
 
-struct Scratch {
-    let path: String
-    init() throws {
-        var template = Array("/tmp/kiln-cli-test.XXXXXX".utf8CString)
-        path = String(cString: mkdtemp(&template)!)
-    }
-    func write(_ name: String, _ text: String) throws -> String {
-        let file = path + "/" + name
-        try text.write(toFile: file, atomically: true, encoding: .utf8)
-        return file
-    }
-    func remove() { try? FileManager.default.removeItem(atPath: path) }
-}
-
 @Suite("The kiln executable", .serialized)
 struct KilnCommandTests {
     let document = """
@@ -86,7 +73,7 @@ struct KilnCommandTests {
 
     @Test("toe run: exit 0, the summary JSON on stdout, and AWSTOE's log folder")
     func runSucceeds() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let path = try scratch.write("doc.yaml", document)
         let result = try Kiln.run(["toe", "run", "--documents", path, "--parameters", "Word=kiln", "--execution-id", "exec-1", "--log-directory", scratch.path + "/logs"])
@@ -116,7 +103,7 @@ struct KilnCommandTests {
 
     @Test("toe run: a failing step gives exit 1 and status failed")
     func runFails() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let path = try scratch.write("doc.yaml", document)
         let result = try Kiln.run(["toe", "run", "-d", path, "--parameters", "Word=fail", "-l", scratch.path])
@@ -128,7 +115,7 @@ struct KilnCommandTests {
 
     @Test("toe run --phases and --config: config file documents and parameters, flags override")
     func configFile() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let path = try scratch.write("doc.yaml", document)
         let config = try scratch.write("run.json", """
@@ -149,7 +136,7 @@ struct KilnCommandTests {
 
     @Test("toe validate and component validate: success JSON, and every problem with file:line:column")
     func validate() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let good = try scratch.write("good.yaml", document)
         let bad = try scratch.write("bad.yaml", """
@@ -185,7 +172,7 @@ struct KilnCommandTests {
 
     @Test("Bad arguments are refused with what to do")
     func badArguments() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let path = try scratch.write("doc.yaml", document)
         let parameters = try Kiln.run(["toe", "run", "-d", path, "--parameters", "Word="])
@@ -201,7 +188,7 @@ struct KilnCommandTests {
 
     @Test("Exit code 194 leaves a resumable state; the same command resumes and finishes")
     func rebootResume() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let path = try scratch.write("reboot.yaml", """
         schemaVersion: 1.0

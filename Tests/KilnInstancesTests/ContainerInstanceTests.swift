@@ -4,23 +4,12 @@ import Glibc
 import Foundation
 import KilnModel
 import KilnOCI
+import KilnRegistry
 import KilnTOE
+import KilnTestSupport
 import Testing
 @testable import KilnInstances
 
-@discardableResult
-func shell(_ command: String) throws -> (status: Int32, text: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/bin/sh")
-    process.arguments = ["-c", command]
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-}
 
 /// A data directory with a content store, and an image holding only static programs (no libc,
 /// no shell), compiled here with gcc.
@@ -78,7 +67,7 @@ struct InstanceFixture {
 }
 
 @Suite("Container instances on runc and overlayfs", .serialized,
-       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || (geteuid() == 0 && FileManager.default.fileExists(atPath: "/usr/bin/runc"))))
+       .enabled(if: TestEnvironment.requiresRoot("runc")))
 struct ContainerInstanceTests {
     @Test("An image with no shell and no libc gets an init; exec streams output and exit codes; snapshot keeps the changes")
     func staticImage() async throws {

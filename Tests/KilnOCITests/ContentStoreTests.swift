@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnOCI
 

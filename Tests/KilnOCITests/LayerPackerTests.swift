@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnOCI
 
@@ -10,7 +11,7 @@ import Testing
 struct LayerPackerTests {
     /// Runs a tool, expects success, and returns its trimmed output.
     func shell(_ command: String) throws -> String {
-        let result = try run(command)
+        let result = try KilnTestSupport.shell(command)
         #expect(result.status == 0, "\(command): \(result.text)")
         return result.text.trimmingCharacters(in: .whitespacesAndNewlines)
     }

@@ -4,6 +4,7 @@ import Glibc
 import CKilnSystem
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnOCI
 

@@ -1,5 +1,6 @@
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnOCI
 

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnTOE
 
@@ -10,7 +11,7 @@ import Testing
 struct EveryActionTests {
     /// Stands in for the distribution's package manager; the real one is exercised in containers,
     /// where upgrading packages cannot touch the host.
-    func packageManagerShim(in dir: TempDirectory) throws -> String {
+    func packageManagerShim(in dir: Scratch) throws -> String {
         let bin = dir.file("shim-bin")
         try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
         let script = try dir.write("shim-bin/apt-get", "#!/bin/sh\necho \"apt-get $*\" >> \(dir.file("apt-calls"))\n")
@@ -22,9 +23,9 @@ struct EveryActionTests {
 
     @Test("Every action runs, with AWSTOE's statuses and outputs")
     func everyAction() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
-        let site = try TempDirectory("kiln-site")
+        let site = Scratch("kiln-site")
         defer { site.remove() }
         try site.write("payload.txt", "payload\n")
         let web = try LoopbackServer(executable: "python3", arguments: { ["-m", "http.server", "--bind", "127.0.0.1", String($0)] }, directory: site.path)

@@ -1,12 +1,13 @@
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnTOE
 
 @Suite("ExecuteDocument nesting and cycles; reboot and resume")
 struct ExecuteDocumentAndRebootTests {
     /// level0 → level1 → … → level`depth`, each echoing its name and passing a parameter down.
-    func chain(depth: Int, in dir: TempDirectory) throws -> String {
+    func chain(depth: Int, in dir: Scratch) throws -> String {
         var path = ""
         for level in stride(from: depth, through: 0, by: -1) {
             let child = level == depth ? "" : """
@@ -45,7 +46,7 @@ struct ExecuteDocumentAndRebootTests {
 
     @Test("Three levels of nesting run, pass parameters and report nested detailed output")
     func threeLevels() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let result = try await run(try chain(depth: 3, in: dir))
         #expect(result.report.status == .success, "\(result.console.text)")
@@ -65,7 +66,7 @@ struct ExecuteDocumentAndRebootTests {
 
     @Test("A fourth level of nesting fails with a message naming the limit")
     func fourLevelsFail() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let result = try await run(try chain(depth: 4, in: dir))
         #expect(result.report.status == .failed)
@@ -75,7 +76,7 @@ struct ExecuteDocumentAndRebootTests {
 
     @Test("A document that runs itself (or an ancestor) is a cycle and fails")
     func cycle() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         _ = try dir.write("b.yaml", """
         schemaVersion: 1.0
@@ -104,7 +105,7 @@ struct ExecuteDocumentAndRebootTests {
 
     @Test("Exit code 194 pauses the run resumably; the resumed run re-runs that step and finishes")
     func rebootAndResume() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let marker = dir.file("reboot-indicator")
         let yaml = """
@@ -183,7 +184,7 @@ struct ExecuteDocumentAndRebootTests {
 
     @Test("On an instance that can restart, 194 restarts it and the same step runs again in the same run")
     func rebootInPlace() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let document = try ComponentDocumentParser().parse(text: """
         schemaVersion: 1.0

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnTOE
 
@@ -22,7 +23,7 @@ struct FileActionTests {
 
     @Test("Create, append, read, list, copy, move, symlink and delete")
     func lifecycle() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let d = dir.path
         let result = try await runDocument("""
@@ -125,7 +126,7 @@ struct FileActionTests {
             #expect(Bool(!TestEnvironment.isCI), "CI runs as root; changing owners needs root")
             return
         }
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         try dir.write("tree/sub/file", "x")
         let result = try await runDocument("""
@@ -171,7 +172,7 @@ struct FileActionTests {
 
     @Test("Encodings: CreateFile writes UTF-16LE, SetFileEncoding converts, ReadFile decodes")
     func encodings() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let result = try await runDocument("""
         schemaVersion: 1.0
@@ -208,7 +209,7 @@ struct FileActionTests {
 
     @Test("Refusals: overwrite false, non-empty folder without force, missing file, symlink to nothing")
     func refusals() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         try dir.write("exists.txt", "keep me")
         try dir.write("full/child", "x")
@@ -246,7 +247,7 @@ struct FileActionTests {
 
     @Test("Rooted paths: symlinks and .. inside an instance root never leave it")
     func rootedResolution() throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         try FileManager.default.createDirectory(atPath: dir.file("etc"), withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: dir.file("escape"), withDestinationPath: "/etc")

@@ -1,5 +1,6 @@
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnTOE
 
@@ -7,7 +8,7 @@ import Testing
 struct ReviewRegressionTests {
     @Test("Continue fails the phase but later phases still run; Abort would stop them")
     func continueRunsLaterPhases() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let result = try await runDocument("""
         schemaVersion: 1.0
@@ -55,7 +56,7 @@ struct ReviewRegressionTests {
 
     @Test("A timeout stops a loop: no iteration starts after it")
     func timeoutStopsLoop() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let result = try await runDocument("""
         schemaVersion: 1.0
@@ -78,7 +79,7 @@ struct ReviewRegressionTests {
 
     @Test("Copying or moving a file or folder onto itself is refused and loses nothing; MoveFolder merges into an existing folder")
     func samePathAndMerge() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         try dir.write("app.conf", "keep")
         try dir.write("src/new.txt", "new")
@@ -116,7 +117,7 @@ struct ReviewRegressionTests {
 
     @Test("A reboot inside a nested document fails clearly instead of looping")
     func nestedReboot() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let child = try dir.write("child.yaml", """
         schemaVersion: 1.0
@@ -144,7 +145,7 @@ struct ReviewRegressionTests {
 
     @Test("A program keeps the name it was called by (argv[0]), so symlinked tools work")
     func argumentZero() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         try FileManager.default.createSymbolicLink(atPath: dir.file("mybash"), withDestinationPath: "/bin/bash")
         let result = try await runDocument("""

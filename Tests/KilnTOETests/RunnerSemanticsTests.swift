@@ -1,5 +1,6 @@
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnTOE
 
@@ -7,7 +8,7 @@ import Testing
 struct RunnerSemanticsTests {
     @Test("Abort stops the phase: later steps do not run and the run fails")
     func abortStopsPhase() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let result = try await runDocument("""
         schemaVersion: 1.0
@@ -42,7 +43,7 @@ struct RunnerSemanticsTests {
 
     @Test("Continue: the step fails, the next steps run, the phase and run fail")
     func continueRunsNextSteps() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let result = try await runDocument("""
         schemaVersion: 1.0
@@ -92,7 +93,7 @@ struct RunnerSemanticsTests {
 
     @Test("maxAttempts re-runs the whole step: a flaky command succeeds on its third attempt")
     func retriesUntilSuccess() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let counter = dir.file("count")
         let result = try await runDocument("""
@@ -117,7 +118,7 @@ struct RunnerSemanticsTests {
 
     @Test("maxAttempts exhausted: the step fails after exactly that many runs")
     func retriesExhausted() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let result = try await runDocument("""
         schemaVersion: 1.0
@@ -282,7 +283,7 @@ struct RunnerSemanticsTests {
 
     @Test("Phases run in document order whatever order --phases lists, and only those selected")
     func phaseSelection() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let log = dir.file("order")
         let result = try await runDocument("""
@@ -310,7 +311,7 @@ struct RunnerSemanticsTests {
 
     @Test("if: then/else branches, Skip counts as success, Abort fails the step")
     func conditionalSteps() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let existing = try dir.write("present", "x")
         let result = try await runDocument("""
@@ -408,7 +409,7 @@ struct ComparisonOperatorTests {
 
     @Test("File operators check the instance's files and hashes")
     func fileOperators() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         let file = try dir.write("data.txt", "kiln\n")
         let evaluator = ConditionEvaluator(session: LocalHostSession())

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnTOE
 
@@ -10,8 +11,8 @@ struct WebDownloadTests {
 
     @Test("Download with checksums, skip-if-hash-matches, a checksum mismatch, a 404 and overwrite false")
     func webDownload() async throws {
-        let site = try TempDirectory("kiln-site")
-        let dir = try TempDirectory()
+        let site = Scratch("kiln-site")
+        let dir = Scratch()
         defer { site.remove(); dir.remove() }
         try site.write("files/tool.sh", "#!/bin/sh\necho tool\n")
         let server = try LoopbackServer(executable: "python3", arguments: { ["-m", "http.server", "--bind", "127.0.0.1", String($0)] }, directory: site.path)
@@ -108,8 +109,8 @@ struct WebDownloadTests {
 
     @Test("HTTPS: an untrusted certificate is refused unless ignoreCertificateErrors is true", .enabled(if: TestEnvironment.requires("openssl")))
     func https() async throws {
-        let site = try TempDirectory("kiln-site")
-        let dir = try TempDirectory()
+        let site = Scratch("kiln-site")
+        let dir = Scratch()
         defer { site.remove(); dir.remove() }
         try site.write("secure.txt", "over tls\n")
         #expect(try shell("cd \(site.path) && openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 1 -subj /CN=127.0.0.1 2>&1").status == 0)
@@ -142,9 +143,9 @@ struct WebDownloadTests {
 
     @Test("Connection failures are retried up to five times, then reported")
     func retriesConnectionFailures() async throws {
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
-        let port = try freePort()
+        let port = freeLoopbackPort()
         let result = try await runDocument("""
         schemaVersion: 1.0
         phases:
@@ -171,7 +172,7 @@ struct S3ActionTests {
     func roundTrip() async throws {
         let server = try LoopbackServer(executable: "moto_server", arguments: { ["-H", "127.0.0.1", "-p", String($0)] })
         defer { server.stop() }
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         var environment = Self.credentials
         environment["AWS_ENDPOINT_URL"] = server.url
@@ -241,7 +242,7 @@ struct S3ActionTests {
         // moto checks signatures only when asked to: run it with auth enabled.
         let server = try LoopbackServer(executable: "moto_server", arguments: { ["-H", "127.0.0.1", "-p", String($0)] }, environment: ["INITIAL_NO_AUTH_ACTION_COUNT": "0"])
         defer { server.stop() }
-        let dir = try TempDirectory()
+        let dir = Scratch()
         defer { dir.remove() }
         try dir.write("f.txt", "x")
         var options = TOEOptions.forTests

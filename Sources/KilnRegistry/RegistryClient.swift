@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import KilnModel
+import KilnOCI
 import NIOCore
 import NIOHTTP1
 import NIOSSL
@@ -93,7 +94,7 @@ public final class RegistryClient: Sendable {
     /// instead of being retried inside the pool until the deadline; retries follow `retry`.
     public static let sharedHTTPClient = makeHTTPClient(tls: nil)
 
-    static func makeHTTPClient(tls: TLSConfiguration?) -> HTTPClient {
+    package static func makeHTTPClient(tls: TLSConfiguration?) -> HTTPClient {
         var configuration = HTTPClient.Configuration()
         if let tls { configuration.tlsConfiguration = tls }
         configuration.connectionPool.retryConnectionEstablishment = false

@@ -1,3 +1,4 @@
+import KilnOCI
 import Synchronization
 
 /// What a pull, push or copy reports as it goes. `endpoint` names the registry, layout or store

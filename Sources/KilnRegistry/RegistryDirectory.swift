@@ -1,5 +1,6 @@
 import Foundation
 import KilnModel
+import KilnOCI
 import Synchronization
 
 /// How Kiln talks to one registry host, from `kiln.yaml`'s `registries:` section.

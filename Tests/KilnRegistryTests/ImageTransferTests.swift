@@ -4,20 +4,10 @@ import Glibc
 import Foundation
 import Synchronization
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnOCI
-
-/// A scratch directory, removed by `remove()`.
-struct Scratch {
-    let path: String
-
-    init(_ label: String = "kiln-transfer") {
-        var template = Array("/tmp/\(label).XXXXXX".utf8CString)
-        path = String(cString: mkdtemp(&template)!)
-    }
-
-    func remove() { try? FileManager.default.removeItem(atPath: path) }
-}
+@testable import KilnRegistry
 
 /// Images for transfer tests: `random` bytes of incompressible content make a layer big enough
 /// to be cut mid-stream.
@@ -37,7 +27,7 @@ func makeImage(in store: ContentStore, named name: String, random: Int = 0, text
 
 /// The manifest digest skopeo sees for `reference` (independent of Kiln).
 func skopeoDigest(_ reference: String, extra: String = "--tls-verify=false") throws -> String {
-    let result = try run("skopeo inspect \(extra) --raw docker://\(reference) | sha256sum | cut -d' ' -f1")
+    let result = try shell("skopeo inspect \(extra) --raw docker://\(reference) | sha256sum | cut -d' ' -f1")
     return "sha256:" + result.text.trimmingCharacters(in: .whitespacesAndNewlines)
 }
 
@@ -98,9 +88,9 @@ final class FaultProxy: Sendable {
     """#
 
     init(upstream: Int, resetAfter: Int, resets: Int) throws {
-        port = try TestRegistry.freePort()
+        port = freeLoopbackPort()
         let port = port
-        helper = try PythonHelper(Self.script) { _ in ["\(port)", "\(upstream)", "\(resetAfter)", "\(resets)"] }
+        helper = try PythonHelper(Self.script, port: port) { _ in ["\(port)", "\(upstream)", "\(resetAfter)", "\(resets)"] }
     }
 
     var host: String { "127.0.0.1:\(port)" }
@@ -108,45 +98,36 @@ final class FaultProxy: Sendable {
     func stop() { helper.stop() }
 }
 
-/// A Python helper run from its source text, in its own scratch directory; it prints one line
-/// once it is ready.
+/// A Python helper run from its source text, in its own scratch directory, listening on `port`.
 final class PythonHelper: Sendable {
     let directory: Scratch
-    private let process: Process
+    private let server: LoopbackServer
 
     /// `arguments` gets the scratch directory, after `setup` has prepared it.
-    init(_ script: String, setup: (String) throws -> Void = { _ in }, arguments: (String) -> [String]) throws {
-        directory = Scratch("kiln-helper")
+    init(_ script: String, port: Int, setup: (String) throws -> Void = { _ in }, arguments: (String) -> [String]) throws {
+        let directory = Scratch("kiln-helper")
+        self.directory = directory
         try setup(directory.path)
         try script.write(toFile: directory.path + "/helper.py", atomically: true, encoding: .utf8)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [directory.path + "/helper.py"] + arguments(directory.path)
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        self.process = process
-        _ = pipe.fileHandleForReading.availableData
+        server = try LoopbackServer(executable: "/usr/bin/python3", arguments: { _ in [directory.path + "/helper.py"] + arguments(directory.path) }, port: port)
     }
 
     func stop() {
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        server.stop()
         directory.remove()
     }
 }
 
 @Suite("Copy to many registries, layouts and archives; checked with skopeo", .serialized,
-       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || FileManager.default.fileExists(atPath: "/usr/bin/docker-registry")))
+       .enabled(if: TestEnvironment.requires("docker-registry")))
 struct ImageTransferTests {
     let fastRetry = RetryPolicy(attempts: 6, firstDelay: .milliseconds(20), maximumDelay: .milliseconds(200))
 
     @Test("One copy reaches a plain, an htpasswd and a TLS registry; skopeo sees one digest everywhere; a second copy sends nothing; mounts and pulls work in each")
     func copyToThreeRegistries() async throws {
-        let plain = try TestRegistry()
-        let basic = try TestRegistry(htpasswd: ("kiln", "s3cret"))
-        let tls = try TestRegistry(tls: true)
+        let plain = try LoopbackRegistry()
+        let basic = try LoopbackRegistry(htpasswd: ("kiln", "s3cret"))
+        let tls = try LoopbackRegistry(tls: true)
         defer { [plain, basic, tls].forEach { $0.stop() } }
         let home = Scratch()
         defer { home.remove() }
@@ -197,8 +178,8 @@ struct ImageTransferTests {
 
     @Test("A region that fails is named; the other regions still get the image")
     func oneRegionFails() async throws {
-        let good = try TestRegistry()
-        let locked = try TestRegistry(htpasswd: ("kiln", "s3cret"))
+        let good = try LoopbackRegistry()
+        let locked = try LoopbackRegistry(htpasswd: ("kiln", "s3cret"))
         defer { [good, locked].forEach { $0.stop() } }
         let home = Scratch()
         defer { home.remove() }
@@ -215,9 +196,9 @@ struct ImageTransferTests {
 
     @Test("Connections reset mid-blob: pulls resume with Range, chunked and whole uploads retry; every digest verifies")
     func survivesResets() async throws {
-        let source = try TestRegistry()
-        let chunked = try TestRegistry()
-        let whole = try TestRegistry()
+        let source = try LoopbackRegistry()
+        let chunked = try LoopbackRegistry()
+        let whole = try LoopbackRegistry()
         defer { [source, chunked, whole].forEach { $0.stop() } }
         let home = Scratch()
         defer { home.remove() }
@@ -256,14 +237,14 @@ struct ImageTransferTests {
             #expect(try skopeoDigest("\(registry.host)/big/app:1") == manifest.digest.description)
             let layout = Scratch("kiln-verify")
             defer { layout.remove() }
-            let copied = try run("skopeo copy --src-tls-verify=false docker://\(registry.host)/big/app:1 oci:\(layout.path):v && sha256sum \(layout.path)/blobs/sha256/\(layer.digest.encoded)")
+            let copied = try shell("skopeo copy --src-tls-verify=false docker://\(registry.host)/big/app:1 oci:\(layout.path):v && sha256sum \(layout.path)/blobs/sha256/\(layer.digest.encoded)")
             #expect(copied.status == 0 && copied.text.contains(layer.digest.encoded + " "), "the registry holds the layer's exact bytes: \(copied.text)")
         }
     }
 
     @Test("Copying within one registry mounts blobs instead of sending them")
     func crossRepositoryMount() async throws {
-        let registry = try TestRegistry()
+        let registry = try LoopbackRegistry()
         defer { registry.stop() }
         let home = Scratch()
         defer { home.remove() }
@@ -279,7 +260,7 @@ struct ImageTransferTests {
 
     @Test("A multi-platform index: one platform by default, every platform with platform nil")
     func platformSelection() async throws {
-        let registry = try TestRegistry()
+        let registry = try LoopbackRegistry()
         defer { registry.stop() }
         let home = Scratch()
         defer { home.remove() }
@@ -322,25 +303,25 @@ struct ImageTransferTests {
         let archive = home.path + "/app.tar"
         _ = try await transfer.copy(from: .store(name: "app"), to: [.archive(path: archive, tag: "v1"), .layout(path: home.path + "/layout", tag: "v1")]).checked()
 
-        let listing = try run("tar -tf \(archive)")
+        let listing = try shell("tar -tf \(archive)")
         #expect(listing.status == 0 && listing.text.contains("oci-layout") && listing.text.contains("blobs/sha256/\(manifest.digest.encoded)"))
         #expect(!FileManager.default.fileExists(atPath: home.path + "/layout/ingest"), "a user's layout gets only what the spec lists")
         for source in ["oci-archive:\(archive):v1", "oci:\(home.path)/layout:v1"] {
-            let digest = try run("skopeo inspect --raw \(source) | sha256sum | cut -d' ' -f1")
+            let digest = try shell("skopeo inspect --raw \(source) | sha256sum | cut -d' ' -f1")
             #expect("sha256:" + digest.text.trimmingCharacters(in: .whitespacesAndNewlines) == manifest.digest.description, "\(source)")
         }
-        let umoci = try run("umoci unpack --rootless --image \(home.path)/layout:v1 \(home.path)/bundle && cat \(home.path)/bundle/rootfs/etc/motd")
+        let umoci = try shell("umoci unpack --rootless --image \(home.path)/layout:v1 \(home.path)/bundle && cat \(home.path)/bundle/rootfs/etc/motd")
         #expect(umoci.status == 0 && umoci.text.hasSuffix("kiln\n"), "umoci unpacks Kiln's layer: \(umoci.text)")
 
         let skopeoArchive = home.path + "/skopeo.tar"
-        #expect(try run("skopeo copy oci:\(home.path)/layout:v1 oci-archive:\(skopeoArchive):from-skopeo").status == 0)
+        #expect(try shell("skopeo copy oci:\(home.path)/layout:v1 oci-archive:\(skopeoArchive):from-skopeo").status == 0)
         let imported = try await transfer.copy(from: .archive(path: skopeoArchive, tag: "from-skopeo"), to: [.store(name: "imported")]).checked()
         #expect(imported.digest == manifest.digest)
         #expect(try store.resolve("imported")?.digest == manifest.digest)
 
         // Exporting a second tag into the same archive keeps the first.
         _ = try await transfer.copy(from: .store(name: "app"), to: [.archive(path: archive, tag: "v2")]).checked()
-        let both = try run("skopeo inspect --raw oci-archive:\(archive):v1 >/dev/null && skopeo inspect --raw oci-archive:\(archive):v2 >/dev/null")
+        let both = try shell("skopeo inspect --raw oci-archive:\(archive):v1 >/dev/null && skopeo inspect --raw oci-archive:\(archive):v2 >/dev/null")
         #expect(both.status == 0, "\(both.text)")
     }
 
@@ -351,7 +332,7 @@ struct ImageTransferTests {
         let store = try ContentStore(root: home.path + "/store")
         let transfer = ImageTransfer(store: store, registries: RegistryDirectory(logins: RegistryCredentialStore(files: [])))
         let outside = home.path + "/outside-marker"
-        let made = try run("""
+        let made = try shell("""
         cd \(home.path) && python3 - <<'PY'
         import io, tarfile
         with tarfile.open('evil.tar', 'w') as tar:
@@ -367,7 +348,7 @@ struct ImageTransferTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: store.scratch).isEmpty, "the staging directory is removed")
 
         let notAnArchive = home.path + "/plain.tar"
-        #expect(try run("tar -cf \(notAnArchive) -C \(home.path) evil.tar").status == 0)
+        #expect(try shell("tar -cf \(notAnArchive) -C \(home.path) evil.tar").status == 0)
         let wrong = try await #require(throws: KilnError.self) { try await transfer.copy(from: .archive(path: notAnArchive, tag: "x"), to: [.store(name: "x")]) }
         #expect(wrong.message.contains("is not an OCI archive"))
     }

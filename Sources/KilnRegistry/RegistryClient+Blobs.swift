@@ -4,6 +4,7 @@ import Glibc
 import AsyncHTTPClient
 import Foundation
 import KilnModel
+import KilnOCI
 import NIOCore
 
 extension RegistryClient {

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import KilnModel
+import KilnOCI
 import NIOCore
 import Synchronization
 

@@ -1,5 +1,6 @@
 import Foundation
 import KilnModel
+import KilnOCI
 
 /// Registry logins as the container tools keep them: `REGISTRY_AUTH_FILE` (podman, skopeo,
 /// buildah) or `~/.docker/config.json`, both `{"auths": {"host": {"auth": base64("user:pass")}}}`.

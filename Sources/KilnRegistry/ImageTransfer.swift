@@ -1,5 +1,6 @@
 import Foundation
 import KilnModel
+import KilnOCI
 import Synchronization
 
 /// Pull, push and copy-to-many over every `ImageLocation`. A copy reads each blob from the source
@@ -411,28 +412,6 @@ public struct ImageTransfer: Sendable {
             if archivePath != nil, let layout { try? FileManager.default.removeItem(atPath: layout.root) }
         }
     }
-}
-
-extension Platform: CustomStringConvertible {
-    /// The machine Kiln runs on, as OCI names it.
-    public static var host: Platform {
-        #if arch(arm64)
-        Platform(architecture: "arm64", os: "linux", variant: "v8")
-        #else
-        Platform(architecture: "amd64", os: "linux")
-        #endif
-    }
-
-    /// `os/arch[/variant]`, as `--platform` takes it.
-    public init(parsing text: String) throws {
-        let parts = text.split(separator: "/").map(String.init)
-        guard (2...3).contains(parts.count), parts.allSatisfy({ !$0.isEmpty }) else {
-            throw KilnError(.invalidArgument, "'\(text)' is not a platform; use os/architecture[/variant], e.g. linux/arm64/v8")
-        }
-        self.init(architecture: parts[1], os: parts[0], variant: parts.count == 3 ? parts[2] : nil)
-    }
-
-    public var description: String { [os, architecture, variant].compactMap { $0 }.joined(separator: "/") }
 }
 
 extension ImageTransfer {

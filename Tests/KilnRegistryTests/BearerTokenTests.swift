@@ -3,8 +3,10 @@ import Glibc
 #endif
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnOCI
+@testable import KilnRegistry
 
 /// A token service as registries use it: checks Basic credentials, then issues an RS256 JWT
 /// (signed by openssl) granting the scopes asked for.
@@ -47,10 +49,10 @@ final class TestTokenServer: Sendable {
     """#
 
     init(user: String, password: String) throws {
-        port = try TestRegistry.freePort()
+        port = freeLoopbackPort()
         let port = port
-        helper = try PythonHelper(Self.script, setup: { directory in
-            let made = try run("cd \(directory) && openssl req -x509 -newkey rsa:2048 -nodes -keyout token.key -out token.pem -days 1 -subj /CN=kiln-token 2>&1")
+        helper = try PythonHelper(Self.script, port: port, setup: { directory in
+            let made = try shell("cd \(directory) && openssl req -x509 -newkey rsa:2048 -nodes -keyout token.key -out token.pem -days 1 -subj /CN=kiln-token 2>&1")
             #expect(made.status == 0, "\(made.text)")
         }, arguments: { directory in
             ["\(port)", directory + "/token.key", directory + "/token.pem", user, password]
@@ -64,13 +66,13 @@ final class TestTokenServer: Sendable {
 }
 
 @Suite("Bearer tokens from a token service", .serialized,
-       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || FileManager.default.fileExists(atPath: "/usr/bin/docker-registry")))
+       .enabled(if: TestEnvironment.requires("docker-registry")))
 struct BearerTokenTests {
     @Test("Push, mount and pull through a registry that demands tokens; skopeo agrees; wrong credentials are refused clearly")
     func tokenAuth() async throws {
         let tokens = try TestTokenServer(user: "kiln", password: "s3cret")
         defer { tokens.stop() }
-        let registry = try TestRegistry(token: (tokens.realm, tokens.certificate))
+        let registry = try LoopbackRegistry(token: (tokens.realm, tokens.certificate))
         defer { registry.stop() }
         let home = Scratch()
         defer { home.remove() }

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import KilnRegistry
 import KilnModel
 import NIOCore
 import NIOSSL

@@ -3,108 +3,14 @@ import Glibc
 #endif
 import Foundation
 import KilnModel
+import KilnTestSupport
 import Testing
 @testable import KilnOCI
+@testable import KilnRegistry
 
-/// A real `docker-registry` (CNCF distribution) on a free loopback port.
-final class TestRegistry: Sendable {
-    let port: Int
-    let directory: String
-    private let process: Process
-
-    /// With `tls`, the registry serves https with a certificate signed by a CA the test makes;
-    /// `caCertificate` is that CA's PEM file.
-    let caCertificate: String?
-
-    /// `token` makes the registry demand Bearer tokens from `realm`, signed with the key whose
-    /// certificate is `certificate`.
-    init(htpasswd: (user: String, password: String)? = nil, tls: Bool = false, token: (realm: String, certificate: String)? = nil) throws {
-        var template = Array("/tmp/kiln-registry.XXXXXX".utf8CString)
-        directory = String(cString: mkdtemp(&template)!)
-        port = try Self.freePort()
-        var auth = ""
-        var tlsConfig = ""
-        if tls {
-            let made = try run("""
-            cd \(directory) && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=kiln-test-ca \
-            && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 \
-            && printf 'subjectAltName=IP:127.0.0.1\\n' > ext.cnf \
-            && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile ext.cnf \
-            && mkdir -p certs && cp ca.pem certs/ca.crt
-            """)
-            #expect(made.status == 0, "\(made.text)")
-            tlsConfig = "  tls:\n    certificate: \(directory)/server.pem\n    key: \(directory)/server.key\n"
-            caCertificate = directory + "/ca.pem"
-        } else {
-            caCertificate = nil
-        }
-        if let htpasswd {
-            let result = try run("htpasswd -Bbn \(htpasswd.user) \(htpasswd.password) > \(directory)/htpasswd")
-            #expect(result.status == 0)
-            auth = "auth:\n  htpasswd:\n    realm: kiln-test\n    path: \(directory)/htpasswd\n"
-        }
-        if let token {
-            auth = "auth:\n  token:\n    realm: \(token.realm)\n    service: kiln-test\n    issuer: kiln-test-issuer\n    rootcertbundle: \(token.certificate)\n"
-        }
-        try """
-        version: 0.1
-        log:
-          level: error
-        storage:
-          filesystem:
-            rootdirectory: \(directory)/data
-        http:
-          addr: 127.0.0.1:\(port)
-        \(tlsConfig)\(auth)
-        """.write(toFile: directory + "/config.yml", atomically: true, encoding: .utf8)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
-        process.arguments = ["serve", directory + "/config.yml"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        self.process = process
-        let deadline = Date().addingTimeInterval(20)
-        while (try? run("curl -sk -o /dev/null \(tls ? "https" : "http")://127.0.0.1:\(port)/v2/").status) != 0 {
-            guard Date() < deadline, process.isRunning else {
-                kill(process.processIdentifier, SIGKILL)
-                throw KilnError(.ioFailure, "docker-registry did not start on port \(port)")
-            }
-            usleep(100_000)
-        }
-    }
-
-    var host: String { "127.0.0.1:\(port)" }
-
-    func stop() {
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-
-    static func freePort() throws -> Int {
-        let output = try run("python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\",0)); print(s.getsockname()[1])'")
-        guard let port = Int(output.text.trimmingCharacters(in: .whitespacesAndNewlines)) else { throw KilnError(.ioFailure, "no free port") }
-        return port
-    }
-}
-
-@discardableResult
-func run(_ command: String) throws -> (status: Int32, text: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/bin/sh")
-    process.arguments = ["-c", command]
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-}
 
 @Suite("Registry client against docker-registry, checked with skopeo", .serialized,
-       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || FileManager.default.fileExists(atPath: "/usr/bin/docker-registry")))
+       .enabled(if: TestEnvironment.requires("docker-registry")))
 struct RegistryClientTests {
     /// A one-layer image in a fresh content store, tagged `name`.
     func makeImage(named name: String) throws -> (ContentStore, Descriptor) {
@@ -133,7 +39,7 @@ struct RegistryClientTests {
 
     @Test("Push, pull back by tag and by digest, skip existing blobs; skopeo sees the same digest")
     func pushAndPull() async throws {
-        let registry = try TestRegistry()
+        let registry = try LoopbackRegistry()
         defer { registry.stop() }
         let (store, manifest) = try makeImage(named: "demo:1")
         defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
@@ -141,7 +47,7 @@ struct RegistryClientTests {
         #expect(try await push(store, manifest, to: client, repository: "kiln/demo", tag: "1.0") == 2)
         #expect(try await push(store, manifest, to: client, repository: "kiln/demo", tag: "1.0") == 0, "blobs the registry has are not sent again")
 
-        let inspect = try run("skopeo inspect --tls-verify=false --raw docker://\(registry.host)/kiln/demo:1.0 | sha256sum | cut -d' ' -f1")
+        let inspect = try shell("skopeo inspect --tls-verify=false --raw docker://\(registry.host)/kiln/demo:1.0 | sha256sum | cut -d' ' -f1")
         #expect(inspect.text.trimmingCharacters(in: .whitespacesAndNewlines) == manifest.digest.encoded)
 
         let fetched = try await client.manifest(try ImageReference("\(registry.host)/kiln/demo:1.0"))
@@ -163,11 +69,11 @@ struct RegistryClientTests {
 
     @Test("Interop: skopeo copies Kiln's OCI layout into the registry, and Kiln pulls what skopeo pushed")
     func skopeoInterop() async throws {
-        let registry = try TestRegistry()
+        let registry = try LoopbackRegistry()
         defer { registry.stop() }
         let (store, manifest) = try makeImage(named: "interop")
         defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
-        let copy = try run("skopeo copy --dest-tls-verify=false oci:\(store.root):interop docker://\(registry.host)/from/skopeo:v1")
+        let copy = try shell("skopeo copy --dest-tls-verify=false oci:\(store.root):interop docker://\(registry.host)/from/skopeo:v1")
         #expect(copy.status == 0, "\(copy.text)")
         let client = try RegistryClient(registry: registry.host, insecureHTTP: true)
         let fetched = try await client.manifest(try ImageReference("\(registry.host)/from/skopeo:v1"))
@@ -179,7 +85,7 @@ struct RegistryClientTests {
 
     @Test("Basic auth: the right credentials work, wrong ones give a clear error")
     func basicAuth() async throws {
-        let registry = try TestRegistry(htpasswd: ("kiln", "s3cret"))
+        let registry = try LoopbackRegistry(htpasswd: ("kiln", "s3cret"))
         defer { registry.stop() }
         let (store, manifest) = try makeImage(named: "auth")
         defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
@@ -195,17 +101,17 @@ struct RegistryClientTests {
 }
 
 @Suite("Registry over TLS and stored logins", .serialized,
-       .enabled(if: ProcessInfo.processInfo.environment["CI"] == "true" || FileManager.default.fileExists(atPath: "/usr/bin/docker-registry")))
+       .enabled(if: TestEnvironment.requires("docker-registry")))
 struct RegistryTLSAndLoginTests {
     @Test("A registry with a private CA: trusted with the CA file, refused without it; skopeo agrees on the digest")
     func privateCA() async throws {
-        let registry = try TestRegistry(tls: true)
+        let registry = try LoopbackRegistry(tls: true)
         defer { registry.stop() }
         let (store, manifest) = try RegistryClientTests().makeImage(named: "tls")
         defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         let trusted = try RegistryClient(registry: registry.host, caCertificatePath: try #require(registry.caCertificate))
         #expect(try await RegistryClientTests().push(store, manifest, to: trusted, repository: "secure/app", tag: "1") == 2)
-        let digest = try run("skopeo inspect --raw --cert-dir \(registry.directory)/certs docker://\(registry.host)/secure/app:1 | sha256sum | cut -d' ' -f1")
+        let digest = try shell("skopeo inspect --raw --cert-dir \(registry.directory)/certs docker://\(registry.host)/secure/app:1 | sha256sum | cut -d' ' -f1")
         #expect(digest.text.trimmingCharacters(in: .whitespacesAndNewlines) == manifest.digest.encoded)
         await trusted.shutdown()
 
@@ -218,7 +124,7 @@ struct RegistryTLSAndLoginTests {
 
     @Test("Logins come from REGISTRY_AUTH_FILE or ~/.docker/config.json")
     func storedLogins() async throws {
-        let registry = try TestRegistry(htpasswd: ("robot", "t0ken"))
+        let registry = try LoopbackRegistry(htpasswd: ("robot", "t0ken"))
         defer { registry.stop() }
         let authFile = registry.directory + "/auth.json"
         let encoded = Data("robot:t0ken".utf8).base64EncodedString()
