@@ -22,12 +22,14 @@ let package = Package(
             dependencies: [.product(name: "Yams", package: "Yams")]
         ),
         .target(name: "CKilnSystem"),
+        // Processes, signals, and the one runc wrapper every runc call goes through.
+        .target(name: "KilnSystem", dependencies: ["KilnModel", "CKilnSystem"]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(
             name: "KilnTOE",
             dependencies: [
                 "KilnModel",
-                "CKilnSystem",
+                "KilnSystem",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -54,12 +56,13 @@ let package = Package(
         ),
         .target(
             name: "KilnInstances",
-            dependencies: ["KilnModel", "KilnTOE", "KilnOCI", "KilnRegistry", "CKilnSystem"]
+            dependencies: ["KilnModel", "KilnSystem", "KilnTOE", "KilnOCI", "KilnRegistry", "CKilnSystem"]
         ),
         .target(
             name: "KilnEngine",
             dependencies: [
                 "KilnModel",
+                "KilnSystem",
                 "KilnTOE",
                 "KilnOCI",
                 "KilnRegistry",
@@ -76,6 +79,7 @@ let package = Package(
             dependencies: [
                 "KilnModel",
                 "KilnTOE",
+                "KilnSystem",
                 "KilnOCI",
                 "KilnRegistry",
                 "KilnInstances",
@@ -87,11 +91,11 @@ let package = Package(
         // Fixtures shared by the test targets (never by a product).
         .target(name: "KilnTestSupport", path: "Tests/KilnTestSupport"),
         .testTarget(name: "KilnModelTests", dependencies: ["KilnTestSupport", "KilnModel"]),
-        .testTarget(name: "KilnTOETests", dependencies: ["KilnTestSupport", "KilnTOE", "KilnModel"]),
+        .testTarget(name: "KilnTOETests", dependencies: ["KilnTestSupport", "KilnTOE", "KilnSystem", "KilnModel"]),
         .testTarget(name: "KilnOCITests", dependencies: ["KilnTestSupport", "KilnOCI", "KilnModel", "CKilnSystem"]),
         .testTarget(name: "KilnRegistryTests", dependencies: ["KilnTestSupport", "KilnRegistry", "KilnOCI", "KilnModel"]),
         .testTarget(name: "KilnCLITests", dependencies: ["KilnTestSupport", "KilnCLI", "kiln"]),
         .testTarget(name: "KilnEngineTests", dependencies: ["KilnTestSupport", "KilnEngine", "KilnInstances", "KilnOCI", "KilnModel", "CKilnSystem"]),
-        .testTarget(name: "KilnInstancesTests", dependencies: ["KilnTestSupport", "KilnInstances", "KilnOCI", "KilnRegistry", "KilnTOE", "KilnModel", "kiln-init"]),
+        .testTarget(name: "KilnInstancesTests", dependencies: ["KilnTestSupport", "KilnInstances", "KilnOCI", "KilnRegistry", "KilnSystem", "KilnTOE", "KilnModel", "kiln-init"]),
     ]
 )

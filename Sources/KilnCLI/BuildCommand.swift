@@ -6,6 +6,7 @@ import Foundation
 import KilnEngine
 import KilnInstances
 import KilnModel
+import KilnSystem
 import KilnOCI
 import KilnRegistry
 
@@ -104,7 +105,7 @@ struct ImagesListCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
-            let records = try ImageRecordStore(dataDirectory: environment.configuration.dataDirectory).all()
+            let records = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory).all()
             print("IMAGE                              STATUS        CREATED                PIPELINE")
             for record in records {
                 let version = "\(record.name)/\(record.version)/\(record.build)".padding(toLength: 34, withPad: " ", startingAt: 0)
@@ -125,7 +126,7 @@ struct ImagesShowCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
-            try TerminalOutput.printJSON(try ImageRecordStore(dataDirectory: environment.configuration.dataDirectory).find(image))
+            try TerminalOutput.printJSON(try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory).find(image))
         }
     }
 }
@@ -178,7 +179,7 @@ struct LogsCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
-            let records = try ImageRecordStore(dataDirectory: environment.configuration.dataDirectory)
+            let records = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory)
             let first = try records.find(image)
             let files = [first.logDirectory + "/pipeline.log"]
             var offsets = [Int](repeating: 0, count: files.count)

@@ -5,6 +5,7 @@ import ArgumentParser
 import Foundation
 import KilnInstances
 import KilnModel
+import KilnSystem
 import KilnOCI
 import KilnRegistry
 import KilnTOE
@@ -88,33 +89,6 @@ struct ToeInstanceRun {
     }
 }
 
-/// SIGINT and SIGTERM are watched instead of ending Kiln: `handle` gets each one's number and
-/// whether it is the first. The sources are set once in init and only cancelled afterwards.
-final class InterruptSignals: @unchecked Sendable {
-    private let sources: [any DispatchSourceSignal]
-    private let flag = InterruptFlag()
-
-    init(_ handle: @escaping @Sendable (_ signal: Int32, _ first: Bool) -> Void) {
-        let flag = self.flag
-        sources = [SIGINT, SIGTERM].map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { handle(number, !flag.fired.exchange(true, ordering: .relaxed)) }
-            source.resume()
-            return source
-        }
-    }
-
-    var interrupted: Bool { flag.fired.load(ordering: .relaxed) }
-
-    /// Gives both signals back their default action.
-    func stop() {
-        sources.forEach { $0.cancel() }
-        signal(SIGINT, SIG_DFL)
-        signal(SIGTERM, SIG_DFL)
-    }
-}
-
 /// Ctrl-C or SIGTERM while an instance runs removes it before Kiln exits (128 + the signal).
 final class InterruptCleanup: Sendable {
     private let signals: InterruptSignals
@@ -139,6 +113,3 @@ final class InterruptCleanup: Sendable {
     func cancel() { signals.stop() }
 }
 
-final class InterruptFlag: Sendable {
-    let fired = Atomic<Bool>(false)
-}

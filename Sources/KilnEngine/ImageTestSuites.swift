@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import KilnInstances
 import KilnModel
+import KilnSystem
 import KilnOCI
 import KilnTOE
 

@@ -1,6 +1,7 @@
 import Foundation
 import KilnInstances
 import KilnModel
+import KilnSystem
 import KilnOCI
 import KilnTOE
 

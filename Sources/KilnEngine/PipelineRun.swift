@@ -7,6 +7,7 @@ import KilnModel
 import KilnOCI
 import KilnRegistry
 import KilnTOE
+import Synchronization
 
 /// Runs one image pipeline once, as Image Builder does: BUILD in a builder instance from the
 /// parent (components' build and validate phases, and the Dockerfile template's instructions),
@@ -37,15 +38,16 @@ public struct PipelineRun: Sendable {
     public let configuration: KilnConfiguration
     public let host: InstanceHost
     public let transfer: ImageTransfer
-    public let records: ImageRecordStore
+    public let records: any ImageRecords
     /// Progress lines (stage, component, step).
     public let progress: @Sendable (String) -> Void
 
-    public init(configuration: KilnConfiguration, host: InstanceHost, transfer: ImageTransfer, progress: @escaping @Sendable (String) -> Void) throws {
+    /// `records` default to JSON files in the data directory.
+    public init(configuration: KilnConfiguration, host: InstanceHost, transfer: ImageTransfer, records: (any ImageRecords)? = nil, progress: @escaping @Sendable (String) -> Void) throws {
         self.configuration = configuration
         self.host = host
         self.transfer = transfer
-        records = try ImageRecordStore(dataDirectory: configuration.dataDirectory)
+        self.records = try records ?? JSONImageRecords(dataDirectory: configuration.dataDirectory)
         self.progress = progress
     }
 
@@ -160,7 +162,7 @@ public struct PipelineRun: Sendable {
 
         let name = ImageBuilderARN.normalizedName(recipe.name)
         let build = try records.reserveBuild(name: name, version: recipe.semanticVersion)
-        let folder = records.directory(name: name, version: recipe.semanticVersion, build: build)
+        let folder = records.folder(name: name, version: recipe.semanticVersion, build: build)
         var record = ImageRecord(
             arn: ImageBuilderARN(region: configuration.homeRegion, account: configuration.accountId, resourceType: "image", name: name, version: "\(recipe.semanticVersion)/\(build)").description,
             name: name, version: recipe.semanticVersion, build: build, type: recipe.imageType, status: .pending, sourcePipelineName: pipeline.name,
@@ -468,10 +470,10 @@ enum PipelineLog {
         try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         let descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
         let file = descriptor >= 0 ? FileHandle(fileDescriptor: descriptor, closeOnDealloc: true) : nil
-        let lock = NSLock()
+        let log = Mutex(file)
         return { line in
             progress(line)
-            lock.withLock { try? file?.write(contentsOf: Data((line + "\n").utf8)) }
+            log.withLock { try? $0?.write(contentsOf: Data((line + "\n").utf8)) }
         }
     }
 }

@@ -1,8 +1,10 @@
 import Foundation
 import KilnInstances
 import KilnModel
+import KilnSystem
 import KilnOCI
 import KilnTOE
+import Synchronization
 
 /// A recipe's component, resolved: its definition, build-version ARN, document and parameters.
 struct RecipeComponent: Sendable {
@@ -630,10 +632,13 @@ struct RecipeBuilder: Sendable {
 }
 
 /// Program output as progress lines, and the last lines for a failure message.
-final class LineEcho: @unchecked Sendable {
-    private let lock = NSLock()
-    private var pending = Data()
-    private var kept: [String] = []
+final class LineEcho: Sendable {
+    private struct State {
+        var pending: [UInt8] = []
+        var kept: [String] = []
+    }
+
+    private let state = Mutex(State())
     let prefix: String
     let progress: @Sendable (String) -> Void
     /// How many of the last lines to keep.
@@ -645,33 +650,33 @@ final class LineEcho: @unchecked Sendable {
         self.keep = keep
     }
 
-    var lines: [String] { lock.withLock { kept } }
+    var lines: [String] { state.withLock { $0.kept } }
 
     func append(_ bytes: [UInt8]) {
-        lock.lock()
-        pending.append(contentsOf: bytes)
-        var complete: [String] = []
-        while let newline = pending.firstIndex(of: 10) {
-            complete.append(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self))
-            pending.removeSubrange(pending.startIndex...newline)
+        let complete = state.withLock { state -> [String] in
+            state.pending.append(contentsOf: bytes)
+            var complete: [String] = []
+            var start = state.pending.startIndex
+            while let newline = state.pending[start...].firstIndex(of: 10) {
+                complete.append(String(decoding: state.pending[start..<newline], as: UTF8.self))
+                start = newline + 1
+            }
+            state.pending.removeSubrange(state.pending.startIndex..<start)
+            state.kept = Array((state.kept + complete).suffix(keep))
+            return complete
         }
-        kept = Array((kept + complete).suffix(keep))
-        lock.unlock()
         complete.forEach { progress(prefix + $0) }
     }
 
     func flush() {
-        lock.lock()
-        let rest = String(decoding: pending, as: UTF8.self)
-        pending.removeAll()
-        if !rest.isEmpty { kept = Array((kept + [rest]).suffix(keep)) }
-        lock.unlock()
+        let rest = state.withLock { state -> String in
+            let rest = String(decoding: state.pending, as: UTF8.self)
+            state.pending.removeAll()
+            if !rest.isEmpty { state.kept = Array((state.kept + [rest]).suffix(keep)) }
+            return rest
+        }
         if !rest.isEmpty { progress(prefix + rest) }
     }
 
-    var tail: String {
-        lock.lock()
-        defer { lock.unlock() }
-        return kept.suffix(5).joined(separator: " | ")
-    }
+    var tail: String { state.withLock { $0.kept.suffix(5).joined(separator: " | ") } }
 }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import KilnModel
+import KilnSystem
 import KilnOCI
 import KilnTOE
 
@@ -360,7 +361,7 @@ public final class ContainerInstance: Sendable {
 
     /// The runc command that opens a shell in a running instance.
     public static func shellCommand(id: String, on host: InstanceHost, terminal: Bool, shell: String) -> [String] {
-        [host.runc.binary, "--root", host.runc.stateRoot, "exec"] + (terminal ? ["--tty"] : []) + [id, shell]
+        host.runc.shellCommand(id: id, terminal: terminal, shell: shell)
     }
 
     // MARK: Crash recovery

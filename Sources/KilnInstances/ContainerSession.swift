@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import KilnModel
+import KilnSystem
 import KilnTOE
 import Synchronization
 
@@ -27,11 +28,10 @@ public struct ContainerSession: InstanceSession {
         defer { unlink(pidFile) }
         var environment = instance.environment
         environment.merge(request.environment) { _, new in new }
-        var arguments = ["--root", instance.runc.stateRoot, "exec", "--pid-file", pidFile, "--user", "\(uid):\(gid)",
-                         "--cwd", request.workingDirectory ?? instance.workingDirectory]
-        for (name, value) in environment.sorted(by: { $0.key < $1.key }) { arguments += ["--env", "\(name)=\(value)"] }
-        arguments += [instance.id, "/.kiln/init", "run", request.executable] + request.arguments
-
+        let exec = Runc.Exec(
+            containerID: instance.id, pidFile: pidFile, user: (uid, gid), workingDirectory: request.workingDirectory ?? instance.workingDirectory,
+            environment: environment, command: [request.executable] + request.arguments
+        )
         let oomKillsBefore = Cgroups.oomKills(path: instance.cgroupsPath)
         let timedOut = TimeoutFlag()
         let killer = request.timeout.map { timeout in
@@ -43,10 +43,7 @@ public struct ContainerSession: InstanceSession {
         }
         defer { killer?.cancel() }
         let result = try await withTaskCancellationHandler {
-            try await ProcessRunner.run(
-                executablePath: instance.runc.binary, argumentZero: "runc", arguments: arguments,
-                environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], workingDirectory: nil, timeout: nil, output: output
-            )
+            try await instance.runc.exec(exec, output: output)
         } onCancel: {
             Self.killGroup(pidFile: pidFile)
         }

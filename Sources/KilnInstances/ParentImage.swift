@@ -3,9 +3,9 @@ import Glibc
 #endif
 import Foundation
 import KilnModel
+import KilnSystem
 import KilnOCI
 import KilnRegistry
-import KilnTOE
 
 /// The parent image forms a recipe may name, each turned into an image in Kiln's store:
 /// a registry reference, `oci-layout:PATH:TAG`, `oci-archive:…`, `kiln:NAME`, `scratch`, or

@@ -1,5 +1,6 @@
 import Foundation
 import KilnModel
+import KilnSystem
 
 /// The one seam between the TOE runner and the machine it configures. Every action goes
 /// through it; paths are always paths *inside* the instance. The local host, runc containers
@@ -61,21 +62,6 @@ public struct ExecRequest: Sendable, Hashable {
         self.environment = environment
         self.workingDirectory = workingDirectory
         self.timeout = timeout
-    }
-}
-
-public enum ExecOutputStream: String, Sendable, Hashable {
-    case stdout, stderr
-}
-
-public struct ExecResult: Sendable, Hashable {
-    /// The exit status; `128 + n` when killed by signal n.
-    public var exitCode: Int32
-    public var timedOut: Bool
-
-    public init(exitCode: Int32, timedOut: Bool = false) {
-        self.exitCode = exitCode
-        self.timedOut = timedOut
     }
 }
 

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import KilnModel
+import KilnSystem
 
 /// The machine Kiln itself runs on, as an instance (AWSTOE's own mode). Paths resolve under
 /// `root`, which is `/` unless a test narrows it.

@@ -5,6 +5,7 @@ import Foundation
 import KilnModel
 import KilnOCI
 import KilnRegistry
+import KilnSystem
 import KilnTOE
 import KilnTestSupport
 import Testing

@@ -2,6 +2,7 @@ import Foundation
 import KilnModel
 import KilnTestSupport
 import Testing
+import KilnSystem
 @testable import KilnTOE
 
 @Suite("ExecuteDocument nesting and cycles; reboot and resume")

@@ -1,5 +1,6 @@
 import Foundation
 import KilnModel
+import KilnSystem
 
 /// One AWSTOE action module. Inputs arrive with `{{ }}` already substituted; failures are thrown
 /// as `KilnError` with a message that names the step and what to fix.
