@@ -44,13 +44,8 @@ struct BuildCommand: AsyncParsableCommand {
         let built = try await KilnEnvironment.reportingErrors { () -> ImageRecord? in
             let environment = try KilnEnvironment(options)
             let host = try await environment.instanceHost()
-            let definitions = try Definitions.load(path: file)
-            let name = try pipeline ?? {
-                guard definitions.imagePipelines.count == 1 else {
-                    throw KilnError(.invalidArgument, "\(file) has \(definitions.imagePipelines.count) pipelines; choose one with --pipeline (\(definitions.imagePipelines.map(\.name).joined(separator: ", ")))")
-                }
-                return definitions.imagePipelines[0].name
-            }()
+            // The definitions are parsed and checked once, here; the engine gets the selection.
+            let selection = try Definitions.load(path: file).selectPipeline(pipeline, source: file)
             let view = TransferProgressView()
             let transfer = ImageTransfer(store: environment.store, registries: environment.registries, concurrency: environment.configuration.transferConcurrency, observer: view.observer)
             let started = ContinuousClock.now
@@ -60,7 +55,9 @@ struct BuildCommand: AsyncParsableCommand {
                 terminal.progress(String(format: "[%6.1fs] ", elapsed.inSeconds) + line)
             }
             let epoch = sourceDateEpoch ?? ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) }
-            let settings = PipelineRun.Settings(definitionsPath: file, pipeline: name, contextDirectory: context, sourceDateEpoch: epoch, useCache: !noCache, offline: offline)
+            let settings = PipelineRun.Settings(
+                selection: selection, definitionsPath: file, contextDirectory: context, sourceDateEpoch: epoch, useCache: !noCache, offline: offline
+            )
             if explainCache {
                 let lines = try await run.explain(settings)
                 view.finish()
@@ -86,113 +83,5 @@ struct BuildCommand: AsyncParsableCommand {
         try TerminalOutput.printJSON(record)
         if record.status == .cancelled { throw ExitCode(128 + SIGINT) }
         if record.status != .available { throw ExitCode.failure }
-    }
-}
-
-/// `kiln images`: the image versions Kiln has built.
-struct ImagesCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "images", abstract: "List built image versions, or show one.",
-        subcommands: [ImagesListCommand.self, ImagesShowCommand.self], defaultSubcommand: ImagesListCommand.self
-    )
-}
-
-struct ImagesListCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List image versions.")
-
-    @OptionGroup var options: KilnOptions
-
-    func run() async throws {
-        try await KilnEnvironment.reportingErrors {
-            let environment = try KilnEnvironment(options)
-            let records = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory).all()
-            print("IMAGE                              STATUS        CREATED                PIPELINE")
-            for record in records {
-                let version = "\(record.name)/\(record.version)/\(record.build)".padding(toLength: 34, withPad: " ", startingAt: 0)
-                print("\(version) \(record.status.rawValue.padding(toLength: 13, withPad: " ", startingAt: 0)) \(record.dateCreated.padding(toLength: 22, withPad: " ", startingAt: 0)) \(record.sourcePipelineName ?? "-")")
-            }
-        }
-    }
-}
-
-struct ImagesShowCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one image version as JSON (name/version/build or its ARN).")
-
-    @Argument(help: "name/x.y.z/build, or the image's ARN.")
-    var image: String
-
-    @OptionGroup var options: KilnOptions
-
-    func run() async throws {
-        try await KilnEnvironment.reportingErrors {
-            let environment = try KilnEnvironment(options)
-            try TerminalOutput.printJSON(try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory).find(image))
-        }
-    }
-}
-
-/// `kiln image retry-distribution`: Image Builder's RetryImage, distribution without rebuilding.
-struct ImageRetryDistributionCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "retry-distribution", abstract: "Distribute a built image again to the regions its build chose, without rebuilding."
-    )
-
-    @Argument(help: "name/x.y.z/build or the image's ARN (see kiln images).")
-    var image: String
-
-    @OptionGroup var options: KilnOptions
-
-    func run() async throws {
-        let record = try await KilnEnvironment.reportingErrors { () -> ImageRecord in
-            let environment = try KilnEnvironment(options)
-            let host = try InstanceHost(dataDirectory: environment.configuration.dataDirectory, store: environment.store)
-            let view = TransferProgressView()
-            let transfer = ImageTransfer(store: environment.store, registries: environment.registries, observer: view.observer)
-            let run = try PipelineRun(configuration: environment.configuration, host: host, transfer: transfer) { TerminalOutput().progress($0) }
-            let record = try run.records.find(image)
-            guard [.failed, .available, .cancelled].contains(record.status) else {
-                throw KilnError(.invalidArgument, "image \(image) is \(record.status.rawValue); only a FAILED, CANCELLED or AVAILABLE image can be distributed again")
-            }
-            let retried = try await run.distribute(record)
-            view.finish()
-            await environment.registries.shutdown()
-            return retried
-        }
-        try TerminalOutput.printJSON(record)
-        if record.status != .available { throw ExitCode.failure }
-    }
-}
-
-/// `kiln logs`: an image's pipeline log (stages, steps, component and command output);
-/// `--follow` waits for more until the image reaches a final state.
-struct LogsCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "logs", abstract: "Print an image's build and test logs.")
-
-    @Argument(help: "name/x.y.z/build or the image's ARN (see kiln images).")
-    var image: String
-
-    @Flag(name: [.customShort("f"), .long], help: "Keep printing new lines until the image is AVAILABLE, FAILED or CANCELLED.")
-    var follow = false
-
-    @OptionGroup var options: KilnOptions
-
-    func run() async throws {
-        try await KilnEnvironment.reportingErrors {
-            let environment = try KilnEnvironment(options)
-            let records = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory)
-            let first = try records.find(image)
-            let files = [first.logDirectory + "/pipeline.log"]
-            var offsets = [Int](repeating: 0, count: files.count)
-            while true {
-                for (index, file) in files.enumerated() {
-                    guard let data = FileManager.default.contents(atPath: file), data.count > offsets[index] else { continue }
-                    FileHandle.standardOutput.write(data[offsets[index]...])
-                    offsets[index] = data.count
-                }
-                let status = try records.find(image).status
-                if !follow || [.available, .failed, .cancelled].contains(status) { break }
-                try await Task.sleep(for: .milliseconds(500))
-            }
-        }
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import KilnEngine
 import KilnModel
 import KilnOCI
+import KilnInstances
 import KilnRegistry
 
 /// `kiln image`: move images between registries, OCI layouts and Kiln's content store.
@@ -288,5 +289,37 @@ struct ImagePackCommand: AsyncParsableCommand {
             let manifest = try environment.store.importRootFilesystem(directory, name: name, sourceDateEpoch: epoch, level: level)
             print(manifest.digest)
         }
+    }
+}
+
+/// `kiln image retry-distribution`: Image Builder's RetryImage, distribution without rebuilding.
+struct ImageRetryDistributionCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "retry-distribution", abstract: "Distribute a built image again to the regions its build chose, without rebuilding."
+    )
+
+    @Argument(help: "name/x.y.z/build or the image's ARN (see kiln images).")
+    var image: String
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        let record = try await KilnEnvironment.reportingErrors { () -> ImageRecord in
+            let environment = try KilnEnvironment(options)
+            let host = try InstanceHost(dataDirectory: environment.configuration.dataDirectory, store: environment.store)
+            let view = TransferProgressView()
+            let transfer = ImageTransfer(store: environment.store, registries: environment.registries, observer: view.observer)
+            let run = try PipelineRun(configuration: environment.configuration, host: host, transfer: transfer) { TerminalOutput().progress($0) }
+            let record = try run.records.find(image)
+            guard [.failed, .available, .cancelled].contains(record.status) else {
+                throw KilnError(.invalidArgument, "image \(image) is \(record.status.rawValue); only a FAILED, CANCELLED or AVAILABLE image can be distributed again")
+            }
+            let retried = try await run.distribute(record)
+            view.finish()
+            await environment.registries.shutdown()
+            return retried
+        }
+        try TerminalOutput.printJSON(record)
+        if record.status != .available { throw ExitCode.failure }
     }
 }

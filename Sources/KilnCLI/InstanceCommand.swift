@@ -18,10 +18,7 @@ struct InstanceCommand: AsyncParsableCommand {
 extension KilnEnvironment {
     /// The instance host, after removing what a stopped Kiln left behind.
     func instanceHost() async throws -> InstanceHost {
-        let host = try InstanceHost(dataDirectory: configuration.dataDirectory, store: store)
-        let reaped = await ContainerInstance.reapOrphans(on: host)
-        if !reaped.isEmpty { TerminalOutput().progress("removed \(reaped.count) instance(s) left by a Kiln that stopped: \(reaped.joined(separator: ", "))") }
-        return host
+        try await InstanceHost.reapingOrphans(dataDirectory: configuration.dataDirectory, store: store) { TerminalOutput().progress($0) }
     }
 }
 

@@ -72,19 +72,15 @@ struct ToeInstanceRun {
 
     private func start() async throws -> (ContainerInstance, InstanceHost) {
         let environment = try KilnEnvironment(KilnOptions(dataDir: options.dataDir))
-        let host = try InstanceHost(dataDirectory: environment.configuration.dataDirectory, store: environment.store)
-        let reaped = await ContainerInstance.reapOrphans(on: host)
-        if !reaped.isEmpty { terminal.progress("removed \(reaped.count) instance(s) left by a Kiln that stopped: \(reaped.joined(separator: ", "))") }
-        guard let network = InstanceNetwork(rawValue: options.network) else {
-            throw KilnError(.invalidArgument, "--network must be host or none, not '\(options.network)'")
-        }
-        let type = try InstanceType.named(options.instanceType, in: try InstanceType.table(configured: environment.configuration.instanceTypes))
+        let host = try await environment.instanceHost()
         let view = TransferProgressView()
         let transfer = ImageTransfer(store: environment.store, registries: environment.registries, observer: view.observer)
-        let resolver = ParentImageResolver(transfer: transfer, mirrors: environment.configuration.bootstrapMirrors, observer: { terminal.progress($0) })
-        let parent = try await resolver.resolve(image)
+        let terminal = self.terminal
+        let instance = try await ContainerInstance.launch(
+            image: image, instanceType: options.instanceType, network: options.network, configuration: environment.configuration, transfer: transfer, on: host,
+            progress: { terminal.progress($0) }
+        )
         view.finish()
-        let instance = try await ContainerInstance.start(image: parent, on: host, options: InstanceOptions(type: type, network: network), name: image)
         return (instance, host)
     }
 }

@@ -8,10 +8,15 @@ public enum ImageStatus: String, Sendable, Codable, Hashable {
     case cancelled = "CANCELLED", failed = "FAILED"
 }
 
+/// The stages a failure names, as Image Builder's workflow steps do.
+public enum Stage: String, Sendable, Codable, Hashable {
+    case build = "BUILD", test = "TEST", distribute = "DISTRIBUTE"
+}
+
 /// One image version `name/x.y.z/build`, as `kiln images` shows it and the API will return it.
 public struct ImageRecord: Sendable, Codable, Hashable {
     public struct Failure: Sendable, Codable, Hashable {
-        public var stage: String
+        public var stage: Stage
         public var step: String?
         public var region: String?
         public var log: String?
@@ -39,7 +44,7 @@ public struct ImageRecord: Sendable, Codable, Hashable {
     public var name: String
     public var version: SemanticVersion
     public var build: Int
-    public var type = "DOCKER"
+    public var type = ImageType.docker
     public var status: ImageStatus
     public var failure: Failure?
     public var sourcePipelineName: String?

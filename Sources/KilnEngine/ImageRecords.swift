@@ -85,6 +85,7 @@ public struct JSONImageRecords: ImageRecords {
 /// Records in memory, for tests of the engine's decisions; logs go under `logRoot`.
 public final class InMemoryImageRecords: ImageRecords {
     private let records = Mutex<[String: ImageRecord]>([:])
+    private let saves = Mutex<[ImageRecord]>([])
     private let reserved = Mutex<[String: Int]>([:])
     public let logRoot: String
 
@@ -102,7 +103,11 @@ public final class InMemoryImageRecords: ImageRecords {
 
     public func save(_ record: ImageRecord) throws {
         records.withLock { $0[record.arn] = record }
+        saves.withLock { $0.append(record) }
     }
+
+    /// Every record as it was saved, in order: the state changes a run went through.
+    public var history: [ImageRecord] { saves.withLock { $0 } }
 
     public func all() -> [ImageRecord] {
         records.withLock { Array($0.values) }.sorted { ($0.name, $0.version, $0.build) < ($1.name, $1.version, $1.build) }

@@ -1,0 +1,53 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Foundation
+import KilnEngine
+import KilnInstances
+import KilnModel
+import KilnSystem
+import KilnOCI
+import KilnRegistry
+
+/// `kiln images`: the image versions Kiln has built.
+struct ImagesCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "images", abstract: "List built image versions, or show one.",
+        subcommands: [ImagesListCommand.self, ImagesShowCommand.self], defaultSubcommand: ImagesListCommand.self
+    )
+}
+
+struct ImagesListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List image versions.")
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            let records = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory).all()
+            print("IMAGE                              STATUS        CREATED                PIPELINE")
+            for record in records {
+                let version = "\(record.name)/\(record.version)/\(record.build)".padding(toLength: 34, withPad: " ", startingAt: 0)
+                print("\(version) \(record.status.rawValue.padding(toLength: 13, withPad: " ", startingAt: 0)) \(record.dateCreated.padding(toLength: 22, withPad: " ", startingAt: 0)) \(record.sourcePipelineName ?? "-")")
+            }
+        }
+    }
+}
+
+struct ImagesShowCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one image version as JSON (name/version/build or its ARN).")
+
+    @Argument(help: "name/x.y.z/build, or the image's ARN.")
+    var image: String
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            try TerminalOutput.printJSON(try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory).find(image))
+        }
+    }
+}

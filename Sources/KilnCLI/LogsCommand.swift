@@ -1,0 +1,45 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Foundation
+import KilnEngine
+import KilnInstances
+import KilnModel
+import KilnSystem
+import KilnOCI
+import KilnRegistry
+
+/// `kiln logs`: an image's pipeline log (stages, steps, component and command output);
+/// `--follow` waits for more until the image reaches a final state.
+struct LogsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "logs", abstract: "Print an image's build and test logs.")
+
+    @Argument(help: "name/x.y.z/build or the image's ARN (see kiln images).")
+    var image: String
+
+    @Flag(name: [.customShort("f"), .long], help: "Keep printing new lines until the image is AVAILABLE, FAILED or CANCELLED.")
+    var follow = false
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            let records = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory)
+            let first = try records.find(image)
+            let files = [first.logDirectory + "/pipeline.log"]
+            var offsets = [Int](repeating: 0, count: files.count)
+            while true {
+                for (index, file) in files.enumerated() {
+                    guard let data = FileManager.default.contents(atPath: file), data.count > offsets[index] else { continue }
+                    FileHandle.standardOutput.write(data[offsets[index]...])
+                    offsets[index] = data.count
+                }
+                let status = try records.find(image).status
+                if !follow || [.available, .failed, .cancelled].contains(status) { break }
+                try await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+}

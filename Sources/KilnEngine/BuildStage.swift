@@ -1,0 +1,156 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KilnInstances
+import KilnModel
+import KilnOCI
+import KilnRegistry
+import KilnTOE
+import Synchronization
+
+/// BUILD: the parent resolved afresh, the components' supported OS checked, then the recipe's
+/// steps planned (the cache's decisions) and built.
+extension PipelineRun {
+    /// The built image, or nil when the image FAILED (the record says where and why).
+    func buildStage(_ prepared: Prepared, settings: Settings, image: ImageRun) async throws -> (image: Descriptor, parent: Descriptor, builder: RecipeBuilder)? {
+        let recipe = prepared.recipe
+        try image.enter(.creating)
+        let previous = previousRecord(name: image.record.name)
+        let parent: Descriptor
+        do {
+            parent = try await resolveParent(recipe.parentImage, offline: prepared.policy == .offline, progress: image.progress)
+        } catch let error as KilnError {
+            _ = try image.fail(.build, "the parent image \(recipe.parentImage) is not available: \(error.message)")
+            return nil
+        }
+        image.record.parentImage = recipe.parentImage
+        image.record.parentDigest = parent.digest.description
+        try image.save()
+        image.progress("BUILD: parent \(recipe.parentImage): \(parent.digest)")
+        if let unsupported = try supportedOsCheck(prepared.components, parent: parent) {
+            _ = try image.fail(.build, step: unsupported.step, unsupported.reason)
+            return nil
+        }
+        try image.enter(.building)
+        let localName = "\(image.record.name):\(recipe.semanticVersion)-\(image.record.build)"
+        let builder = self.builder(prepared, logRoot: image.record.logDirectory, progress: image.progress)
+        let outcome: RecipeBuilder.Outcome
+        do {
+            outcome = try await image.timed(.build) {
+                let plan = try await builder.plan(parent: parent, useCache: settings.useCache, policy: prepared.policy, previous: previous, caCertificates: caCertificates)
+                image.record.cacheDecisions = plan.decisions
+                image.record.packageUpdates = plan.packageUpdates.isEmpty ? nil : plan.packageUpdates
+                try image.save()
+                return try await builder.build(plan: plan, parent: parent, as: localName, keepOnFailure: prepared.keepOnFailure, caCertificates: caCertificates)
+            }
+        } catch let failure as RecipeBuilder.StepFailure {
+            _ = try image.fail(.build, step: failure.step, log: failure.log, failure.reason)
+            return nil
+        }
+        for check in outcome.checks { image.charge("package-check", check) }
+        if let usage = outcome.builder { image.charge("builder", usage) }
+        image.record.cacheHit = outcome.builtSteps == 0
+        image.record.cachedSteps = outcome.reusedSteps
+        image.record.builtSteps = outcome.builtSteps
+        image.record.localName = localName
+        image.record.digest = outcome.image.digest.description
+        try image.save()
+        return (outcome.image, parent, builder)
+    }
+
+    /// The parent named by a recipe, resolved afresh (see `ParentImageResolver`). An image ARN
+    /// (`arn:aws:imagebuilder:…:image/NAME/x.x.x[/BUILD]`) names the newest AVAILABLE build of a
+    /// Kiln image that matches, as Image Builder resolves a parent image version.
+    func resolveParent(_ text: String, offline: Bool, lookOnly: Bool = false, progress: @escaping @Sendable (String) -> Void) async throws -> Descriptor {
+        var text = text
+        if text.hasPrefix("arn:") {
+            let arn = try ImageBuilderARN(parsing: text)
+            guard arn.resourceType == "image" else { throw KilnError(.invalidArgument, "parentImage \(text) is a \(arn.resourceType) ARN; name an image ARN") }
+            let selector = try VersionSelector(parsing: arn.version ?? "x.x.x")
+            let candidates = records.all().filter { $0.name == arn.name && $0.status == .available && $0.localName != nil }
+            guard let chosen = selector.select(from: candidates.map { BuildVersion($0.version, build: $0.build) }),
+                  let record = candidates.first(where: { BuildVersion($0.version, build: $0.build) == chosen }) else {
+                throw KilnError(.notFound, "no AVAILABLE image matches \(text); see kiln images")
+            }
+            progress("parent \(text): image \(record.name)/\(record.version)/\(record.build)")
+            text = "kiln:" + record.localName!
+        }
+        return try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(text, offline: offline, lookOnly: lookOnly)
+    }
+
+
+    /// Components that name `supportedOsVersions` must match the parent's OS, as Image Builder
+    /// checks: an entry matches when it is a prefix (any case) of the parent's
+    /// "NAME VERSION_ID", "ID VERSION_ID" or PRETTY_NAME from /etc/os-release.
+    func supportedOsCheck(_ components: [RecipeComponent], parent: Descriptor) throws -> (step: String, reason: String)? {
+        let restricted = components.filter { !($0.definition.supportedOsVersions ?? []).isEmpty }
+        guard !restricted.isEmpty else { return nil }
+        let fields = try osRelease(of: parent)
+        let names = [
+            [fields["NAME"], fields["VERSION_ID"]].compactMap { $0 }.joined(separator: " "),
+            [fields["ID"], fields["VERSION_ID"]].compactMap { $0 }.joined(separator: " "),
+            fields["PRETTY_NAME"] ?? "",
+        ].filter { !$0.isEmpty }
+        for component in restricted {
+            let supported = component.definition.supportedOsVersions ?? []
+            let matches = supported.contains { entry in names.contains { $0.lowercased().hasPrefix(entry.lowercased()) } }
+            if !matches {
+                let parentOS = names.first ?? "an OS without /etc/os-release"
+                return ("\(component.label)/supportedOsVersions", "component \(component.label) supports \(supported.joined(separator: ", ")); the parent image is \(parentOS). Choose a parent it supports or add the OS to supportedOsVersions")
+            }
+        }
+        return nil
+    }
+
+    /// The key=value lines of the image's os-release, read from its topmost layer that has one.
+    func osRelease(of image: Descriptor) throws -> [String: String] {
+        let store = transfer.store
+        let (manifest, config) = try store.image(image.digest)
+        for (layer, diffID) in zip(manifest.layers, config.rootfs.diffIDs).reversed() {
+            let folder = try host.layers.unpack(layer, diffID: diffID, store: store)
+            for path in ["/etc/os-release", "/usr/lib/os-release"] {
+                var info = stat()
+                guard lstat(folder + path, &info) == 0, info.st_mode & S_IFMT == S_IFREG, let text = try? String(contentsOfFile: folder + path, encoding: .utf8) else { continue }
+                var fields: [String: String] = [:]
+                for line in text.split(separator: "\n") {
+                    guard let equals = line.firstIndex(of: "=") else { continue }
+                    fields[String(line[..<equals])] = String(line[line.index(after: equals)...]).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
+                }
+                return fields
+            }
+        }
+        return [:]
+    }
+
+    /// A component's document and the digest of its bytes: inline `data`, or `uri` (a file
+    /// relative to the definitions, or https).
+    func document(for component: ComponentDefinition, base: String) async throws -> (ComponentDocument, Digest) {
+        let parser = ComponentDocumentParser(platform: .linux)
+        let label = "component \(component.name)/\(component.semanticVersion)"
+        if let data = component.data {
+            return (try parser.parse(text: data, source: label), Digest(sha256Of: Data(data.utf8)))
+        }
+        guard let uri = component.uri else { throw KilnError(.invalidDocument, "\(label) has neither data nor uri") }
+        let bytes: Data
+        let source: String
+        if uri.hasPrefix("https://") {
+            let host = URL(string: uri)?.host.map { host in URL(string: uri)?.port.map { "\(host):\($0)" } ?? host } ?? ""
+            do {
+                bytes = try await HTTPSDownload.fetch(uri, caCertificate: configuration.registries[host]?.caCertificate)
+            } catch let error as KilnError {
+                throw KilnError(error.code, "\(label): \(error.message)")
+            }
+            source = uri
+        } else if uri.contains("://") {
+            throw KilnError(.unsupported, "\(label): uri \(uri) is not supported; use a file path relative to the definitions, or an https URL")
+        } else {
+            source = uri.hasPrefix("/") ? uri : base + "/" + uri
+            guard let read = FileManager.default.contents(atPath: source) else {
+                throw KilnError(.notFound, "\(label): cannot read its document \(source) (uri: \(uri))")
+            }
+            bytes = read
+        }
+        return (try parser.parse(text: String(decoding: bytes, as: UTF8.self), source: source), Digest(sha256Of: bytes))
+    }
+}

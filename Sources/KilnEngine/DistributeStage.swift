@@ -1,0 +1,113 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KilnInstances
+import KilnModel
+import KilnOCI
+import KilnRegistry
+import KilnTOE
+import Synchronization
+
+/// DISTRIBUTE: the image to every region of the distribution configuration at once, each push
+/// checked by digest; then INTEGRATE and AVAILABLE.
+extension PipelineRun {
+    /// Where a distribution configuration sends an image: one registry reference per region
+    /// and tag (the recipe's version when no tag is given), with the region's repository prefix.
+    static func distributionTargets(
+        _ distribution: DistributionConfigurationDefinition?, regions: [String: KilnConfiguration.Region], version: SemanticVersion
+    ) throws -> [ImageRecord.DistributionTarget] {
+        var targets: [ImageRecord.DistributionTarget] = []
+        for entry in distribution?.distributions ?? [] {
+            guard let region = regions[entry.region] else {
+                throw KilnError(.notFound, "region \(entry.region) is not defined in kiln.yaml's regions:")
+            }
+            guard let container = entry.containerDistributionConfiguration else { continue }
+            let repository = [region.repositoryPrefix, container.targetRepository.repositoryName].compactMap { $0 }.joined(separator: "/")
+            for tag in container.containerTags ?? [version.description] {
+                targets.append(.init(region: entry.region, reference: "\(region.registry)/\(repository):\(tag)"))
+            }
+        }
+        return targets
+    }
+
+    /// Fixes the record's distribution targets; false when a region is unknown (FAILED).
+    func expandDistribution(_ prepared: Prepared, image: ImageRun) throws -> Bool {
+        let distribution = prepared.selection.distribution
+        for entry in distribution?.distributions ?? [] where entry.amiDistributionConfiguration != nil {
+            image.progress("DISTRIBUTE: \(entry.region): amiDistributionConfiguration needs a disk image, which Kiln does not make yet; the root filesystem is kiln:\(image.record.localName ?? "")")
+        }
+        do {
+            image.record.distributionTargets = try Self.distributionTargets(distribution, regions: configuration.regions, version: prepared.recipe.semanticVersion)
+            return true
+        } catch let error as KilnError {
+            let region = distribution?.distributions.first { configuration.regions[$0.region] == nil }?.region
+            _ = try image.fail(.distribute, region: region, error.message)
+            return false
+        }
+    }
+
+    /// DISTRIBUTE, INTEGRATE and AVAILABLE for a built image; also what RetryImage runs again.
+    public func distribute(_ built: ImageRecord) async throws -> ImageRecord {
+        var record = built
+        guard let localName = record.localName, try transfer.store.resolve(localName) != nil else {
+            throw KilnError(.notFound, "image \(record.name)/\(record.version)/\(record.build) has no built image in Kiln's store to distribute; build it again")
+        }
+        let label = "\(record.name)/\(record.version)/\(record.build)"
+        let progress = PipelineLog.tee(record.logDirectory + "/pipeline.log", self.progress)
+        func enter(_ status: ImageStatus) throws {
+            record.status = status
+            try records.save(record)
+            progress("image \(label): \(status.rawValue)")
+        }
+        record.failure = nil
+        try enter(.distributing)
+        if !record.distributionTargets.isEmpty {
+            let locations = try record.distributionTargets.map { try ImageLocation($0.reference) }
+            let start = ContinuousClock.now
+            let result = try await transfer.copy(from: .store(name: localName), to: locations)
+            let elapsed = ContinuousClock.now - start
+            record.timings.append(.init(stage: Stage.distribute.rawValue, seconds: elapsed.inSeconds))
+            let blobs = try imageBlobs(result.digest)
+            var ledger = record.ledger ?? CostLedger()
+            for region in Set(record.distributionTargets.map(\.region)).sorted() {
+                let targets = Set(record.distributionTargets.filter { $0.region == region }.compactMap { try? ImageLocation($0.reference) })
+                let destinations = result.destinations.filter { targets.contains($0.location) }
+                let reached = !destinations.isEmpty && destinations.allSatisfy { $0.error == nil }
+                ledger.distributed(to: region, blobs: reached ? blobs : [:], sentBytes: destinations.reduce(0) { $0 + $1.totals.bytes })
+            }
+            record.ledger = ledger
+            if Task.isCancelled {
+                record.status = .cancelled
+                record.failure = .init(stage: .distribute, step: nil, region: nil, log: nil, reason: "cancelled by an interrupt during distribution")
+                try records.save(record)
+                progress("image \(label): CANCELLED in DISTRIBUTE; kiln image retry-distribution \(label) sends it again")
+                return record
+            }
+            if let failed = result.failures.first {
+                let region = record.distributionTargets.first { (try? ImageLocation($0.reference)) == failed.location }?.region
+                record.status = .failed
+                record.failure = .init(stage: .distribute, step: nil, region: region, log: nil, reason: "\(failed.location): \(failed.error?.message ?? "failed")")
+                try records.save(record)
+                progress("image \(label): FAILED in DISTRIBUTE for region \(region ?? "?"): \(record.failure!.reason); retry with kiln image retry-distribution \(label)")
+                return record
+            }
+            record.outputContainers = Set(record.distributionTargets.map(\.region)).sorted().map { region in
+                .init(region: region, imageUris: record.distributionTargets.filter { $0.region == region }.map { "\($0.reference)@\(result.digest)" })
+            }
+        }
+        try enter(.integrating)
+        try enter(.available)
+        return record
+    }
+
+    /// The manifest, config and layer blobs of an image in the store, digest → bytes.
+    func imageBlobs(_ digest: Digest) throws -> [String: Int64] {
+        let data = try transfer.store.read(digest)
+        let manifest = try JSONDecoder().decode(ImageManifest.self, from: data)
+        var blobs = [digest.description: Int64(data.count), manifest.config.digest.description: manifest.config.size]
+        for layer in manifest.layers { blobs[layer.digest.description] = layer.size }
+        return blobs
+    }
+
+}
