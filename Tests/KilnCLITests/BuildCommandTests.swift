@@ -442,23 +442,20 @@ struct BuildCommandTests {
         try FileManager.default.createDirectory(atPath: scratch.path + "/served", withIntermediateDirectories: true)
         _ = try Kiln.shell("cp \(scratch.path)/app.yaml \(scratch.path)/served/app.yaml")
         _ = try Kiln.shell("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout \(scratch.path)/key.pem -out \(scratch.path)/cert.pem 2>/dev/null")
-        let port = try Kiln.shell("python3 -c 'import socket;s=socket.socket();s.bind((\"127.0.0.1\",0));print(s.getsockname()[1])'").trimmingCharacters(in: .whitespacesAndNewlines)
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        server.arguments = ["-c", """
-        import http.server, ssl, functools
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory="\(scratch.path)/served")
-        httpd = http.server.HTTPServer(("127.0.0.1", \(port)), handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain("\(scratch.path)/cert.pem", "\(scratch.path)/key.pem")
-        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-        httpd.serve_forever()
-        """]
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        // SIGKILL: the server inherits the test thread's blocked signals, SIGTERM among them.
-        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
-        for _ in 0..<50 where (try? Kiln.shell("curl -sk https://127.0.0.1:\(port)/app.yaml | head -c 4")) != "name" { usleep(100_000) }
+        let site = scratch.path + "/served", certificate = scratch.path + "/cert.pem", key = scratch.path + "/key.pem"
+        let server = try LoopbackServer(executable: "python3", arguments: { port in
+            ["-c", """
+            import http.server, ssl, functools
+            handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory="\(site)")
+            httpd = http.server.HTTPServer(("127.0.0.1", \(port)), handler)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain("\(certificate)", "\(key)")
+            httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+            httpd.serve_forever()
+            """]
+        })
+        defer { server.stop() }
+        let port = server.port
         let configuration = try String(contentsOfFile: scratch.path + "/kiln.yaml", encoding: .utf8)
         _ = try scratch.write("kiln.yaml", configuration + "\nregistries:\n  \"127.0.0.1:\(port)\": {caCertificate: \(scratch.path)/cert.pem}\n")
 
