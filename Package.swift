@@ -95,7 +95,13 @@ let package = Package(
         .testTarget(name: "KilnOCITests", dependencies: ["KilnTestSupport", "KilnOCI", "KilnModel", "CKilnSystem"]),
         .testTarget(name: "KilnRegistryTests", dependencies: ["KilnTestSupport", "KilnRegistry", "KilnOCI", "KilnModel"]),
         .testTarget(name: "KilnCLITests", dependencies: ["KilnTestSupport", "KilnCLI", "kiln"]),
-        .testTarget(name: "KilnEngineTests", dependencies: ["KilnTestSupport", "KilnEngine", "KilnInstances", "KilnOCI", "KilnModel", "CKilnSystem"]),
-        .testTarget(name: "KilnInstancesTests", dependencies: ["KilnTestSupport", "KilnInstances", "KilnOCI", "KilnRegistry", "KilnSystem", "KilnTOE", "KilnModel", "kiln-init"]),
+        .testTarget(
+            name: "KilnEngineTests",
+            dependencies: ["KilnTestSupport", "KilnEngine", "KilnInstances", "KilnOCI", "KilnModel", "CKilnSystem"]),
+        .testTarget(
+            name: "KilnInstancesTests",
+            dependencies: [
+                "KilnTestSupport", "KilnInstances", "KilnOCI", "KilnRegistry", "KilnSystem", "KilnTOE", "KilnModel", "kiln-init",
+            ]),
     ]
 )

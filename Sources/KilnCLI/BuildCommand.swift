@@ -1,14 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import Foundation
 import KilnEngine
 import KilnInstances
 import KilnModel
-import KilnSystem
 import KilnOCI
 import KilnRegistry
+import KilnSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// `kiln build`: run one image pipeline from a definitions file, with no server.
 struct BuildCommand: AsyncParsableCommand {
@@ -26,16 +27,21 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The folder COPY and ADD read from (default: the definitions file's folder).")
     var context: String?
 
-    @Option(name: .long, help: "Clamp file times and the created date to this (seconds since 1970), for reproducible images (default: $SOURCE_DATE_EPOCH).")
+    @Option(
+        name: .long,
+        help: "Clamp file times and the created date to this (seconds since 1970), for reproducible images (default: $SOURCE_DATE_EPOCH).")
     var sourceDateEpoch: Int64?
 
     @Flag(name: .long, help: "Build every step again even when an earlier build had the same inputs.")
     var noCache = false
 
-    @Flag(name: .long, help: "Build from what Kiln's store holds: look up no registry parent and ask no package source (kiln.yaml: offline: true).")
+    @Flag(
+        name: .long,
+        help: "Build from what Kiln's store holds: look up no registry parent and ask no package source (kiln.yaml: offline: true).")
     var offline = false
 
-    @Flag(name: .long, help: "Print the parent's digest and each step's cache decision (reused or run, and why), then stop without building.")
+    @Flag(
+        name: .long, help: "Print the parent's digest and each step's cache decision (reused or run, and why), then stop without building.")
     var explainCache = false
 
     @OptionGroup var options: KilnOptions
@@ -47,7 +53,9 @@ struct BuildCommand: AsyncParsableCommand {
             // The definitions are parsed and checked once, here; the engine gets the selection.
             let selection = try Definitions.load(path: file).selectPipeline(pipeline, source: file)
             let view = TransferProgressView()
-            let transfer = ImageTransfer(store: environment.store, registries: environment.registries, concurrency: environment.configuration.transferConcurrency, observer: view.observer)
+            let transfer = ImageTransfer(
+                store: environment.store, registries: environment.registries, concurrency: environment.configuration.transferConcurrency,
+                observer: view.observer)
             let started = ContinuousClock.now
             let terminal = TerminalOutput()
             let run = try PipelineRun(configuration: environment.configuration, host: host, transfer: transfer) { line in
@@ -56,7 +64,8 @@ struct BuildCommand: AsyncParsableCommand {
             }
             let epoch = sourceDateEpoch ?? ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) }
             let settings = PipelineRun.Settings(
-                selection: selection, definitionsPath: file, contextDirectory: context, sourceDateEpoch: epoch, useCache: !noCache, offline: offline
+                selection: selection, definitionsPath: file, contextDirectory: context, sourceDateEpoch: epoch, useCache: !noCache,
+                offline: offline
             )
             if explainCache {
                 let lines = try await run.explain(settings)
@@ -70,7 +79,8 @@ struct BuildCommand: AsyncParsableCommand {
             // The first signal cancels; a second quits at once.
             let interrupts = InterruptSignals { number, first in
                 if !first { Glibc.exit(128 + number) }
-                FileHandle.standardError.write(Data("kiln: interrupted; cancelling the build and removing its instances (again to quit at once)\n".utf8))
+                FileHandle.standardError.write(
+                    Data("kiln: interrupted; cancelling the build and removing its instances (again to quit at once)\n".utf8))
                 pipelineRun.cancel()
             }
             defer { interrupts.stop() }

@@ -9,10 +9,10 @@ struct CostCommand: AsyncParsableCommand {
         commandName: "cost",
         abstract: "Print what built images cost: instance time, transfer to regions, and storage per month.",
         discussion: """
-        Instance time is priced at the instance type's pricePerHour (defaults: on-demand Linux in us-east-1), storage at the \
-        region's storagePerGBMonth, and transfer to regions other than homeRegion at transferPerGB (kiln.yaml). Storage counts \
-        each blob once per region.
-        """
+            Instance time is priced at the instance type's pricePerHour (defaults: on-demand Linux in us-east-1), storage at the \
+            region's storagePerGBMonth, and transfer to regions other than homeRegion at transferPerGB (kiln.yaml). Storage counts \
+            each blob once per region.
+            """
     )
 
     @Option(name: .long, help: "One image: name/x.y.z/build or its ARN.")
@@ -53,7 +53,10 @@ struct CostCommand: AsyncParsableCommand {
             if let pipeline {
                 let built = all.filter { $0.sourcePipelineName == pipeline }
                 guard !built.isEmpty else {
-                    throw KilnError(.notFound, "no image was built by pipeline '\(pipeline)'; pipelines with images: \(Set(all.compactMap(\.sourcePipelineName)).sorted().joined(separator: ", "))")
+                    throw KilnError(
+                        .notFound,
+                        "no image was built by pipeline '\(pipeline)'; pipelines with images: \(Set(all.compactMap(\.sourcePipelineName)).sorted().joined(separator: ", "))"
+                    )
                 }
                 summary = report.summary("pipeline \(pipeline)", records: built)
             } else if let month {
@@ -74,13 +77,20 @@ struct CostCommand: AsyncParsableCommand {
     static func describe(_ cost: CostReport.ImageCost) -> String {
         var lines = ["\(cost.image)  \(cost.status)  pipeline \(cost.pipeline ?? "-")  built \(cost.month)"]
         for run in cost.instances {
-            lines.append(String(format: "  %-8@ %-10@ %8.1f s (CPU %6.1f s) at $%.4f/h  %@", run.role as NSString, run.instanceType as NSString, run.seconds, run.cpuSeconds, run.pricePerHour, dollars(run.cost) as NSString))
+            lines.append(
+                String(
+                    format: "  %-8@ %-10@ %8.1f s (CPU %6.1f s) at $%.4f/h  %@", run.role as NSString, run.instanceType as NSString,
+                    run.seconds, run.cpuSeconds, run.pricePerHour, dollars(run.cost) as NSString))
         }
         if cost.instances.isEmpty { lines.append("  no instance ran (every build step cached and no tests)") }
         for region in cost.regions {
-            lines.append("  \(region.region.padding(toLength: 12, withPad: " ", startingAt: 0)) stored \(bytes(region.storedBytes)) → \(dollars(region.storagePerMonth))/month; sent \(bytes(region.transferredBytes)) → \(dollars(region.transferCost))")
+            lines.append(
+                "  \(region.region.padding(toLength: 12, withPad: " ", startingAt: 0)) stored \(bytes(region.storedBytes)) → \(dollars(region.storagePerMonth))/month; sent \(bytes(region.transferredBytes)) → \(dollars(region.transferCost))"
+            )
         }
-        lines.append("  build \(dollars(cost.buildCost)) (instances \(dollars(cost.instanceCost)), transfer \(dollars(cost.transferCost))); storage \(dollars(cost.storagePerMonth)) per month")
+        lines.append(
+            "  build \(dollars(cost.buildCost)) (instances \(dollars(cost.instanceCost)), transfer \(dollars(cost.transferCost))); storage \(dollars(cost.storagePerMonth)) per month"
+        )
         return lines.joined(separator: "\n")
     }
 
@@ -89,13 +99,20 @@ struct CostCommand: AsyncParsableCommand {
         lines.append("IMAGE                              STATUS       INSTANCE s  BUILD $      STORAGE $/MONTH")
         for image in summary.images {
             let seconds = image.instances.reduce(0) { $0 + $1.seconds }
-            lines.append("\(image.image.padding(toLength: 34, withPad: " ", startingAt: 0)) \(image.status.padding(toLength: 12, withPad: " ", startingAt: 0)) \(String(format: "%10.1f", seconds))  \(dollars(image.buildCost))  \(dollars(image.storagePerMonth))")
+            lines.append(
+                "\(image.image.padding(toLength: 34, withPad: " ", startingAt: 0)) \(image.status.padding(toLength: 12, withPad: " ", startingAt: 0)) \(String(format: "%10.1f", seconds))  \(dollars(image.buildCost))  \(dollars(image.storagePerMonth))"
+            )
         }
         for region in summary.storage {
-            lines.append("storage in \(region.region): \(bytes(region.storedBytes)) (shared blobs once) → \(dollars(region.storagePerMonth)) per month")
+            lines.append(
+                "storage in \(region.region): \(bytes(region.storedBytes)) (shared blobs once) → \(dollars(region.storagePerMonth)) per month"
+            )
         }
-        lines.append(String(format: "instances ran %.1f s (CPU %.1f s); builds %@; storage %@ per month; with a month of storage %@",
-                            summary.instanceSeconds, summary.cpuSeconds, dollars(summary.buildCost) as NSString, dollars(summary.storagePerMonth) as NSString, dollars(summary.monthlyTotal) as NSString))
+        lines.append(
+            String(
+                format: "instances ran %.1f s (CPU %.1f s); builds %@; storage %@ per month; with a month of storage %@",
+                summary.instanceSeconds, summary.cpuSeconds, dollars(summary.buildCost) as NSString,
+                dollars(summary.storagePerMonth) as NSString, dollars(summary.monthlyTotal) as NSString))
         return lines.joined(separator: "\n")
     }
 }

@@ -1,9 +1,9 @@
 import ArgumentParser
 import Foundation
 import KilnEngine
+import KilnInstances
 import KilnModel
 import KilnOCI
-import KilnInstances
 import KilnRegistry
 
 /// `kiln image`: move images between registries, OCI layouts and Kiln's content store.
@@ -12,12 +12,13 @@ struct ImageCommand: AsyncParsableCommand {
         commandName: "image",
         abstract: "Pull, push, copy, inspect and list images in Kiln's content store.",
         discussion: """
-        References: host[:port]/repo[:tag][@sha256:…] (a registry), oci-layout:PATH[:TAG], \
-        oci-archive:PATH[:TAG], and kiln:NAME for an image in Kiln's store.
-        """,
+            References: host[:port]/repo[:tag][@sha256:…] (a registry), oci-layout:PATH[:TAG], \
+            oci-archive:PATH[:TAG], and kiln:NAME for an image in Kiln's store.
+            """,
         subcommands: [
             ImagePullCommand.self, ImagePushCommand.self, ImageCopyCommand.self, ImageInspectCommand.self,
-            ImageListCommand.self, ImageRemoveCommand.self, ImageGarbageCollectCommand.self, ImagePackCommand.self, ImageRetryDistributionCommand.self,
+            ImageListCommand.self, ImageRemoveCommand.self, ImageGarbageCollectCommand.self, ImagePackCommand.self,
+            ImageRetryDistributionCommand.self,
         ]
     )
 }
@@ -78,13 +79,16 @@ extension KilnEnvironment {
         }
         for destination in result.destinations where destination.error == nil {
             let sent = destination.totals
-            TerminalOutput().progress("\(destination.location): \(result.digest) (\(TransferProgressView.size(sent.bytes)) sent, \(sent.blobsSent) blob(s) written, \(sent.blobsSkipped) already there, \(sent.blobsMounted) mounted)")
+            TerminalOutput().progress(
+                "\(destination.location): \(result.digest) (\(TransferProgressView.size(sent.bytes)) sent, \(sent.blobsSent) blob(s) written, \(sent.blobsSkipped) already there, \(sent.blobsMounted) mounted)"
+            )
         }
     }
 }
 
 struct ImagePullCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "pull", abstract: "Pull an image into Kiln's content store; prints its digest.")
+    static let configuration = CommandConfiguration(
+        commandName: "pull", abstract: "Pull an image into Kiln's content store; prints its digest.")
 
     @Argument(help: "The image, e.g. registry.example:5000/team/app:1.0 or oci-archive:app.tar:1.0.")
     var reference: String
@@ -120,7 +124,10 @@ struct ImagePushCommand: AsyncParsableCommand {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
             guard let name = environment.localName(reference) else {
-                throw KilnError(.notFound, "'\(reference)' is not in Kiln's content store at \(environment.store.root); pull it first, or use kiln image copy for a remote source")
+                throw KilnError(
+                    .notFound,
+                    "'\(reference)' is not in Kiln's content store at \(environment.store.root); pull it first, or use kiln image copy for a remote source"
+                )
             }
             try await environment.copy(from: .store(name: name), to: try destinations.map(ImageLocation.init), with: transferOptions)
         }
@@ -145,7 +152,8 @@ struct ImageCopyCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
-            try await environment.copy(from: try environment.source(source), to: try destinations.map(ImageLocation.init), with: transferOptions)
+            try await environment.copy(
+                from: try environment.source(source), to: try destinations.map(ImageLocation.init), with: transferOptions)
         }
     }
 }
@@ -168,7 +176,9 @@ struct ImageInspectCommand: AsyncParsableCommand {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
             let source = try environment.source(reference)
-            let transfer = ImageTransfer(store: environment.store, registries: environment.registries, platform: raw ? nil : try platform.map(Platform.init(parsing:)) ?? .host)
+            let transfer = ImageTransfer(
+                store: environment.store, registries: environment.registries,
+                platform: raw ? nil : try platform.map(Platform.init(parsing:)) ?? .host)
             if raw {
                 FileHandle.standardOutput.write(try await transfer.manifestData(source))
             } else {
@@ -202,7 +212,9 @@ struct ImageListCommand: AsyncParsableCommand {
             print("NAME".padding(toLength: width, withPad: " ", startingAt: 0) + "  DIGEST         SIZE      CREATED")
             for image in images {
                 let size = TransferProgressView.size(image.size).padding(toLength: 9, withPad: " ", startingAt: 0)
-                print("\(image.name.padding(toLength: width, withPad: " ", startingAt: 0))  \(image.digest.encoded.prefix(12))   \(size) \(image.created ?? "-")")
+                print(
+                    "\(image.name.padding(toLength: width, withPad: " ", startingAt: 0))  \(image.digest.encoded.prefix(12))   \(size) \(image.created ?? "-")"
+                )
             }
         }
     }
@@ -248,7 +260,8 @@ struct ImageGarbageCollectCommand: AsyncParsableCommand {
             if buildCache {
                 let cached = try environment.store.summaries().map(\.name).filter { $0.hasPrefix(BuildCacheKey.namePrefix) }
                 for name in cached { _ = try environment.store.untag(name) }
-                try? FileManager.default.removeItem(atPath: BuildCacheKey.freshnessFolder(dataDirectory: environment.configuration.dataDirectory))
+                try? FileManager.default.removeItem(
+                    atPath: BuildCacheKey.freshnessFolder(dataDirectory: environment.configuration.dataDirectory))
                 print("forgot \(cached.count) cached build step(s) and their package freshness checks")
             }
             let removed = try environment.store.garbageCollect()
@@ -309,10 +322,14 @@ struct ImageRetryDistributionCommand: AsyncParsableCommand {
             let host = try InstanceHost(dataDirectory: environment.configuration.dataDirectory, store: environment.store)
             let view = TransferProgressView()
             let transfer = ImageTransfer(store: environment.store, registries: environment.registries, observer: view.observer)
-            let run = try PipelineRun(configuration: environment.configuration, host: host, transfer: transfer) { TerminalOutput().progress($0) }
+            let run = try PipelineRun(configuration: environment.configuration, host: host, transfer: transfer) {
+                TerminalOutput().progress($0)
+            }
             let record = try run.records.find(image)
             guard [.failed, .available, .cancelled].contains(record.status) else {
-                throw KilnError(.invalidArgument, "image \(image) is \(record.status.rawValue); only a FAILED, CANCELLED or AVAILABLE image can be distributed again")
+                throw KilnError(
+                    .invalidArgument,
+                    "image \(image) is \(record.status.rawValue); only a FAILED, CANCELLED or AVAILABLE image can be distributed again")
             }
             let retried = try await run.distribute(record)
             view.finish()

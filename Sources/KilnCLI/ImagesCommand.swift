@@ -1,14 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import Foundation
 import KilnEngine
 import KilnInstances
 import KilnModel
-import KilnSystem
 import KilnOCI
 import KilnRegistry
+import KilnSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// `kiln images`: the image versions Kiln has built.
 struct ImagesCommand: AsyncParsableCommand {
@@ -30,14 +31,17 @@ struct ImagesListCommand: AsyncParsableCommand {
             print("IMAGE                              STATUS        CREATED                PIPELINE")
             for record in records {
                 let version = "\(record.name)/\(record.version)/\(record.build)".padding(toLength: 34, withPad: " ", startingAt: 0)
-                print("\(version) \(record.status.rawValue.padding(toLength: 13, withPad: " ", startingAt: 0)) \(record.dateCreated.padding(toLength: 22, withPad: " ", startingAt: 0)) \(record.sourcePipelineName ?? "-")")
+                print(
+                    "\(version) \(record.status.rawValue.padding(toLength: 13, withPad: " ", startingAt: 0)) \(record.dateCreated.padding(toLength: 22, withPad: " ", startingAt: 0)) \(record.sourcePipelineName ?? "-")"
+                )
             }
         }
     }
 }
 
 struct ImagesShowCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one image version as JSON (name/version/build or its ARN).")
+    static let configuration = CommandConfiguration(
+        commandName: "show", abstract: "Show one image version as JSON (name/version/build or its ARN).")
 
     @Argument(help: "name/x.y.z/build, or the image's ARN.")
     var image: String

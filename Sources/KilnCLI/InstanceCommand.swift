@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import Foundation
 import KilnInstances
 import KilnModel
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// `kiln instance`: builder and test instances that were kept (or left by a crash).
 struct InstanceCommand: AsyncParsableCommand {
@@ -41,14 +42,17 @@ struct InstanceListCommand: AsyncParsableCommand {
             print("ID                 STATE     KEPT  CREATED                IMAGE")
             for instance in instances {
                 let state = (instance.running ? "running" : "stopped").padding(toLength: 9, withPad: " ", startingAt: 0)
-                print("\(instance.id.padding(toLength: 18, withPad: " ", startingAt: 0)) \(state) \(instance.kept ? "yes " : "no  ")  \(instance.created.padding(toLength: 22, withPad: " ", startingAt: 0)) \(instance.image)")
+                print(
+                    "\(instance.id.padding(toLength: 18, withPad: " ", startingAt: 0)) \(state) \(instance.kept ? "yes " : "no  ")  \(instance.created.padding(toLength: 22, withPad: " ", startingAt: 0)) \(instance.image)"
+                )
             }
         }
     }
 }
 
 struct InstanceShellCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "shell", abstract: "Open a shell (or run a command) in a running instance.")
+    static let configuration = CommandConfiguration(
+        commandName: "shell", abstract: "Open a shell (or run a command) in a running instance.")
 
     @Argument(help: "The instance id (see kiln instance ls).")
     var id: String

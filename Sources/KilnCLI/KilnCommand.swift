@@ -1,7 +1,8 @@
 import ArgumentParser
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `kiln`: the image factory's command line.
@@ -9,7 +10,10 @@ public struct KilnCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "kiln",
         abstract: "Kiln bakes, tests and distributes golden images with the model and API of EC2 Image Builder.",
-        subcommands: [BuildCommand.self, ImagesCommand.self, LogsCommand.self, CostCommand.self, ToeCommand.self, ComponentCommand.self, ImageCommand.self, InstanceCommand.self]
+        subcommands: [
+            BuildCommand.self, ImagesCommand.self, LogsCommand.self, CostCommand.self, ToeCommand.self, ComponentCommand.self,
+            ImageCommand.self, InstanceCommand.self,
+        ]
     )
 
     public init() {}

@@ -9,7 +9,8 @@ struct KilnOptions: ParsableArguments {
     @Option(name: .long, help: "Kiln's configuration file (default: $KILN_CONFIG, else ./kiln.yaml when it exists).")
     var config: String?
 
-    @Option(name: .long, help: "Where Kiln keeps its content store (default: the config's dataDirectory, $KILN_DATA_DIR, or /var/lib/kiln).")
+    @Option(
+        name: .long, help: "Where Kiln keeps its content store (default: the config's dataDirectory, $KILN_DATA_DIR, or /var/lib/kiln).")
     var dataDir: String?
 }
 

@@ -1,14 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import Foundation
 import KilnEngine
 import KilnInstances
 import KilnModel
-import KilnSystem
 import KilnOCI
 import KilnRegistry
+import KilnSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// `kiln logs`: an image's pipeline log (stages, steps, component and command output);
 /// `--follow` waits for more until the image reaches a final state.

@@ -72,12 +72,18 @@ struct RunSettings {
             }
         }
         if let phases = object["phases"] {
-            if let text = phases as? String { self.phases = Self.list(text) } else if let items = phases as? [String] { self.phases = items } else {
+            if let text = phases as? String {
+                self.phases = Self.list(text)
+            } else if let items = phases as? [String] {
+                self.phases = items
+            } else {
                 throw KilnError(.invalidArgument, "\(path): phases must be a string such as \"build,validate\"")
             }
         }
         if let parameters = object["parameters"] {
-            if parametersFromFlags { throw KilnError(.invalidArgument, "parameters are given both in \(path) and with --parameters; use one") }
+            if parametersFromFlags {
+                throw KilnError(.invalidArgument, "parameters are given both in \(path) and with --parameters; use one")
+            }
             globalParameters = try Self.nameValues(parameters, where: "\(path): parameters")
         }
         executionId = (object["executionId"] ?? object["executonId"]) as? String
@@ -108,7 +114,10 @@ struct RunSettings {
         var firstError: KilnError?
         for entry in documentPaths {
             if entry.path.hasPrefix("s3://") || entry.path.hasPrefix("arn:") {
-                throw KilnError(.unsupported, "'\(entry.path)': kiln toe run reads documents from local files; download it first (aws s3 cp, or an ExecuteDocument step can fetch s3:// documents)")
+                throw KilnError(
+                    .unsupported,
+                    "'\(entry.path)': kiln toe run reads documents from local files; download it first (aws s3 cp, or an ExecuteDocument step can fetch s3:// documents)"
+                )
             }
             do {
                 let document = try parser.parse(contentsOf: entry.path)
@@ -119,7 +128,8 @@ struct RunSettings {
             }
         }
         if let firstError {
-            throw KilnError(.invalidDocument, problems.isEmpty ? firstError.message : "the documents are not valid; nothing was run", issues: problems)
+            throw KilnError(
+                .invalidDocument, problems.isEmpty ? firstError.message : "the documents are not valid; nothing was run", issues: problems)
         }
         return runs
     }

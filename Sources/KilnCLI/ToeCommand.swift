@@ -73,13 +73,19 @@ struct ToeRunCommand: AsyncParsableCommand {
                 throw ExitCode(ToeExitCode.failed)
             }
             if let state = resume, state.documentSources != loaded.map(\.document.source) {
-                terminal.error(KilnError(.invalidArgument, "the state directory '\(stateDirectory)' holds a paused run of other documents (\(state.documentSources.joined(separator: ","))); use another --state-directory or delete \(stateDirectory)/\(TOEResumeState.fileName)"))
+                terminal.error(
+                    KilnError(
+                        .invalidArgument,
+                        "the state directory '\(stateDirectory)' holds a paused run of other documents (\(state.documentSources.joined(separator: ","))); use another --state-directory or delete \(stateDirectory)/\(TOEResumeState.fileName)"
+                    ))
                 throw ExitCode(ToeExitCode.failed)
             }
         }
 
         let executionId = resume?.executionId ?? settings.executionId ?? UUID().uuidString.lowercased()
-        let folder = resume?.logFolder ?? TOELogFolder.path(in: settings.logDirectory ?? FileManager.default.currentDirectoryPath, executionId: executionId)
+        let folder =
+            resume?.logFolder
+            ?? TOELogFolder.path(in: settings.logDirectory ?? FileManager.default.currentDirectoryPath, executionId: executionId)
         let log: TOELogWriter
         do {
             log = try TOELogWriter(folder: folder, echo: { terminal.progress($0) }, echoDebug: trace)
@@ -110,7 +116,9 @@ struct ToeRunCommand: AsyncParsableCommand {
                 terminal.error(KilnError(.ioFailure, "cannot save the run's state in '\(stateDirectory)': \(error)"))
             }
         } else if outcome.rebootPending {
-            terminal.warning("a step asked for a reboot but no --state-directory was given, so this run cannot resume; pass --state-directory to make it resumable")
+            terminal.warning(
+                "a step asked for a reboot but no --state-directory was given, so this run cannot resume; pass --state-directory to make it resumable"
+            )
         }
         do {
             try TOELogFolder.writeResults(outcome, to: folder)
@@ -158,7 +166,8 @@ enum DocumentValidation {
         for failure in failures { terminal.error(failure) }
         let count = failures.reduce(0) { $0 + max($1.issues.count, 1) }
         let message = "Document(s) [\(list)] failed validation with \(count) problem\(count == 1 ? "" : "s")"
-        let data = try JSONSerialization.data(withJSONObject: ["validationStatus": "failed", "message": message], options: [.sortedKeys, .withoutEscapingSlashes])
+        let data = try JSONSerialization.data(
+            withJSONObject: ["validationStatus": "failed", "message": message], options: [.sortedKeys, .withoutEscapingSlashes])
         print(String(decoding: data, as: UTF8.self))
         throw ExitCode(ToeExitCode.failed)
     }

@@ -1,19 +1,22 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import Foundation
 import KilnInstances
 import KilnModel
-import KilnSystem
 import KilnOCI
 import KilnRegistry
+import KilnSystem
 import KilnTOE
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// `kiln toe run --image`: the documents run in a throwaway container instead of on this host.
 struct ToeInstanceOptions: ParsableArguments {
-    @Option(name: .long, help: "Run in a fresh container from this image: a registry reference, oci-layout:…, kiln:NAME, scratch or bootstrap:debian:SUITE.")
+    @Option(
+        name: .long,
+        help: "Run in a fresh container from this image: a registry reference, oci-layout:…, kiln:NAME, scratch or bootstrap:debian:SUITE.")
     var image: String?
 
     @Option(name: .long, help: "The instance type that sets CPU and memory limits (t3.micro … c5.large).")
@@ -54,7 +57,9 @@ struct ToeInstanceRun {
         await interrupts.waitIfInterrupted()
         if outcome.succeeded, let snapshot = options.snapshot {
             do {
-                let saved = try instance.snapshot(as: snapshot, settings: .init(history: "kiln toe run " + request.documents.map(\.document.source).joined(separator: ",")))
+                let saved = try instance.snapshot(
+                    as: snapshot,
+                    settings: .init(history: "kiln toe run " + request.documents.map(\.document.source).joined(separator: ",")))
                 terminal.progress("saved the instance's changes as kiln:\(snapshot) (\(saved.digest))")
             } catch let error as KilnError {
                 terminal.error(error)
@@ -62,7 +67,8 @@ struct ToeInstanceRun {
         }
         if !outcome.succeeded, options.keepOnFailure {
             try? instance.keep()
-            terminal.progress("kept \(instance.id) for debugging: kiln instance shell \(instance.id); remove it with kiln instance rm \(instance.id)")
+            terminal.progress(
+                "kept \(instance.id) for debugging: kiln instance shell \(instance.id); remove it with kiln instance rm \(instance.id)")
         } else {
             await instance.destroy()
         }
@@ -77,7 +83,8 @@ struct ToeInstanceRun {
         let transfer = ImageTransfer(store: environment.store, registries: environment.registries, observer: view.observer)
         let terminal = self.terminal
         let instance = try await ContainerInstance.launch(
-            image: image, instanceType: options.instanceType, network: options.network, configuration: environment.configuration, transfer: transfer, on: host,
+            image: image, instanceType: options.instanceType, network: options.network, configuration: environment.configuration,
+            transfer: transfer, on: host,
             progress: { terminal.progress($0) }
         )
         view.finish()
@@ -108,4 +115,3 @@ final class InterruptCleanup: Sendable {
 
     func cancel() { signals.stop() }
 }
-

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnOCI
 import KilnRegistry
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Shows transfers on stderr: one redrawn bar per endpoint on a terminal, plain log lines
 /// otherwise (CI logs, pipes).
@@ -86,10 +87,13 @@ final class TransferProgressView: Sendable {
             for message in messages { text += message + "\n" }
             for name in state.order {
                 let endpoint = state.endpoints[name]!
-                let fraction = endpoint.expected > 0 ? min(1, Double(endpoint.moved) / Double(endpoint.expected)) : (endpoint.blobsDone == endpoint.blobsSeen ? 1 : 0)
+                let fraction =
+                    endpoint.expected > 0
+                    ? min(1, Double(endpoint.moved) / Double(endpoint.expected)) : (endpoint.blobsDone == endpoint.blobsSeen ? 1 : 0)
                 let filled = Int(fraction * 24)
                 let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: 24 - filled)
-                text += "\(name.padding(toLength: max(name.count, 22), withPad: " ", startingAt: 0)) [\(bar)] \(Self.size(endpoint.moved))/\(Self.size(endpoint.expected))  \(endpoint.blobsDone)/\(endpoint.blobsSeen) blobs\n"
+                text +=
+                    "\(name.padding(toLength: max(name.count, 22), withPad: " ", startingAt: 0)) [\(bar)] \(Self.size(endpoint.moved))/\(Self.size(endpoint.expected))  \(endpoint.blobsDone)/\(endpoint.blobsSeen) blobs\n"
             }
             state.drawnLines = state.order.count
             return text

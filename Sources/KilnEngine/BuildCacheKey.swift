@@ -12,7 +12,9 @@ public enum BuildCacheKey {
     public static let namePrefix = "kiln-cache/"
 
     static func first(parent: Digest, platform: String, sourceDateEpoch: Int64?) -> Digest {
-        Digest(sha256Of: Data("kiln-step-cache-v2\nparent \(parent)\nplatform \(platform)\nepoch \(sourceDateEpoch.map(String.init) ?? "-")\n".utf8))
+        Digest(
+            sha256Of: Data(
+                "kiln-step-cache-v2\nparent \(parent)\nplatform \(platform)\nepoch \(sourceDateEpoch.map(String.init) ?? "-")\n".utf8))
     }
 
     static func next(_ previous: Digest, _ step: String) -> Digest {
@@ -42,7 +44,9 @@ public enum BuildCacheKey {
             let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? NSNumber)?.intValue ?? 0
             if isDirectory.boolValue {
                 text += "dir \(relative) \(mode)\n"
-                for child in ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted() { walk(path + "/" + child, relative + "/" + child) }
+                for child in ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted() {
+                    walk(path + "/" + child, relative + "/" + child)
+                }
             } else {
                 text += "file \(relative) \(mode) \(Digest(sha256Of: FileManager.default.contents(atPath: path) ?? Data()))\n"
             }

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnInstances
 import KilnModel
@@ -9,11 +6,17 @@ import KilnRegistry
 import KilnTOE
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// BUILD: the parent resolved afresh, the components' supported OS checked, then the recipe's
 /// steps planned (the cache's decisions) and built.
 extension PipelineRun {
     /// The built image, or nil when the image FAILED (the record says where and why).
-    func buildStage(_ prepared: Prepared, settings: Settings, image: ImageRun) async throws -> (image: Descriptor, parent: Descriptor, builder: RecipeBuilder)? {
+    func buildStage(_ prepared: Prepared, settings: Settings, image: ImageRun) async throws -> (
+        image: Descriptor, parent: Descriptor, builder: RecipeBuilder
+    )? {
         let recipe = prepared.recipe
         try image.enter(.creating)
         let previous = previousRecord(name: image.record.name)
@@ -38,11 +41,14 @@ extension PipelineRun {
         let outcome: RecipeBuilder.Outcome
         do {
             outcome = try await image.timed(.build) {
-                let plan = try await builder.plan(parent: parent, useCache: settings.useCache, policy: prepared.policy, previous: previous, caCertificates: caCertificates)
+                let plan = try await builder.plan(
+                    parent: parent, useCache: settings.useCache, policy: prepared.policy, previous: previous, caCertificates: caCertificates
+                )
                 image.record.cacheDecisions = plan.decisions
                 image.record.packageUpdates = plan.packageUpdates.isEmpty ? nil : plan.packageUpdates
                 try image.save()
-                return try await builder.build(plan: plan, parent: parent, as: localName, keepOnFailure: prepared.keepOnFailure, caCertificates: caCertificates)
+                return try await builder.build(
+                    plan: plan, parent: parent, as: localName, keepOnFailure: prepared.keepOnFailure, caCertificates: caCertificates)
             }
         } catch let failure as RecipeBuilder.StepFailure {
             _ = try image.fail(.build, step: failure.step, log: failure.log, failure.reason)
@@ -62,23 +68,28 @@ extension PipelineRun {
     /// The parent named by a recipe, resolved afresh (see `ParentImageResolver`). An image ARN
     /// (`arn:aws:imagebuilder:…:image/NAME/x.x.x[/BUILD]`) names the newest AVAILABLE build of a
     /// Kiln image that matches, as Image Builder resolves a parent image version.
-    func resolveParent(_ text: String, offline: Bool, lookOnly: Bool = false, progress: @escaping @Sendable (String) -> Void) async throws -> Descriptor {
+    func resolveParent(_ text: String, offline: Bool, lookOnly: Bool = false, progress: @escaping @Sendable (String) -> Void) async throws
+        -> Descriptor
+    {
         var text = text
         if text.hasPrefix("arn:") {
             let arn = try ImageBuilderARN(parsing: text)
-            guard arn.resourceType == "image" else { throw KilnError(.invalidArgument, "parentImage \(text) is a \(arn.resourceType) ARN; name an image ARN") }
+            guard arn.resourceType == "image" else {
+                throw KilnError(.invalidArgument, "parentImage \(text) is a \(arn.resourceType) ARN; name an image ARN")
+            }
             let selector = try VersionSelector(parsing: arn.version ?? "x.x.x")
             let candidates = records.all().filter { $0.name == arn.name && $0.status == .available && $0.localName != nil }
             guard let chosen = selector.select(from: candidates.map { BuildVersion($0.version, build: $0.build) }),
-                  let record = candidates.first(where: { BuildVersion($0.version, build: $0.build) == chosen }) else {
+                let record = candidates.first(where: { BuildVersion($0.version, build: $0.build) == chosen })
+            else {
                 throw KilnError(.notFound, "no AVAILABLE image matches \(text); see kiln images")
             }
             progress("parent \(text): image \(record.name)/\(record.version)/\(record.build)")
             text = "kiln:" + record.localName!
         }
-        return try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(text, offline: offline, lookOnly: lookOnly)
+        return try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(
+            text, offline: offline, lookOnly: lookOnly)
     }
-
 
     /// Components that name `supportedOsVersions` must match the parent's OS, as Image Builder
     /// checks: an entry matches when it is a prefix (any case) of the parent's
@@ -97,7 +108,10 @@ extension PipelineRun {
             let matches = supported.contains { entry in names.contains { $0.lowercased().hasPrefix(entry.lowercased()) } }
             if !matches {
                 let parentOS = names.first ?? "an OS without /etc/os-release"
-                return ("\(component.label)/supportedOsVersions", "component \(component.label) supports \(supported.joined(separator: ", ")); the parent image is \(parentOS). Choose a parent it supports or add the OS to supportedOsVersions")
+                return (
+                    "\(component.label)/supportedOsVersions",
+                    "component \(component.label) supports \(supported.joined(separator: ", ")); the parent image is \(parentOS). Choose a parent it supports or add the OS to supportedOsVersions"
+                )
             }
         }
         return nil
@@ -111,11 +125,14 @@ extension PipelineRun {
             let folder = try host.layers.unpack(layer, diffID: diffID, store: store)
             for path in ["/etc/os-release", "/usr/lib/os-release"] {
                 var info = stat()
-                guard lstat(folder + path, &info) == 0, info.st_mode & S_IFMT == S_IFREG, let text = try? String(contentsOfFile: folder + path, encoding: .utf8) else { continue }
+                guard lstat(folder + path, &info) == 0, info.st_mode & S_IFMT == S_IFREG,
+                    let text = try? String(contentsOfFile: folder + path, encoding: .utf8)
+                else { continue }
                 var fields: [String: String] = [:]
                 for line in text.split(separator: "\n") {
                     guard let equals = line.firstIndex(of: "=") else { continue }
-                    fields[String(line[..<equals])] = String(line[line.index(after: equals)...]).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
+                    fields[String(line[..<equals])] = String(line[line.index(after: equals)...]).trimmingCharacters(
+                        in: CharacterSet(charactersIn: "\"'"))
                 }
                 return fields
             }
@@ -143,7 +160,8 @@ extension PipelineRun {
             }
             source = uri
         } else if uri.contains("://") {
-            throw KilnError(.unsupported, "\(label): uri \(uri) is not supported; use a file path relative to the definitions, or an https URL")
+            throw KilnError(
+                .unsupported, "\(label): uri \(uri) is not supported; use a file path relative to the definitions, or an https URL")
         } else {
             source = uri.hasPrefix("/") ? uri : base + "/" + uri
             guard let read = FileManager.default.contents(atPath: source) else {

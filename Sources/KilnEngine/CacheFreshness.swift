@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnInstances
 import KilnModel
 import KilnOCI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// What the build cache decided for one step, and why: kept in the image record and printed by
 /// `kiln build` and `kiln build --explain-cache`.
@@ -83,7 +84,8 @@ enum PackageState {
         try layers.contains { layer, diffID in touched(layerFolder: try host.layers.unpack(layer, diffID: diffID, store: host.store)) }
     }
 
-    static let managerPattern = #"(^|[^A-Za-z0-9_.-])(apt-get|apt|aptitude|dpkg|dnf|dnf5|yum|microdnf|rpm|apk|zypper|UpdateOS)([^A-Za-z0-9_-]|$)"#
+    static let managerPattern =
+        #"(^|[^A-Za-z0-9_.-])(apt-get|apt|aptitude|dpkg|dnf|dnf5|yum|microdnf|rpm|apk|zypper|UpdateOS)([^A-Za-z0-9_-]|$)"#
 
     /// Whether a RUN's command or a component's document names a package manager.
     static func invokesPackageManager(_ step: RecipeBuilder.BuildStep) -> Bool {

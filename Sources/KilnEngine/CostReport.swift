@@ -75,19 +75,25 @@ public struct CostReport: Sendable {
         let ledger = record.ledger ?? CostLedger()
         let instances = ledger.instances.map { run in
             let price = types[run.instanceType]?.pricePerHour ?? 0
-            return InstanceCharge(role: run.role, instanceType: run.instanceType, seconds: run.seconds, cpuSeconds: run.cpuSeconds, pricePerHour: price, cost: run.seconds / 3600 * price)
+            return InstanceCharge(
+                role: run.role, instanceType: run.instanceType, seconds: run.seconds, cpuSeconds: run.cpuSeconds, pricePerHour: price,
+                cost: run.seconds / 3600 * price)
         }
         let regions = ledger.regions.map { usage in
             let storage = configuration.storagePrice(region: usage.region), transfer = configuration.transferPrice(region: usage.region)
             return RegionCharge(
-                region: usage.region, storedBytes: usage.storedBytes, storagePerGBMonth: storage, storagePerMonth: Double(usage.storedBytes) / Self.gigabyte * storage,
-                transferredBytes: usage.transferredBytes, transferPerGB: transfer, transferCost: Double(usage.transferredBytes) / Self.gigabyte * transfer
+                region: usage.region, storedBytes: usage.storedBytes, storagePerGBMonth: storage,
+                storagePerMonth: Double(usage.storedBytes) / Self.gigabyte * storage,
+                transferredBytes: usage.transferredBytes, transferPerGB: transfer,
+                transferCost: Double(usage.transferredBytes) / Self.gigabyte * transfer
             )
         }
         let instanceCost = instances.reduce(0) { $0 + $1.cost }, transferCost = regions.reduce(0) { $0 + $1.transferCost }
         return ImageCost(
-            image: "\(record.name)/\(record.version)/\(record.build)", arn: record.arn, pipeline: record.sourcePipelineName, status: record.status.rawValue,
-            month: String(record.dateCreated.prefix(7)), instances: instances, regions: regions, instanceCost: instanceCost, transferCost: transferCost,
+            image: "\(record.name)/\(record.version)/\(record.build)", arn: record.arn, pipeline: record.sourcePipelineName,
+            status: record.status.rawValue,
+            month: String(record.dateCreated.prefix(7)), instances: instances, regions: regions, instanceCost: instanceCost,
+            transferCost: transferCost,
             buildCost: instanceCost + transferCost, storagePerMonth: regions.reduce(0) { $0 + $1.storagePerMonth }
         )
     }
@@ -101,18 +107,23 @@ public struct CostReport: Sendable {
         }
         let storage = blobs.keys.sorted().map { region in
             let bytes = blobs[region]!.values.reduce(0, +)
-            return RegionStorage(region: region, storedBytes: bytes, storagePerMonth: Double(bytes) / Self.gigabyte * configuration.storagePrice(region: region))
+            return RegionStorage(
+                region: region, storedBytes: bytes,
+                storagePerMonth: Double(bytes) / Self.gigabyte * configuration.storagePrice(region: region))
         }
         let runs = records.flatMap { $0.ledger?.instances ?? [] }
         let buildCost = images.reduce(0) { $0 + $1.buildCost }, storagePerMonth = storage.reduce(0) { $0 + $1.storagePerMonth }
         return Summary(
-            scope: scope, images: images, instanceSeconds: runs.reduce(0) { $0 + $1.seconds }, cpuSeconds: runs.reduce(0) { $0 + $1.cpuSeconds },
+            scope: scope, images: images, instanceSeconds: runs.reduce(0) { $0 + $1.seconds },
+            cpuSeconds: runs.reduce(0) { $0 + $1.cpuSeconds },
             buildCost: buildCost, storage: storage, storagePerMonth: storagePerMonth, monthlyTotal: buildCost + storagePerMonth
         )
     }
 
     /// The images built in `month` (YYYY-MM); storage counts every image built by its end.
     public func month(_ month: String, records: [ImageRecord]) -> Summary {
-        summary("month \(month)", records: records.filter { $0.dateCreated.hasPrefix(month) }, stored: records.filter { String($0.dateCreated.prefix(7)) <= month })
+        summary(
+            "month \(month)", records: records.filter { $0.dateCreated.hasPrefix(month) },
+            stored: records.filter { String($0.dateCreated.prefix(7)) <= month })
     }
 }

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnInstances
 import KilnModel
@@ -8,6 +5,10 @@ import KilnOCI
 import KilnRegistry
 import KilnTOE
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// DISTRIBUTE: the image to every region of the distribution configuration at once, each push
 /// checked by digest; then INTEGRATE and AVAILABLE.
@@ -35,10 +36,13 @@ extension PipelineRun {
     func expandDistribution(_ prepared: Prepared, image: ImageRun) throws -> Bool {
         let distribution = prepared.selection.distribution
         for entry in distribution?.distributions ?? [] where entry.amiDistributionConfiguration != nil {
-            image.progress("DISTRIBUTE: \(entry.region): amiDistributionConfiguration needs a disk image, which Kiln does not make yet; the root filesystem is kiln:\(image.record.localName ?? "")")
+            image.progress(
+                "DISTRIBUTE: \(entry.region): amiDistributionConfiguration needs a disk image, which Kiln does not make yet; the root filesystem is kiln:\(image.record.localName ?? "")"
+            )
         }
         do {
-            image.record.distributionTargets = try Self.distributionTargets(distribution, regions: configuration.regions, version: prepared.recipe.semanticVersion)
+            image.record.distributionTargets = try Self.distributionTargets(
+                distribution, regions: configuration.regions, version: prepared.recipe.semanticVersion)
             return true
         } catch let error as KilnError {
             let region = distribution?.distributions.first { configuration.regions[$0.region] == nil }?.region
@@ -51,7 +55,9 @@ extension PipelineRun {
     public func distribute(_ built: ImageRecord) async throws -> ImageRecord {
         var record = built
         guard let localName = record.localName, try transfer.store.resolve(localName) != nil else {
-            throw KilnError(.notFound, "image \(record.name)/\(record.version)/\(record.build) has no built image in Kiln's store to distribute; build it again")
+            throw KilnError(
+                .notFound,
+                "image \(record.name)/\(record.version)/\(record.build) has no built image in Kiln's store to distribute; build it again")
         }
         let label = "\(record.name)/\(record.version)/\(record.build)"
         let progress = PipelineLog.tee(record.logDirectory + "/pipeline.log", self.progress)
@@ -79,7 +85,8 @@ extension PipelineRun {
             record.ledger = ledger
             if Task.isCancelled {
                 record.status = .cancelled
-                record.failure = .init(stage: .distribute, step: nil, region: nil, log: nil, reason: "cancelled by an interrupt during distribution")
+                record.failure = .init(
+                    stage: .distribute, step: nil, region: nil, log: nil, reason: "cancelled by an interrupt during distribution")
                 try records.save(record)
                 progress("image \(label): CANCELLED in DISTRIBUTE; kiln image retry-distribution \(label) sends it again")
                 return record
@@ -87,13 +94,19 @@ extension PipelineRun {
             if let failed = result.failures.first {
                 let region = record.distributionTargets.first { (try? ImageLocation($0.reference)) == failed.location }?.region
                 record.status = .failed
-                record.failure = .init(stage: .distribute, step: nil, region: region, log: nil, reason: "\(failed.location): \(failed.error?.message ?? "failed")")
+                record.failure = .init(
+                    stage: .distribute, step: nil, region: region, log: nil,
+                    reason: "\(failed.location): \(failed.error?.message ?? "failed")")
                 try records.save(record)
-                progress("image \(label): FAILED in DISTRIBUTE for region \(region ?? "?"): \(record.failure!.reason); retry with kiln image retry-distribution \(label)")
+                progress(
+                    "image \(label): FAILED in DISTRIBUTE for region \(region ?? "?"): \(record.failure!.reason); retry with kiln image retry-distribution \(label)"
+                )
                 return record
             }
             record.outputContainers = Set(record.distributionTargets.map(\.region)).sorted().map { region in
-                .init(region: region, imageUris: record.distributionTargets.filter { $0.region == region }.map { "\($0.reference)@\(result.digest)" })
+                .init(
+                    region: region,
+                    imageUris: record.distributionTargets.filter { $0.region == region }.map { "\($0.reference)@\(result.digest)" })
             }
         }
         try enter(.integrating)

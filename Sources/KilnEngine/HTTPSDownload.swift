@@ -1,7 +1,7 @@
 import AsyncHTTPClient
 import Foundation
-import KilnRegistry
 import KilnModel
+import KilnRegistry
 import NIOCore
 import NIOSSL
 
@@ -9,8 +9,12 @@ import NIOSSL
 /// against the system's CAs or a private CA (kiln.yaml `registries.<host>.caCertificate`), with
 /// a size limit. Plain http only where the caller allows it (package indexes are signed).
 public enum HTTPSDownload {
-    public static func fetch(_ url: String, caCertificate: String? = nil, limit: Int = 16 << 20, timeout: TimeAmount = .seconds(60), allowPlainHTTP: Bool = false) async throws -> Data {
-        guard url.hasPrefix("https://") || (allowPlainHTTP && url.hasPrefix("http://")) else { throw KilnError(.invalidArgument, "\(url) is not an https URL") }
+    public static func fetch(
+        _ url: String, caCertificate: String? = nil, limit: Int = 16 << 20, timeout: TimeAmount = .seconds(60), allowPlainHTTP: Bool = false
+    ) async throws -> Data {
+        guard url.hasPrefix("https://") || (allowPlainHTTP && url.hasPrefix("http://")) else {
+            throw KilnError(.invalidArgument, "\(url) is not an https URL")
+        }
         var client = RegistryClient.sharedHTTPClient
         var owned: HTTPClient?
         if let caCertificate {
@@ -28,10 +32,14 @@ public enum HTTPSDownload {
         do {
             response = try await client.execute(HTTPClientRequest(url: url), timeout: timeout)
         } catch {
-            throw KilnError(.network, "cannot download \(url): \(error)\(caCertificate == nil ? " (for a private CA, set registries.<host>.caCertificate in kiln.yaml)" : "")")
+            throw KilnError(
+                .network,
+                "cannot download \(url): \(error)\(caCertificate == nil ? " (for a private CA, set registries.<host>.caCertificate in kiln.yaml)" : "")"
+            )
         }
         guard response.status == .ok else {
-            throw KilnError(.network, "cannot download \(url): the server answered HTTP \(response.status.code) \(response.status.reasonPhrase)")
+            throw KilnError(
+                .network, "cannot download \(url): the server answered HTTP \(response.status.code) \(response.status.reasonPhrase)")
         }
         do {
             var body = try await response.body.collect(upTo: limit)

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Where image records live. `kiln build` keeps JSON files in the data directory; the server's
 /// store (SQLite) will implement the same protocol, and the engine's unit tests use the
@@ -50,7 +51,9 @@ public struct JSONImageRecords: ImageRecords {
         while true {
             build += 1
             if mkdir("\(versions)/\(build)", 0o755) == 0 { return build }
-            guard errno == EEXIST else { throw KilnError(.ioFailure, "cannot create \(versions)/\(build): \(String(cString: strerror(errno)))") }
+            guard errno == EEXIST else {
+                throw KilnError(.ioFailure, "cannot create \(versions)/\(build): \(String(cString: strerror(errno)))")
+            }
         }
     }
 
@@ -72,7 +75,8 @@ public struct JSONImageRecords: ImageRecords {
             for version in (try? manager.contentsOfDirectory(atPath: "\(root)/\(name)")) ?? [] {
                 for build in (try? manager.contentsOfDirectory(atPath: "\(root)/\(name)/\(version)")) ?? [] {
                     if let data = manager.contents(atPath: "\(root)/\(name)/\(version)/\(build)/image.json"),
-                       let record = try? JSONDecoder().decode(ImageRecord.self, from: data) {
+                        let record = try? JSONDecoder().decode(ImageRecord.self, from: data)
+                    {
                         records.append(record)
                     }
                 }

@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnInstances
 import KilnModel
-import KilnSystem
 import KilnOCI
+import KilnSystem
 import KilnTOE
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// One test's result, as JUnit XML and `tests.json` report it.
 public struct TestCaseResult: Sendable, Codable, Hashable {
@@ -51,7 +52,8 @@ struct ImageTestSuites: Sendable {
             } catch {
                 (status, message) = (.failed, (error as? KilnError)?.message ?? "\(error)")
             }
-            let result = TestCaseResult(suite: suite, name: name, status: status, message: message, seconds: (ContinuousClock.now - start).inSeconds)
+            let result = TestCaseResult(
+                suite: suite, name: name, status: status, message: message, seconds: (ContinuousClock.now - start).inSeconds)
             progress("TEST: \(suite)/\(name): \(status.rawValue.uppercased()) \(message)")
             results.append(result)
         }
@@ -63,7 +65,9 @@ struct ImageTestSuites: Sendable {
             await record("functionality", "command starts") { try await commandStarts(in: instance) }
         }
         if let health = settings.health, health.command != nil || health.httpPort != nil {
-            await record("health", health.httpPort.map { "http 127.0.0.1:\($0)\(health.httpPath ?? "/")" } ?? "command") { try await healthCheck(health, in: instance) }
+            await record("health", health.httpPort.map { "http 127.0.0.1:\($0)\(health.httpPath ?? "/")" } ?? "command") {
+                try await healthCheck(health, in: instance)
+            }
         }
         let security = settings.security
         // One walk of the image's root serves both checks that need it.
@@ -80,12 +84,17 @@ struct ImageTestSuites: Sendable {
         }
         if security?.secrets != false {
             await record("security", "no private keys or credentials in layers") {
-                secrets(try secretsInAddedLayers(Array(instance.manifest.layers.dropFirst(parentLayerCount))), layers: instance.manifest.layers.count - parentLayerCount)
+                secrets(
+                    try secretsInAddedLayers(Array(instance.manifest.layers.dropFirst(parentLayerCount))),
+                    layers: instance.manifest.layers.count - parentLayerCount)
             }
         }
         if let (status, message, usage) = await updates {
             progress("TEST: security/no pending security updates: \(status.rawValue.uppercased()) \(message)")
-            results.append(TestCaseResult(suite: "security", name: "no pending security updates", status: status, message: message, seconds: (ContinuousClock.now - updatesStart).inSeconds))
+            results.append(
+                TestCaseResult(
+                    suite: "security", name: "no pending security updates", status: status, message: message,
+                    seconds: (ContinuousClock.now - updatesStart).inSeconds))
             if let usage { usages.append(usage) }
         }
         return (results, usages)
@@ -99,10 +108,14 @@ struct ImageTestSuites: Sendable {
     /// The image's command; a command that is not a server exits 0, a server is still up after N s.
     private func commandStarts(in instance: ContainerInstance) async throws -> (TestCaseResult.Status, String) {
         let command = command(of: instance)
-        guard let executable = command.first else { return (.skipped, "the image has no entrypoint or cmd; set kilnTests.functionality.command") }
+        guard let executable = command.first else {
+            return (.skipped, "the image has no entrypoint or cmd; set kilnTests.functionality.command")
+        }
         let seconds = settings.functionality?.runForSeconds ?? 3
         let output = LineEcho(prefix: "TEST: functionality: ", progress: progress)
-        let result = try await instance.session.exec(ExecRequest(executable: executable, arguments: Array(command.dropFirst()), timeout: .seconds(seconds))) { _, bytes in
+        let result = try await instance.session.exec(
+            ExecRequest(executable: executable, arguments: Array(command.dropFirst()), timeout: .seconds(seconds))
+        ) { _, bytes in
             output.append(bytes)
         }
         output.flush()
@@ -119,7 +132,9 @@ struct ImageTestSuites: Sendable {
         let session = instance.session
         let server = command.first.map { executable in
             Task {
-                _ = try? await session.exec(ExecRequest(executable: executable, arguments: Array(command.dropFirst()), timeout: .seconds(startup + 30))) { _, _ in }
+                _ = try? await session.exec(
+                    ExecRequest(executable: executable, arguments: Array(command.dropFirst()), timeout: .seconds(startup + 30))
+                ) { _, _ in }
             }
         }
         defer { server?.cancel() }
@@ -128,19 +143,24 @@ struct ImageTestSuites: Sendable {
         repeat {
             let output = LineEcho(prefix: "", progress: { _ in })
             if let check = health.command, let executable = check.first {
-                let result = try await session.exec(ExecRequest(executable: executable, arguments: Array(check.dropFirst()), timeout: .seconds(5))) { _, bytes in output.append(bytes) }
+                let result = try await session.exec(
+                    ExecRequest(executable: executable, arguments: Array(check.dropFirst()), timeout: .seconds(5))
+                ) { _, bytes in output.append(bytes) }
                 output.flush()
                 if result.exitCode == 0 { return (.passed, "\(check.joined(separator: " ")) exited 0") }
                 last = "\(check.joined(separator: " ")) exited with \(result.exitCode): \(output.tail)"
             } else if let port = health.httpPort {
                 let path = health.httpPath ?? "/"
-                let result = try await session.exec(ExecRequest(executable: "/.kiln/init", arguments: ["http-get", String(port), path], timeout: .seconds(5))) { _, bytes in output.append(bytes) }
+                let result = try await session.exec(
+                    ExecRequest(executable: "/.kiln/init", arguments: ["http-get", String(port), path], timeout: .seconds(5))
+                ) { _, bytes in output.append(bytes) }
                 output.flush()
                 let statusLine = output.tail
                 let code = statusLine.split(separator: " ").dropFirst().first.flatMap { Int($0) }
                 let expected = health.expectStatus ?? 200
                 if result.exitCode == 0, code == expected { return (.passed, "GET \(path) on port \(port) answered \(statusLine)") }
-                last = result.exitCode == 0 ? "GET \(path) on port \(port) answered '\(statusLine)', expected status \(expected)" : statusLine
+                last =
+                    result.exitCode == 0 ? "GET \(path) on port \(port) answered '\(statusLine)', expected status \(expected)" : statusLine
             }
             try await Task.sleep(for: .milliseconds(250))
         } while ContinuousClock.now < deadline
@@ -161,7 +181,8 @@ struct ImageTestSuites: Sendable {
             ImageTestSuites.walk(root) { path, info in
                 let kind = info.st_mode & S_IFMT
                 if info.st_mode & 0o002 != 0, kind == S_IFREG || (kind == S_IFDIR && info.st_mode & 0o1000 == 0),
-                   !ImageTestSuites.temporaryFolders.contains(where: { path == $0 || path.hasPrefix($0 + "/") }) {
+                    !ImageTestSuites.temporaryFolders.contains(where: { path == $0 || path.hasPrefix($0 + "/") })
+                {
                     worldWritable.append("/" + path)
                 }
                 if kind == S_IFREG, info.st_mode & 0o6000 != 0 { setuid.append(path) }
@@ -172,10 +193,16 @@ struct ImageTestSuites: Sendable {
 
     private func worldWritable(_ found: [String]) -> (TestCaseResult.Status, String) {
         if found.isEmpty { return (.passed, "none outside tmp folders") }
-        return (.failed, "\(found.count) world-writable: \(found.prefix(10).joined(separator: ", "))\(found.count > 10 ? ", …" : ""); remove o+w (chmod o-w) in a component")
+        return (
+            .failed,
+            "\(found.count) world-writable: \(found.prefix(10).joined(separator: ", "))\(found.count > 10 ? ", …" : ""); remove o+w (chmod o-w) in a component"
+        )
     }
 
-    static let credentialFiles = [".aws/credentials", ".docker/config.json", ".git-credentials", ".ssh/id_rsa", ".ssh/id_dsa", ".ssh/id_ecdsa", ".ssh/id_ed25519", ".netrc"]
+    static let credentialFiles = [
+        ".aws/credentials", ".docker/config.json", ".git-credentials", ".ssh/id_rsa", ".ssh/id_dsa", ".ssh/id_ecdsa", ".ssh/id_ed25519",
+        ".netrc",
+    ]
 
     /// Reads every entry of the layers the build added: credential files, and
     /// files up to 1 MiB holding a private key or cloud credential. Deleted files count too (a
@@ -204,7 +231,8 @@ struct ImageTestSuites: Sendable {
     /// "path (kind" for each secret in one layer.
     private func secretsIn(_ layer: Descriptor) throws -> [String] {
         var found: [String] = []
-        var reader = TarReader(source: try TarReader.fileSource(host.store.path(of: layer.digest), compressed: layer.mediaType.contains("gzip")))
+        var reader = TarReader(
+            source: try TarReader.fileSource(host.store.path(of: layer.digest), compressed: layer.mediaType.contains("gzip")))
         while let entry = try reader.next() {
             guard entry.kind == .file else { continue }
             if Self.credentialFiles.contains(where: { entry.path.hasSuffix($0) }), entry.size > 0 {
@@ -244,12 +272,18 @@ struct ImageTestSuites: Sendable {
         }
         let growth = image.filter { !parent.contains($0) }.map { "/" + $0 }
         if growth.isEmpty { return (.passed, "\(image.count) SUID/SGID file(s), none beyond the parent's \(parent.count)") }
-        return (.failed, "\(growth.count) SUID/SGID file(s) beyond the parent's: \(growth.prefix(10).joined(separator: ", ")); remove the bit (chmod u-s,g-s) or the file")
+        return (
+            .failed,
+            "\(growth.count) SUID/SGID file(s) beyond the parent's: \(growth.prefix(10).joined(separator: ", ")); remove the bit (chmod u-s,g-s) or the file"
+        )
     }
 
     private func secrets(_ found: [String], layers: Int) -> (TestCaseResult.Status, String) {
         if found.isEmpty { return (.passed, "no private key or cloud credential in \(layers) layer(s) the build added") }
-        return (.failed, "\(found.count) secret(s) left in the image's layers: \(found.prefix(10).joined(separator: ", ")); delete them in the same step that creates them, or keep them out of the image")
+        return (
+            .failed,
+            "\(found.count) secret(s) left in the image's layers: \(found.prefix(10).joined(separator: ", ")); delete them in the same step that creates them, or keep them out of the image"
+        )
     }
 
     /// What kind of secret `contents` holds, if any.
@@ -257,7 +291,9 @@ struct ImageTestSuites: Sendable {
         let text = String(decoding: contents, as: UTF8.self)
         if text.contains("PRIVATE KEY-----"), text.contains("-----BEGIN") { return "a private key" }
         if text.range(of: #"(A3T[A-Z0-9]|AKIA|ASIA)[A-Z2-7]{16}"#, options: .regularExpression) != nil { return "an AWS access key id" }
-        if text.range(of: #"aws_secret_access_key\s*=\s*\S"#, options: [.regularExpression, .caseInsensitive]) != nil { return "an AWS secret access key" }
+        if text.range(of: #"aws_secret_access_key\s*=\s*\S"#, options: [.regularExpression, .caseInsensitive]) != nil {
+            return "an AWS secret access key"
+        }
         return nil
     }
 
@@ -275,7 +311,11 @@ struct ImageTestSuites: Sendable {
             let security = upgrades.filter(\.isSecurity)
             if security.isEmpty { return (.passed, "no security update pending (\(upgrades.count) other update(s) pending)", usage) }
             let names = security.prefix(15).map(\.description).joined(separator: ", ")
-            return (.failed, "\(security.count) security update(s) pending: \(names); run the update-os component (or apt-get upgrade) in the recipe", usage)
+            return (
+                .failed,
+                "\(security.count) security update(s) pending: \(names); run the update-os component (or apt-get upgrade) in the recipe",
+                usage
+            )
         }
     }
 
@@ -307,12 +347,15 @@ enum TestReportWriter {
 
     static func junit(_ results: [TestCaseResult], image: String) -> String {
         func escape(_ text: String) -> String {
-            text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
-                .replacingOccurrences(of: "\"", with: "&quot;").filter { $0 == "\n" || $0 == "\t" || !($0.asciiValue.map { $0 < 32 } ?? false) }
+            text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(
+                of: ">", with: "&gt;"
+            )
+            .replacingOccurrences(of: "\"", with: "&quot;").filter { $0 == "\n" || $0 == "\t" || !($0.asciiValue.map { $0 < 32 } ?? false) }
         }
         func counts(_ results: [TestCaseResult]) -> String {
             let time = results.reduce(0) { $0 + $1.seconds }
-            return "tests=\"\(results.count)\" failures=\"\(results.filter { $0.status == .failed }.count)\" errors=\"0\" skipped=\"\(results.filter { $0.status == .skipped }.count)\" time=\"\(String(format: "%.3f", time))\""
+            return
+                "tests=\"\(results.count)\" failures=\"\(results.filter { $0.status == .failed }.count)\" errors=\"0\" skipped=\"\(results.filter { $0.status == .skipped }.count)\" time=\"\(String(format: "%.3f", time))\""
         }
         var xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"\(escape(image))\" \(counts(results))>\n"
         var suites: [String] = []
@@ -321,7 +364,8 @@ enum TestReportWriter {
             let members = results.filter { $0.suite == suite }
             xml += "  <testsuite name=\"\(escape(suite))\" \(counts(members))>\n"
             for result in members {
-                xml += "    <testcase classname=\"\(escape(suite))\" name=\"\(escape(result.name))\" time=\"\(String(format: "%.3f", result.seconds))\""
+                xml +=
+                    "    <testcase classname=\"\(escape(suite))\" name=\"\(escape(result.name))\" time=\"\(String(format: "%.3f", result.seconds))\""
                 switch result.status {
                 case .passed: xml += "><system-out>\(escape(result.message))</system-out></testcase>\n"
                 case .failed: xml += "><failure message=\"\(escape(result.message))\"/></testcase>\n"

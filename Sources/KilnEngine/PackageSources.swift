@@ -42,9 +42,12 @@ struct PackageSources: Sendable, Hashable {
         }
         // No readable source would give one constant fingerprint: the package manager may still
         // have sources Kiln does not see (dnf.conf, apk --repository), so it must be asked.
-        guard !indexes.isEmpty else { throw Unreadable(reason: "the image's files name no package repository Kiln can fetch from the host") }
+        guard !indexes.isEmpty else {
+            throw Unreadable(reason: "the image's files name no package repository Kiln can fetch from the host")
+        }
         guard indexes.count <= maximumIndexes else {
-            throw Unreadable(reason: "the image names \(indexes.count) package indexes; Kiln fetches at most \(maximumIndexes) from the host")
+            throw Unreadable(
+                reason: "the image names \(indexes.count) package indexes; Kiln fetches at most \(maximumIndexes) from the host")
         }
         return PackageSources(manager: manager, indexes: indexes)
     }
@@ -52,7 +55,8 @@ struct PackageSources: Sendable, Hashable {
     // MARK: apt
 
     static func debianArchitecture(_ oci: String) -> String {
-        ["amd64": "amd64", "arm64": "arm64", "386": "i386", "arm": "armhf", "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64"][oci] ?? oci
+        ["amd64": "amd64", "arm64": "arm64", "386": "i386", "arm": "armhf", "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64"][
+            oci] ?? oci
     }
 
     /// One `deb` entry: URI, suite and components.
@@ -77,7 +81,9 @@ struct PackageSources: Sendable, Hashable {
                 // A flat repository: the suite is a path, and it may have no Release file at all.
                 let folder = base + "/" + (entry.suite == "./" ? "" : entry.suite)
                 let prefix = folder.hasSuffix("/") ? folder : folder + "/"
-                return Index(candidates: ["InRelease", "Release", "Packages.xz", "Packages.gz", "Packages"].map { prefix + $0 }, releaseEntries: ["Packages"])
+                return Index(
+                    candidates: ["InRelease", "Release", "Packages.xz", "Packages.gz", "Packages"].map { prefix + $0 },
+                    releaseEntries: ["Packages"])
             }
             let folder = "\(base)/dists/\(entry.suite)/"
             let listed = entry.components.flatMap { ["\($0)/binary-\(arch)/Packages", "\($0)/binary-all/Packages"] }
@@ -154,7 +160,8 @@ struct PackageSources: Sendable, Hashable {
                 guard let baseurl = section["baseurl"]?.split(separator: " ").first.map(String.init) else {
                     throw Unreadable(reason: "\(path) uses a metalink or mirrorlist, which only dnf can follow")
                 }
-                let url = baseurl.replacingOccurrences(of: "$basearch", with: basearch).replacingOccurrences(of: "$releasever", with: release)
+                let url = baseurl.replacingOccurrences(of: "$basearch", with: basearch).replacingOccurrences(
+                    of: "$releasever", with: release)
                 guard !url.contains("$") else { throw Unreadable(reason: "\(path) has a variable Kiln cannot fill in: \(baseurl)") }
                 try checkScheme(url, file: path)
                 indexes.append(Index(candidates: [(url.hasSuffix("/") ? url : url + "/") + "repodata/repomd.xml"], releaseEntries: []))
@@ -164,7 +171,8 @@ struct PackageSources: Sendable, Hashable {
                     try finish()
                     section["name"] = line
                 } else if let equals = line.firstIndex(of: "="), !line.hasPrefix("#") {
-                    section[line[..<equals].trimmingCharacters(in: .whitespaces)] = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+                    section[line[..<equals].trimmingCharacters(in: .whitespaces)] = line[line.index(after: equals)...].trimmingCharacters(
+                        in: .whitespaces)
                 }
             }
             try finish()
@@ -219,7 +227,8 @@ struct PackageSources: Sendable, Hashable {
         for url in index.candidates {
             do {
                 let host = URL(string: url).flatMap { url in url.host.map { host in url.port.map { "\(host):\($0)" } ?? host } } ?? ""
-                let body = try await HTTPSDownload.fetch(url, caCertificate: caCertificates[host], limit: 32 << 20, timeout: .seconds(20), allowPlainHTTP: true)
+                let body = try await HTTPSDownload.fetch(
+                    url, caCertificate: caCertificates[host], limit: 32 << 20, timeout: .seconds(20), allowPlainHTTP: true)
                 return (url, relevantDigest(url: url, body: body, entries: index.releaseEntries))
             } catch let error as KilnError {
                 problems.append(error.message)
@@ -247,6 +256,7 @@ struct PackageSources: Sendable, Hashable {
             let path = String(words[2])
             if entries.contains(where: { path == $0 || path.hasPrefix($0 + ".") }) { kept.append(String(line)) }
         }
-        return kept.isEmpty ? Digest(sha256Of: body).description : Digest(sha256Of: Data(kept.sorted().joined(separator: "\n").utf8)).description
+        return kept.isEmpty
+            ? Digest(sha256Of: body).description : Digest(sha256Of: Data(kept.sorted().joined(separator: "\n").utf8)).description
     }
 }

@@ -1,8 +1,8 @@
 import Foundation
 import KilnInstances
 import KilnModel
-import KilnSystem
 import KilnOCI
+import KilnSystem
 import KilnTOE
 
 /// A package the image's own sources offer in a newer version.
@@ -48,29 +48,29 @@ enum PackageManager: String, Sendable {
         switch self {
         case .apt:
             return """
-            apt-get update -qq -o APT::Update::Error-Mode=any >/dev/null 2>/tmp/kiln-update.err; status=$?
-            if [ $status != 0 ] || grep -Eq '^(W: (Failed to fetch|Some index files failed)|E: )' /tmp/kiln-update.err; then cat /tmp/kiln-update.err >&2; exit 3; fi
-            apt-get -s -o Debug::NoLocking=1 dist-upgrade >/tmp/kiln-upgrade.out 2>&1 || { cat /tmp/kiln-upgrade.out >&2; exit 4; }
-            sed -n 's/^Inst /KILN-UPGRADE /p' /tmp/kiln-upgrade.out
-            """
+                apt-get update -qq -o APT::Update::Error-Mode=any >/dev/null 2>/tmp/kiln-update.err; status=$?
+                if [ $status != 0 ] || grep -Eq '^(W: (Failed to fetch|Some index files failed)|E: )' /tmp/kiln-update.err; then cat /tmp/kiln-update.err >&2; exit 3; fi
+                apt-get -s -o Debug::NoLocking=1 dist-upgrade >/tmp/kiln-upgrade.out 2>&1 || { cat /tmp/kiln-upgrade.out >&2; exit 4; }
+                sed -n 's/^Inst /KILN-UPGRADE /p' /tmp/kiln-upgrade.out
+                """
         case .dnf:
             // --refresh: never answer from metadata cached in the image. dnf wraps a long name
             // onto its own line; the awk joins it with the next.
             return """
-            dnf -q --refresh check-update >/tmp/kiln-upgrade.out 2>/tmp/kiln-update.err; status=$?
-            [ $status = 0 ] || [ $status = 100 ] || { cat /tmp/kiln-update.err >&2; exit 3; }
-            awk 'NF==1 && $1 ~ /\\./ {held=$1; next} held != "" {$0 = held " " $0; held=""} NF==3 && $1 ~ /\\./ {print $1, $2, $3}' /tmp/kiln-upgrade.out |
-            while read -r name candidate repo; do
-              installed=$(rpm -q --qf '%{VERSION}-%{RELEASE}\\n' "${name%.*}" 2>/dev/null | tail -1)
-              echo "KILN-UPGRADE ${name%.*} ${installed:--} $candidate $repo"
-            done
-            """
+                dnf -q --refresh check-update >/tmp/kiln-upgrade.out 2>/tmp/kiln-update.err; status=$?
+                [ $status = 0 ] || [ $status = 100 ] || { cat /tmp/kiln-update.err >&2; exit 3; }
+                awk 'NF==1 && $1 ~ /\\./ {held=$1; next} held != "" {$0 = held " " $0; held=""} NF==3 && $1 ~ /\\./ {print $1, $2, $3}' /tmp/kiln-upgrade.out |
+                while read -r name candidate repo; do
+                  installed=$(rpm -q --qf '%{VERSION}-%{RELEASE}\\n' "${name%.*}" 2>/dev/null | tail -1)
+                  echo "KILN-UPGRADE ${name%.*} ${installed:--} $candidate $repo"
+                done
+                """
         case .apk:
             return """
-            apk update -q >/dev/null 2>/tmp/kiln-update.err || { cat /tmp/kiln-update.err >&2; exit 3; }
-            apk version -l '<' >/tmp/kiln-upgrade.out 2>&1 || { cat /tmp/kiln-upgrade.out >&2; exit 4; }
-            sed 1d /tmp/kiln-upgrade.out | awk '{print "KILN-UPGRADE", $1, $3}'
-            """
+                apk update -q >/dev/null 2>/tmp/kiln-update.err || { cat /tmp/kiln-update.err >&2; exit 3; }
+                apk version -l '<' >/tmp/kiln-upgrade.out 2>&1 || { cat /tmp/kiln-upgrade.out >&2; exit 4; }
+                sed 1d /tmp/kiln-upgrade.out | awk '{print "KILN-UPGRADE", $1, $3}'
+                """
         }
     }
 
@@ -85,7 +85,8 @@ enum PackageManager: String, Sendable {
             case .dnf:
                 guard words.count >= 3 else { continue }
                 let origin = words.count > 3 ? words[3...].joined(separator: " ") : nil
-                upgrades.append(PackageUpgrade(name: words[0], installed: words[1] == "-" ? "" : words[1], candidate: words[2], origin: origin))
+                upgrades.append(
+                    PackageUpgrade(name: words[0], installed: words[1] == "-" ? "" : words[1], candidate: words[2], origin: origin))
             case .apk:
                 // `name-1.2.3-r0 < 1.2.4-r0`: the version is the last two dash-separated parts.
                 guard words.count >= 2 else { continue }
@@ -152,12 +153,16 @@ struct PackageUpgradeQuery: Sendable {
         do {
             instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: .host))
         } catch {
-            return (.unreachable("cannot start an instance to ask \(manager.rawValue): \((error as? KilnError)?.message ?? "\(error)")"), nil)
+            return (
+                .unreachable("cannot start an instance to ask \(manager.rawValue): \((error as? KilnError)?.message ?? "\(error)")"), nil
+            )
         }
         let output = LineEcho(prefix: "", progress: { _ in }, keep: 10_000)
         let result: ExecResult
         do {
-            result = try await instance.session.exec(ExecRequest(executable: "/bin/sh", arguments: ["-c", manager.script], timeout: .seconds(300), user: "0")) { _, bytes in
+            result = try await instance.session.exec(
+                ExecRequest(executable: "/bin/sh", arguments: ["-c", manager.script], timeout: .seconds(300), user: "0")
+            ) { _, bytes in
                 output.append(bytes)
             }
             output.flush()

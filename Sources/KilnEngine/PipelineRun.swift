@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnInstances
 import KilnModel
@@ -8,6 +5,10 @@ import KilnOCI
 import KilnRegistry
 import KilnTOE
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Runs one image pipeline once, as Image Builder does: BUILD in a builder instance from the
 /// parent (components' build and validate phases, and the Dockerfile template's instructions),
@@ -29,7 +30,8 @@ public struct PipelineRun: Sendable {
         public var offline = false
 
         public init(
-            selection: PipelineSelection, definitionsPath: String, contextDirectory: String? = nil, sourceDateEpoch: Int64? = nil, useCache: Bool = true,
+            selection: PipelineSelection, definitionsPath: String, contextDirectory: String? = nil, sourceDateEpoch: Int64? = nil,
+            useCache: Bool = true,
             offline: Bool = false
         ) {
             self.selection = selection
@@ -55,7 +57,10 @@ public struct PipelineRun: Sendable {
     public let progress: @Sendable (String) -> Void
 
     /// `records` default to JSON files in the data directory.
-    public init(configuration: KilnConfiguration, host: InstanceHost, transfer: ImageTransfer, records: (any ImageRecords)? = nil, progress: @escaping @Sendable (String) -> Void) throws {
+    public init(
+        configuration: KilnConfiguration, host: InstanceHost, transfer: ImageTransfer, records: (any ImageRecords)? = nil,
+        progress: @escaping @Sendable (String) -> Void
+    ) throws {
         self.configuration = configuration
         self.host = host
         self.transfer = transfer
@@ -90,12 +95,16 @@ public struct PipelineRun: Sendable {
                 region: configuration.homeRegion, account: configuration.accountId, resourceType: "component",
                 name: ImageBuilderARN.normalizedName(definition.name), version: "\(definition.semanticVersion)/1"
             )
-            components.append(RecipeComponent(definition: definition, arn: arn.description, run: TOEDocumentRun(document: document, parameters: parameters), documentDigest: digest))
+            components.append(
+                RecipeComponent(
+                    definition: definition, arn: arn.description, run: TOEDocumentRun(document: document, parameters: parameters),
+                    documentDigest: digest))
         }
         let types = try InstanceType.table(configured: configuration.instanceTypes)
         let type = try InstanceType.named(selection.infrastructure.instanceTypes?.first ?? "t3.medium", in: types)
         let template = try DockerfileTemplate(
-            parsing: recipe.dockerfileTemplateData ?? DockerfileTemplate.canonical, parentImage: recipe.parentImage, source: "\(recipe.name)/\(recipe.semanticVersion)"
+            parsing: recipe.dockerfileTemplateData ?? DockerfileTemplate.canonical, parentImage: recipe.parentImage,
+            source: "\(recipe.name)/\(recipe.semanticVersion)"
         )
         // The flag wins over the recipe's own `ARG SOURCE_DATE_EPOCH=N`.
         let sourceDateEpoch = try settings.sourceDateEpoch ?? template.sourceDateEpoch(source: "\(recipe.name)/\(recipe.semanticVersion)")
@@ -109,7 +118,8 @@ public struct PipelineRun: Sendable {
 
     func builder(_ prepared: Prepared, logRoot: String, progress: @escaping @Sendable (String) -> Void) -> RecipeBuilder {
         RecipeBuilder(
-            host: host, recipeLabel: "\(prepared.recipe.name)/\(prepared.recipe.semanticVersion)", template: prepared.template, components: prepared.components,
+            host: host, recipeLabel: "\(prepared.recipe.name)/\(prepared.recipe.semanticVersion)", template: prepared.template,
+            components: prepared.components,
             type: prepared.type, logRoot: logRoot, context: prepared.context, sourceDateEpoch: prepared.sourceDateEpoch, progress: progress
         )
     }
@@ -128,10 +138,12 @@ public struct PipelineRun: Sendable {
     /// no builder, no image record and no distribution.
     public func explain(_ settings: Settings) async throws -> [String] {
         let prepared = try await prepare(settings)
-        let parent = try await resolveParent(prepared.recipe.parentImage, offline: prepared.policy == .offline, lookOnly: true, progress: progress)
+        let parent = try await resolveParent(
+            prepared.recipe.parentImage, offline: prepared.policy == .offline, lookOnly: true, progress: progress)
         let plan = try await builder(prepared, logRoot: host.dataDirectory + "/tmp", progress: progress).plan(
             parent: parent, useCache: settings.useCache, policy: prepared.policy,
-            previous: previousRecord(name: ImageBuilderARN.normalizedName(prepared.recipe.name)), caCertificates: caCertificates, saveChecks: false
+            previous: previousRecord(name: ImageBuilderARN.normalizedName(prepared.recipe.name)), caCertificates: caCertificates,
+            saveChecks: false
         )
         return ["parent \(prepared.recipe.parentImage): \(parent.digest)"] + plan.decisions.map(\.line)
     }
@@ -145,11 +157,17 @@ public struct PipelineRun: Sendable {
         let build = try records.reserveBuild(name: name, version: recipe.semanticVersion)
         let folder = records.folder(name: name, version: recipe.semanticVersion, build: build)
         let record = ImageRecord(
-            arn: ImageBuilderARN(region: configuration.homeRegion, account: configuration.accountId, resourceType: "image", name: name, version: "\(recipe.semanticVersion)/\(build)").description,
-            name: name, version: recipe.semanticVersion, build: build, type: recipe.imageType, status: .pending, sourcePipelineName: prepared.selection.pipeline.name,
+            arn: ImageBuilderARN(
+                region: configuration.homeRegion, account: configuration.accountId, resourceType: "image", name: name,
+                version: "\(recipe.semanticVersion)/\(build)"
+            ).description,
+            name: name, version: recipe.semanticVersion, build: build, type: recipe.imageType, status: .pending,
+            sourcePipelineName: prepared.selection.pipeline.name,
             dateCreated: ISO8601DateFormatter().string(from: Date()), logDirectory: folder + "/logs"
         )
-        let image = try ImageRun(record: record, records: records, instanceType: prepared.type.name, progress: PipelineLog.tee(folder + "/logs/pipeline.log", progress))
+        let image = try ImageRun(
+            record: record, records: records, instanceType: prepared.type.name,
+            progress: PipelineLog.tee(folder + "/logs/pipeline.log", progress))
         image.progress("image \(record.arn): PENDING")
         do {
             guard let built = try await buildStage(prepared, settings: settings, image: image) else { return image.record }
@@ -198,9 +216,13 @@ final class ImageRun {
     func fail(_ stage: Stage, step: String? = nil, region: String? = nil, log: String? = nil, _ reason: String) throws -> ImageRecord {
         let cancelled = Task.isCancelled
         record.status = cancelled ? .cancelled : .failed
-        record.failure = .init(stage: stage, step: step, region: region, log: log, reason: cancelled ? "cancelled by an interrupt; its instances were removed" : reason)
+        record.failure = .init(
+            stage: stage, step: step, region: region, log: log,
+            reason: cancelled ? "cancelled by an interrupt; its instances were removed" : reason)
         try save()
-        progress("image \(label): \(record.status.rawValue) in \(stage.rawValue)\(step.map { " at step \($0)" } ?? "")\(region.map { " for region \($0)" } ?? ""): \(reason)")
+        progress(
+            "image \(label): \(record.status.rawValue) in \(stage.rawValue)\(step.map { " at step \($0)" } ?? "")\(region.map { " for region \($0)" } ?? ""): \(reason)"
+        )
         return record
     }
 

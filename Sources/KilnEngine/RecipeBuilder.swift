@@ -1,8 +1,8 @@
 import Foundation
 import KilnInstances
 import KilnModel
-import KilnSystem
 import KilnOCI
+import KilnSystem
 import KilnTOE
 import Synchronization
 
@@ -117,7 +117,10 @@ struct RecipeBuilder: Sendable {
     /// may read the cached package lists, so those must be as fresh as when the package step
     /// ran: changed indexes then run the steps again from the first package step too.
     /// `saveChecks: false` (`--explain-cache`) leaves the freshness records as they are.
-    func plan(parent: Descriptor, useCache: Bool, policy: PackageUpdatePolicy, previous: ImageRecord?, caCertificates: [String: String], saveChecks: Bool = true) async throws -> Plan {
+    func plan(
+        parent: Descriptor, useCache: Bool, policy: PackageUpdatePolicy, previous: ImageRecord?, caCertificates: [String: String],
+        saveChecks: Bool = true
+    ) async throws -> Plan {
         let store = host.store
         var key = BuildCacheKey.first(parent: parent.digest, platform: Platform.host.description, sourceDateEpoch: sourceDateEpoch)
         var planned: [Plan.Step] = []
@@ -150,7 +153,9 @@ struct RecipeBuilder: Sendable {
                     let (manifest, config) = try store.image(planned[index].cached!.digest)
                     let own = Array(zip(manifest.layers, config.rootfs.diffIDs).dropFirst(below))
                     below = manifest.layers.count
-                    if try PackageState.touched(own, host: host) || PackageState.invokesPackageManager(planned[index].step) { packageSteps.append(index) }
+                    if try PackageState.touched(own, host: host) || PackageState.invokesPackageManager(planned[index].step) {
+                        packageSteps.append(index)
+                    }
                 }
                 if let first = packageSteps.first, let last = packageSteps.last {
                     firstPackageStep = first
@@ -187,9 +192,12 @@ struct RecipeBuilder: Sendable {
                 let why = (policy == .check && (firstPackageStep.map { index < $0 } ?? true)) ? untouched : packageReuseReason
                 reason = "\(why); step key \(step.key.encoded.prefix(12))"
             }
-            decisions.append(CacheDecision(step: step.label, decision: decision, reason: reason, key: step.key.description, input: step.input.description))
+            decisions.append(
+                CacheDecision(
+                    step: step.label, decision: decision, reason: reason, key: step.key.description, input: step.input.description))
         }
-        return Plan(steps: planned, decisions: decisions, firstRun: firstRun, packageUpdates: packageUpdates, policy: policy, checks: checks)
+        return Plan(
+            steps: planned, decisions: decisions, firstRun: firstRun, packageUpdates: packageUpdates, policy: policy, checks: checks)
     }
 
     /// Why the first uncached step has no cache entry, by comparing with the recipe's previous build.
@@ -205,7 +213,8 @@ struct RecipeBuilder: Sendable {
         if ordinal < earlier.count, earlier[ordinal].input != step.input.description {
             return "its input changed since \(label)"
         }
-        return ordinal < earlier.count ? "an input before it changed since \(label) (SOURCE_DATE_EPOCH, platform or parent)" : "a new step since \(label)"
+        return ordinal < earlier.count
+            ? "an input before it changed since \(label) (SOURCE_DATE_EPOCH, platform or parent)" : "a new step since \(label)"
     }
 
     enum Freshness {
@@ -218,7 +227,9 @@ struct RecipeBuilder: Sendable {
     /// once. When a later step runs, only "unchanged since the step ran" will do, because that
     /// step may install from the cached lists. Otherwise the package manager is asked, and only
     /// upgrades that a fresh run did not already leave behind count.
-    func freshness(of step: Plan.Step, laterStepRuns: Bool, caCertificates: [String: String], saveChecks: Bool) async -> (Freshness, ContainerInstance.Usage?) {
+    func freshness(of step: Plan.Step, laterStepRuns: Bool, caCertificates: [String: String], saveChecks: Bool) async -> (
+        Freshness, ContainerInstance.Usage?
+    ) {
         guard let image = step.cached else { return (.stale([], "no cached image"), nil) }
         var record = FreshnessRecord.load(key: step.key, dataDirectory: host.dataDirectory)
         let started = ContinuousClock.now
@@ -232,7 +243,10 @@ struct RecipeBuilder: Sendable {
         let since = record?.checked ?? "the last check"
         if laterStepRuns {
             guard let fingerprint, fingerprint.description == record?.ranFingerprint else {
-                let why = fingerprint == nil ? "cannot be fingerprinted from the host" : (record?.ranFingerprint == nil ? "have no fingerprint from when it ran" : "changed since it ran")
+                let why =
+                    fingerprint == nil
+                    ? "cannot be fingerprinted from the host"
+                    : (record?.ranFingerprint == nil ? "have no fingerprint from when it ran" : "changed since it ran")
                 return (.stale([], "its package indexes \(why), and a later step runs and may install from its package lists"), nil)
             }
             return (.current("package indexes unchanged since it ran (\(indexes.count) index(es) fetched from the host)"), nil)
@@ -240,7 +254,9 @@ struct RecipeBuilder: Sendable {
         if let record, let fingerprint, [record.ranFingerprint, record.checkedFingerprint].contains(fingerprint.description) {
             return (.current("package indexes unchanged since \(since) (\(indexes.count) index(es) fetched from the host)"), nil)
         }
-        progress("BUILD: cache: \(record == nil ? "first check of" : "package indexes changed for") \(step.label); asking its package sources in a throwaway instance")
+        progress(
+            "BUILD: cache: \(record == nil ? "first check of" : "package indexes changed for") \(step.label); asking its package sources in a throwaway instance"
+        )
         let askStarted = ContinuousClock.now
         let (answer, usage) = await PackageUpgradeQuery(host: host, type: type).ask(image)
         progress("BUILD: cache: asked in \(String(format: "%.2f s", (ContinuousClock.now - askStarted).inSeconds))")
@@ -259,7 +275,11 @@ struct RecipeBuilder: Sendable {
                 record!.save(key: step.key, dataDirectory: host.dataDirectory)
             }
             if offered.isEmpty { return (.current("\(manager.rawValue) offers no upgrade"), usage) }
-            return (.current("the \(offered.count) upgrade(s) \(manager.rawValue) offers were left by a fresh run of these steps too: \(FreshnessRule.describe(offered, limit: 5))"), usage)
+            return (
+                .current(
+                    "the \(offered.count) upgrade(s) \(manager.rawValue) offers were left by a fresh run of these steps too: \(FreshnessRule.describe(offered, limit: 5))"
+                ), usage
+            )
         }
     }
 
@@ -282,25 +302,34 @@ struct RecipeBuilder: Sendable {
     /// from the host at once, so the next build can tell whether the sources moved since.
     func recordRun(key: Digest, image: Descriptor, caCertificates: [String: String]) async {
         let (fingerprint, indexes, unreadable) = await indexFingerprint(image, caCertificates: caCertificates)
-        FreshnessRecord(ranFingerprint: fingerprint?.description, indexes: indexes, remainingUpgrades: nil, checked: Self.now()).save(key: key, dataDirectory: host.dataDirectory)
-        if let unreadable { progress("BUILD: cache: package indexes not fingerprinted from the host (\(unreadable)); the next build asks the package manager") }
+        FreshnessRecord(ranFingerprint: fingerprint?.description, indexes: indexes, remainingUpgrades: nil, checked: Self.now()).save(
+            key: key, dataDirectory: host.dataDirectory)
+        if let unreadable {
+            progress(
+                "BUILD: cache: package indexes not fingerprinted from the host (\(unreadable)); the next build asks the package manager")
+        }
     }
 
     /// After steps ran because of upgrades: what the sources still offer, so the next build
     /// knows which upgrades the recipe's steps do not pick up.
     func recordRemaining(key: Digest, image: Descriptor) async -> ContainerInstance.Usage? {
         let (answer, usage) = await PackageUpgradeQuery(host: host, type: type).ask(image)
-        if case .upgrades(let offered, let manager) = answer, var record = FreshnessRecord.load(key: key, dataDirectory: host.dataDirectory) {
+        if case .upgrades(let offered, let manager) = answer, var record = FreshnessRecord.load(key: key, dataDirectory: host.dataDirectory)
+        {
             record.remainingUpgrades = offered
             record.save(key: key, dataDirectory: host.dataDirectory)
-            progress("BUILD: cache: after the build, \(manager.rawValue) offers \(offered.isEmpty ? "no upgrade" : FreshnessRule.describe(offered, limit: 5)); recorded for the next build")
+            progress(
+                "BUILD: cache: after the build, \(manager.rawValue) offers \(offered.isEmpty ? "no upgrade" : FreshnessRule.describe(offered, limit: 5)); recorded for the next build"
+            )
         }
         return usage
     }
 
     static func now() -> String { ISO8601DateFormatter().string(from: Date()) }
 
-    func build(plan: Plan, parent: Descriptor, as name: String, keepOnFailure: Bool, caCertificates: [String: String]) async throws -> Outcome {
+    func build(plan: Plan, parent: Descriptor, as name: String, keepOnFailure: Bool, caCertificates: [String: String]) async throws
+        -> Outcome
+    {
         let store = host.store
         let (parentManifest, parentConfig) = try store.image(parent.digest)
         var settings = ImageSettings(snapshot: .init(history: "kiln build \(recipeLabel)", sourceDateEpoch: sourceDateEpoch))
@@ -330,11 +359,18 @@ struct RecipeBuilder: Sendable {
                     continue
                 }
                 if builder == nil {
-                    let start = layers.isEmpty ? parent : try ContainerInstance.compose(
-                        base: parentManifest, config: parentConfig, layers: layers, settings: .init(history: "kiln cache", sourceDateEpoch: sourceDateEpoch), in: store, name: nil
+                    let start =
+                        layers.isEmpty
+                        ? parent
+                        : try ContainerInstance.compose(
+                            base: parentManifest, config: parentConfig, layers: layers,
+                            settings: .init(history: "kiln cache", sourceDateEpoch: sourceDateEpoch), in: store, name: nil
+                        )
+                    builder = try await ContainerInstance.start(
+                        image: start, on: host, options: InstanceOptions(type: type, network: .host), name: name)
+                    progress(
+                        "BUILD: builder \(builder!.id) (\(type.name)) from \(start.digest.encoded.prefix(12))\(layers.isEmpty ? "" : " (the parent and \(reused) cached step(s))")"
                     )
-                    builder = try await ContainerInstance.start(image: start, on: host, options: InstanceOptions(type: type, network: .host), name: name)
-                    progress("BUILD: builder \(builder!.id) (\(type.name)) from \(start.digest.encoded.prefix(12))\(layers.isEmpty ? "" : " (the parent and \(reused) cached step(s))")")
                 }
                 try await execute(step, in: builder!, settings: &settings)
                 // A cancelled step may have stopped half-way: it must not enter the cache.
@@ -344,9 +380,13 @@ struct RecipeBuilder: Sendable {
                 if packed.entries > 0 { layers.append(packed) }
                 settings.snapshot.layerHistory.append((label, packed.entries == 0))
                 let cachedImage = try ContainerInstance.compose(
-                    base: parentManifest, config: parentConfig, layers: layers, settings: .init(history: "kiln cache", sourceDateEpoch: sourceDateEpoch), in: store, name: BuildCacheKey.tag(planned.key)
+                    base: parentManifest, config: parentConfig, layers: layers,
+                    settings: .init(history: "kiln cache", sourceDateEpoch: sourceDateEpoch), in: store,
+                    name: BuildCacheKey.tag(planned.key)
                 )
-                let touched = try packed.entries > 0 && PackageState.touched(layerFolder: try host.layers.unpack(packed.descriptor, diffID: packed.diffID, store: store))
+                let touched =
+                    try packed.entries > 0
+                    && PackageState.touched(layerFolder: try host.layers.unpack(packed.descriptor, diffID: packed.diffID, store: store))
                 if plan.policy == .check, touched || PackageState.invokesPackageManager(step) {
                     lastPackageStep = (planned.key, cachedImage)
                     await recordRun(key: planned.key, image: cachedImage, caCertificates: caCertificates)
@@ -356,12 +396,15 @@ struct RecipeBuilder: Sendable {
             settings.snapshot.environment = settings.environment
             settings.snapshot.workingDir = settings.workingDir
             settings.snapshot.user = settings.user
-            let image = try ContainerInstance.compose(base: parentManifest, config: parentConfig, layers: layers, settings: settings.snapshot, in: store, name: name)
+            let image = try ContainerInstance.compose(
+                base: parentManifest, config: parentConfig, layers: layers, settings: settings.snapshot, in: store, name: name)
             progress("BUILD: image \(image.digest) (\(reused) step(s) cached, \(built) built, \(layers.count) new layer(s))")
             let usage = builder?.usage()
             await builder?.destroy()
             var checks = plan.checks
-            if let lastPackageStep, !plan.packageUpdates.isEmpty, let check = await recordRemaining(key: lastPackageStep.key, image: lastPackageStep.image) {
+            if let lastPackageStep, !plan.packageUpdates.isEmpty,
+                let check = await recordRemaining(key: lastPackageStep.key, image: lastPackageStep.image)
+            {
                 checks.append(check)
             }
             return Outcome(image: image, reusedSteps: reused, builtSteps: built, builder: usage, checks: checks)
@@ -369,7 +412,8 @@ struct RecipeBuilder: Sendable {
             if let builder {
                 if keepOnFailure, !Task.isCancelled {
                     try? builder.keep()
-                    progress("BUILD: kept \(builder.id) for debugging (terminateInstanceOnFailure: false); kiln instance shell \(builder.id)")
+                    progress(
+                        "BUILD: kept \(builder.id) for debugging (terminateInstanceOnFailure: false); kiln instance shell \(builder.id)")
                 } else {
                     await builder.destroy()
                 }
@@ -449,7 +493,8 @@ struct RecipeBuilder: Sendable {
             let index = (components.firstIndex { $0.arn == component.arn } ?? 0) + 1
             try await runComponents(
                 [component], phases: ["build", "validate"], in: session,
-                folder: logRoot + "/build/" + String(format: "%02d-", index) + ImageBuilderARN.normalizedName(component.definition.name), stage: "BUILD"
+                folder: logRoot + "/build/" + String(format: "%02d-", index) + ImageBuilderARN.normalizedName(component.definition.name),
+                stage: "BUILD"
             )
         case .instruction(let step):
             let place = "line \(step.line)"
@@ -459,13 +504,16 @@ struct RecipeBuilder: Sendable {
                 var environment = settings.arguments
                 environment.merge(settings.environment) { _, new in new }
                 let output = LineEcho(prefix: "BUILD: ", progress: progress)
-                let result = try await session.exec(ExecRequest(
-                    executable: command[0], arguments: Array(command.dropFirst()), environment: environment,
-                    workingDirectory: settings.workingDir, user: settings.user
-                )) { _, bytes in output.append(bytes) }
+                let result = try await session.exec(
+                    ExecRequest(
+                        executable: command[0], arguments: Array(command.dropFirst()), environment: environment,
+                        workingDirectory: settings.workingDir, user: settings.user
+                    )
+                ) { _, bytes in output.append(bytes) }
                 output.flush()
                 guard result.exitCode == 0 else {
-                    throw StepFailure(step: "RUN at \(place)", log: nil, reason: "the command exited with \(result.exitCode): \(output.tail)")
+                    throw StepFailure(
+                        step: "RUN at \(place)", log: nil, reason: "the command exited with \(result.exitCode): \(output.tail)")
                 }
             case .workdir:
                 try await session.createDirectory(settings.workingDir ?? "/", mode: 0o755)
@@ -479,7 +527,9 @@ struct RecipeBuilder: Sendable {
     }
 
     /// COPY from the context folder; sources must stay inside it.
-    private func copy(_ sources: [String], to destination: String, owner: String?, into session: ContainerSession, workingDir: String?, place: String) async throws {
+    private func copy(
+        _ sources: [String], to destination: String, owner: String?, into session: ContainerSession, workingDir: String?, place: String
+    ) async throws {
         let contextRoot = URL(fileURLWithPath: context).standardizedFileURL.path
         let target = destination.hasPrefix("/") ? destination : (workingDir ?? "/") + "/" + destination
         let intoFolder = destination.hasSuffix("/") || sources.count > 1
@@ -490,14 +540,16 @@ struct RecipeBuilder: Sendable {
             }
             var isDirectory: ObjCBool = false
             guard FileManager.default.fileExists(atPath: hostPath, isDirectory: &isDirectory) else {
-                throw StepFailure(step: "COPY at \(place)", log: nil, reason: "'\(source)' does not exist in the build context \(contextRoot)")
+                throw StepFailure(
+                    step: "COPY at \(place)", log: nil, reason: "'\(source)' does not exist in the build context \(contextRoot)")
             }
             let name = (hostPath as NSString).lastPathComponent
             let destinationPath = isDirectory.boolValue ? target : (intoFolder ? target + "/" + name : target)
             try await copyTree(hostPath, to: destinationPath, isDirectory: isDirectory.boolValue, session: session)
             if let owner {
                 let parts = owner.split(separator: ":").map(String.init)
-                try await session.setOwner(destinationPath, owner: parts.first, group: parts.count > 1 ? parts[1] : parts.first, recursive: true)
+                try await session.setOwner(
+                    destinationPath, owner: parts.first, group: parts.count > 1 ? parts[1] : parts.first, recursive: true)
             }
         }
     }
@@ -508,7 +560,8 @@ struct RecipeBuilder: Sendable {
             for child in try FileManager.default.contentsOfDirectory(atPath: hostPath).sorted() {
                 var childIsDirectory: ObjCBool = false
                 _ = FileManager.default.fileExists(atPath: hostPath + "/" + child, isDirectory: &childIsDirectory)
-                try await copyTree(hostPath + "/" + child, to: path + "/" + child, isDirectory: childIsDirectory.boolValue, session: session)
+                try await copyTree(
+                    hostPath + "/" + child, to: path + "/" + child, isDirectory: childIsDirectory.boolValue, session: session)
             }
         } else {
             try await session.createDirectory((path as NSString).deletingLastPathComponent, mode: 0o755)
@@ -520,12 +573,16 @@ struct RecipeBuilder: Sendable {
     }
 
     /// Runs `components`' `phases` as one TOE run; a failure names the component and step.
-    private func runComponents(_ components: [RecipeComponent], phases: [String], in session: any InstanceSession, folder: String, stage: String) async throws {
+    private func runComponents(
+        _ components: [RecipeComponent], phases: [String], in session: any InstanceSession, folder: String, stage: String
+    ) async throws {
         let outcome = try await runTOE(components, phases: phases, in: session, folder: folder, stage: stage)
         if let failure = Self.failure(of: outcome, folder: folder) { throw failure }
     }
 
-    private func runTOE(_ components: [RecipeComponent], phases: [String], in session: any InstanceSession, folder: String, stage: String) async throws -> TOERunOutcome {
+    private func runTOE(_ components: [RecipeComponent], phases: [String], in session: any InstanceSession, folder: String, stage: String)
+        async throws -> TOERunOutcome
+    {
         let log = try TOELogWriter(folder: folder, echo: { progress("\(stage): \($0)") })
         try? TOELogFolder.writeDocuments(components.map(\.run.document), to: folder)
         let outcome = await TOERunner(session: session, options: TOEOptions()).run(
@@ -541,7 +598,8 @@ struct RecipeBuilder: Sendable {
         let failedPhase = failedDocument?.phases.first { $0.status == .failed }
         let failedStep = failedPhase?.steps.first { $0.status == .failed }
         let step = [failedDocument?.name, failedPhase?.name, failedStep?.name].compactMap { $0 }.joined(separator: "/")
-        return StepFailure(step: step.isEmpty ? "components" : step, log: folder, reason: failedStep?.failureMessage ?? outcome.report.failureMessage)
+        return StepFailure(
+            step: step.isEmpty ? "components" : step, log: folder, reason: failedStep?.failureMessage ?? outcome.report.failureMessage)
     }
 
     /// TEST: a fresh instance from the new image, without network, runs the components' test
@@ -549,7 +607,10 @@ struct RecipeBuilder: Sendable {
     /// Image Builder runs them on its build host; then another fresh instance (so nothing the tests left running is in the way) runs
     /// Kiln's suites. Results go to `logs/test/tests.json` and `junit.xml`. Returns the test
     /// instances' usage.
-    func test(image: Descriptor, suites: KilnTests, parentLayers: Int, imageLabel: String, hostTests: (reference: String, digest: String)?, keepOnFailure: Bool) async throws -> [ContainerInstance.Usage] {
+    func test(
+        image: Descriptor, suites: KilnTests, parentLayers: Int, imageLabel: String, hostTests: (reference: String, digest: String)?,
+        keepOnFailure: Bool
+    ) async throws -> [ContainerInstance.Usage] {
         let folder = logRoot + "/test"
         var results: [TestCaseResult] = []
         var usages: [ContainerInstance.Usage] = []
@@ -591,12 +652,15 @@ struct RecipeBuilder: Sendable {
             environment["KILN_IMAGE_DIGEST"] = hostTests.digest
             progress("TEST: container-host-test on the Kiln host for \(hostTestable.map(\.label).joined(separator: ", "))")
             let session = LocalHostSession(workingDirectory: workingDirectory, environment: environment)
-            let outcome = try await runTOE(hostTestable, phases: ["container-host-test"], in: session, folder: folder + "/container-host-test", stage: "TEST")
+            let outcome = try await runTOE(
+                hostTestable, phases: ["container-host-test"], in: session, folder: folder + "/container-host-test", stage: "TEST")
             if firstFailure == nil { firstFailure = Self.failure(of: outcome, folder: folder + "/container-host-test") }
             results += Self.results(of: outcome, suite: { "component \($0) (container-host-test)" })
         }
         let instance = try await fresh()
-        let (suiteResults, extra) = await ImageTestSuites(settings: suites, host: host, type: type, parentLayerCount: parentLayers, progress: progress).run(image: image, in: instance)
+        let (suiteResults, extra) = await ImageTestSuites(
+            settings: suites, host: host, type: type, parentLayerCount: parentLayers, progress: progress
+        ).run(image: image, in: instance)
         results += suiteResults
         usages += extra
         let failed = results.filter { $0.status == .failed }, skipped = results.filter { $0.status == .skipped }
@@ -605,7 +669,9 @@ struct RecipeBuilder: Sendable {
         }
         await finish(instance, failed: !failed.isEmpty)
         try TestReportWriter.write(results, image: imageLabel, to: folder)
-        progress("TEST: \(results.count - failed.count - skipped.count) passed, \(failed.count) failed, \(skipped.count) skipped; \(folder)/junit.xml")
+        progress(
+            "TEST: \(results.count - failed.count - skipped.count) passed, \(failed.count) failed, \(skipped.count) skipped; \(folder)/junit.xml"
+        )
         if let firstFailure { throw firstFailure }
         return usages
     }
@@ -616,7 +682,9 @@ struct RecipeBuilder: Sendable {
             document.phases.flatMap { phase in
                 phase.steps.map { step in
                     let status: TestCaseResult.Status = step.status == .failed ? .failed : (step.status == .success ? .passed : .skipped)
-                    return TestCaseResult(suite: suite(document.name), name: step.name, status: status, message: step.failureMessage, seconds: seconds(from: step.startTime, to: step.endTime))
+                    return TestCaseResult(
+                        suite: suite(document.name), name: step.name, status: status, message: step.failureMessage,
+                        seconds: seconds(from: step.startTime, to: step.endTime))
                 }
             }
         }
@@ -626,7 +694,8 @@ struct RecipeBuilder: Sendable {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         guard let from = formatter.date(from: start) ?? ISO8601DateFormatter().date(from: start),
-              let to = formatter.date(from: end) ?? ISO8601DateFormatter().date(from: end) else { return 0 }
+            let to = formatter.date(from: end) ?? ISO8601DateFormatter().date(from: end)
+        else { return 0 }
         return max(0, to.timeIntervalSince(from))
     }
 }

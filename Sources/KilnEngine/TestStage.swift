@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnInstances
 import KilnModel
@@ -9,11 +6,17 @@ import KilnRegistry
 import KilnTOE
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// TEST: the components' test phases, container-host-test and Kiln's suites (see
 /// `RecipeBuilder.test`), unless the pipeline switched image tests off.
 extension PipelineRun {
     /// Whether the image passed (or was not tested); false when it FAILED.
-    func testStage(_ prepared: Prepared, built: (image: Descriptor, parent: Descriptor, builder: RecipeBuilder), image: ImageRun) async throws -> Bool {
+    func testStage(_ prepared: Prepared, built: (image: Descriptor, parent: Descriptor, builder: RecipeBuilder), image: ImageRun)
+        async throws -> Bool
+    {
         let pipeline = prepared.selection.pipeline
         guard pipeline.imageTestsConfiguration?.imageTestsEnabled ?? true else { return true }
         try image.enter(.testing)

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
-import KilnSystem
 import KilnOCI
+import KilnSystem
 import KilnTOE
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Where instances live: `<dataDirectory>/instances/<id>/` holds each one's overlay dirs,
 /// runtime bundle and state; layers are shared from `<dataDirectory>/layers`.
@@ -31,13 +32,16 @@ public struct InstanceHost: Sendable {
         // Named after the init binary's size and time, so a new kiln-init gets a new layer.
         let initBinary = try Self.locateInit()
         var info = stat()
-        guard stat(initBinary, &info) == 0 else { throw KilnError(.notFound, "cannot read \(initBinary): \(String(cString: strerror(errno)))") }
+        guard stat(initBinary, &info) == 0 else {
+            throw KilnError(.notFound, "cannot read \(initBinary): \(String(cString: strerror(errno)))")
+        }
         let folder = instancesDirectory + "/.kiln-layer-\(info.st_size)-\(info.st_mtim.tv_sec)"
         if FileManager.default.fileExists(atPath: folder + "/.kiln/init") { return folder }
         let staging = instancesDirectory + "/.kiln-staging-\(UUID().uuidString)"
         let manager = FileManager.default
         for directory in ["/.kiln", "/proc", "/sys", "/dev", "/etc"] {
-            try manager.createDirectory(atPath: staging + directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+            try manager.createDirectory(
+                atPath: staging + directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         }
         for file in ["/etc/resolv.conf", "/etc/hosts"] {
             _ = manager.createFile(atPath: staging + file, contents: nil, attributes: [.posixPermissions: 0o644])
@@ -119,7 +123,9 @@ public final class ContainerInstance: Sendable {
 
     let started = ContinuousClock.now
 
-    private init(id: String, directory: String, image: ImageConfiguration, manifest: ImageManifest, options: InstanceOptions, host: InstanceHost) {
+    private init(
+        id: String, directory: String, image: ImageConfiguration, manifest: ImageManifest, options: InstanceOptions, host: InstanceHost
+    ) {
         self.id = id
         self.options = options
         self.directory = directory
@@ -129,7 +135,9 @@ public final class ContainerInstance: Sendable {
     }
 
     /// Starts an instance from an image in the store (a manifest descriptor).
-    public static func start(image descriptor: Descriptor, on host: InstanceHost, options: InstanceOptions = InstanceOptions(), name: String? = nil) async throws -> ContainerInstance {
+    public static func start(
+        image descriptor: Descriptor, on host: InstanceHost, options: InstanceOptions = InstanceOptions(), name: String? = nil
+    ) async throws -> ContainerInstance {
         try host.runc.available()
         let (manifest, config) = try host.store.image(descriptor.digest)
         let id = "kiln-" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(12)
@@ -137,19 +145,24 @@ public final class ContainerInstance: Sendable {
         let instance = ContainerInstance(id: id, directory: directory, image: config, manifest: manifest, options: options, host: host)
         let manager = FileManager.default
         try manager.createDirectory(atPath: directory, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
-        let record = InstanceRecord(id: id, image: name ?? descriptor.digest.description, ownerPID: getpid(), keep: options.keep, created: ISO8601DateFormatter().string(from: Date()))
+        let record = InstanceRecord(
+            id: id, image: name ?? descriptor.digest.description, ownerPID: getpid(), keep: options.keep,
+            created: ISO8601DateFormatter().string(from: Date()))
         try JSONEncoder().encode(record).write(to: URL(fileURLWithPath: directory + "/instance.json"))
         do {
             for folder in [instance.rootfs, instance.upper, directory + "/work", instance.bundle] {
                 try manager.createDirectory(atPath: folder, withIntermediateDirectories: false)
             }
             let kilnLayer = try host.kilnLayer()
-            let budget = Overlay.optionLimit - "lowerdir=,upperdir=\(instance.upper),workdir=\(directory)/work,\(Overlay.fixedOptions)".utf8.count - kilnLayer.utf8.count - 1
+            let budget =
+                Overlay.optionLimit - "lowerdir=,upperdir=\(instance.upper),workdir=\(directory)/work,\(Overlay.fixedOptions)".utf8.count
+                - kilnLayer.utf8.count - 1
             let lowers = try [kilnLayer] + host.layers.folders(for: manifest, config: config, store: host.store, budget: budget).reversed()
             try Overlay.mount(lower: lowers, upper: instance.upper, work: directory + "/work", at: instance.rootfs, scratch: directory)
             let resolv = (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "nameserver 127.0.0.1\n"
             try resolv.write(toFile: directory + "/resolv.conf", atomically: true, encoding: .utf8)
-            try "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t\(id)\n".write(toFile: directory + "/hosts", atomically: true, encoding: .utf8)
+            try "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t\(id)\n".write(
+                toFile: directory + "/hosts", atomically: true, encoding: .utf8)
             let spec = RuntimeSpec.instance(
                 rootfs: instance.rootfs, hostname: id, type: options.type, network: options.network, cgroupsPath: instance.cgroupsPath,
                 resolvConf: directory + "/resolv.conf", hosts: directory + "/hosts"
@@ -262,30 +275,45 @@ public final class ContainerInstance: Sendable {
         let store = host.store
         let staging = store.scratch + "/.snapshot-\(UUID().uuidString)"
         defer { unlink(staging) }
-        let handle = try FileHandle(forWritingTo: { FileManager.default.createFile(atPath: staging, contents: nil); return URL(fileURLWithPath: staging) }())
+        let handle = try FileHandle(
+            forWritingTo: {
+                FileManager.default.createFile(atPath: staging, contents: nil)
+                return URL(fileURLWithPath: staging)
+            }())
         let gzip = try GzipLayerWriter { try handle.write(contentsOf: Data($0)) }
         var tar = TarWriter { try gzip.write($0) }
-        let (entries, state) = try DirectoryArchiver(sourceDateEpoch: sourceDateEpoch, overlayUpperDirectory: true, changesSince: since).archiveRecording(upper, into: &tar)
+        let (entries, state) = try DirectoryArchiver(sourceDateEpoch: sourceDateEpoch, overlayUpperDirectory: true, changesSince: since)
+            .archiveRecording(upper, into: &tar)
         let packed = try gzip.finish()
         try handle.close()
         guard rename(staging, store.path(of: packed.digest)) == 0 else {
             throw KilnError(.ioFailure, "cannot store the snapshot layer of \(id): \(String(cString: strerror(errno)))")
         }
-        return (PackedLayer(descriptor: Descriptor(mediaType: MediaType.layerTarGzip, digest: packed.digest, size: packed.size), diffID: packed.diffID, entries: entries), state)
+        return (
+            PackedLayer(
+                descriptor: Descriptor(mediaType: MediaType.layerTarGzip, digest: packed.digest, size: packed.size), diffID: packed.diffID,
+                entries: entries), state
+        )
     }
 
     /// A new image: `base`'s layers plus `layers`, with `config` changed as `settings` say;
     /// stored, and named if `name` is given.
     public static func compose(
-        base: ImageManifest, config image: ImageConfiguration, layers: [PackedLayer], settings: SnapshotSettings, in store: ContentStore, name: String?
+        base: ImageManifest, config image: ImageConfiguration, layers: [PackedLayer], settings: SnapshotSettings, in store: ContentStore,
+        name: String?
     ) throws -> Descriptor {
         var config = image
-        let created = ISO8601DateFormatter().string(from: settings.sourceDateEpoch.map { Date(timeIntervalSince1970: TimeInterval($0)) } ?? Date())
+        let created = ISO8601DateFormatter().string(
+            from: settings.sourceDateEpoch.map { Date(timeIntervalSince1970: TimeInterval($0)) } ?? Date())
         config.created = created
         config.rootfs.diffIDs += layers.map(\.diffID)
-        config.history = (config.history ?? []) + (settings.layerHistory.isEmpty
-            ? settings.steps.map { .init(created: created, createdBy: $0, emptyLayer: true) } + [.init(created: created, createdBy: settings.history)]
-            : settings.layerHistory.map { .init(created: created, createdBy: $0.createdBy, emptyLayer: $0.emptyLayer ? true : nil) })
+        config.history =
+            (config.history ?? [])
+            + (settings.layerHistory.isEmpty
+                ? settings.steps.map { .init(created: created, createdBy: $0, emptyLayer: true) } + [
+                    .init(created: created, createdBy: settings.history)
+                ]
+                : settings.layerHistory.map { .init(created: created, createdBy: $0.createdBy, emptyLayer: $0.emptyLayer ? true : nil) })
         var container = config.config ?? ImageConfiguration.ContainerConfig()
         if !settings.environment.isEmpty {
             var environment = defaultEnvironment
@@ -302,11 +330,16 @@ public final class ContainerInstance: Sendable {
         if let workingDir = settings.workingDir { container.workingDir = workingDir }
         if let user = settings.user { container.user = user }
         if let stopSignal = settings.stopSignal { container.stopSignal = stopSignal }
-        for port in settings.exposedPorts { container.exposedPorts = (container.exposedPorts ?? [:]).merging([port.contains("/") ? port : port + "/tcp": EmptyObject()]) { a, _ in a } }
+        for port in settings.exposedPorts {
+            container.exposedPorts = (container.exposedPorts ?? [:]).merging([port.contains("/") ? port : port + "/tcp": EmptyObject()]) {
+                a, _ in a
+            }
+        }
         for volume in settings.volumes { container.volumes = (container.volumes ?? [:]).merging([volume: EmptyObject()]) { a, _ in a } }
         config.config = container
         let configDescriptor = try store.ingestJSON(config, mediaType: MediaType.imageConfig)
-        let manifest = try store.ingestJSON(ImageManifest(config: configDescriptor, layers: base.layers + layers.map(\.descriptor)), mediaType: MediaType.imageManifest)
+        let manifest = try store.ingestJSON(
+            ImageManifest(config: configDescriptor, layers: base.layers + layers.map(\.descriptor)), mediaType: MediaType.imageManifest)
         if let name { try store.tag(name, manifest) }
         return manifest
     }
@@ -324,10 +357,11 @@ public final class ContainerInstance: Sendable {
 
     public static func list(on host: InstanceHost) async -> [Listing] {
         let running = Set(await host.runc.list().filter { $0.status == "running" }.map(\.id))
-        return ((try? FileManager.default.contentsOfDirectory(atPath: host.instancesDirectory)) ?? []).filter { $0.hasPrefix("kiln-") }.sorted().compactMap { id in
-            guard let record = Self.record(id: id, on: host) else { return nil }
-            return Listing(id: id, image: record.image, created: record.created, kept: record.keep, running: running.contains(id))
-        }
+        return ((try? FileManager.default.contentsOfDirectory(atPath: host.instancesDirectory)) ?? []).filter { $0.hasPrefix("kiln-") }
+            .sorted().compactMap { id in
+                guard let record = Self.record(id: id, on: host) else { return nil }
+                return Listing(id: id, image: record.image, created: record.created, kept: record.keep, running: running.contains(id))
+            }
     }
 
     static func record(id: String, on host: InstanceHost) -> InstanceRecord? {
@@ -378,8 +412,10 @@ public final class ContainerInstance: Sendable {
             reaped.append(id)
         }
         // A container of this data directory whose folder is gone (a crash while it was being removed).
-        for container in await host.runc.list() where container.bundle.hasPrefix(host.instancesDirectory + "/")
-            && !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + container.id) {
+        for container in await host.runc.list()
+        where container.bundle.hasPrefix(host.instancesDirectory + "/")
+            && !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + container.id)
+        {
             await release(id: container.id, on: host)
             reaped.append(container.id)
         }

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
 import KilnSystem
 import KilnTOE
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// `InstanceSession` for a runc container. Programs run inside it with `runc exec` (through the
 /// instance's init, in their own session, so a timeout kills the whole tree). File actions work
@@ -29,7 +30,8 @@ public struct ContainerSession: InstanceSession {
         var environment = instance.environment
         environment.merge(request.environment) { _, new in new }
         let exec = Runc.Exec(
-            containerID: instance.id, pidFile: pidFile, user: (uid, gid), workingDirectory: request.workingDirectory ?? instance.workingDirectory,
+            containerID: instance.id, pidFile: pidFile, user: (uid, gid),
+            workingDirectory: request.workingDirectory ?? instance.workingDirectory,
             environment: environment, command: [request.executable] + request.arguments
         )
         let oomKillsBefore = Cgroups.oomKills(path: instance.cgroupsPath)
@@ -49,14 +51,20 @@ public struct ContainerSession: InstanceSession {
         }
         if result.exitCode == 128 + SIGKILL, Cgroups.oomKills(path: instance.cgroupsPath) > oomKillsBefore {
             let type = instance.options.type
-            output(.stderr, Array("kiln: \(request.executable) was killed because \(displayName) ran out of memory (limit \(type.memoryMiB) MiB of instance type \(type.name)); choose a larger instance type\n".utf8))
+            output(
+                .stderr,
+                Array(
+                    "kiln: \(request.executable) was killed because \(displayName) ran out of memory (limit \(type.memoryMiB) MiB of instance type \(type.name)); choose a larger instance type\n"
+                        .utf8))
         }
         return ExecResult(exitCode: result.exitCode, timedOut: timedOut.fired.load(ordering: .relaxed))
     }
 
     /// SIGKILL to the process group the init started for one exec (its pid is the group id).
     static func killGroup(pidFile: String) {
-        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1 else { return }
+        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1
+        else { return }
         kill(-pid, SIGKILL)
         kill(pid, SIGKILL)
     }
@@ -68,7 +76,9 @@ public struct ContainerSession: InstanceSession {
 
     public func canonicalPath(_ path: String) async throws -> String { try await files.canonicalPath(path) }
     public func makeScratchDirectory() async throws -> String { try await files.makeScratchDirectory() }
-    public func fileInfo(_ path: String, followSymlinks: Bool) async throws -> InstanceFileInfo? { try await files.fileInfo(path, followSymlinks: followSymlinks) }
+    public func fileInfo(_ path: String, followSymlinks: Bool) async throws -> InstanceFileInfo? {
+        try await files.fileInfo(path, followSymlinks: followSymlinks)
+    }
     public func readFile(_ path: String) async throws -> Data { try await files.readFile(path) }
     public func writeFile(_ path: String, contents: Data, append: Bool, mode: UInt32) async throws {
         try await files.writeFile(path, contents: contents, append: append, mode: mode)
@@ -85,7 +95,9 @@ public struct ContainerSession: InstanceSession {
     public func setPermissions(_ path: String, mode: UInt32, recursive: Bool) async throws {
         try await files.setPermissions(path, mode: mode, recursive: recursive)
     }
-    public func importFile(fromHost hostPath: String, to path: String) async throws { try await files.importFile(fromHost: hostPath, to: path) }
+    public func importFile(fromHost hostPath: String, to path: String) async throws {
+        try await files.importFile(fromHost: hostPath, to: path)
+    }
     public func exportFile(_ path: String, toHost hostPath: String) async throws { try await files.exportFile(path, toHost: hostPath) }
 }
 

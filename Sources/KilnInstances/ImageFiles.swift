@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CKilnSystem
 import Foundation
 import KilnModel
 import KilnOCI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Reads an image's files from its unpacked layer folders on the host, without an instance and
 /// without a mount: the topmost layer that has a path wins; overlay whiteouts (0/0 character
@@ -203,7 +204,8 @@ public struct ImageFiles: Sendable {
                 if hiddenBelow(components, in: folder) { return names.sorted() }
             case .directory(let opaque):
                 let full = ([folder] + components).joined(separator: "/")
-                for name in (try? FileManager.default.contentsOfDirectory(atPath: full)) ?? [] where !hidden.contains(name) && !names.contains(name) {
+                for name in (try? FileManager.default.contentsOfDirectory(atPath: full)) ?? []
+                where !hidden.contains(name) && !names.contains(name) {
                     var info = stat()
                     if lstat(full + "/" + name, &info) == 0, info.st_mode & S_IFMT == S_IFCHR, info.st_rdev == 0 {
                         hidden.insert(name)

@@ -6,7 +6,9 @@ import KilnRegistry
 extension InstanceHost {
     /// The instance host of a data directory, after removing the instances, mounts and
     /// containers that a Kiln that stopped left behind; `report` gets one line when it did.
-    public static func reapingOrphans(dataDirectory: String, store: ContentStore, report: @Sendable (String) -> Void) async throws -> InstanceHost {
+    public static func reapingOrphans(dataDirectory: String, store: ContentStore, report: @Sendable (String) -> Void) async throws
+        -> InstanceHost
+    {
         let host = try InstanceHost(dataDirectory: dataDirectory, store: store)
         let reaped = await ContainerInstance.reapOrphans(on: host)
         if !reaped.isEmpty { report("removed \(reaped.count) instance(s) left by a Kiln that stopped: \(reaped.joined(separator: ", "))") }
@@ -19,14 +21,16 @@ extension ContainerInstance {
     /// image resolved (pulled or bootstrapped when needed), the instance type and network
     /// checked against the configuration.
     public static func launch(
-        image: String, instanceType: String, network: String, configuration: KilnConfiguration, transfer: ImageTransfer, on host: InstanceHost,
+        image: String, instanceType: String, network: String, configuration: KilnConfiguration, transfer: ImageTransfer,
+        on host: InstanceHost,
         progress: @escaping @Sendable (String) -> Void
     ) async throws -> ContainerInstance {
         guard let network = InstanceNetwork(rawValue: network) else {
             throw KilnError(.invalidArgument, "--network must be host or none, not '\(network)'")
         }
         let type = try InstanceType.named(instanceType, in: try InstanceType.table(configured: configuration.instanceTypes))
-        let parent = try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(image)
+        let parent = try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(
+            image)
         return try await start(image: parent, on: host, options: InstanceOptions(type: type, network: network), name: image)
     }
 }

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
 import KilnOCI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Every image layer unpacked once, by diffID, into a folder that overlayfs can stack as a
 /// lower directory (whiteouts as 0/0 devices, opaque folders by xattr). Instances share them.
@@ -24,9 +25,12 @@ public struct LayerCache: Sendable {
     /// Lower directories for `manifest`, bottom first, unpacking what is missing. When their
     /// paths would not fit in `budget` bytes of mount options, the bottom layers are merged
     /// into one cached folder (keyed by their diffIDs), so an image of any depth can mount.
-    public func folders(for manifest: ImageManifest, config: ImageConfiguration, store: ContentStore, budget: Int = .max) throws -> [String] {
+    public func folders(for manifest: ImageManifest, config: ImageConfiguration, store: ContentStore, budget: Int = .max) throws -> [String]
+    {
         guard manifest.layers.count == config.rootfs.diffIDs.count else {
-            throw KilnError(.invalidArgument, "the image lists \(manifest.layers.count) layers but its config names \(config.rootfs.diffIDs.count) diffIDs")
+            throw KilnError(
+                .invalidArgument,
+                "the image lists \(manifest.layers.count) layers but its config names \(config.rootfs.diffIDs.count) diffIDs")
         }
         let layers = Array(zip(manifest.layers, config.rootfs.diffIDs))
         let pathLength = path(of: layers.first?.1 ?? Digest(sha256Of: Data())).utf8.count + 1

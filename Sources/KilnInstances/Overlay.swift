@@ -1,8 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// overlayfs mounts for instance roots.
 enum Overlay {
@@ -20,7 +21,8 @@ enum Overlay {
             throw KilnError(.unsupported, "the image has too many layers (\(lower.count)) for one overlay mount; flatten it first")
         }
         guard Glibc.mount("overlay", target, "overlay", 0, options) == 0 else {
-            throw KilnError(.ioFailure, "cannot mount the instance root at '\(target)': \(String(cString: strerror(errno))) (overlayfs needs root)")
+            throw KilnError(
+                .ioFailure, "cannot mount the instance root at '\(target)': \(String(cString: strerror(errno))) (overlayfs needs root)")
         }
     }
 
@@ -34,7 +36,10 @@ enum Overlay {
 enum Cgroups {
     /// How many processes the kernel killed for running out of memory in this cgroup.
     static func oomKills(path: String) -> Int {
-        let files = ["/sys/fs/cgroup/memory\(path)/memory.oom_control", "/sys/fs/cgroup\(path)/memory.events", "/sys/fs/cgroup/unified\(path)/memory.events"]
+        let files = [
+            "/sys/fs/cgroup/memory\(path)/memory.oom_control", "/sys/fs/cgroup\(path)/memory.events",
+            "/sys/fs/cgroup/unified\(path)/memory.events",
+        ]
         for file in files {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
             for line in text.split(separator: "\n") where line.hasPrefix("oom_kill ") {
@@ -47,7 +52,9 @@ enum Cgroups {
     /// CPU time the cgroup's processes used, in seconds (cgroup v1 cpuacct or v2 cpu.stat).
     static func cpuSeconds(path: String) -> Double {
         for file in ["/sys/fs/cgroup/cpuacct\(path)/cpuacct.usage", "/sys/fs/cgroup/cpu,cpuacct\(path)/cpuacct.usage"] {
-            if let text = try? String(contentsOfFile: file, encoding: .utf8), let nanoseconds = Double(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            if let text = try? String(contentsOfFile: file, encoding: .utf8),
+                let nanoseconds = Double(text.trimmingCharacters(in: .whitespacesAndNewlines))
+            {
                 return nanoseconds / 1e9
             }
         }

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
-import KilnSystem
 import KilnOCI
 import KilnRegistry
+import KilnSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The parent image forms a recipe may name, each turned into an image in Kiln's store:
 /// a registry reference, `oci-layout:PATH:TAG`, `oci-archive:…`, `kiln:NAME`, `scratch`, or
@@ -42,7 +43,9 @@ public struct ParentImageResolver: Sendable {
         }
         switch location {
         case .store(let name):
-            guard let named = try store.resolve(name) else { throw KilnError(.notFound, "\(text) is not in Kiln's content store; see kiln image ls") }
+            guard let named = try store.resolve(name) else {
+                throw KilnError(.notFound, "\(text) is not in Kiln's content store; see kiln image ls")
+            }
             return named
         case .registry(let reference):
             return try await resolveRegistry(reference, offline: offline, lookOnly: lookOnly)
@@ -52,7 +55,9 @@ public struct ParentImageResolver: Sendable {
             return try await storeCopy(of: location, digest: current.digest, name: text)
         case .archive(let path, _):
             var info = stat()
-            guard stat(path, &info) == 0 else { throw KilnError(.notFound, "\(text): cannot read \(path): \(String(cString: strerror(errno)))") }
+            guard stat(path, &info) == 0 else {
+                throw KilnError(.notFound, "\(text): cannot read \(path): \(String(cString: strerror(errno)))")
+            }
             // The archive's stat in the name: a rewritten archive is read again.
             let stamped = "\(text)@\(info.st_size)-\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)-\(info.st_ino)"
             if let known = try store.resolve(stamped) {
@@ -60,10 +65,14 @@ public struct ParentImageResolver: Sendable {
                 return known
             }
             _ = try await platformTransfer.copy(from: location, to: [.store(name: stamped), .store(name: text)]).checked()
-            guard let pulled = try store.resolve(text) else { throw KilnError(.internalError, "\(text) was read but is not named in the store") }
+            guard let pulled = try store.resolve(text) else {
+                throw KilnError(.internalError, "\(text) was read but is not named in the store")
+            }
             // Earlier versions of the archive: their names would keep their blobs from gc.
             for entry in try store.index().manifests {
-                if let name = entry.annotations?[ContentStore.refNameAnnotation], name.hasPrefix(text + "@"), name != stamped { _ = try store.untag(name) }
+                if let name = entry.annotations?[ContentStore.refNameAnnotation], name.hasPrefix(text + "@"), name != stamped {
+                    _ = try store.untag(name)
+                }
             }
             return pulled
         }
@@ -81,7 +90,10 @@ public struct ParentImageResolver: Sendable {
         let stored = try store.resolve(name)
         if offline {
             guard let stored else {
-                throw KilnError(.notFound, "the parent \(name) is not in Kiln's store, and offline builds do not pull; run once online, or kiln image pull \(name)")
+                throw KilnError(
+                    .notFound,
+                    "the parent \(name) is not in Kiln's store, and offline builds do not pull; run once online, or kiln image pull \(name)"
+                )
             }
             observer?("parent \(name): offline, using the store's copy \(stored.digest) without asking \(reference.registry)")
             return stored
@@ -90,7 +102,10 @@ public struct ParentImageResolver: Sendable {
         do {
             current = try await currentDigest(reference)
         } catch let error as KilnError where error.code == .network {
-            throw KilnError(error.code, "cannot reach registry \(reference.registry) to resolve the parent \(name): \(error.message). Start the registry, or build from the store's copy\(stored.map { " (\($0.digest))" } ?? "") with --offline (or offline: true in kiln.yaml)")
+            throw KilnError(
+                error.code,
+                "cannot reach registry \(reference.registry) to resolve the parent \(name): \(error.message). Start the registry, or build from the store's copy\(stored.map { " (\($0.digest))" } ?? "") with --offline (or offline: true in kiln.yaml)"
+            )
         }
         if let stored, stored.digest == current {
             observer?("parent \(name): \(current), unchanged at \(reference.registry)")
@@ -118,7 +133,10 @@ public struct ParentImageResolver: Sendable {
         }
         let platform = transfer.platform ?? .host
         guard let entry = ImageTransfer.best(platform, in: index.manifests) else {
-            throw KilnError(.notFound, "\(reference) has no image for \(platform); it offers \(index.manifests.compactMap(\.platform).map(\.description).joined(separator: ", "))")
+            throw KilnError(
+                .notFound,
+                "\(reference) has no image for \(platform); it offers \(index.manifests.compactMap(\.platform).map(\.description).joined(separator: ", "))"
+            )
         }
         return entry.digest
     }
@@ -126,20 +144,26 @@ public struct ParentImageResolver: Sendable {
     /// The image with manifest `digest`, named `name` in the store: tagged at once when the store
     /// has it, copied from `location` otherwise.
     private func storeCopy(of location: ImageLocation, digest: Digest, name: String) async throws -> Descriptor {
-        if store.contains(digest), let data = try? store.read(digest), let mediaType = MediaType.sniff(data), MediaType.isManifest(mediaType) {
+        if store.contains(digest), let data = try? store.read(digest), let mediaType = MediaType.sniff(data),
+            MediaType.isManifest(mediaType)
+        {
             let descriptor = Descriptor(mediaType: mediaType, digest: digest, size: Int64(data.count))
             try store.tag(name, descriptor)
             return descriptor
         }
         _ = try await platformTransfer.copy(from: location, to: [.store(name: name)]).checked()
-        guard let pulled = try store.resolve(name) else { throw KilnError(.internalError, "\(name) was pulled but is not named in the store") }
+        guard let pulled = try store.resolve(name) else {
+            throw KilnError(.internalError, "\(name) was pulled but is not named in the store")
+        }
         return pulled
     }
 
     /// An image with no layers at all.
     func scratch() throws -> Descriptor {
         let platform = transfer.platform ?? .host
-        let config = try store.ingestJSON(ImageConfiguration(architecture: platform.architecture, os: platform.os, rootfs: .init(diffIDs: [])), mediaType: MediaType.imageConfig)
+        let config = try store.ingestJSON(
+            ImageConfiguration(architecture: platform.architecture, os: platform.os, rootfs: .init(diffIDs: [])),
+            mediaType: MediaType.imageConfig)
         let manifest = try store.ingestJSON(ImageManifest(config: config, layers: []), mediaType: MediaType.imageManifest)
         try store.tag("scratch", manifest)
         return manifest
@@ -148,8 +172,13 @@ public struct ParentImageResolver: Sendable {
     /// `bootstrap:debian:bookworm`: made once with mmdebstrap, then reused by name.
     func bootstrap(_ text: String) async throws -> Descriptor {
         let parts = text.split(separator: ":").map(String.init)
-        guard parts.count == 3, ["debian", "ubuntu"].contains(parts[1]), !parts[2].isEmpty, parts[2].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) else {
-            throw KilnError(.invalidArgument, "'\(text)' is not a bootstrap parent; use bootstrap:debian:SUITE or bootstrap:ubuntu:SUITE (e.g. bootstrap:debian:bookworm)")
+        guard parts.count == 3, ["debian", "ubuntu"].contains(parts[1]), !parts[2].isEmpty,
+            parts[2].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" })
+        else {
+            throw KilnError(
+                .invalidArgument,
+                "'\(text)' is not a bootstrap parent; use bootstrap:debian:SUITE or bootstrap:ubuntu:SUITE (e.g. bootstrap:debian:bookworm)"
+            )
         }
         let (distribution, suite) = (parts[1], parts[2])
         let name = "bootstrap/\(distribution):\(suite)"
@@ -170,7 +199,10 @@ public struct ParentImageResolver: Sendable {
             environment: ProcessInfo.processInfo.environment, workingDirectory: nil, timeout: .seconds(1800)
         ) { _, bytes in log.append(bytes) }
         guard result.exitCode == 0 else {
-            throw KilnError(.execFailure, "mmdebstrap could not bootstrap \(distribution) \(suite) from \(mirror) (exit \(result.exitCode)): \(log.text.suffix(1500))")
+            throw KilnError(
+                .execFailure,
+                "mmdebstrap could not bootstrap \(distribution) \(suite) from \(mirror) (exit \(result.exitCode)): \(log.text.suffix(1500))"
+            )
         }
         observer?("packing the \(suite) root filesystem into \(name)")
         return try store.importRootFilesystem(directory, name: name, createdBy: "mmdebstrap --variant=minbase \(suite) \(mirror)")
@@ -179,7 +211,9 @@ public struct ParentImageResolver: Sendable {
     /// The first `deb` URI of the host's apt sources (one-line or deb822 format).
     static func hostDebianMirror() -> String? {
         var files = ["/etc/apt/sources.list"]
-        files += ((try? FileManager.default.contentsOfDirectory(atPath: "/etc/apt/sources.list.d")) ?? []).sorted().map { "/etc/apt/sources.list.d/" + $0 }
+        files += ((try? FileManager.default.contentsOfDirectory(atPath: "/etc/apt/sources.list.d")) ?? []).sorted().map {
+            "/etc/apt/sources.list.d/" + $0
+        }
         for file in files {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
             for line in text.split(separator: "\n") {

@@ -113,7 +113,8 @@ struct RuntimeSpec: Encodable {
         let period: UInt64 = 100_000
         return RuntimeSpec(
             process: Process(
-                user: User(uid: 0, gid: 0), args: ["/.kiln/init"], env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                user: User(uid: 0, gid: 0), args: ["/.kiln/init"],
+                env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                 cwd: "/", capabilities: capabilities, rlimits: []
             ),
             root: Root(path: rootfs),
@@ -121,11 +122,17 @@ struct RuntimeSpec: Encodable {
             mounts: [
                 Mount(destination: "/proc", type: "proc", source: "proc", options: ["nosuid", "noexec", "nodev"]),
                 Mount(destination: "/dev", type: "tmpfs", source: "tmpfs", options: ["nosuid", "strictatime", "mode=755", "size=65536k"]),
-                Mount(destination: "/dev/pts", type: "devpts", source: "devpts", options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
-                Mount(destination: "/dev/shm", type: "tmpfs", source: "shm", options: ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+                Mount(
+                    destination: "/dev/pts", type: "devpts", source: "devpts",
+                    options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+                Mount(
+                    destination: "/dev/shm", type: "tmpfs", source: "shm",
+                    options: ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
                 Mount(destination: "/dev/mqueue", type: "mqueue", source: "mqueue", options: ["nosuid", "noexec", "nodev"]),
                 Mount(destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"]),
-                Mount(destination: "/sys/fs/cgroup", type: "cgroup", source: "cgroup", options: ["nosuid", "noexec", "nodev", "relatime", "ro"]),
+                Mount(
+                    destination: "/sys/fs/cgroup", type: "cgroup", source: "cgroup",
+                    options: ["nosuid", "noexec", "nodev", "relatime", "ro"]),
                 Mount(destination: "/etc/resolv.conf", type: "bind", source: resolvConf, options: ["rbind", "rw"]),
                 Mount(destination: "/etc/hosts", type: "bind", source: hosts, options: ["rbind", "rw"]),
             ],

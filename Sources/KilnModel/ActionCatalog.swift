@@ -56,11 +56,15 @@ public enum ActionCatalog {
         ActionSpec(name: name, form: .list, inputsRequired: true, keys: keys, platforms: platforms)
     }
 
-    private static func map(_ name: String, _ keys: [InputKey], required: Bool = true, _ platforms: Set<ActionSpec.Platform> = everywhere) -> ActionSpec {
+    private static func map(_ name: String, _ keys: [InputKey], required: Bool = true, _ platforms: Set<ActionSpec.Platform> = everywhere)
+        -> ActionSpec
+    {
         ActionSpec(name: name, form: .map, inputsRequired: required, keys: keys, platforms: platforms)
     }
 
-    private static let transfer = [InputKey("source", required: true), InputKey("destination", required: true), InputKey("overwrite", .boolean)]
+    private static let transfer = [
+        InputKey("source", required: true), InputKey("destination", required: true), InputKey("overwrite", .boolean),
+    ]
     private static let msiKeys = [
         InputKey("path", required: true), InputKey("reboot"), InputKey("logOptions"), InputKey("logFile"),
         InputKey("properties", .stringMap), InputKey("ignoreAuthenticodeSignatureErrors", .boolean),
@@ -72,37 +76,50 @@ public enum ActionCatalog {
         map("ExecuteBash", [InputKey("commands", .stringList, required: true)], linuxAndMac),
         map("ExecuteBinary", [InputKey("path", required: true), InputKey("arguments", .stringList)]),
         map("ExecutePowerShell", [InputKey("commands", .stringList), InputKey("file")], windowsOnly),
-        map("ExecuteDocument", [
-            InputKey("document", required: true), InputKey("document-s3-bucket-owner"),
-            InputKey("phases"), InputKey("parameters", .nameValueList),
-        ]),
-        list("S3Download", [
-            InputKey("source", required: true), InputKey("destination", required: true),
-            InputKey("expectedBucketOwner"), InputKey("overwrite", .boolean),
-        ]),
-        list("S3Upload", [
-            InputKey("source", required: true), InputKey("destination", required: true),
-            InputKey("recurse", .boolean), InputKey("expectedBucketOwner"),
-        ]),
-        list("WebDownload", [
-            InputKey("source", required: true), InputKey("destination", required: true),
-            InputKey("overwrite", .boolean), InputKey("checksum"), InputKey("algorithm"),
-            InputKey("ignoreCertificateErrors", .boolean),
-        ]),
+        map(
+            "ExecuteDocument",
+            [
+                InputKey("document", required: true), InputKey("document-s3-bucket-owner"),
+                InputKey("phases"), InputKey("parameters", .nameValueList),
+            ]),
+        list(
+            "S3Download",
+            [
+                InputKey("source", required: true), InputKey("destination", required: true),
+                InputKey("expectedBucketOwner"), InputKey("overwrite", .boolean),
+            ]),
+        list(
+            "S3Upload",
+            [
+                InputKey("source", required: true), InputKey("destination", required: true),
+                InputKey("recurse", .boolean), InputKey("expectedBucketOwner"),
+            ]),
+        list(
+            "WebDownload",
+            [
+                InputKey("source", required: true), InputKey("destination", required: true),
+                InputKey("overwrite", .boolean), InputKey("checksum"), InputKey("algorithm"),
+                InputKey("ignoreCertificateErrors", .boolean),
+            ]),
         list("AppendFile", [InputKey("path", required: true), InputKey("content"), InputKey("encoding")]),
         list("CopyFile", transfer),
         list("CopyFolder", transfer),
         list("MoveFile", transfer),
         list("MoveFolder", transfer),
-        list("CreateFile", [
-            InputKey("path", required: true), InputKey("content"), InputKey("encoding"),
-            InputKey("owner"), InputKey("group"), InputKey("permissions"), InputKey("overwrite", .boolean),
-        ]),
-        list("CreateFolder", [
-            InputKey("path", required: true), InputKey("owner"), InputKey("group"),
-            InputKey("permissions"), InputKey("overwrite", .boolean),
-        ]),
-        list("CreateSymlink", [InputKey("path", required: true), InputKey("target", required: true), InputKey("force", .boolean)], posixOnly),
+        list(
+            "CreateFile",
+            [
+                InputKey("path", required: true), InputKey("content"), InputKey("encoding"),
+                InputKey("owner"), InputKey("group"), InputKey("permissions"), InputKey("overwrite", .boolean),
+            ]),
+        list(
+            "CreateFolder",
+            [
+                InputKey("path", required: true), InputKey("owner"), InputKey("group"),
+                InputKey("permissions"), InputKey("overwrite", .boolean),
+            ]),
+        list(
+            "CreateSymlink", [InputKey("path", required: true), InputKey("target", required: true), InputKey("force", .boolean)], posixOnly),
         // `force` is not in AWS's table for DeleteFile, but a public AWS sample uses it; Kiln
         // accepts it and treats it as "a missing file is not an error".
         list("DeleteFile", [InputKey("path", required: true), InputKey("force", .boolean)]),
@@ -111,20 +128,26 @@ public enum ActionCatalog {
         list("ReadFile", [InputKey("path", required: true), InputKey("encoding"), InputKey("printFileContent", .boolean)]),
         list("SetFileEncoding", [InputKey("path", required: true), InputKey("encoding", required: true)]),
         list("SetFileOwner", [InputKey("path", required: true), InputKey("owner", required: true), InputKey("group")], posixOnly),
-        list("SetFolderOwner", [
-            InputKey("path", required: true), InputKey("owner", required: true), InputKey("group"), InputKey("recursive", .boolean),
-        ], posixOnly),
+        list(
+            "SetFolderOwner",
+            [
+                InputKey("path", required: true), InputKey("owner", required: true), InputKey("group"), InputKey("recursive", .boolean),
+            ], posixOnly),
         list("SetFilePermissions", [InputKey("path", required: true), InputKey("permissions", required: true)], posixOnly),
-        list("SetFolderPermissions", [
-            InputKey("path", required: true), InputKey("permissions", required: true), InputKey("recursive", .boolean),
-        ], posixOnly),
+        list(
+            "SetFolderPermissions",
+            [
+                InputKey("path", required: true), InputKey("permissions", required: true), InputKey("recursive", .boolean),
+            ], posixOnly),
         map("InstallMSI", msiKeys, windowsOnly),
         map("UninstallMSI", msiKeys, windowsOnly),
         map("Reboot", [InputKey("delaySeconds", .integer)], required: false),
-        list("SetRegistry", [
-            InputKey("path", required: true), InputKey("name", required: true),
-            InputKey("value", required: true), InputKey("type", required: true),
-        ], windowsOnly),
+        list(
+            "SetRegistry",
+            [
+                InputKey("path", required: true), InputKey("name", required: true),
+                InputKey("value", required: true), InputKey("type", required: true),
+            ], windowsOnly),
         map("UpdateOS", [InputKey("include", .stringList), InputKey("exclude", .stringList)], required: false),
     ]
 

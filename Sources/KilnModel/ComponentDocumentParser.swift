@@ -15,7 +15,8 @@ public struct ComponentDocumentParser: Sendable {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw KilnError(.notFound, "cannot read component document '\(path)': \(error.localizedDescription). Check the path passed to --documents.")
+            throw KilnError(
+                .notFound, "cannot read component document '\(path)': \(error.localizedDescription). Check the path passed to --documents.")
         }
         return try parse(text: text, source: path)
     }
@@ -31,8 +32,13 @@ public struct ComponentDocumentParser: Sendable {
             throw KilnError(.invalidDocument, "\(source) is not valid YAML", issues: [reader.issue(forOther: error)])
         }
         guard let root else {
-            throw KilnError(.invalidDocument, "\(source) is empty",
-                            issues: [DocumentIssue(SourceLocation(file: source, line: 1, column: 1), "the document is empty; a component needs schemaVersion and phases")])
+            throw KilnError(
+                .invalidDocument, "\(source) is empty",
+                issues: [
+                    DocumentIssue(
+                        SourceLocation(file: source, line: 1, column: 1),
+                        "the document is empty; a component needs schemaVersion and phases")
+                ])
         }
         let document = reader.readDocument(root, text: text)
         reader.removeRepeatedIssues()
@@ -76,13 +82,14 @@ struct DocumentReader {
     func issue(for error: YamlError) -> DocumentIssue {
         switch error {
         case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
-             .composer(let context, let problem, let mark, _):
+            .composer(let context, let problem, let mark, _):
             let where_ = context.map { " (\($0.text))" } ?? ""
             var hint = ""
             if problem.contains("mapping values are not allowed") || problem.contains("did not find expected key") {
                 hint = "; check indentation, and quote values that contain ': ' or start with '{'"
             }
-            return DocumentIssue(SourceLocation(file: file, line: mark.line, column: mark.column), "YAML syntax error: \(problem)\(where_)\(hint)")
+            return DocumentIssue(
+                SourceLocation(file: file, line: mark.line, column: mark.column), "YAML syntax error: \(problem)\(where_)\(hint)")
         default:
             return issue(forOther: error)
         }
@@ -92,11 +99,18 @@ struct DocumentReader {
     func issue(forOther error: Error) -> DocumentIssue {
         let description = "\(error)"
         if description.contains("expected all keys to be unique"),
-           let position = description.range(of: #"in line [0-9]+, column [0-9]+"#, options: .regularExpression) {
+            let position = description.range(of: #"in line [0-9]+, column [0-9]+"#, options: .regularExpression)
+        {
             let numbers = description[position].split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
-            let keys = description.range(of: #"duplicated key\(s\): [^\n]*"#, options: .regularExpression)
-                .map { description[$0].replacingOccurrences(of: "duplicated key(s): ", with: "").trimmingCharacters(in: CharacterSet(charactersIn: ". ")) } ?? "a key"
-            return DocumentIssue(SourceLocation(file: file, line: numbers[0], column: numbers[1]), "duplicate key \(keys): each key may appear only once in a mapping")
+            let keys =
+                description.range(of: #"duplicated key\(s\): [^\n]*"#, options: .regularExpression)
+                .map {
+                    description[$0].replacingOccurrences(of: "duplicated key(s): ", with: "").trimmingCharacters(
+                        in: CharacterSet(charactersIn: ". "))
+                } ?? "a key"
+            return DocumentIssue(
+                SourceLocation(file: file, line: numbers[0], column: numbers[1]),
+                "duplicate key \(keys): each key may appear only once in a mapping")
         }
         let firstLine = description.split(separator: "\n").first.map(String.init) ?? description
         return DocumentIssue(SourceLocation(file: file, line: 1, column: 1), "YAML error: \(firstLine)")
@@ -192,7 +206,9 @@ struct DocumentReader {
             case "phases":
                 phasesNode = value
             default:
-                problem(keyNode, nil, "unknown top-level key '\(key)'; allowed: name, description, schemaVersion, parameters, constants, phases")
+                problem(
+                    keyNode, nil, "unknown top-level key '\(key)'; allowed: name, description, schemaVersion, parameters, constants, phases"
+                )
             }
         }
         if schemaVersion == nil, !top.contains(where: { $0.key == "schemaVersion" }) {
@@ -225,12 +241,16 @@ struct DocumentReader {
     mutating func checkUniqueVariableNames(_ names: [String], _ root: Node) {
         var seen = Set<String>()
         for name in names where !seen.insert(name).inserted {
-            problem(variableNodes[name] ?? root, nil, "'\(name)' is defined more than once; parameter and constant names must be unique together")
+            problem(
+                variableNodes[name] ?? root, nil,
+                "'\(name)' is defined more than once; parameter and constant names must be unique together")
         }
     }
 
     /// `- Name: {type: string, ...}` entries shared by parameters and constants.
-    mutating func readVariableEntries(_ node: Node, what: String) -> [(name: String, nameNode: Node, fields: [(key: String, keyNode: Node, value: Node)])] {
+    mutating func readVariableEntries(_ node: Node, what: String) -> [(
+        name: String, nameNode: Node, fields: [(key: String, keyNode: Node, value: Node)]
+    )] {
         guard case .sequence(let items) = node else {
             if !isNull(node) { problem(node, nil, "\(what)s must be a list of '- Name: {type: string, ...}' entries") }
             return []
@@ -238,7 +258,9 @@ struct DocumentReader {
         var result: [(String, Node, [(String, Node, Node)])] = []
         for item in items {
             guard let pairs = entries(item, nil, what: "a \(what)"), pairs.count == 1 else {
-                if case .mapping = item { problem(item, nil, "each \(what) entry must have exactly one name, e.g. '- MyName: {type: string}'") }
+                if case .mapping = item {
+                    problem(item, nil, "each \(what) entry must have exactly one name, e.g. '- MyName: {type: string}'")
+                }
                 continue
             }
             let (name, nameNode, body) = pairs[0]
@@ -259,7 +281,9 @@ struct DocumentReader {
                 case "type":
                     hasType = true
                     if let type = scalar(value, nil, what: "type of parameter '\(name)'") {
-                        if type.lowercased() != "string" { problem(value, nil, "parameter '\(name)' has type '\(type)'; the only supported type is string") }
+                        if type.lowercased() != "string" {
+                            problem(value, nil, "parameter '\(name)' has type '\(type)'; the only supported type is string")
+                        }
                         definition.type = type
                     }
                 case "default": definition.defaultValue = scalar(value, nil, what: "default of parameter '\(name)'")
@@ -280,12 +304,16 @@ struct DocumentReader {
                 switch key {
                 case "type":
                     type = scalar(field, nil, what: "type of constant '\(name)'")
-                    if let type, type.lowercased() != "string" { problem(field, nil, "constant '\(name)' has type '\(type)'; the only supported type is string") }
+                    if let type, type.lowercased() != "string" {
+                        problem(field, nil, "constant '\(name)' has type '\(type)'; the only supported type is string")
+                    }
                 case "value": value = scalar(field, nil, what: "value of constant '\(name)'")
                 default: problem(keyNode, nil, "unknown key '\(key)' in constant '\(name)'; allowed: type, value")
                 }
             }
-            if type == nil, !fields.contains(where: { $0.key == "type" }) { problem(nameNode, nil, "constant '\(name)' needs 'type: string'") }
+            if type == nil, !fields.contains(where: { $0.key == "type" }) {
+                problem(nameNode, nil, "constant '\(name)' needs 'type: string'")
+            }
             guard let value else {
                 if !fields.contains(where: { $0.key == "value" }) { problem(nameNode, nil, "constant '\(name)' needs a value") }
                 return nil
@@ -315,7 +343,9 @@ struct DocumentReader {
                 }
             }
             guard let name else {
-                if !fields.contains(where: { $0.key == "name" }) { problem(item, nil, "a phase needs a name (build, validate, test or container-host-test)") }
+                if !fields.contains(where: { $0.key == "name" }) {
+                    problem(item, nil, "a phase needs a name (build, validate, test or container-host-test)")
+                }
                 continue
             }
             if phases.contains(where: { $0.name == name }) {
@@ -334,7 +364,9 @@ struct DocumentReader {
             phaseNodes.append((phase, item))
         }
         if !phases.isEmpty, !phases.contains(where: { ["build", "validate", "test"].contains($0.name) }) {
-            problem(node, nil, "a document needs at least one of the build, validate or test phases; found \(phases.map(\.name).joined(separator: ", "))")
+            problem(
+                node, nil,
+                "a document needs at least one of the build, validate or test phases; found \(phases.map(\.name).joined(separator: ", "))")
         }
         checkReferences(phases: phases, variables: variables)
         return phases
@@ -350,11 +382,15 @@ struct DocumentReader {
         for item in items {
             guard let step = readStep(item, phase: phase) else { continue }
             if steps.contains(where: { $0.name == step.name }) {
-                problem(item, "\(phase)/\(step.name)", "step name '\(step.name)' is used twice in phase '\(phase)'; step names must be unique within a phase")
+                problem(
+                    item, "\(phase)/\(step.name)",
+                    "step name '\(step.name)' is used twice in phase '\(phase)'; step names must be unique within a phase")
                 continue
             }
             if let loopName = step.loop?.name, !loopNames.insert(loopName).inserted {
-                problem(item, "\(phase)/\(step.name)", "loop name '\(loopName)' is used twice in phase '\(phase)'; loop names must be unique within a phase")
+                problem(
+                    item, "\(phase)/\(step.name)",
+                    "loop name '\(loopName)' is used twice in phase '\(phase)'; loop names must be unique within a phase")
             }
             steps.append(step)
         }
@@ -372,14 +408,18 @@ struct DocumentReader {
         }
         let path = "\(phase)/\(name)"
         if name.trimmingWhitespace().isEmpty || name.contains(".") {
-            problem(nameField.value, path, "step name '\(name)' is invalid; it must not be empty or contain '.', which chaining uses to separate names")
+            problem(
+                nameField.value, path,
+                "step name '\(name)' is invalid; it must not be empty or contain '.', which chaining uses to separate names")
         }
         for (key, keyNode, _) in fields where !Self.stepKeys.contains(key) {
             problem(keyNode, path, "unknown step key '\(key)'; allowed: \(Self.stepKeys.joined(separator: ", "))")
         }
 
         guard let actionField = field("action") else {
-            problem(node, path, "step needs an action; \(platform.rawValue) actions: \(ActionCatalog.names(for: platform).joined(separator: ", "))")
+            problem(
+                node, path,
+                "step needs an action; \(platform.rawValue) actions: \(ActionCatalog.names(for: platform).joined(separator: ", "))")
             return nil
         }
         guard let actionName = scalar(actionField.value, path, what: "action") else { return nil }
@@ -390,13 +430,19 @@ struct DocumentReader {
             } else if let close = ActionCatalog.closestName(to: actionName, platform: platform) {
                 hint = " (did you mean '\(close)'?)"
             }
-            problem(actionField.value, path, "unknown action '\(actionName)'\(hint); \(platform.rawValue) actions: \(ActionCatalog.names(for: platform).joined(separator: ", "))")
+            problem(
+                actionField.value, path,
+                "unknown action '\(actionName)'\(hint); \(platform.rawValue) actions: \(ActionCatalog.names(for: platform).joined(separator: ", "))"
+            )
             // Kept, so that chaining to this step is not reported as a second problem.
             return Step(name: name, action: actionName, location: location(node))
         }
         if !spec.platforms.contains(platform) {
             let alternative = spec.name == "ExecutePowerShell" ? "; use ExecuteBash" : ""
-            problem(actionField.value, path, "action '\(spec.name)' runs only on \(spec.platforms.map(\.rawValue).sorted().joined(separator: "/")), not on \(platform.rawValue)\(alternative)")
+            problem(
+                actionField.value, path,
+                "action '\(spec.name)' runs only on \(spec.platforms.map(\.rawValue).sorted().joined(separator: "/")), not on \(platform.rawValue)\(alternative)"
+            )
         }
 
         var step = Step(name: name, action: spec.name, location: location(node))
@@ -503,7 +549,8 @@ struct DocumentReader {
             _ = scalar(value, path, what: what)
         case .boolean:
             if let text = scalar(value, path, what: what), !text.contains("{{"),
-               !["true", "false"].contains(text.lowercased()) {
+                !["true", "false"].contains(text.lowercased())
+            {
                 problem(value, path, "\(what) must be true or false, found '\(text)'")
             }
         case .integer:
@@ -548,10 +595,11 @@ struct DocumentReader {
         case .sequence(let items):
             return .list(items.map(inputValue))
         case .mapping(let mapping):
-            return .map(mapping.compactMap { key, value in
-                guard case .scalar(let keyScalar) = key else { return nil }
-                return InputValue.MapEntry(key: keyScalar.string, value: inputValue(value), location: location(key))
-            })
+            return .map(
+                mapping.compactMap { key, value in
+                    guard case .scalar(let keyScalar) = key else { return nil }
+                    return InputValue.MapEntry(key: keyScalar.string, value: inputValue(value), location: location(key))
+                })
         case .alias:
             return .null
         }
@@ -569,7 +617,9 @@ struct DocumentReader {
             case "name":
                 name = scalar(value, path, what: "loop name")
                 if let loopName = name, !TemplateExpression.isIdentifier(loopName) || loopName == "loop" {
-                    problem(value, path, "loop name '\(loopName)' is invalid; use letters, digits, '_' and '-', and not the reserved word 'loop'")
+                    problem(
+                        value, path,
+                        "loop name '\(loopName)' is invalid; use letters, digits, '_' and '-', and not the reserved word 'loop'")
                 }
             case "for":
                 forms += 1
@@ -616,7 +666,10 @@ struct DocumentReader {
             return nil
         }
         if (end - start).signum() * updateBy.signum() < 0 {
-            problem(node, path, "loop from \(start) to \(end) by \(updateBy) never reaches its end; use updateBy \(updateBy > 0 ? "-" : "")\(abs(updateBy))")
+            problem(
+                node, path,
+                "loop from \(start) to \(end) by \(updateBy) never reaches its end; use updateBy \(updateBy > 0 ? "-" : "")\(abs(updateBy))"
+            )
             return nil
         }
         return .range(start: start, end: end, updateBy: updateBy)
@@ -639,7 +692,8 @@ struct DocumentReader {
                         if StepLoop.allowedDelimiters.contains(text) {
                             delimiter = text
                         } else {
-                            problem(value, path, "loop delimiter '\(text)' is invalid; use one character of . , ; : - _ space, newline or tab")
+                            problem(
+                                value, path, "loop delimiter '\(text)' is invalid; use one character of . , ; : - _ space, newline or tab")
                         }
                     }
                 default: problem(keyNode, path, "unknown key '\(key)' in loop forEach; allowed: list, delimiter")
@@ -677,15 +731,23 @@ struct DocumentReader {
     /// One expression: exactly one operator key, plus its `value`/`path` sibling.
     mutating func readCondition(_ node: Node, path: String, allowBranches: Bool) -> Condition? {
         guard let fields = entries(node, path, what: "a condition") else { return nil }
-        let operators = fields.filter { ComparisonOperator(rawValue: $0.key) != nil || ComparisonOperator.logicalOperators.contains($0.key) }
+        let operators = fields.filter {
+            ComparisonOperator(rawValue: $0.key) != nil || ComparisonOperator.logicalOperators.contains($0.key)
+        }
         let allowedSiblings = ["value", "path"] + (allowBranches ? ["then", "else"] : [])
         for (key, keyNode, _) in fields where !operators.contains(where: { $0.key == key }) && !allowedSiblings.contains(key) {
-            problem(keyNode, path, "unknown key '\(key)' in condition; use one comparison operator (\(ComparisonOperator.allCases.map(\.rawValue).joined(separator: ", "))) or and/or/not\(allowBranches ? ", with optional then/else" : "")")
+            problem(
+                keyNode, path,
+                "unknown key '\(key)' in condition; use one comparison operator (\(ComparisonOperator.allCases.map(\.rawValue).joined(separator: ", "))) or and/or/not\(allowBranches ? ", with optional then/else" : "")"
+            )
         }
         guard operators.count == 1 else {
-            problem(node, path, operators.isEmpty
-                ? "condition needs one comparison or logical operator, e.g. 'stringEquals: expected' with 'value: ...'"
-                : "condition has \(operators.count) operators (\(operators.map(\.key).joined(separator: ", "))); use exactly one, or combine them with and/or")
+            problem(
+                node, path,
+                operators.isEmpty
+                    ? "condition needs one comparison or logical operator, e.g. 'stringEquals: expected' with 'value: ...'"
+                    : "condition has \(operators.count) operators (\(operators.map(\.key).joined(separator: ", "))); use exactly one, or combine them with and/or"
+            )
             return nil
         }
         let (key, keyNode, value) = operators[0]
@@ -719,7 +781,9 @@ struct DocumentReader {
                 if let extra = sibling(other) { problem(extra.keyNode, path, "\(key) does not take '\(other)'; it takes '\(subjectKey)'") }
             } else {
                 for name in ["value", "path"] {
-                    if let extra = sibling(name) { problem(extra.keyNode, path, "\(key) takes no '\(name)'; its argument is the value of '\(key)' itself") }
+                    if let extra = sibling(name) {
+                        problem(extra.keyNode, path, "\(key) takes no '\(name)'; its argument is the value of '\(key)' itself")
+                    }
                 }
             }
             return .comparison(comparison)
@@ -754,13 +818,17 @@ struct DocumentReader {
         }
     }
 
-    mutating func checkReference(_ expression: TemplateExpression, path: String, step: Step, phases: [Phase], earlier: [String: Set<String>], variables: Set<String>) {
+    mutating func checkReference(
+        _ expression: TemplateExpression, path: String, step: Step, phases: [Phase], earlier: [String: Set<String>], variables: Set<String>
+    ) {
         let location = SourceLocation(file: file, line: step.location.line, column: step.location.column)
         switch expression.reference {
         case .variable(let name):
             if !variables.contains(name) {
                 let known = variables.isEmpty ? "the document defines none" : "defined: \(variables.sorted().joined(separator: ", "))"
-                issues.append(DocumentIssue(location, stepPath: path, "\(expression.text) names no parameter or constant (\(known)); names are case-sensitive"))
+                issues.append(
+                    DocumentIssue(
+                        location, stepPath: path, "\(expression.text) names no parameter or constant (\(known)); names are case-sensitive"))
             }
         case .chained(let phaseName, let stepName, _, _):
             guard let phase = phases.first(where: { $0.name == phaseName }) else {
@@ -768,11 +836,18 @@ struct DocumentReader {
                 return
             }
             guard phase.steps.contains(where: { $0.name == stepName }) else {
-                issues.append(DocumentIssue(location, stepPath: path, "\(expression.text) refers to step '\(stepName)', which phase '\(phaseName)' does not have"))
+                issues.append(
+                    DocumentIssue(
+                        location, stepPath: path,
+                        "\(expression.text) refers to step '\(stepName)', which phase '\(phaseName)' does not have"))
                 return
             }
             if earlier[phaseName]?.contains(stepName) != true {
-                issues.append(DocumentIssue(location, stepPath: path, "\(expression.text) refers to '\(phaseName)/\(stepName)', which has not run yet at this step; chaining can only use earlier steps"))
+                issues.append(
+                    DocumentIssue(
+                        location, stepPath: path,
+                        "\(expression.text) refers to '\(phaseName)/\(stepName)', which has not run yet at this step; chaining can only use earlier steps"
+                    ))
             }
         case .loop, .other:
             break

@@ -19,8 +19,10 @@ public struct Definitions: Sendable, Hashable, Decodable {
         components = try container.decodeIfPresent([ComponentDefinition].self, forKey: .components) ?? []
         containerRecipes = try container.decodeIfPresent([ContainerRecipeDefinition].self, forKey: .containerRecipes) ?? []
         imageRecipes = try container.decodeIfPresent([ImageRecipeDefinition].self, forKey: .imageRecipes) ?? []
-        infrastructureConfigurations = try container.decodeIfPresent([InfrastructureConfigurationDefinition].self, forKey: .infrastructureConfigurations) ?? []
-        distributionConfigurations = try container.decodeIfPresent([DistributionConfigurationDefinition].self, forKey: .distributionConfigurations) ?? []
+        infrastructureConfigurations =
+            try container.decodeIfPresent([InfrastructureConfigurationDefinition].self, forKey: .infrastructureConfigurations) ?? []
+        distributionConfigurations =
+            try container.decodeIfPresent([DistributionConfigurationDefinition].self, forKey: .distributionConfigurations) ?? []
         imagePipelines = try container.decodeIfPresent([ImagePipelineDefinition].self, forKey: .imagePipelines) ?? []
     }
 
@@ -180,7 +182,8 @@ public struct KilnCache: Sendable, Hashable, Codable {
         public init(from decoder: Decoder) throws {
             let text = try decoder.singleValueContainer().decode(String.self)
             guard let value = PackageUpdates(rawValue: text) else {
-                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "'\(text)' is not a choice; use check or ignore"))
+                throw DecodingError.dataCorrupted(
+                    .init(codingPath: decoder.codingPath, debugDescription: "'\(text)' is not a choice; use check or ignore"))
             }
             self = value
         }
@@ -220,28 +223,45 @@ extension Definitions {
     /// The keys each kind of mapping may hold, by path (`[]` for any list item). Unknown keys are
     /// errors, as in the API, so a typo never silently does nothing.
     static let schema: [String: Set<String>] = [
-        "": ["components", "containerRecipes", "imageRecipes", "infrastructureConfigurations", "distributionConfigurations", "imagePipelines"],
-        "components[]": ["name", "semanticVersion", "platform", "description", "changeDescription", "supportedOsVersions", "data", "uri", "tags", "kmsKeyId"],
-        "containerRecipes[]": ["name", "semanticVersion", "containerType", "description", "parentImage", "components", "dockerfileTemplateData",
-                               "dockerfileTemplateUri", "platformOverride", "targetRepository", "workingDirectory", "tags", "imageOsVersionOverride",
-                               "instanceConfiguration", "kmsKeyId"],
+        "": [
+            "components", "containerRecipes", "imageRecipes", "infrastructureConfigurations", "distributionConfigurations",
+            "imagePipelines",
+        ],
+        "components[]": [
+            "name", "semanticVersion", "platform", "description", "changeDescription", "supportedOsVersions", "data", "uri", "tags",
+            "kmsKeyId",
+        ],
+        "containerRecipes[]": [
+            "name", "semanticVersion", "containerType", "description", "parentImage", "components", "dockerfileTemplateData",
+            "dockerfileTemplateUri", "platformOverride", "targetRepository", "workingDirectory", "tags", "imageOsVersionOverride",
+            "instanceConfiguration", "kmsKeyId",
+        ],
         "containerRecipes[].components[]": ["componentArn", "parameters"],
         "containerRecipes[].components[].parameters[]": ["name", "value"],
         "containerRecipes[].targetRepository": ["service", "repositoryName"],
-        "imageRecipes[]": ["name", "semanticVersion", "description", "parentImage", "components", "workingDirectory", "tags",
-                           "blockDeviceMappings", "additionalInstanceConfiguration", "amiTags"],
+        "imageRecipes[]": [
+            "name", "semanticVersion", "description", "parentImage", "components", "workingDirectory", "tags",
+            "blockDeviceMappings", "additionalInstanceConfiguration", "amiTags",
+        ],
         "imageRecipes[].components[]": ["componentArn", "parameters"],
         "imageRecipes[].components[].parameters[]": ["name", "value"],
-        "infrastructureConfigurations[]": ["name", "description", "instanceTypes", "instanceProfileName", "terminateInstanceOnFailure",
-                                           "resourceTags", "tags", "securityGroupIds", "subnetId", "keyPair", "snsTopicArn", "logging",
-                                           "instanceMetadataOptions", "placement"],
+        "infrastructureConfigurations[]": [
+            "name", "description", "instanceTypes", "instanceProfileName", "terminateInstanceOnFailure",
+            "resourceTags", "tags", "securityGroupIds", "subnetId", "keyPair", "snsTopicArn", "logging",
+            "instanceMetadataOptions", "placement",
+        ],
         "distributionConfigurations[]": ["name", "description", "distributions", "tags"],
         "distributionConfigurations[].distributions[]": ["region", "containerDistributionConfiguration", "amiDistributionConfiguration"],
-        "distributionConfigurations[].distributions[].containerDistributionConfiguration": ["description", "containerTags", "targetRepository"],
+        "distributionConfigurations[].distributions[].containerDistributionConfiguration": [
+            "description", "containerTags", "targetRepository",
+        ],
         "distributionConfigurations[].distributions[].containerDistributionConfiguration.targetRepository": ["service", "repositoryName"],
-        "imagePipelines[]": ["name", "description", "containerRecipeArn", "imageRecipeArn", "infrastructureConfigurationArn",
-                             "distributionConfigurationArn", "imageTestsConfiguration", "schedule", "status", "tags",
-                             "enhancedImageMetadataEnabled", "imageScanningConfiguration", "workflows", "executionRole", "imageTags", "kilnTests", "kilnCache"],
+        "imagePipelines[]": [
+            "name", "description", "containerRecipeArn", "imageRecipeArn", "infrastructureConfigurationArn",
+            "distributionConfigurationArn", "imageTestsConfiguration", "schedule", "status", "tags",
+            "enhancedImageMetadataEnabled", "imageScanningConfiguration", "workflows", "executionRole", "imageTags", "kilnTests",
+            "kilnCache",
+        ],
         "imagePipelines[].kilnCache": ["packageUpdates"],
         "imagePipelines[].kilnTests": ["functionality", "security", "health"],
         "imagePipelines[].kilnTests.functionality": ["enabled", "command", "runForSeconds"],
@@ -292,12 +312,20 @@ extension Definitions {
                 let childField = fieldPath.isEmpty ? name : fieldPath + "." + name
                 if let allowed, !allowed.contains(name) {
                     let mark = key.mark
-                    let hint = allowed.sorted().min { distance($0, name) < distance($1, name) }.map { distance($0, name) <= 3 ? " (did you mean '\($0)'?)" : "" } ?? ""
-                    problems.append(DocumentIssue(SourceLocation(file: source, line: mark?.line ?? 1, column: mark?.column ?? 1), stepPath: fieldPath.isEmpty ? nil : fieldPath,
-                                                  "unknown field '\(name)'\(hint); allowed: \(allowed.sorted().joined(separator: ", "))"))
+                    let hint =
+                        allowed.sorted().min { distance($0, name) < distance($1, name) }.map {
+                            distance($0, name) <= 3 ? " (did you mean '\($0)'?)" : ""
+                        } ?? ""
+                    problems.append(
+                        DocumentIssue(
+                            SourceLocation(file: source, line: mark?.line ?? 1, column: mark?.column ?? 1),
+                            stepPath: fieldPath.isEmpty ? nil : fieldPath,
+                            "unknown field '\(name)'\(hint); allowed: \(allowed.sorted().joined(separator: ", "))"))
                     continue
                 }
-                checkKeys(value, schemaPath: schemaPath.isEmpty ? name : schemaPath + "." + name, fieldPath: childField, source: source, problems: &problems)
+                checkKeys(
+                    value, schemaPath: schemaPath.isEmpty ? name : schemaPath + "." + name, fieldPath: childField, source: source,
+                    problems: &problems)
             }
         case .sequence(let sequence):
             for (index, item) in sequence.enumerated() {
@@ -408,18 +436,22 @@ extension Definitions {
                 do {
                     let reference = try ResourceReference(configuration.componentArn, resourceType: "component")
                     if component(reference) == nil {
-                        problems.append("\(place): no component matches \(reference); defined: \(components.map { "\($0.name)/\($0.semanticVersion)" }.joined(separator: ", "))")
+                        problems.append(
+                            "\(place): no component matches \(reference); defined: \(components.map { "\($0.name)/\($0.semanticVersion)" }.joined(separator: ", "))"
+                        )
                     }
                 } catch let error as KilnError {
                     problems.append("\(place): \(error.message)")
                 }
             }
             if recipe.dockerfileTemplateData != nil && recipe.dockerfileTemplateUri != nil {
-                problems.append("containerRecipes[\(index)] (\(recipe.name)): give dockerfileTemplateData or dockerfileTemplateUri, not both")
+                problems.append(
+                    "containerRecipes[\(index)] (\(recipe.name)): give dockerfileTemplateData or dockerfileTemplateUri, not both")
             }
         }
         for (index, component) in components.enumerated() where (component.data == nil) == (component.uri == nil) {
-            problems.append("components[\(index)] (\(component.name)): give exactly one of data (the document inline) or uri (a file or https URL)")
+            problems.append(
+                "components[\(index)] (\(component.name)): give exactly one of data (the document inline) or uri (a file or https URL)")
         }
         for (index, pipeline) in imagePipelines.enumerated() {
             let place = "imagePipelines[\(index)] (\(pipeline.name))"
@@ -427,20 +459,25 @@ extension Definitions {
             case (let container?, nil):
                 if let reference = try? ResourceReference(container, resourceType: "container-recipe") {
                     let matches = containerRecipes.filter { ImageBuilderARN.normalizedName($0.name) == reference.name }
-                    if reference.selector.map({ selector in !matches.contains { selector.matches(BuildVersion($0.semanticVersion, build: 1)) } }) ?? matches.isEmpty {
+                    if reference.selector.map({ selector in
+                        !matches.contains { selector.matches(BuildVersion($0.semanticVersion, build: 1)) }
+                    }) ?? matches.isEmpty {
                         problems.append("\(place): containerRecipeArn \(reference) matches no container recipe")
                     }
                 } else {
                     problems.append("\(place): containerRecipeArn '\(container)' is not a container-recipe ARN or name/version")
                 }
             case (nil, let image?):
-                if (try? ResourceReference(image, resourceType: "image-recipe")).map({ reference in imageRecipes.contains { ImageBuilderARN.normalizedName($0.name) == reference.name } }) != true {
+                if (try? ResourceReference(image, resourceType: "image-recipe")).map({ reference in
+                    imageRecipes.contains { ImageBuilderARN.normalizedName($0.name) == reference.name }
+                }) != true {
                     problems.append("\(place): imageRecipeArn \(image) matches no image recipe")
                 }
             default:
                 problems.append("\(place): give exactly one of containerRecipeArn or imageRecipeArn")
             }
-            let infrastructure = (try? ResourceReference(pipeline.infrastructureConfigurationArn, resourceType: "infrastructure-configuration"))?.name
+            let infrastructure =
+                (try? ResourceReference(pipeline.infrastructureConfigurationArn, resourceType: "infrastructure-configuration"))?.name
             if !infrastructureConfigurations.contains(where: { ImageBuilderARN.normalizedName($0.name) == infrastructure }) {
                 problems.append("\(place): infrastructureConfigurationArn \(pipeline.infrastructureConfigurationArn) is not defined")
             }
@@ -452,7 +489,9 @@ extension Definitions {
             }
         }
         if !problems.isEmpty {
-            throw KilnError(.invalidDocument, "\(source): \(problems.count) reference problem(s):\n" + problems.map { "  " + $0 }.joined(separator: "\n"))
+            throw KilnError(
+                .invalidDocument,
+                "\(source): \(problems.count) reference problem(s):\n" + problems.map { "  " + $0 }.joined(separator: "\n"))
         }
     }
 }

@@ -46,14 +46,18 @@ public struct DockerfileTemplate: Sendable, Hashable {
         for step in steps {
             guard case .arg("SOURCE_DATE_EPOCH", let value?) = step.instruction else { continue }
             guard let seconds = Int64(value), seconds >= 0 else {
-                throw KilnError(.invalidDocument, "\(source): dockerfileTemplateData line \(step.line): ARG SOURCE_DATE_EPOCH=\(value) must be whole seconds since 1970, like 1700000000")
+                throw KilnError(
+                    .invalidDocument,
+                    "\(source): dockerfileTemplateData line \(step.line): ARG SOURCE_DATE_EPOCH=\(value) must be whole seconds since 1970, like 1700000000"
+                )
             }
             return seconds
         }
         return nil
     }
 
-    public static let canonical = "FROM {{{ imagebuilder:parentImage }}}\n{{{ imagebuilder:environments }}}\n{{{ imagebuilder:components }}}\n"
+    public static let canonical =
+        "FROM {{{ imagebuilder:parentImage }}}\n{{{ imagebuilder:environments }}}\n{{{ imagebuilder:components }}}\n"
 
     /// Parses `text`, with `parentImage` put in for its placeholder. `source` names the recipe in errors.
     public init(parsing text: String, parentImage: String, source: String) throws {
@@ -73,7 +77,9 @@ public struct DockerfileTemplate: Sendable, Hashable {
                 continue
             }
             if placeholder == "{{{imagebuilder:components}}}" {
-                guard sawEnvironments else { throw fail("{{{ imagebuilder:components }}} must come after {{{ imagebuilder:environments }}}") }
+                guard sawEnvironments else {
+                    throw fail("{{{ imagebuilder:components }}} must come after {{{ imagebuilder:environments }}}")
+                }
                 steps.append(Step(instruction: .components, line: line))
                 continue
             }
@@ -83,8 +89,11 @@ public struct DockerfileTemplate: Sendable, Hashable {
             let instruction: Instruction
             switch keyword {
             case "FROM":
-                let image = rest.replacingOccurrences(of: #"\{\{\{\s*imagebuilder:parentImage\s*\}\}\}"#, with: parentImage, options: .regularExpression)
-                guard !image.isEmpty, !image.contains("{{{") else { throw fail("FROM needs an image, usually {{{ imagebuilder:parentImage }}}") }
+                let image = rest.replacingOccurrences(
+                    of: #"\{\{\{\s*imagebuilder:parentImage\s*\}\}\}"#, with: parentImage, options: .regularExpression)
+                guard !image.isEmpty, !image.contains("{{{") else {
+                    throw fail("FROM needs an image, usually {{{ imagebuilder:parentImage }}}")
+                }
                 guard steps.isEmpty || steps.allSatisfy({ if case .arg = $0.instruction { true } else { false } }) else {
                     throw fail("FROM must be the first instruction; multi-stage templates are not supported")
                 }
@@ -96,7 +105,9 @@ public struct DockerfileTemplate: Sendable, Hashable {
             case "ENTRYPOINT":
                 instruction = .entrypoint(try Self.command(rest, shell: shell) ?? { throw fail("ENTRYPOINT needs a command") }())
             case "SHELL":
-                guard let form = try Self.jsonArray(rest), !form.isEmpty else { throw fail("SHELL takes a JSON array, e.g. [\"/bin/bash\", \"-c\"]") }
+                guard let form = try Self.jsonArray(rest), !form.isEmpty else {
+                    throw fail("SHELL takes a JSON array, e.g. [\"/bin/bash\", \"-c\"]")
+                }
                 shell = form
                 instruction = .shell(form)
             case "ENV":
@@ -115,7 +126,9 @@ public struct DockerfileTemplate: Sendable, Hashable {
                 instruction = .user(rest)
             case "EXPOSE":
                 let ports = rest.split(separator: " ").map(String.init)
-                guard !ports.isEmpty, ports.allSatisfy({ $0.range(of: #"^[0-9]+(-[0-9]+)?(/(tcp|udp|sctp))?$"#, options: .regularExpression) != nil }) else {
+                guard !ports.isEmpty,
+                    ports.allSatisfy({ $0.range(of: #"^[0-9]+(-[0-9]+)?(/(tcp|udp|sctp))?$"#, options: .regularExpression) != nil })
+                else {
                     throw fail("EXPOSE takes ports such as 80 or 8080/tcp")
                 }
                 instruction = .expose(ports)
@@ -132,7 +145,9 @@ public struct DockerfileTemplate: Sendable, Hashable {
                 var words = try Self.jsonArray(rest) ?? rest.split(separator: " ").map(String.init)
                 var chown: String?
                 while let flag = words.first, flag.hasPrefix("--") {
-                    if flag.hasPrefix("--chown=") { chown = String(flag.dropFirst("--chown=".count)) } else {
+                    if flag.hasPrefix("--chown=") {
+                        chown = String(flag.dropFirst("--chown=".count))
+                    } else {
                         throw fail("\(keyword) option \(flag) is not supported; only --chown")
                     }
                     words.removeFirst()
@@ -142,15 +157,21 @@ public struct DockerfileTemplate: Sendable, Hashable {
                     throw fail("\(keyword) from a URL (\(remote)) is not supported; download it in a component step (WebDownload)")
                 }
                 let sources = Array(words.dropLast())
-                instruction = keyword == "COPY" ? .copy(sources: sources, destination: words.last!, chown: chown) : .add(sources: sources, destination: words.last!, chown: chown)
+                instruction =
+                    keyword == "COPY"
+                    ? .copy(sources: sources, destination: words.last!, chown: chown)
+                    : .add(sources: sources, destination: words.last!, chown: chown)
             case "ONBUILD", "MAINTAINER":
                 throw fail("\(keyword) is not supported in a container recipe; use LABEL for metadata")
             default:
-                throw fail("unknown instruction '\(keyword)'; allowed: FROM, RUN, ENV, ARG, WORKDIR, USER, ENTRYPOINT, CMD, LABEL, EXPOSE, SHELL, VOLUME, STOPSIGNAL, HEALTHCHECK, COPY, ADD and the imagebuilder placeholders")
+                throw fail(
+                    "unknown instruction '\(keyword)'; allowed: FROM, RUN, ENV, ARG, WORKDIR, USER, ENTRYPOINT, CMD, LABEL, EXPOSE, SHELL, VOLUME, STOPSIGNAL, HEALTHCHECK, COPY, ADD and the imagebuilder placeholders"
+                )
             }
             steps.append(Step(instruction: instruction, line: line))
         }
-        guard let first = steps.first(where: { if case .arg = $0.instruction { false } else { true } }), case .from = first.instruction else {
+        guard let first = steps.first(where: { if case .arg = $0.instruction { false } else { true } }), case .from = first.instruction
+        else {
             throw KilnError(.invalidDocument, "\(source): dockerfileTemplateData must start with FROM {{{ imagebuilder:parentImage }}}")
         }
         self.steps = steps
@@ -247,8 +268,11 @@ public struct DockerfileTemplate: Sendable, Hashable {
         while rest.hasPrefix("--") {
             let end = rest.firstIndex(of: " ") ?? rest.endIndex
             let option = rest[rest.index(rest.startIndex, offsetBy: 2)..<end]
-            guard let equals = option.firstIndex(of: "="), ["interval", "timeout", "start-period", "start-interval", "retries"].contains(String(option[..<equals])) else {
-                throw fail("HEALTHCHECK option --\(option) is not one of --interval, --timeout, --start-period, --start-interval, --retries")
+            guard let equals = option.firstIndex(of: "="),
+                ["interval", "timeout", "start-period", "start-interval", "retries"].contains(String(option[..<equals]))
+            else {
+                throw fail(
+                    "HEALTHCHECK option --\(option) is not one of --interval, --timeout, --start-period, --start-interval, --retries")
             }
             options[String(option[..<equals])] = String(option[option.index(after: equals)...])
             rest = rest[end...].drop { $0 == " " }

@@ -145,7 +145,9 @@ public struct KilnConfiguration: Sendable, Hashable {
             return value
         }
         func price(_ node: Node, _ what: String) throws -> Double {
-            guard let value = node.float, value >= 0, value.isFinite else { throw issue(node, "\(what) must be a price in US dollars, 0 or more (like 0.0416)") }
+            guard let value = node.float, value >= 0, value.isFinite else {
+                throw issue(node, "\(what) must be a price in US dollars, 0 or more (like 0.0416)")
+            }
             return value
         }
 
@@ -164,7 +166,9 @@ public struct KilnConfiguration: Sendable, Hashable {
             case "transfers":
                 for (field, fieldNode, fieldValue) in try mapping(value, "transfers") {
                     guard field == "concurrency" else { throw issue(fieldNode, "unknown key 'transfers.\(field)'; allowed: concurrency") }
-                    guard let count = fieldValue.int, (1...64).contains(count) else { throw issue(fieldValue, "transfers.concurrency must be a number from 1 to 64") }
+                    guard let count = fieldValue.int, (1...64).contains(count) else {
+                        throw issue(fieldValue, "transfers.concurrency must be a number from 1 to 64")
+                    }
                     configuration.transferConcurrency = count
                 }
             case "registries":
@@ -180,11 +184,14 @@ public struct KilnConfiguration: Sendable, Hashable {
                         case "password": registry.password = try string(fieldValue, what)
                         case "passwordEnv": passwordEnv = (try string(fieldValue, what), fieldValue)
                         default:
-                            throw issue(fieldNode, "unknown key '\(what)'; allowed: insecure, caCertificate, username, password, passwordEnv")
+                            throw issue(
+                                fieldNode, "unknown key '\(what)'; allowed: insecure, caCertificate, username, password, passwordEnv")
                         }
                     }
                     if let (variable, node) = passwordEnv {
-                        guard let secret = environment[variable] else { throw issue(node, "registries.\(host).passwordEnv names \(variable), which is not set in the environment") }
+                        guard let secret = environment[variable] else {
+                            throw issue(node, "registries.\(host).passwordEnv names \(variable), which is not set in the environment")
+                        }
                         registry.password = secret
                     }
                     if (registry.username == nil) != (registry.password == nil) {
@@ -199,13 +206,19 @@ public struct KilnConfiguration: Sendable, Hashable {
                         let what = "instanceTypes.\(name).\(field)"
                         switch field {
                         case "vCPUs":
-                            guard let number = fieldValue.float, number > 0 else { throw issue(fieldValue, "\(what) must be a positive number") }
+                            guard let number = fieldValue.float, number > 0 else {
+                                throw issue(fieldValue, "\(what) must be a positive number")
+                            }
                             size.vCPUs = number
                         case "memoryMiB":
-                            guard let number = fieldValue.int, number >= 16 else { throw issue(fieldValue, "\(what) must be a whole number of MiB, at least 16") }
+                            guard let number = fieldValue.int, number >= 16 else {
+                                throw issue(fieldValue, "\(what) must be a whole number of MiB, at least 16")
+                            }
                             size.memoryMiB = number
                         case "pidsLimit":
-                            guard let number = fieldValue.int, number > 0 else { throw issue(fieldValue, "\(what) must be a positive whole number") }
+                            guard let number = fieldValue.int, number > 0 else {
+                                throw issue(fieldValue, "\(what) must be a positive whole number")
+                            }
                             size.pidsLimit = number
                         case "pricePerHour":
                             size.pricePerHour = try price(fieldValue, what)
@@ -235,14 +248,20 @@ public struct KilnConfiguration: Sendable, Hashable {
                         case "password": settings.password = try string(fieldValue, what)
                         case "passwordEnv":
                             let variable = try string(fieldValue, what)
-                            guard let secret = environment[variable] else { throw issue(fieldValue, "\(what) names \(variable), which is not set in the environment") }
+                            guard let secret = environment[variable] else {
+                                throw issue(fieldValue, "\(what) names \(variable), which is not set in the environment")
+                            }
                             settings.password = secret
                         default:
-                            throw issue(fieldNode, "unknown key '\(what)'; allowed: registry, repositoryPrefix, storagePerGBMonth, transferPerGB, insecure, caCertificate, username, password, passwordEnv")
+                            throw issue(
+                                fieldNode,
+                                "unknown key '\(what)'; allowed: registry, repositoryPrefix, storagePerGBMonth, transferPerGB, insecure, caCertificate, username, password, passwordEnv"
+                            )
                         }
                     }
                     guard let registry else { throw issue(regionNode, "regions.\(name) needs registry: host[:port]") }
-                    configuration.regions[name] = Region(registry: registry, repositoryPrefix: prefix, storagePerGBMonth: storage, transferPerGB: transfer)
+                    configuration.regions[name] = Region(
+                        registry: registry, repositoryPrefix: prefix, storagePerGBMonth: storage, transferPerGB: transfer)
                     if settings != Registry() { configuration.registries[registry] = settings }
                 }
             case "pricing":
@@ -269,7 +288,10 @@ public struct KilnConfiguration: Sendable, Hashable {
                     }
                 }
             default:
-                throw issue(keyNode, "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, pricing, bootstrap, offline")
+                throw issue(
+                    keyNode,
+                    "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, pricing, bootstrap, offline"
+                )
             }
         }
         return configuration

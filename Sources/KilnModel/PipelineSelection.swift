@@ -40,12 +40,16 @@ extension Definitions {
         let pipeline: ImagePipelineDefinition
         if let name {
             guard let named = imagePipelines.first(where: { $0.name == name }) else {
-                throw KilnError(.notFound, "\(source) has no image pipeline '\(name)'; it has: \(imagePipelines.map(\.name).joined(separator: ", "))")
+                throw KilnError(
+                    .notFound, "\(source) has no image pipeline '\(name)'; it has: \(imagePipelines.map(\.name).joined(separator: ", "))")
             }
             pipeline = named
         } else {
             guard imagePipelines.count == 1 else {
-                throw KilnError(.invalidArgument, "\(source) has \(imagePipelines.count) pipelines; choose one with --pipeline (\(imagePipelines.map(\.name).joined(separator: ", ")))")
+                throw KilnError(
+                    .invalidArgument,
+                    "\(source) has \(imagePipelines.count) pipelines; choose one with --pipeline (\(imagePipelines.map(\.name).joined(separator: ", ")))"
+                )
             }
             pipeline = imagePipelines[0]
         }
@@ -58,41 +62,64 @@ extension Definitions {
             }
             components.append(.init(definition: definition, parameters: configuration.parameters ?? []))
         }
-        let infrastructureName = try ResourceReference(pipeline.infrastructureConfigurationArn, resourceType: "infrastructure-configuration").name
-        guard let infrastructure = infrastructureConfigurations.first(where: { ImageBuilderARN.normalizedName($0.name) == infrastructureName }) else {
-            throw KilnError(.notFound, "\(source): pipeline \(pipeline.name): infrastructureConfigurationArn \(pipeline.infrastructureConfigurationArn) is not defined")
+        let infrastructureName = try ResourceReference(
+            pipeline.infrastructureConfigurationArn, resourceType: "infrastructure-configuration"
+        ).name
+        guard
+            let infrastructure = infrastructureConfigurations.first(where: { ImageBuilderARN.normalizedName($0.name) == infrastructureName }
+            )
+        else {
+            throw KilnError(
+                .notFound,
+                "\(source): pipeline \(pipeline.name): infrastructureConfigurationArn \(pipeline.infrastructureConfigurationArn) is not defined"
+            )
         }
         var distribution: DistributionConfigurationDefinition?
         if let text = pipeline.distributionConfigurationArn {
             let distributionName = try ResourceReference(text, resourceType: "distribution-configuration").name
-            guard let found = distributionConfigurations.first(where: { ImageBuilderARN.normalizedName($0.name) == distributionName }) else {
+            guard let found = distributionConfigurations.first(where: { ImageBuilderARN.normalizedName($0.name) == distributionName })
+            else {
                 throw KilnError(.notFound, "\(source): pipeline \(pipeline.name): distributionConfigurationArn \(text) is not defined")
             }
             distribution = found
         }
-        return PipelineSelection(pipeline: pipeline, recipe: recipe, components: components, infrastructure: infrastructure, distribution: distribution)
+        return PipelineSelection(
+            pipeline: pipeline, recipe: recipe, components: components, infrastructure: infrastructure, distribution: distribution)
     }
 
     /// The newest recipe the pipeline's recipe reference selects, and its component configurations.
     func selectRecipe(of pipeline: ImagePipelineDefinition) throws -> (PipelineSelection.Recipe, [ComponentConfiguration]) {
-        func pick<Recipe>(_ text: String, _ resourceType: String, from recipes: [Recipe], name: (Recipe) -> String, version: (Recipe) -> SemanticVersion) throws -> Recipe {
+        func pick<Recipe>(
+            _ text: String, _ resourceType: String, from recipes: [Recipe], name: (Recipe) -> String, version: (Recipe) -> SemanticVersion
+        ) throws -> Recipe {
             let reference = try ResourceReference(text, resourceType: resourceType)
             let candidates = recipes.filter { ImageBuilderARN.normalizedName(name($0)) == reference.name }
             let versions = candidates.map { BuildVersion(version($0), build: 1) }
             let chosen = reference.selector.map { $0.select(from: versions) } ?? versions.max()
             guard let recipe = candidates.first(where: { BuildVersion(version($0), build: 1) == chosen }) else {
-                throw KilnError(.notFound, "pipeline \(pipeline.name): no \(resourceType) matches \(text); there are: \(candidates.map { "\(name($0))/\(version($0))" }.joined(separator: ", "))")
+                throw KilnError(
+                    .notFound,
+                    "pipeline \(pipeline.name): no \(resourceType) matches \(text); there are: \(candidates.map { "\(name($0))/\(version($0))" }.joined(separator: ", "))"
+                )
             }
             return recipe
         }
         if let text = pipeline.containerRecipeArn {
             let recipe = try pick(text, "container-recipe", from: containerRecipes, name: \.name, version: \.semanticVersion)
-            return (.init(name: recipe.name, semanticVersion: recipe.semanticVersion, parentImage: recipe.parentImage, dockerfileTemplateData: recipe.dockerfileTemplateData, imageType: .docker), recipe.components ?? [])
+            return (
+                .init(
+                    name: recipe.name, semanticVersion: recipe.semanticVersion, parentImage: recipe.parentImage,
+                    dockerfileTemplateData: recipe.dockerfileTemplateData, imageType: .docker), recipe.components ?? []
+            )
         }
         guard let text = pipeline.imageRecipeArn else {
             throw KilnError(.invalidDocument, "pipeline \(pipeline.name) needs containerRecipeArn or imageRecipeArn")
         }
         let recipe = try pick(text, "image-recipe", from: imageRecipes, name: \.name, version: \.semanticVersion)
-        return (.init(name: recipe.name, semanticVersion: recipe.semanticVersion, parentImage: recipe.parentImage, dockerfileTemplateData: nil, imageType: .ami), recipe.components ?? [])
+        return (
+            .init(
+                name: recipe.name, semanticVersion: recipe.semanticVersion, parentImage: recipe.parentImage, dockerfileTemplateData: nil,
+                imageType: .ami), recipe.components ?? []
+        )
     }
 }

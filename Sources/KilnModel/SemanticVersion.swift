@@ -16,9 +16,12 @@ public struct SemanticVersion: Sendable, Hashable, Comparable, Codable, CustomSt
     public init(parsing text: String) throws {
         let nodes = text.split(separator: ".", omittingEmptySubsequences: false)
         guard nodes.count == 3, let values = Optional(nodes.compactMap { Int($0) }), values.count == 3,
-              nodes.allSatisfy({ !$0.isEmpty && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }),
-              values.allSatisfy({ (0...Self.maximumNode).contains($0) }) else {
-            throw KilnError(.invalidArgument, "'\(text)' is not a semantic version; use major.minor.patch with whole numbers from 0 to \(Self.maximumNode), e.g. 1.0.0")
+            nodes.allSatisfy({ !$0.isEmpty && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }),
+            values.allSatisfy({ (0...Self.maximumNode).contains($0) })
+        else {
+            throw KilnError(
+                .invalidArgument,
+                "'\(text)' is not a semantic version; use major.minor.patch with whole numbers from 0 to \(Self.maximumNode), e.g. 1.0.0")
         }
         self.init(values[0], values[1], values[2])
     }
@@ -74,7 +77,9 @@ public struct VersionSelector: Sendable, Hashable, CustomStringConvertible {
         }
         let parts = versionText.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3 else {
-            throw KilnError(.invalidArgument, "'\(text)' is not a version; use major.minor.patch, where any node from the left may be x (x.x.x, 1.x.x, 1.2.x)")
+            throw KilnError(
+                .invalidArgument,
+                "'\(text)' is not a version; use major.minor.patch, where any node from the left may be x (x.x.x, 1.x.x, 1.2.x)")
         }
         var nodes: [Int?] = []
         for part in parts {
@@ -82,7 +87,10 @@ public struct VersionSelector: Sendable, Hashable, CustomStringConvertible {
                 nodes.append(nil)
             } else if let value = Int(part), (0...SemanticVersion.maximumNode).contains(value), part.allSatisfy(\.isNumber) {
                 guard nodes.allSatisfy({ $0 != nil }) else {
-                    throw KilnError(.invalidArgument, "'\(text)': once a node is x, every node to its right must be x too (write \(parts.map { _ in "x" }.joined(separator: ".")) or pin the nodes on the left)")
+                    throw KilnError(
+                        .invalidArgument,
+                        "'\(text)': once a node is x, every node to its right must be x too (write \(parts.map { _ in "x" }.joined(separator: ".")) or pin the nodes on the left)"
+                    )
                 }
                 nodes.append(value)
             } else {
@@ -97,7 +105,8 @@ public struct VersionSelector: Sendable, Hashable, CustomStringConvertible {
 
     public func matches(_ candidate: BuildVersion) -> Bool {
         let values = [candidate.version.major, candidate.version.minor, candidate.version.patch]
-        return zip(nodes, values).allSatisfy { node, value in node.map { $0 == value } ?? true } && (build.map { $0 == candidate.build } ?? true)
+        return zip(nodes, values).allSatisfy { node, value in node.map { $0 == value } ?? true }
+            && (build.map { $0 == candidate.build } ?? true)
     }
 
     /// The most recent matching build, or nil.
@@ -133,7 +142,8 @@ public struct ImageBuilderARN: Sendable, Hashable, CustomStringConvertible {
     public init(parsing text: String) throws {
         let fields = text.split(separator: ":", maxSplits: 5, omittingEmptySubsequences: false).map(String.init)
         guard fields.count == 6, fields[0] == "arn", fields[2] == "imagebuilder" else {
-            throw KilnError(.invalidArgument, "'\(text)' is not an Image Builder ARN (arn:aws:imagebuilder:REGION:ACCOUNT:TYPE/NAME[/VERSION[/BUILD]])")
+            throw KilnError(
+                .invalidArgument, "'\(text)' is not an Image Builder ARN (arn:aws:imagebuilder:REGION:ACCOUNT:TYPE/NAME[/VERSION[/BUILD]])")
         }
         let path = fields[5].split(separator: "/", omittingEmptySubsequences: false).map(String.init)
         guard path.count >= 2, !path[0].isEmpty, !path[1].isEmpty else {

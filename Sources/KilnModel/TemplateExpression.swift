@@ -27,7 +27,8 @@ public struct TemplateExpression: Sendable, Hashable {
         var found: [(Range<String.Index>, TemplateExpression)] = []
         var searchStart = string.startIndex
         while let open = string.range(of: "{{", range: searchStart..<string.endIndex),
-              let close = string.range(of: "}}", range: open.upperBound..<string.endIndex) {
+            let close = string.range(of: "}}", range: open.upperBound..<string.endIndex)
+        {
             let inside = string[open.upperBound..<close.lowerBound]
             if inside.contains("{{") {
                 // `{{ {{ x }}`: restart at the inner opening so the innermost pair is matched.
@@ -62,16 +63,18 @@ public struct TemplateExpression: Sendable, Hashable {
             return .chained(phase: segments[0], step: segments[1], part: .inputs(index: nil), key: segments[3])
         }
         if part.hasPrefix("inputs["), part.hasSuffix("]"),
-           let index = Int(part.dropFirst("inputs[".count).dropLast()), index >= 0 {
+            let index = Int(part.dropFirst("inputs[".count).dropLast()), index >= 0
+        {
             return .chained(phase: segments[0], step: segments[1], part: .inputs(index: index), key: segments[3])
         }
         return .other
     }
 
     static func isIdentifier(_ text: String) -> Bool {
-        !text.isEmpty && text.unicodeScalars.allSatisfy { scalar in
-            scalar.properties.isAlphabetic && scalar.isASCII || ("0"..."9").contains(scalar) || scalar == "_" || scalar == "-"
-        }
+        !text.isEmpty
+            && text.unicodeScalars.allSatisfy { scalar in
+                scalar.properties.isAlphabetic && scalar.isASCII || ("0"..."9").contains(scalar) || scalar == "_" || scalar == "-"
+            }
     }
 }
 

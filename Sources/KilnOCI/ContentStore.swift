@@ -1,8 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Kiln's content store: an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`).
 /// Blobs are written to a temp file, verified, then renamed into place, so readers never see a
@@ -40,7 +41,8 @@ public struct ContentStore: Sendable {
 
     /// Opens an existing layout for reading without creating anything.
     public init(existingLayout root: String) throws {
-        guard FileManager.default.fileExists(atPath: root + "/oci-layout"), FileManager.default.fileExists(atPath: root + "/index.json") else {
+        guard FileManager.default.fileExists(atPath: root + "/oci-layout"), FileManager.default.fileExists(atPath: root + "/index.json")
+        else {
             throw KilnError(.notFound, "'\(root)' is not an OCI image layout (it needs oci-layout and index.json)")
         }
         self.root = root
@@ -121,7 +123,8 @@ public struct ContentStore: Sendable {
                 let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
                 if written < 0 {
                     if errno == EINTR { continue }
-                    throw KilnError(.ioFailure, "cannot write into the content store at '\(store.root)': \(String(cString: strerror(errno)))")
+                    throw KilnError(
+                        .ioFailure, "cannot write into the content store at '\(store.root)': \(String(cString: strerror(errno)))")
                 }
                 offset += written
             }
@@ -138,7 +141,8 @@ public struct ContentStore: Sendable {
             }
             if let expected, expected != digest {
                 unlink(temporary)
-                throw KilnError(.checksumMismatch, "content does not match its digest: expected \(expected), got \(digest); nothing was stored")
+                throw KilnError(
+                    .checksumMismatch, "content does not match its digest: expected \(expected), got \(digest); nothing was stored")
             }
             // rename replaces atomically; an identical blob written meanwhile is simply replaced by the same bytes.
             guard rename(temporary, store.path(of: digest)) == 0 else {
@@ -261,8 +265,10 @@ public struct ContentStore: Sendable {
                 var info = stat()
                 size += stat(path(of: next.digest), &info) == 0 ? Int64(info.st_size) : next.size
                 let children = children(of: next.digest)
-                if created == nil, let manifestData = try? read(next.digest), let manifest = try? JSONDecoder().decode(ImageManifest.self, from: manifestData),
-                   let configData = try? read(manifest.config.digest) {
+                if created == nil, let manifestData = try? read(next.digest),
+                    let manifest = try? JSONDecoder().decode(ImageManifest.self, from: manifestData),
+                    let configData = try? read(manifest.config.digest)
+                {
                     created = (try? JSONDecoder().decode(ImageConfiguration.self, from: configData))?.created
                 }
                 pending += children
@@ -275,7 +281,8 @@ public struct ContentStore: Sendable {
     func children(of digest: Digest) -> [Descriptor] {
         var info = stat()
         // Manifests are small JSON; layers are not worth parsing.
-        guard stat(path(of: digest), &info) == 0, info.st_size < 4 << 20, let data = try? read(digest), data.first == UInt8(ascii: "{") else { return [] }
+        guard stat(path(of: digest), &info) == 0, info.st_size < 4 << 20, let data = try? read(digest), data.first == UInt8(ascii: "{")
+        else { return [] }
         if let manifest = try? JSONDecoder().decode(ImageManifest.self, from: data) {
             return [manifest.config] + manifest.layers + (manifest.subject.map { [$0] } ?? [])
         }
@@ -287,7 +294,9 @@ public struct ContentStore: Sendable {
 
     private func withIndexLock<T>(_ body: () throws -> T) throws -> T {
         let fd = open(root + "/index.json.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw KilnError(.ioFailure, "cannot lock the content store at '\(root)': \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else {
+            throw KilnError(.ioFailure, "cannot lock the content store at '\(root)': \(String(cString: strerror(errno)))")
+        }
         defer { close(fd) }
         flock(fd, LOCK_EX)
         defer { flock(fd, LOCK_UN) }
@@ -313,7 +322,8 @@ extension ContentStore {
     /// bootstrapped root filesystem becomes a parent image.
     @discardableResult
     public func importRootFilesystem(
-        _ directory: String, name: String, platform: Platform = .host, sourceDateEpoch: Int64? = nil, level: Int32 = 6, createdBy: String = "kiln image pack"
+        _ directory: String, name: String, platform: Platform = .host, sourceDateEpoch: Int64? = nil, level: Int32 = 6,
+        createdBy: String = "kiln image pack"
     ) throws -> Descriptor {
         let staging = scratch + "/.layer-" + UUID().uuidString
         defer { unlink(staging) }

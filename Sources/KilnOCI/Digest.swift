@@ -21,7 +21,9 @@ public struct Digest: Sendable, Hashable, Codable, CustomStringConvertible, Comp
         }
         let encoded = String(text[text.index(after: colon)...])
         guard encoded.count == algorithm.hexLength, encoded.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
-            throw KilnError(.invalidArgument, "'\(text)' is not a valid \(algorithm.rawValue) digest; expected \(algorithm.hexLength) lowercase hex digits")
+            throw KilnError(
+                .invalidArgument,
+                "'\(text)' is not a valid \(algorithm.rawValue) digest; expected \(algorithm.hexLength) lowercase hex digits")
         }
         self.algorithm = algorithm
         self.encoded = encoded

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CKilnSystem
 import Foundation
 import KilnModel
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Writes a directory tree as a deterministic tar stream: entries in byte order of their paths,
 /// modification times clamped to `SOURCE_DATE_EPOCH`, numeric owners only, no atime or ctime,
@@ -17,7 +18,10 @@ public struct DirectoryArchiver {
     /// (with their parent folders) and a whiteout for each entry that is gone.
     public var changesSince: DirectoryState?
 
-    public init(sourceDateEpoch: Int64? = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap(Int64.init), overlayUpperDirectory: Bool = false, changesSince: DirectoryState? = nil) {
+    public init(
+        sourceDateEpoch: Int64? = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap(Int64.init),
+        overlayUpperDirectory: Bool = false, changesSince: DirectoryState? = nil
+    ) {
         self.sourceDateEpoch = sourceDateEpoch
         self.overlayUpperDirectory = overlayUpperDirectory
         self.changesSince = changesSince
@@ -170,7 +174,9 @@ public struct DirectoryArchiver {
 
     private func copyContents(_ path: String, expected: Int64, into writer: inout TarWriter) throws {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else { throw KilnError(.ioFailure, "cannot open '\(path)' while packing a layer: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else {
+            throw KilnError(.ioFailure, "cannot open '\(path)' while packing a layer: \(String(cString: strerror(errno)))")
+        }
         defer { close(fd) }
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         var copied: Int64 = 0

@@ -69,7 +69,8 @@ public final class GzipLayerWriter {
             trailer += [UInt8(value & 0xff), UInt8(value >> 8 & 0xff), UInt8(value >> 16 & 0xff), UInt8(value >> 24)]
         }
         try emit(trailer)
-        return Result(diffID: uncompressed.finalize(), digest: compressed.finalize(), size: compressed.count, uncompressedSize: uncompressed.count)
+        return Result(
+            diffID: uncompressed.finalize(), digest: compressed.finalize(), size: compressed.count, uncompressedSize: uncompressed.count)
     }
 
     private func submit(final: Bool) throws {
@@ -126,7 +127,8 @@ private final class CompressionJob: @unchecked Sendable {
         stream.initialize(to: z_stream())
         defer { stream.deallocate() }
         // Negative window bits: raw deflate, the gzip wrapper is written once around all blocks.
-        guard deflateInit2_(stream, level, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
+        guard deflateInit2_(stream, level, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK
+        else {
             error = KilnError(.internalError, "zlib could not start compressing")
             return
         }
@@ -149,7 +151,9 @@ private final class CompressionJob: @unchecked Sendable {
                     produced = target.count - Int(stream.pointee.avail_out)
                     return status
                 }
-                if final ? status == Z_STREAM_END : (status == Z_OK && stream.pointee.avail_in == 0 && stream.pointee.avail_out > 0) { break }
+                if final ? status == Z_STREAM_END : (status == Z_OK && stream.pointee.avail_in == 0 && stream.pointee.avail_out > 0) {
+                    break
+                }
                 guard status == Z_OK || status == Z_BUF_ERROR else {
                     error = KilnError(.internalError, "zlib failed while compressing (status \(status))")
                     return
@@ -162,7 +166,9 @@ private final class CompressionJob: @unchecked Sendable {
 
 /// Packs a directory into a gzip-compressed, deterministic layer file.
 public enum LayerPacker {
-    public static func pack(directory: String, to path: String, level: Int32 = 6, sourceDateEpoch: Int64? = nil) throws -> GzipLayerWriter.Result {
+    public static func pack(directory: String, to path: String, level: Int32 = 6, sourceDateEpoch: Int64? = nil) throws
+        -> GzipLayerWriter.Result
+    {
         guard FileManager.default.createFile(atPath: path, contents: nil), let handle = FileHandle(forWritingAtPath: path) else {
             throw KilnError(.ioFailure, "cannot create the layer file '\(path)'")
         }

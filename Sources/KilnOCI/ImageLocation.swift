@@ -39,7 +39,9 @@ public enum ImageLocation: Sendable, Hashable, CustomStringConvertible {
             path = String(rest[..<colon])
             tag = String(rest[rest.index(after: colon)...])
         }
-        guard !path.isEmpty else { throw KilnError(.invalidArgument, "'\(whole)' has no path; use \(whole.prefix { $0 != ":" }):PATH[:TAG]") }
+        guard !path.isEmpty else {
+            throw KilnError(.invalidArgument, "'\(whole)' has no path; use \(whole.prefix { $0 != ":" }):PATH[:TAG]")
+        }
         guard !tag.isEmpty, tag.allSatisfy({ $0.isLetter || $0.isNumber || "._-".contains($0) }) else {
             throw KilnError(.invalidArgument, "'\(whole)' has an invalid tag '\(tag)'; use letters, digits, '.', '_' and '-'")
         }

@@ -32,8 +32,12 @@ public struct ImageReference: Sendable, Hashable, CustomStringConvertible {
         var repository = String(rest)
         if registry == "docker.io", !repository.contains("/") { repository = "library/" + repository }
         guard !repository.isEmpty, repository.allSatisfy({ $0.isLowercase || $0.isNumber || "._-/".contains($0) }),
-              !repository.hasPrefix("/"), !repository.hasSuffix("/"), !repository.contains("//") else {
-            throw KilnError(.invalidArgument, "'\(text)' is not an image reference: the repository must be lowercase letters, digits and . _ - / (e.g. registry.example:5000/team/app:1.0)")
+            !repository.hasPrefix("/"), !repository.hasSuffix("/"), !repository.contains("//")
+        else {
+            throw KilnError(
+                .invalidArgument,
+                "'\(text)' is not an image reference: the repository must be lowercase letters, digits and . _ - / (e.g. registry.example:5000/team/app:1.0)"
+            )
         }
         if let tag, tag.isEmpty || tag.count > 128 || !tag.allSatisfy({ $0.isLetter || $0.isNumber || "._-".contains($0) }) {
             throw KilnError(.invalidArgument, "'\(text)' has an invalid tag '\(tag)'; use letters, digits, '.', '_' and '-' (at most 128)")

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CKilnSystem
 import Foundation
 import KilnModel
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Applies layers in order onto a directory, with OCI whiteouts. Layers are untrusted: an
 /// entry that would write outside the target (absolute or `..` paths, a parent symlink whose
@@ -62,7 +63,8 @@ public struct LayerUnpacker {
                     try ensureDirectories(parentComponents)
                     // overlayfs hides a lower file behind a 0/0 character device of the same name.
                     guard mknod(victim, S_IFCHR | 0o000, 0) == 0 else {
-                        throw KilnError(.ioFailure, "cannot write the whiteout '\(entry.path)' for overlayfs: \(String(cString: strerror(errno)))")
+                        throw KilnError(
+                            .ioFailure, "cannot write the whiteout '\(entry.path)' for overlayfs: \(String(cString: strerror(errno)))")
                     }
                 }
                 continue
@@ -105,7 +107,9 @@ public struct LayerUnpacker {
         while let component = pending.popLast() {
             if component == ".." {
                 guard !resolved.isEmpty else {
-                    throw KilnError(.invalidArgument, "layer entry '\(entryPath)' goes through a symlink that leads outside the image root; refusing it")
+                    throw KilnError(
+                        .invalidArgument, "layer entry '\(entryPath)' goes through a symlink that leads outside the image root; refusing it"
+                    )
                 }
                 resolved.removeLast()
                 continue
@@ -173,7 +177,10 @@ public struct LayerUnpacker {
                     var offset = 0
                     while offset < buffer.count {
                         let written = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                        if written < 0 { if errno == EINTR { continue }; return false }
+                        if written < 0 {
+                            if errno == EINTR { continue }
+                            return false
+                        }
                         offset += written
                     }
                     return true
@@ -188,7 +195,9 @@ public struct LayerUnpacker {
             let source = try resolveParent(Array(linkComponents.dropLast()), for: entry.path) + "/" + (linkComponents.last ?? "")
             var info = stat()
             guard lstat(source, &info) == 0, info.st_mode & S_IFMT != S_IFDIR else {
-                throw KilnError(.invalidArgument, "layer entry '\(entry.path)' is a hard link to '\(entry.linkTarget)', which is not a file in the image")
+                throw KilnError(
+                    .invalidArgument,
+                    "layer entry '\(entry.path)' is a hard link to '\(entry.linkTarget)', which is not a file in the image")
             }
             guard link(source, host) == 0 else { throw posixError("create hard link", host) }
             return
@@ -197,7 +206,9 @@ public struct LayerUnpacker {
                 throw KilnError(.invalidArgument, "layer entry '\(entry.path)' is a device node; unpacking devices needs root")
             }
             let type = entry.kind == .characterDevice ? S_IFCHR : S_IFBLK
-            let device = (UInt64(entry.deviceMajor & 0xfff) << 8) | UInt64(entry.deviceMinor & 0xff) | (UInt64(entry.deviceMinor & ~0xff) << 12) | (UInt64(entry.deviceMajor & ~0xfff) << 32)
+            let device =
+                (UInt64(entry.deviceMajor & 0xfff) << 8) | UInt64(entry.deviceMinor & 0xff) | (UInt64(entry.deviceMinor & ~0xff) << 12)
+                | (UInt64(entry.deviceMajor & ~0xfff) << 32)
             guard mknod(host, type | mode_t(entry.mode), dev_t(device)) == 0 else { throw posixError("create device", host) }
         case .fifo:
             guard mkfifo(host, mode_t(entry.mode)) == 0 else { throw posixError("create fifo", host) }
@@ -205,7 +216,9 @@ public struct LayerUnpacker {
         if applyOwners {
             lchown(host, entry.uid, entry.gid)
             // chown clears the SUID and SGID bits, so they are set again after it.
-            if entry.kind != .symlink, entry.mode & 0o6000 != 0, chmod(host, mode_t(entry.mode)) != 0 { throw posixError("set the mode of", host) }
+            if entry.kind != .symlink, entry.mode & 0o6000 != 0, chmod(host, mode_t(entry.mode)) != 0 {
+                throw posixError("set the mode of", host)
+            }
         }
         var times = [timespec(tv_sec: Int(entry.modificationTime), tv_nsec: 0), timespec(tv_sec: Int(entry.modificationTime), tv_nsec: 0)]
         utimensat(AT_FDCWD, host, &times, AT_SYMLINK_NOFOLLOW)

@@ -1,8 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// `oci-archive:` files: an OCI image layout in a tar, as skopeo and buildah write them.
 package enum OCIArchive {
@@ -29,7 +30,9 @@ package enum OCIArchive {
             case .file:
                 break
             default:
-                throw KilnError(.invalidArgument, "OCI archive '\(path)': entry '\(entry.path)' is a link or device; an image layout holds only files and directories")
+                throw KilnError(
+                    .invalidArgument,
+                    "OCI archive '\(path)': entry '\(entry.path)' is a link or device; an image layout holds only files and directories")
             }
             let parts = name.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
             let destination: String
@@ -37,7 +40,8 @@ package enum OCIArchive {
                 destination = directory + "/" + name
                 sawLayout = sawLayout || name == "oci-layout"
             } else if parts.count == 3, parts[0] == "blobs", let digest = try? Digest("\(parts[1]):\(parts[2])") {
-                try FileManager.default.createDirectory(atPath: directory + "/blobs/" + digest.algorithm.rawValue, withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(
+                    atPath: directory + "/blobs/" + digest.algorithm.rawValue, withIntermediateDirectories: true)
                 destination = directory + "/blobs/\(digest.algorithm.rawValue)/\(digest.encoded)"
             } else {
                 try reader.skipContents()
@@ -108,9 +112,11 @@ package enum OCIArchive {
         try addFile("oci-layout")
         try addFile("index.json")
         try tar.writeHeader(entry("blobs", .directory))
-        for algorithm in try FileManager.default.contentsOfDirectory(atPath: directory + "/blobs").sorted() where !algorithm.hasPrefix(".") {
+        for algorithm in try FileManager.default.contentsOfDirectory(atPath: directory + "/blobs").sorted() where !algorithm.hasPrefix(".")
+        {
             try tar.writeHeader(entry("blobs/" + algorithm, .directory))
-            for blob in try FileManager.default.contentsOfDirectory(atPath: directory + "/blobs/" + algorithm).sorted() where !blob.hasPrefix(".") {
+            for blob in try FileManager.default.contentsOfDirectory(atPath: directory + "/blobs/" + algorithm).sorted()
+            where !blob.hasPrefix(".") {
                 try addFile("blobs/\(algorithm)/\(blob)")
             }
         }

@@ -133,7 +133,9 @@ public struct ImageConfiguration: Codable, Sendable, Hashable {
     public var rootfs: RootFS
     public var history: [History]?
 
-    public init(architecture: String, os: String, rootfs: RootFS, config: ContainerConfig? = nil, created: String? = nil, history: [History]? = nil) {
+    public init(
+        architecture: String, os: String, rootfs: RootFS, config: ContainerConfig? = nil, created: String? = nil, history: [History]? = nil
+    ) {
         self.architecture = architecture
         self.os = os
         self.rootfs = rootfs
@@ -168,9 +170,9 @@ extension Platform: CustomStringConvertible {
     /// The machine Kiln runs on, as OCI names it.
     public static var host: Platform {
         #if arch(arm64)
-        Platform(architecture: "arm64", os: "linux", variant: "v8")
+            Platform(architecture: "arm64", os: "linux", variant: "v8")
         #else
-        Platform(architecture: "amd64", os: "linux")
+            Platform(architecture: "amd64", os: "linux")
         #endif
     }
 

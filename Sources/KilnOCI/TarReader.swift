@@ -50,7 +50,9 @@ public struct TarReader {
             }
             let prefix = Self.string(block[345..<500])
             let name = Self.string(block[0..<100])
-            var entry = TarEntry(path: prefix.isEmpty ? name : prefix + "/" + name, kind: .file, mode: UInt32(try Self.number(block[100..<108], field: "mode")) & 0o7777)
+            var entry = TarEntry(
+                path: prefix.isEmpty ? name : prefix + "/" + name, kind: .file,
+                mode: UInt32(try Self.number(block[100..<108], field: "mode")) & 0o7777)
             entry.kind = TarEntry.Kind(rawValue: typeflag == 0 ? 0x30 : typeflag) ?? .file
             if typeflag == UInt8(ascii: "7") { entry.kind = .file }
             entry.uid = UInt32(clamping: try Self.number(block[108..<116], field: "uid"))
@@ -129,7 +131,8 @@ public struct TarReader {
             let got = try source(&chunk, max(count - buffer.count, 64 << 10))
             if got == 0 {
                 if allowEnd && buffer.isEmpty { return nil }
-                throw KilnError(.invalidArgument, "layer tar stream ends in the middle of an entry (at byte \(offset + Int64(buffer.count)))")
+                throw KilnError(
+                    .invalidArgument, "layer tar stream ends in the middle of an entry (at byte \(offset + Int64(buffer.count)))")
             }
             buffer += chunk.prefix(got)
         }
@@ -144,7 +147,9 @@ public struct TarReader {
     }
 
     private mutating func readPadded(_ size: Int) throws -> [UInt8] {
-        guard size <= 16 << 20 else { throw KilnError(.invalidArgument, "layer has a tar header record of \(size) bytes; refusing more than 16 MiB") }
+        guard size <= 16 << 20 else {
+            throw KilnError(.invalidArgument, "layer has a tar header record of \(size) bytes; refusing more than 16 MiB")
+        }
         let padded = (size + 511) / 512 * 512
         return Array((try readExactly(padded, allowEnd: false) ?? []).prefix(size))
     }
@@ -178,7 +183,8 @@ public struct TarReader {
         var index = 0
         while index < data.count {
             guard let space = data[index...].firstIndex(of: 0x20), let length = Int(String(decoding: data[index..<space], as: UTF8.self)),
-                  length > 0, index + length <= data.count else {
+                length > 0, index + length <= data.count
+            else {
                 throw KilnError(.invalidArgument, "layer has a malformed PAX header")
             }
             let record = data[(space + 1)..<(index + length - 1)]

@@ -1,8 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// One member of a tar stream.
 public struct TarEntry: Sendable, Hashable {
@@ -62,7 +63,8 @@ public struct TarWriter {
         }
         if !pax.isEmpty {
             let records = Self.paxRecords(pax)
-            var header = TarEntry(path: "PaxHeaders/" + String(name.split(separator: "/").last ?? "entry").prefix(80), kind: .file, mode: 0o644)
+            var header = TarEntry(
+                path: "PaxHeaders/" + String(name.split(separator: "/").last ?? "entry").prefix(80), kind: .file, mode: 0o644)
             header.modificationTime = entry.modificationTime
             header.size = Int64(records.count)
             try emit(Self.header(for: header, name: (prefix: "", name: header.path), typeflag: 0x78))

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import KilnModel
 import KilnOCI
 import NIOCore
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A blob being downloaded that uploads can read while it grows: a copy reads each blob from
 /// the source once and streams it to every destination at the same time. If the download has to

@@ -15,7 +15,10 @@ public struct ImageTransfer: Sendable {
     public var concurrency: Int
     public var observer: TransferObserver?
 
-    public init(store: ContentStore, registries: RegistryDirectory, platform: Platform? = .host, concurrency: Int = 4, observer: TransferObserver? = nil) {
+    public init(
+        store: ContentStore, registries: RegistryDirectory, platform: Platform? = .host, concurrency: Int = 4,
+        observer: TransferObserver? = nil
+    ) {
         self.store = store
         self.registries = registries
         self.platform = platform
@@ -90,12 +93,15 @@ public struct ImageTransfer: Sendable {
                 group.addTask {
                     let fromSource: TransferObserver = { report($0.charged(to: source.description)) }
                     // A registry source streams each blob to the destinations while it downloads.
-                    let growing = opened.registry != nil && !opened.local.contains(blob.digest) ? GrowingBlob(finalPath: opened.local.path(of: blob.digest)) : nil
+                    let growing =
+                        opened.registry != nil && !opened.local.contains(blob.digest)
+                        ? GrowingBlob(finalPath: opened.local.path(of: blob.digest)) : nil
                     let download: Task<Void, Error>?
                     if let registry = opened.registry, let growing {
                         download = Task {
                             try await limiter.withPermit {
-                                try await registry.client.pullBlob(blob, repository: registry.repository, into: opened.local, tee: growing, observer: fromSource)
+                                try await registry.client.pullBlob(
+                                    blob, repository: registry.repository, into: opened.local, tee: growing, observer: fromSource)
                             }
                         }
                     } else {
@@ -112,9 +118,11 @@ public struct ImageTransfer: Sendable {
                                 if let growing, (try? await growing.source(after: -1)) == nil { return }
                                 do {
                                     try await limiter.withPermit {
-                                        try await target.writeBlob(blob, from: opened.local, growing: growing, mountFrom: opened.repository(on: target), report: {
-                                            report($0.charged(to: target.location.description))
-                                        })
+                                        try await target.writeBlob(
+                                            blob, from: opened.local, growing: growing, mountFrom: opened.repository(on: target),
+                                            report: {
+                                                report($0.charged(to: target.location.description))
+                                            })
                                     }
                                 } catch {
                                     group.forEach { fail($0, error) }
@@ -132,14 +140,18 @@ public struct ImageTransfer: Sendable {
         for (index, target) in targets.enumerated() {
             if !failed(index) {
                 do {
-                    try await target.writeManifests(opened.manifests, root: opened.root, report: { report($0.charged(to: target.location.description)) })
+                    try await target.writeManifests(
+                        opened.manifests, root: opened.root, report: { report($0.charged(to: target.location.description)) })
                     try target.finish()
                 } catch {
                     fail(index, error)
                 }
             }
             let error = failures.withLock { $0[index] }
-            results.append(DestinationResult(location: target.location, digest: error == nil ? opened.root.digest : nil, error: error, totals: meter.snapshot[target.location.description] ?? .init()))
+            results.append(
+                DestinationResult(
+                    location: target.location, digest: error == nil ? opened.root.digest : nil, error: error,
+                    totals: meter.snapshot[target.location.description] ?? .init()))
         }
         return Result(digest: opened.root.digest, mediaType: opened.root.mediaType, destinations: results, totals: meter.snapshot)
     }
@@ -181,7 +193,9 @@ public struct ImageTransfer: Sendable {
 
         /// The source repository when it lives on the same registry as `target`, so blobs can be mounted.
         func repository(on target: Target) -> String? {
-            guard let registry, case .registry(let reference) = target.location, reference.registry == registry.client.registry else { return nil }
+            guard let registry, case .registry(let reference) = target.location, reference.registry == registry.client.registry else {
+                return nil
+            }
             return registry.repository
         }
 
@@ -196,7 +210,8 @@ public struct ImageTransfer: Sendable {
             let client = try registries.client(for: reference.registry)
             let fetched = try await client.manifest(reference)
             let root = Manifest(data: fetched.data, mediaType: fetched.mediaType, digest: fetched.digest)
-            return try await resolve(root, in: store, registry: (client, reference.repository), described: reference.description) { digest in
+            return try await resolve(root, in: store, registry: (client, reference.repository), described: reference.description) {
+                digest in
                 let child = try await client.manifest(repository: reference.repository, reference: digest.description, expected: digest)
                 return (child.data, child.mediaType)
             }
@@ -226,7 +241,9 @@ public struct ImageTransfer: Sendable {
             descriptor = Descriptor(mediaType: "", digest: digest, size: 0)
         } else {
             let known = try local.index().manifests.compactMap { $0.annotations?[ContentStore.refNameAnnotation] }
-            throw KilnError(.notFound, "\(described) does not exist\(known.isEmpty ? "" : "; known names: " + known.prefix(10).joined(separator: ", "))")
+            throw KilnError(
+                .notFound, "\(described) does not exist\(known.isEmpty ? "" : "; known names: " + known.prefix(10).joined(separator: ", "))"
+            )
         }
         let data = try local.read(descriptor.digest)
         let root = Manifest(data: data, mediaType: MediaType.sniff(data) ?? descriptor.mediaType, digest: descriptor.digest)
@@ -249,7 +266,10 @@ public struct ImageTransfer: Sendable {
             if let platform {
                 guard let match = Self.best(platform, in: chosen) else {
                     let offered = chosen.compactMap(\.platform).map(\.description).joined(separator: ", ")
-                    throw KilnError(.notFound, "\(described) has no image for \(platform); it offers \(offered.isEmpty ? "no platforms" : offered). Pick one with --platform, or copy every platform with --all")
+                    throw KilnError(
+                        .notFound,
+                        "\(described) has no image for \(platform); it offers \(offered.isEmpty ? "no platforms" : offered). Pick one with --platform, or copy every platform with --all"
+                    )
                 }
                 chosen = [match]
             }
@@ -337,9 +357,12 @@ public struct ImageTransfer: Sendable {
             }
         }
 
-        func writeBlob(_ blob: Descriptor, from local: ContentStore, growing: GrowingBlob?, mountFrom: String?, report: @escaping TransferObserver) async throws {
+        func writeBlob(
+            _ blob: Descriptor, from local: ContentStore, growing: GrowingBlob?, mountFrom: String?, report: @escaping TransferObserver
+        ) async throws {
             if let registry {
-                try await registry.client.pushBlob(blob, repository: registry.reference.repository, from: local, growing: growing, mountFrom: mountFrom, observer: report)
+                try await registry.client.pushBlob(
+                    blob, repository: registry.reference.repository, from: local, growing: growing, mountFrom: mountFrom, observer: report)
             } else if let layout {
                 // Layouts copy the finished file.
                 if let growing { _ = try await growing.source(after: blob.size) }
@@ -347,7 +370,9 @@ public struct ImageTransfer: Sendable {
             }
         }
 
-        static func copyBlob(_ blob: Descriptor, from source: ContentStore, to destination: ContentStore, endpoint: String, report: TransferObserver) throws {
+        static func copyBlob(
+            _ blob: Descriptor, from source: ContentStore, to destination: ContentStore, endpoint: String, report: TransferObserver
+        ) throws {
             if destination.contains(blob.digest) {
                 report(.blobFinished(endpoint: endpoint, digest: blob.digest, size: blob.size, outcome: .alreadyPresent))
                 return
@@ -373,11 +398,14 @@ public struct ImageTransfer: Sendable {
                     var reference = manifest.digest.description
                     if isRoot {
                         if let digest = registry.reference.digest, digest != root.digest {
-                            throw KilnError(.invalidArgument, "\(location) names digest \(digest), but the image is \(root.digest); push by tag instead")
+                            throw KilnError(
+                                .invalidArgument, "\(location) names digest \(digest), but the image is \(root.digest); push by tag instead"
+                            )
                         }
                         reference = registry.reference.tag ?? root.digest.description
                     }
-                    let stored = try await registry.client.putManifest(manifest.data, mediaType: manifest.mediaType, repository: registry.reference.repository, reference: reference)
+                    let stored = try await registry.client.putManifest(
+                        manifest.data, mediaType: manifest.mediaType, repository: registry.reference.repository, reference: reference)
                     guard stored == manifest.digest else {
                         throw KilnError(.checksumMismatch, "\(location): the registry stored \(stored), expected \(manifest.digest)")
                     }
@@ -443,7 +471,9 @@ extension ImageTransfer {
         copy.observer = nil
         let opened = try await copy.open(location, report: { _ in })
         defer { opened.close() }
-        var details = Details(name: location.description, digest: opened.root.digest, mediaType: opened.root.mediaType, layers: [], size: Int64(opened.root.data.count))
+        var details = Details(
+            name: location.description, digest: opened.root.digest, mediaType: opened.root.mediaType, layers: [],
+            size: Int64(opened.root.data.count))
         if MediaType.isIndex(opened.root.mediaType) {
             let index = try JSONDecoder().decode(ImageIndex.self, from: opened.root.data)
             details.platforms = index.manifests.compactMap(\.platform).map(\.description)

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import AsyncHTTPClient
 import Foundation
 import KilnModel
 import KilnOCI
 import NIOCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 extension RegistryClient {
     public func blobExists(_ digest: Digest, repository: String) async throws -> Bool {
@@ -13,24 +14,31 @@ extension RegistryClient {
         switch response.status.code {
         case 200: return true
         case 404: return false
-        default: throw KilnError(.network, "registry \(registry): HEAD of blob \(digest) in \(repository) answered HTTP \(response.status.code)")
+        default:
+            throw KilnError(.network, "registry \(registry): HEAD of blob \(digest) in \(repository) answered HTTP \(response.status.code)")
         }
     }
 
     /// Streams a blob into `store`, verifying its digest. A connection dropped mid-blob resumes
     /// with `Range` from the last byte received (or starts over if the registry ignores Range).
     /// With `tee`, uploads can read the blob while it arrives.
-    public func pullBlob(_ descriptor: Descriptor, repository: String, into store: ContentStore, tee: GrowingBlob? = nil, observer: TransferObserver? = nil) async throws {
+    public func pullBlob(
+        _ descriptor: Descriptor, repository: String, into store: ContentStore, tee: GrowingBlob? = nil, observer: TransferObserver? = nil
+    ) async throws {
         do {
             try await pullBlobOnce(descriptor, repository: repository, into: store, tee: tee, observer: observer)
             tee?.completed()
         } catch {
-            tee?.failed(error as? KilnError ?? KilnError(.network, "downloading blob \(descriptor.digest) from \(registry)/\(repository) failed: \(error)"))
+            tee?.failed(
+                error as? KilnError
+                    ?? KilnError(.network, "downloading blob \(descriptor.digest) from \(registry)/\(repository) failed: \(error)"))
             throw error
         }
     }
 
-    private func pullBlobOnce(_ descriptor: Descriptor, repository: String, into store: ContentStore, tee: GrowingBlob?, observer: TransferObserver?) async throws {
+    private func pullBlobOnce(
+        _ descriptor: Descriptor, repository: String, into store: ContentStore, tee: GrowingBlob?, observer: TransferObserver?
+    ) async throws {
         let endpoint = registry
         if store.contains(descriptor.digest) {
             observer?(.blobFinished(endpoint: endpoint, digest: descriptor.digest, size: descriptor.size, outcome: .alreadyPresent))
@@ -43,7 +51,9 @@ extension RegistryClient {
         while true {
             let received = writer.count
             let headers = received > 0 ? ["Range": "bytes=\(received)-"] : [:]
-            let response = try await send(.GET, "\(baseURL)/\(repository)/blobs/\(descriptor.digest)", scope: .pull(repository), headers: headers, onRetry: { observer?(.retrying(endpoint: endpoint, reason: $0)) })
+            let response = try await send(
+                .GET, "\(baseURL)/\(repository)/blobs/\(descriptor.digest)", scope: .pull(repository), headers: headers,
+                onRetry: { observer?(.retrying(endpoint: endpoint, reason: $0)) })
             switch response.status.code {
             case 206 where received > 0: break
             case 200:
@@ -53,10 +63,14 @@ extension RegistryClient {
                 }
             case 404:
                 _ = try? await response.body.collect(upTo: 1 << 16)
-                throw KilnError(.notFound, "registry \(registry) has no blob \(descriptor.digest) in \(repository); the manifest points at a missing layer")
+                throw KilnError(
+                    .notFound,
+                    "registry \(registry) has no blob \(descriptor.digest) in \(repository); the manifest points at a missing layer")
             default:
                 _ = try? await response.body.collect(upTo: 1 << 16)
-                throw KilnError(.network, "registry \(registry): GET blob \(descriptor.digest) from \(repository) answered HTTP \(response.status.code)")
+                throw KilnError(
+                    .network, "registry \(registry): GET blob \(descriptor.digest) from \(repository) answered HTTP \(response.status.code)"
+                )
             }
             do {
                 for try await buffer in response.body {
@@ -64,19 +78,28 @@ extension RegistryClient {
                     tee?.wrote(total: writer.count)
                     observer?(.bytes(endpoint: endpoint, digest: descriptor.digest, count: Int64(buffer.readableBytes)))
                     if writer.count > descriptor.size {
-                        throw KilnError(.checksumMismatch, "registry \(registry) sent more than the \(descriptor.size) bytes of blob \(descriptor.digest); refusing it")
+                        throw KilnError(
+                            .checksumMismatch,
+                            "registry \(registry) sent more than the \(descriptor.size) bytes of blob \(descriptor.digest); refusing it")
                     }
                 }
-                if writer.count < descriptor.size { throw KilnError(.network, "blob \(descriptor.digest) ended after \(writer.count) of \(descriptor.size) bytes") }
+                if writer.count < descriptor.size {
+                    throw KilnError(.network, "blob \(descriptor.digest) ended after \(writer.count) of \(descriptor.size) bytes")
+                }
                 break
             } catch let error as KilnError where error.code == .checksumMismatch {
                 throw error
             } catch {
                 failures += 1
                 guard failures < retry.attempts, !(error is CancellationError) else {
-                    throw KilnError(.network, "downloading blob \(descriptor.digest) from \(registry)/\(repository) failed \(failures) times; last: \(error)")
+                    throw KilnError(
+                        .network,
+                        "downloading blob \(descriptor.digest) from \(registry)/\(repository) failed \(failures) times; last: \(error)")
                 }
-                observer?(.retrying(endpoint: endpoint, reason: "blob \(descriptor.digest.encoded.prefix(12)) dropped at byte \(writer.count): \(error)"))
+                observer?(
+                    .retrying(
+                        endpoint: endpoint, reason: "blob \(descriptor.digest.encoded.prefix(12)) dropped at byte \(writer.count): \(error)"
+                    ))
                 try await Task.sleep(for: retry.delay(beforeAttempt: failures + 1))
             }
         }
@@ -101,7 +124,9 @@ extension RegistryClient {
         }
         if try await blobExists(digest, repository: repository) { return finish(.alreadyPresent) }
         let file = store.path(of: digest)
-        guard growing != nil || store.contains(digest) else { throw KilnError(.notFound, "blob \(digest) is not in the content store at '\(store.root)'") }
+        guard growing != nil || store.contains(digest) else {
+            throw KilnError(.notFound, "blob \(digest) is not in the content store at '\(store.root)'")
+        }
         observer?(.blobStarted(endpoint: endpoint, digest: digest, size: descriptor.size))
         let onRetry: @Sendable (String) -> Void = { observer?(.retrying(endpoint: endpoint, reason: $0)) }
 
@@ -122,7 +147,8 @@ extension RegistryClient {
                     throw KilnError(.network, "registry \(registry) started an upload without a Location header")
                 }
                 do {
-                    try await sendBody(descriptor, file: file, growing: growing, location: location, repository: repository, observer: observer)
+                    try await sendBody(
+                        descriptor, file: file, growing: growing, location: location, repository: repository, observer: observer)
                 } catch let error as KilnError where error.code == .network {
                     throw UploadInterrupted(error: error)
                 }
@@ -139,22 +165,30 @@ extension RegistryClient {
 
     /// The bytes of an upload session: one PUT for small blobs, PATCH chunks then a PUT for large ones.
     private func sendBody(
-        _ descriptor: Descriptor, file: String, growing: GrowingBlob?, location start: String, repository: String, observer: TransferObserver?
+        _ descriptor: Descriptor, file: String, growing: GrowingBlob?, location start: String, repository: String,
+        observer: TransferObserver?
     ) async throws {
         let endpoint = registry
         let digest = descriptor.digest
         var location = start
         if descriptor.size > monolithicLimit {
-            location = try await uploadChunks(file: file, growing: growing, size: descriptor.size, digest: digest, location: location, scope: .push(repository), observer: observer)
+            location = try await uploadChunks(
+                file: file, growing: growing, size: descriptor.size, digest: digest, location: location, scope: .push(repository),
+                observer: observer)
             let url = location + (location.contains("?") ? "&" : "?") + "digest=\(digest)"
             let done = try await send(.PUT, url, scope: .push(repository), headers: ["Content-Length": "0"], retrying: false)
             _ = try await collect(done, limit: 1 << 16, what: "upload of \(digest)", expect: [201])
         } else {
             let url = location + (location.contains("?") ? "&" : "?") + "digest=\(digest)"
             let size = descriptor.size
-            let response = try await send(.PUT, url, scope: .push(repository), headers: ["Content-Type": "application/octet-stream"], body: {
-                .stream(FileByteRange(path: file, growing: growing, offset: 0, length: size) { observer?(.bytes(endpoint: endpoint, digest: digest, count: $0)) }, length: .known(size))
-            }, retrying: false)
+            let response = try await send(
+                .PUT, url, scope: .push(repository), headers: ["Content-Type": "application/octet-stream"],
+                body: {
+                    .stream(
+                        FileByteRange(path: file, growing: growing, offset: 0, length: size) {
+                            observer?(.bytes(endpoint: endpoint, digest: digest, count: $0))
+                        }, length: .known(size))
+                }, retrying: false)
             _ = try await collect(response, limit: 1 << 16, what: "upload of \(digest)", expect: [201])
         }
     }
@@ -172,13 +206,20 @@ extension RegistryClient {
             let length = min(chunkSize, size - offset)
             let chunkStart = offset
             do {
-                let response = try await send(.PATCH, location, scope: scope, headers: [
-                    "Content-Type": "application/octet-stream",
-                    "Content-Range": "\(chunkStart)-\(chunkStart + length - 1)",
-                ], body: {
-                    .stream(FileByteRange(path: file, growing: growing, offset: chunkStart, length: length) { observer?(.bytes(endpoint: endpoint, digest: digest, count: $0)) }, length: .known(length))
-                }, retrying: false)
-                _ = try await collect(response, limit: 1 << 16, what: "chunk \(chunkStart)-\(chunkStart + length - 1) of \(digest)", expect: [202])
+                let response = try await send(
+                    .PATCH, location, scope: scope,
+                    headers: [
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": "\(chunkStart)-\(chunkStart + length - 1)",
+                    ],
+                    body: {
+                        .stream(
+                            FileByteRange(path: file, growing: growing, offset: chunkStart, length: length) {
+                                observer?(.bytes(endpoint: endpoint, digest: digest, count: $0))
+                            }, length: .known(length))
+                    }, retrying: false)
+                _ = try await collect(
+                    response, limit: 1 << 16, what: "chunk \(chunkStart)-\(chunkStart + length - 1) of \(digest)", expect: [202])
                 if let next = response.headers.first(name: "location") { location = absolute(next) }
                 offset = chunkStart + length
             } catch {
@@ -249,7 +290,9 @@ struct FileByteRange: AsyncSequence, Sendable {
             }
             if descriptor < 0 {
                 ownDescriptor = open(range.path, O_RDONLY | O_CLOEXEC)
-                guard ownDescriptor >= 0 else { throw KilnError(.ioFailure, "cannot open '\(range.path)': \(String(cString: strerror(errno)))") }
+                guard ownDescriptor >= 0 else {
+                    throw KilnError(.ioFailure, "cannot open '\(range.path)': \(String(cString: strerror(errno)))")
+                }
                 descriptor = ownDescriptor
             }
             let count = Int(Swift.min(Int64(1 << 20), limit - position))

@@ -80,7 +80,8 @@ public final class RegistryClient: Sendable {
             do {
                 tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caCertificatePath))
             } catch {
-                throw KilnError(.invalidArgument, "cannot read the CA certificate '\(caCertificatePath)' for \(registry): \(error); give a PEM file")
+                throw KilnError(
+                    .invalidArgument, "cannot read the CA certificate '\(caCertificatePath)' for \(registry): \(error); give a PEM file")
             }
             http = Self.makeHTTPClient(tls: tls)
             ownsClient = true
@@ -132,12 +133,15 @@ public final class RegistryClient: Sendable {
         let response = try await send(.GET, url, scope: .pull(repository), headers: ["Accept": Self.manifestAccept])
         if response.status == .notFound {
             _ = try? await response.body.collect(upTo: 1 << 16)
-            throw KilnError(.notFound, "\(registry)/\(repository):\(reference) does not exist in the registry; check the repository and tag")
+            throw KilnError(
+                .notFound, "\(registry)/\(repository):\(reference) does not exist in the registry; check the repository and tag")
         }
         let body = try await collect(response, limit: 8 << 20, what: "manifest \(repository):\(reference)")
         let digest = Digest(sha256Of: body)
         if let expected, expected != digest {
-            throw KilnError(.checksumMismatch, "registry \(registry) sent a manifest for \(repository)@\(expected) whose digest is \(digest); refusing it")
+            throw KilnError(
+                .checksumMismatch,
+                "registry \(registry) sent a manifest for \(repository)@\(expected) whose digest is \(digest); refusing it")
         }
         let declared = response.headers.first(name: "content-type").map { $0.split(separator: ";")[0].trimmingCharacters(in: .whitespaces) }
         let mediaType = MediaType.sniff(body) ?? declared ?? MediaType.imageManifest
@@ -147,11 +151,13 @@ public final class RegistryClient: Sendable {
     @discardableResult
     public func putManifest(_ data: Data, mediaType: String, repository: String, reference: String) async throws -> Digest {
         let url = "\(baseURL)/\(repository)/manifests/\(reference)"
-        let response = try await send(.PUT, url, scope: .push(repository), headers: ["Content-Type": mediaType], body: { .bytes(ByteBuffer(bytes: data)) })
+        let response = try await send(
+            .PUT, url, scope: .push(repository), headers: ["Content-Type": mediaType], body: { .bytes(ByteBuffer(bytes: data)) })
         _ = try await collect(response, limit: 1 << 20, what: "manifest upload to \(repository):\(reference)", expect: [201])
         let digest = Digest(sha256Of: data)
         if let echoed = response.headers.first(name: "docker-content-digest"), echoed != digest.description {
-            throw KilnError(.checksumMismatch, "registry \(registry) stored \(repository):\(reference) as \(echoed), but Kiln sent \(digest)")
+            throw KilnError(
+                .checksumMismatch, "registry \(registry) stored \(repository):\(reference) as \(echoed), but Kiln sent \(digest)")
         }
         return digest
     }
@@ -210,7 +216,10 @@ public final class RegistryClient: Sendable {
             _ = try? await response.body.collect(upTo: 1 << 16)
             let challenge = response.headers.first(name: "www-authenticate") ?? ""
             if challenged {
-                throw KilnError(.invalidArgument, "registry \(registry) refused the credentials for \(scope?.text ?? url); check the username and password (or token) for \(registry)")
+                throw KilnError(
+                    .invalidArgument,
+                    "registry \(registry) refused the credentials for \(scope?.text ?? url); check the username and password (or token) for \(registry)"
+                )
             }
             challenged = true
             attempt -= 1
@@ -219,7 +228,10 @@ public final class RegistryClient: Sendable {
                 let token = try await fetchToken(challenge: challenge, scope: wanted.text)
                 tokens.withLock { $0[wanted.text] = token }
             } else if credentials == nil {
-                throw KilnError(.invalidArgument, "registry \(registry) needs credentials (\(challenge.isEmpty ? "no challenge given" : challenge)); add a login to ~/.docker/config.json, REGISTRY_AUTH_FILE or kiln.yaml")
+                throw KilnError(
+                    .invalidArgument,
+                    "registry \(registry) needs credentials (\(challenge.isEmpty ? "no challenge given" : challenge)); add a login to ~/.docker/config.json, REGISTRY_AUTH_FILE or kiln.yaml"
+                )
             }
         }
     }
@@ -244,7 +256,10 @@ public final class RegistryClient: Sendable {
             throw KilnError(.network, "cannot reach the token service \(realm) for \(registry): \(error)")
         }
         if response.status == .unauthorized || response.status == .forbidden {
-            throw KilnError(.invalidArgument, "the token service \(realm) refused the credentials for \(registry) (HTTP \(response.status.code)); check the login for \(registry)")
+            throw KilnError(
+                .invalidArgument,
+                "the token service \(realm) refused the credentials for \(registry) (HTTP \(response.status.code)); check the login for \(registry)"
+            )
         }
         let body = try await collect(response, limit: 1 << 20, what: "token from \(realm)")
         let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
@@ -269,13 +284,15 @@ public final class RegistryClient: Sendable {
     func collect(_ response: HTTPClientResponse, limit: Int, what: String, expect: Set<UInt> = [200]) async throws -> Data {
         let body = try await response.body.collect(upTo: limit)
         guard expect.contains(response.status.code) else {
-            throw KilnError(.network, "registry \(registry): \(what) answered HTTP \(response.status.code): \(String(buffer: body).prefix(300))")
+            throw KilnError(
+                .network, "registry \(registry): \(what) answered HTTP \(response.status.code): \(String(buffer: body).prefix(300))")
         }
         return Data(body.readableBytesView)
     }
 
     /// A `Location` header made absolute.
     func absolute(_ location: String) -> String {
-        location.hasPrefix("http://") || location.hasPrefix("https://") ? location : origin + (location.hasPrefix("/") ? "" : "/") + location
+        location.hasPrefix("http://") || location.hasPrefix("https://")
+            ? location : origin + (location.hasPrefix("/") ? "" : "/") + location
     }
 }

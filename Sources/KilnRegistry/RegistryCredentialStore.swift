@@ -27,15 +27,19 @@ public struct RegistryCredentialStore: Sendable {
                 throw KilnError(.invalidArgument, "\(file) is not valid JSON; fix it or point REGISTRY_AUTH_FILE elsewhere")
             }
             let auths = object["auths"] as? [String: Any] ?? [:]
-            let keys = [registry, "https://\(registry)", "http://\(registry)"] + (registry == "docker.io" ? ["https://index.docker.io/v1/", "index.docker.io"] : [])
+            let keys =
+                [registry, "https://\(registry)", "http://\(registry)"]
+                + (registry == "docker.io" ? ["https://index.docker.io/v1/", "index.docker.io"] : [])
             for key in keys {
                 guard let entry = auths[key] as? [String: Any] else { continue }
                 if let encoded = entry["auth"] as? String {
                     guard let decoded = Data(base64Encoded: encoded).map({ String(decoding: $0, as: UTF8.self) }),
-                          let colon = decoded.firstIndex(of: ":") else {
+                        let colon = decoded.firstIndex(of: ":")
+                    else {
                         throw KilnError(.invalidArgument, "\(file): the auth entry for \(key) is not base64 of user:password")
                     }
-                    return RegistryCredentials(username: String(decoded[..<colon]), password: String(decoded[decoded.index(after: colon)...]))
+                    return RegistryCredentials(
+                        username: String(decoded[..<colon]), password: String(decoded[decoded.index(after: colon)...]))
                 }
                 if let username = entry["username"] as? String, let password = entry["password"] as? String {
                     return RegistryCredentials(username: username, password: password)

@@ -20,7 +20,7 @@ extension TransferEvent {
     public var endpoint: String {
         switch self {
         case .blobStarted(let endpoint, _, _), .bytes(let endpoint, _, _), .blobFinished(let endpoint, _, _, _),
-             .retrying(let endpoint, _), .manifestWritten(let endpoint, _, _):
+            .retrying(let endpoint, _), .manifestWritten(let endpoint, _, _):
             endpoint
         }
     }
@@ -30,7 +30,8 @@ extension TransferEvent {
         switch self {
         case .blobStarted(_, let digest, let size): .blobStarted(endpoint: endpoint, digest: digest, size: size)
         case .bytes(_, let digest, let count): .bytes(endpoint: endpoint, digest: digest, count: count)
-        case .blobFinished(_, let digest, let size, let outcome): .blobFinished(endpoint: endpoint, digest: digest, size: size, outcome: outcome)
+        case .blobFinished(_, let digest, let size, let outcome):
+            .blobFinished(endpoint: endpoint, digest: digest, size: size, outcome: outcome)
         case .retrying(_, let reason): .retrying(endpoint: endpoint, reason: reason)
         case .manifestWritten(_, let reference, let digest): .manifestWritten(endpoint: endpoint, reference: reference, digest: digest)
         }

@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import CKilnSystem
 import Foundation
 import KilnModel
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Spawns a program in its own process group and streams its output. A timeout or task
 /// cancellation sends SIGKILL to the whole group, so a step's children die with it.
@@ -19,7 +20,9 @@ public enum ProcessRunner {
         workingDirectory: String?, timeout: Duration?,
         output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void
     ) async throws -> ExecResult {
-        let child = try spawn(executablePath: executablePath, argumentZero: argumentZero, arguments: arguments, environment: environment, workingDirectory: workingDirectory)
+        let child = try spawn(
+            executablePath: executablePath, argumentZero: argumentZero, arguments: arguments, environment: environment,
+            workingDirectory: workingDirectory)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ExecResult, Error>) in
                 let thread = Thread {
@@ -34,7 +37,9 @@ public enum ProcessRunner {
         }
     }
 
-    static func spawn(executablePath: String, argumentZero: String, arguments: [String], environment: [String: String], workingDirectory: String?) throws -> SpawnedProcess {
+    static func spawn(
+        executablePath: String, argumentZero: String, arguments: [String], environment: [String: String], workingDirectory: String?
+    ) throws -> SpawnedProcess {
         var stdoutPipe: [Int32] = [-1, -1]
         var stderrPipe: [Int32] = [-1, -1]
         guard kiln_pipe_cloexec(&stdoutPipe) == 0 else {

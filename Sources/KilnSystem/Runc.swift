@@ -1,8 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The `runc` command line, with Kiln's own state root so Kiln's containers are never mixed
 /// with anyone else's.
@@ -28,7 +29,10 @@ public struct Runc: Sendable {
         ) { _, bytes in collected.append(bytes) }
         let output = collected.text
         if result.exitCode != 0, !allowFailure {
-            throw KilnError(.execFailure, "runc \(arguments.prefix(2).joined(separator: " ")) failed (exit \(result.exitCode)): \(output.trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw KilnError(
+                .execFailure,
+                "runc \(arguments.prefix(2).joined(separator: " ")) failed (exit \(result.exitCode)): \(output.trimmingCharacters(in: .whitespacesAndNewlines))"
+            )
         }
         return (result.exitCode, output)
     }
@@ -74,7 +78,10 @@ public struct Runc: Sendable {
         public var environment: [String: String]
         public var command: [String]
 
-        public init(containerID: String, pidFile: String, user: (uid: UInt32, gid: UInt32), workingDirectory: String, environment: [String: String], command: [String]) {
+        public init(
+            containerID: String, pidFile: String, user: (uid: UInt32, gid: UInt32), workingDirectory: String, environment: [String: String],
+            command: [String]
+        ) {
             self.containerID = containerID
             self.pidFile = pidFile
             self.user = user
@@ -86,7 +93,10 @@ public struct Runc: Sendable {
 
     /// Runs `exec` to completion, streaming its output; the command's own exit status comes back.
     public func exec(_ exec: Exec, output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void) async throws -> ExecResult {
-        var arguments = ["--root", stateRoot, "exec", "--pid-file", exec.pidFile, "--user", "\(exec.user.uid):\(exec.user.gid)", "--cwd", exec.workingDirectory]
+        var arguments = [
+            "--root", stateRoot, "exec", "--pid-file", exec.pidFile, "--user", "\(exec.user.uid):\(exec.user.gid)", "--cwd",
+            exec.workingDirectory,
+        ]
         for (name, value) in exec.environment.sorted(by: { $0.key < $1.key }) { arguments += ["--env", "\(name)=\(value)"] }
         arguments += [exec.containerID, "/.kiln/init", "run"] + exec.command
         return try await ProcessRunner.run(

@@ -49,7 +49,8 @@ struct ConditionEvaluator {
             default: return value >= baseline
             }
         case .binaryExists:
-            let request = ExecRequest(executable: "/bin/sh", arguments: ["-c", "command -v \"$1\" >/dev/null 2>&1", "sh", operand], timeout: .seconds(30))
+            let request = ExecRequest(
+                executable: "/bin/sh", arguments: ["-c", "command -v \"$1\" >/dev/null 2>&1", "sh", operand], timeout: .seconds(30))
             return try await session.exec(request) { _, _ in }.exitCode == 0
         case .fileExists:
             return try await session.fileInfo(operand, followSymlinks: true)?.kind == .file
@@ -57,7 +58,8 @@ struct ConditionEvaluator {
             return try await session.fileInfo(operand, followSymlinks: true)?.kind == .directory
         case .fileMD5Equals, .fileSHA1Equals, .fileSHA256Equals, .fileSHA512Equals:
             guard try await session.fileInfo(subject, followSymlinks: true)?.kind == .file else { return false }
-            let algorithm: HashAlgorithm = op == .fileMD5Equals ? .md5 : op == .fileSHA1Equals ? .sha1 : op == .fileSHA256Equals ? .sha256 : .sha512
+            let algorithm: HashAlgorithm =
+                op == .fileMD5Equals ? .md5 : op == .fileSHA1Equals ? .sha1 : op == .fileSHA256Equals ? .sha256 : .sha512
             return try await HostScratch.hash(subject, in: session, algorithm: algorithm) == operand.lowercased()
         }
     }

@@ -54,8 +54,10 @@ public struct ExecRequest: Sendable, Hashable {
     /// `user[:group]` inside the instance; nil runs as the instance's default user.
     public var user: String?
 
-    public init(executable: String, arguments: [String] = [], environment: [String: String] = [:],
-                workingDirectory: String? = nil, timeout: Duration? = nil, user: String? = nil) {
+    public init(
+        executable: String, arguments: [String] = [], environment: [String: String] = [:],
+        workingDirectory: String? = nil, timeout: Duration? = nil, user: String? = nil
+    ) {
         self.user = user
         self.executable = executable
         self.arguments = arguments

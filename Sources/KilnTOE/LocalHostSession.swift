@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
 import KilnSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The machine Kiln itself runs on, as an instance (AWSTOE's own mode). Paths resolve under
 /// `root`, which is `/` unless a test narrows it.
@@ -11,8 +12,10 @@ public struct LocalHostSession: InstanceSession {
     public let fileSystem: RootedFileSystem
     public let baseEnvironment: [String: String]
 
-    public init(root: String = "/", workingDirectory: String = FileManager.default.currentDirectoryPath,
-                environment: [String: String] = ProcessInfo.processInfo.environment) {
+    public init(
+        root: String = "/", workingDirectory: String = FileManager.default.currentDirectoryPath,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) {
         self.fileSystem = RootedFileSystem(root: root, workingDirectory: workingDirectory)
         self.baseEnvironment = environment
     }
@@ -31,14 +34,17 @@ public struct LocalHostSession: InstanceSession {
     /// Programs run on the host itself; a narrowed root only confines file operations (tests).
     public func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void) async throws -> ExecResult {
         guard fileSystem.root == "/" else {
-            throw KilnError(.unsupported, "the \(displayName) cannot run programs: only the whole host (root /) can; use a container instance for a separate root")
+            throw KilnError(
+                .unsupported,
+                "the \(displayName) cannot run programs: only the whole host (root /) can; use a container instance for a separate root")
         }
         if let user = request.user {
             throw KilnError(.unsupported, "the \(displayName) runs programs as Kiln's own user, not as '\(user)'; use a container instance")
         }
         var environment = baseEnvironment
         environment.merge(request.environment) { _, new in new }
-        let executable = try locate(request.executable, path: environment["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        let executable = try locate(
+            request.executable, path: environment["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         let directory = try request.workingDirectory.map { try fileSystem.hostPath($0) } ?? fileSystem.hostPath(fileSystem.workingDirectory)
         return try await ProcessRunner.run(
             executablePath: executable, argumentZero: request.executable, arguments: request.arguments, environment: environment,
@@ -77,7 +83,8 @@ public struct LocalHostSession: InstanceSession {
         case S_IFLNK: kind = .symlink
         default: kind = .other
         }
-        return InstanceFileInfo(kind: kind, size: Int64(info.st_size), mode: UInt32(info.st_mode & 0o7777), uid: info.st_uid, gid: info.st_gid)
+        return InstanceFileInfo(
+            kind: kind, size: Int64(info.st_size), mode: UInt32(info.st_mode & 0o7777), uid: info.st_uid, gid: info.st_gid)
     }
 
     public func readFile(_ path: String) async throws -> Data {
@@ -264,7 +271,9 @@ public struct UserDatabase: Sendable {
 
     /// The primary group of a user, from /etc/passwd.
     public func primaryGroupID(ofUser uid: UInt32) -> UInt32? {
-        guard let host = try? fileSystem.hostPath("/etc/passwd"), let text = try? String(contentsOfFile: host, encoding: .utf8) else { return nil }
+        guard let host = try? fileSystem.hostPath("/etc/passwd"), let text = try? String(contentsOfFile: host, encoding: .utf8) else {
+            return nil
+        }
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: ":", omittingEmptySubsequences: false)
             if fields.count > 3, UInt32(fields[2]) == uid { return UInt32(fields[3]) }

@@ -1,8 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Maps instance paths to host paths under a root directory, resolving `..` and symlinks
 /// component by component so that nothing an instance contains can point outside its root.

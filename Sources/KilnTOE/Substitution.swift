@@ -74,7 +74,10 @@ struct Substitution {
         switch expression.reference {
         case .variable(let name):
             guard let value = variables[name] else {
-                throw KilnError(.invalidArgument, "\(stepPath): \(expression.text) names no parameter or constant; pass it with --parameters \(name)=VALUE or define it in the document")
+                throw KilnError(
+                    .invalidArgument,
+                    "\(stepPath): \(expression.text) names no parameter or constant; pass it with --parameters \(name)=VALUE or define it in the document"
+                )
             }
             return value
         case .loop(let name, let field):
@@ -83,7 +86,10 @@ struct Substitution {
         case .chained(let phase, let step, let part, let key):
             guard phaseNames.contains(phase) else { return nil }
             guard let entry = chain.entry(phase: phase, step: step) else {
-                throw KilnError(.invalidArgument, "\(stepPath): \(expression.text) refers to '\(phase)/\(step)', which has not run (skipped, failed or not selected with --phases)")
+                throw KilnError(
+                    .invalidArgument,
+                    "\(stepPath): \(expression.text) refers to '\(phase)/\(step)', which has not run (skipped, failed or not selected with --phases)"
+                )
             }
             let value: String?
             switch part {
@@ -99,7 +105,10 @@ struct Substitution {
                 value = container?[key].map(Self.flatten)
             }
             guard let value else {
-                throw KilnError(.invalidArgument, "\(stepPath): \(expression.text) cannot be resolved: '\(phase)/\(step)' has no \(part == .outputs ? "output" : "input") '\(key)'")
+                throw KilnError(
+                    .invalidArgument,
+                    "\(stepPath): \(expression.text) cannot be resolved: '\(phase)/\(step)' has no \(part == .outputs ? "output" : "input") '\(key)'"
+                )
             }
             record.append(ChainingResolution(document: documentName, step: stepPath, expression: expression.text, value: value))
             return value

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Writes AWSTOE's log files: `console.log` (what a person reads, `YYYY-MM-DD HH:MM:SS.mmm Level message`)
 /// and `application.log` (the same plus debug detail). Each line can also be echoed as progress.
@@ -32,7 +33,8 @@ public final class TOELogWriter: Sendable {
             opened.console = open(folder + "/console.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
             opened.application = open(folder + "/application.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
             guard opened.console >= 0, opened.application >= 0 else {
-                throw KilnError(.ioFailure, "cannot write logs in '\(folder)': \(String(cString: strerror(errno))); choose another --log-directory")
+                throw KilnError(
+                    .ioFailure, "cannot write logs in '\(folder)': \(String(cString: strerror(errno))); choose another --log-directory")
             }
         }
         files = Mutex(opened)
@@ -85,9 +87,10 @@ public final class TOELogWriter: Sendable {
         var parts = tm()
         gmtime_r(&time, &parts)
         let millis = Int((seconds - seconds.rounded(.down)) * 1000)
-        return String(format: "%04d-%02d-%02d %02d:%02d:%02d.%03d",
-                      Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
-                      Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), millis)
+        return String(
+            format: "%04d-%02d-%02d %02d:%02d:%02d.%03d",
+            Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
+            Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), millis)
     }
 
     /// `TOE_<YYYY-MM-DD_HH-MM-SS>_UTC-0_<executionId>`.

@@ -122,10 +122,10 @@ public struct RunSummary: Sendable, Codable, Hashable {
             return String(decoding: data, as: UTF8.self)
         }
         return """
-        {"executionId":\(quote(executionId)),"status":\(quote(status)),"failedStepCount":\(failedStepCount),\
-        "executedStepCount":\(executedStepCount),"ignoredFailedStepCount":\(ignoredFailedStepCount),\
-        "failureMessage":\(quote(failureMessage)),"logUrl":\(quote(logUrl))}
-        """
+            {"executionId":\(quote(executionId)),"status":\(quote(status)),"failedStepCount":\(failedStepCount),\
+            "executedStepCount":\(executedStepCount),"ignoredFailedStepCount":\(ignoredFailedStepCount),\
+            "failureMessage":\(quote(failureMessage)),"logUrl":\(quote(logUrl))}
+            """
     }
 }
 

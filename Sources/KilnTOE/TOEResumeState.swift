@@ -34,7 +34,8 @@ public struct TOEResumeState: Sendable, Codable {
         do {
             return try JSONDecoder().decode(TOEResumeState.self, from: data)
         } catch {
-            throw KilnError(.invalidArgument, "the state file '\(path)' is damaged (\(error)); delete it to start the run from the beginning")
+            throw KilnError(
+                .invalidArgument, "the state file '\(path)' is damaged (\(error)); delete it to start the run from the beginning")
         }
     }
 

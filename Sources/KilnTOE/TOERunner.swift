@@ -16,10 +16,12 @@ public struct TOERunner: Sendable {
     /// Runs every document in order. A document that fails stops the run.
     public func run(_ request: TOERunRequest, log: TOELogWriter, resume: TOEResumeState? = nil) async -> TOERunOutcome {
         let transfers = TransferClients(s3: S3Configuration(environment: options.environment))
-        var report = resume?.report ?? RunReport(
-            executionId: request.executionId, status: .success, startTime: TOETime.rfc3339(Date()), endTime: "",
-            failureMessage: "", documents: []
-        )
+        var report =
+            resume?.report
+            ?? RunReport(
+                executionId: request.executionId, status: .success, startTime: TOETime.rfc3339(Date()), endTime: "",
+                failureMessage: "", documents: []
+            )
         var progress = RunProgress(rebootCount: resume?.rebootCount ?? 0)
         let chaining = ChainingLog()
         if let resume { log.info("Resuming execution \(resume.executionId) after reboot \(resume.rebootCount)") }
@@ -36,7 +38,8 @@ public struct TOERunner: Sendable {
                 depth: 0, ancestry: [await documentIdentity(request.documents[index].document.source)], executionId: request.executionId,
                 transfers: transfers, chaining: chaining, scratch: scratch
             )
-            let result = await runDocument(request.documents[index], phases: request.phases, frame: frame, log: log, cursor: cursor, progress: &progress)
+            let result = await runDocument(
+                request.documents[index], phases: request.phases, frame: frame, log: log, cursor: cursor, progress: &progress)
             switch result {
             case .finished(let documentReport, _):
                 report.documents.append(documentReport)
@@ -51,7 +54,9 @@ public struct TOERunner: Sendable {
                     phases: request.phases, logFolder: log.folder, report: report, cursor: cursor, rebootCount: progress.rebootCount
                 )
                 log.info("TOE stopped for a reboot; run the same command again after the instance restarts to resume")
-                return TOERunOutcome(report: report, summary: RunSummary(report: report, logUrl: log.folder ?? "", rebootPending: true), rebootPending: true, resumeState: state, chaining: chaining.all)
+                return TOERunOutcome(
+                    report: report, summary: RunSummary(report: report, logUrl: log.folder ?? "", rebootPending: true), rebootPending: true,
+                    resumeState: state, chaining: chaining.all)
             }
         }
         if case .success(let folder) = scratch { try? await session.remove(folder, recursive: true) }
@@ -62,7 +67,9 @@ public struct TOERunner: Sendable {
         } else {
             log.info("TOE has completed execution with failure - Execution failed!")
         }
-        return TOERunOutcome(report: report, summary: RunSummary(report: report, logUrl: log.folder ?? "", rebootPending: false), rebootPending: false, resumeState: nil, chaining: chaining.all)
+        return TOERunOutcome(
+            report: report, summary: RunSummary(report: report, logUrl: log.folder ?? "", rebootPending: false), rebootPending: false,
+            resumeState: nil, chaining: chaining.all)
     }
 
     // MARK: Documents and phases
@@ -132,7 +139,9 @@ public struct TOERunner: Sendable {
                 switch outcome {
                 case .finished(let stepReport, let chained):
                     stepReports.append(stepReport)
-                    if let chained { scope.chain.record(phase: phase.name, step: step.name, inputs: chained.inputs, outputs: chained.outputs) }
+                    if let chained {
+                        scope.chain.record(phase: phase.name, step: step.name, inputs: chained.inputs, outputs: chained.outputs)
+                    }
                     stepIndex += 1
                     if stepReport.status == .failed && step.onFailure == .abort {
                         aborted = true
@@ -142,7 +151,8 @@ public struct TOERunner: Sendable {
                     var problem: String?
                     if frame.depth > 0 {
                         // A nested document cannot be paused and resumed mid-way yet.
-                        problem = "\(phase.name)/\(step.name): a reboot inside a document run by ExecuteDocument is not supported yet; put the step that reboots in the top-level document"
+                        problem =
+                            "\(phase.name)/\(step.name): a reboot inside a document run by ExecuteDocument is not supported yet; put the step that reboots in the top-level document"
                     } else {
                         progress.rebootCount += 1
                         if progress.rebootCount > options.maxReboots {
@@ -163,7 +173,9 @@ public struct TOERunner: Sendable {
                         var failed = stepReport ?? StepReport.failure(step, message: "")
                         failed.status = .failed
                         failed.failureMessage = problem ?? ""
-                        log.error(failed.failureMessage.hasPrefix("\(phase.name)/") ? failed.failureMessage : "\(phase.name)/\(step.name): \(failed.failureMessage)")
+                        log.error(
+                            failed.failureMessage.hasPrefix("\(phase.name)/")
+                                ? failed.failureMessage : "\(phase.name)/\(step.name): \(failed.failureMessage)")
                         stepReports.append(failed)
                         aborted = true
                         stepIndex = phase.steps.count
@@ -178,10 +190,12 @@ public struct TOERunner: Sendable {
                         conditionPassed = rerun
                         stepIndex = nextStep
                     case .deferred:
-                        return .rebootPending(TOEResumeState.Cursor(
-                            document: 0, phase: phaseIndex, step: nextStep, conditionPassed: rerun, phaseSteps: stepReports,
-                            phaseStart: phaseStart, documentPhases: documentReport.phases, documentStart: documentStart, chain: scope.chain
-                        ))
+                        return .rebootPending(
+                            TOEResumeState.Cursor(
+                                document: 0, phase: phaseIndex, step: nextStep, conditionPassed: rerun, phaseSteps: stepReports,
+                                phaseStart: phaseStart, documentPhases: documentReport.phases, documentStart: documentStart,
+                                chain: scope.chain
+                            ))
                     }
                 }
             }
@@ -210,7 +224,10 @@ public struct TOERunner: Sendable {
         var values: [String: String] = [:]
         for parameter in run.document.parameters {
             guard let value = run.parameters[parameter.name] ?? parameter.defaultValue else {
-                throw KilnError(.invalidArgument, "\(run.document.source): parameter '\(parameter.name)' has no default and no value; pass --parameters \(parameter.name)=VALUE")
+                throw KilnError(
+                    .invalidArgument,
+                    "\(run.document.source): parameter '\(parameter.name)' has no default and no value; pass --parameters \(parameter.name)=VALUE"
+                )
             }
             values[parameter.name] = value
         }
@@ -227,7 +244,8 @@ public struct TOERunner: Sendable {
         var chain: ChainStore
 
         func substitution(stepPath: String, loop: LoopBinding?) -> Substitution {
-            Substitution(variables: variables, phaseNames: phaseNames, chain: chain, loop: loop, documentName: documentName, stepPath: stepPath)
+            Substitution(
+                variables: variables, phaseNames: phaseNames, chain: chain, loop: loop, documentName: documentName, stepPath: stepPath)
         }
     }
 
@@ -238,13 +256,16 @@ public struct TOERunner: Sendable {
     }
 
     enum AttemptResult: Sendable {
-        case success(outputs: [String: String], inputs: InputValue?, loop: LoopReport?, nested: [RunReport]?, chaining: [ChainingResolution])
+        case success(
+            outputs: [String: String], inputs: InputValue?, loop: LoopReport?, nested: [RunReport]?, chaining: [ChainingResolution])
         case reboot(outputs: [String: String], rerun: Bool)
         /// `outputs` holds what the successful loop iterations produced.
         case failure(message: String, loop: LoopReport?, nested: [RunReport]?, outputs: [String: String] = [:])
     }
 
-    func runStep(_ step: Step, phase: String, scope: DocumentScope, frame: DocumentFrame, log: TOELogWriter, conditionPassed: Bool) async -> StepOutcome {
+    func runStep(_ step: Step, phase: String, scope: DocumentScope, frame: DocumentFrame, log: TOELogWriter, conditionPassed: Bool) async
+        -> StepOutcome
+    {
         let stepPath = "\(phase)/\(step.name)"
         log.info("Step \(step.name)")
         var report = StepReport.failure(step, message: "")
@@ -256,11 +277,15 @@ public struct TOERunner: Sendable {
             var ignored: [ChainingResolution] = []
             let branch: ConditionBranch
             do {
-                let truth = try await ConditionEvaluator(session: session).evaluate(condition.expression) { try substitution.apply($0, record: &ignored) }
+                let truth = try await ConditionEvaluator(session: session).evaluate(condition.expression) {
+                    try substitution.apply($0, record: &ignored)
+                }
                 branch = truth ? condition.then : condition.otherwise
                 log.debug("\(stepPath): condition is \(truth); \(branch.rawValue)")
             } catch {
-                return .finished(finishFailed(report, step: step, message: "condition could not be evaluated: \(error)", log: log, stepPath: stepPath), nil)
+                return .finished(
+                    finishFailed(report, step: step, message: "condition could not be evaluated: \(error)", log: log, stepPath: stepPath),
+                    nil)
             }
             switch branch {
             case .skip:
@@ -269,7 +294,8 @@ public struct TOERunner: Sendable {
                 log.info("Step \(step.name) skipped by its condition")
                 return .finished(report, nil)
             case .abort:
-                return .finished(finishFailed(report, step: step, message: "the step's condition chose Abort", log: log, stepPath: stepPath), nil)
+                return .finished(
+                    finishFailed(report, step: step, message: "the step's condition chose Abort", log: log, stepPath: stepPath), nil)
             case .execute:
                 break
             }
@@ -285,13 +311,17 @@ public struct TOERunner: Sendable {
                     await self.attempt(step, phase: phase, scope: scope, frame: frame, log: log)
                 }
             } catch {
-                let what = step.loop == nil ? "Step timed out after \(step.timeoutSeconds ?? 0) seconds" : "loop run timed out after \(step.timeoutSeconds ?? 0) seconds"
+                let what =
+                    step.loop == nil
+                    ? "Step timed out after \(step.timeoutSeconds ?? 0) seconds"
+                    : "loop run timed out after \(step.timeoutSeconds ?? 0) seconds"
                 result = .failure(message: what, loop: nil, nested: nil)
             }
             switch result {
             case .success(let outputs, let inputs, let loop, let nested, let resolutions):
                 frame.chaining.append(resolutions)
-                report.outputs = Self.jsonArray(outputs.isEmpty ? nil : .map(outputs.sorted { $0.key < $1.key }.map { .init(key: $0.key, value: .string($0.value)) }))
+                report.outputs = Self.jsonArray(
+                    outputs.isEmpty ? nil : .map(outputs.sorted { $0.key < $1.key }.map { .init(key: $0.key, value: .string($0.value)) }))
                 if let inputs { report.inputs = Self.jsonArray(inputs) }
                 report.loop = loop
                 report.detailedOutput = nested
@@ -311,9 +341,12 @@ public struct TOERunner: Sendable {
             }
         }
         // Successful loop iterations keep their outputs, for the report and for chaining.
-        report.outputs = Self.jsonArray(partialOutputs.isEmpty ? nil : .map(partialOutputs.sorted { $0.key < $1.key }.map { .init(key: $0.key, value: .string($0.value)) }))
+        report.outputs = Self.jsonArray(
+            partialOutputs.isEmpty
+                ? nil : .map(partialOutputs.sorted { $0.key < $1.key }.map { .init(key: $0.key, value: .string($0.value)) }))
         let failed = finishFailed(report, step: step, message: lastFailure, log: log, stepPath: stepPath)
-        let chained = partialOutputs.isEmpty || step.onFailure == .abort ? nil : ChainStore.Entry(inputs: step.inputs, outputs: partialOutputs)
+        let chained =
+            partialOutputs.isEmpty || step.onFailure == .abort ? nil : ChainStore.Entry(inputs: step.inputs, outputs: partialOutputs)
         return .finished(failed, chained)
     }
 
@@ -333,7 +366,10 @@ public struct TOERunner: Sendable {
         var chaining: [ChainingResolution] = []
         let bindings: [LoopBinding?]
         do {
-            bindings = try step.loop.map { try Self.iterations(of: $0, substitution: scope.substitution(stepPath: stepPath, loop: nil), record: &chaining) } ?? [nil]
+            bindings =
+                try step.loop.map {
+                    try Self.iterations(of: $0, substitution: scope.substitution(stepPath: stepPath, loop: nil), record: &chaining)
+                } ?? [nil]
         } catch {
             return .failure(message: "\(error)", loop: nil, nested: nil)
         }
@@ -356,7 +392,9 @@ public struct TOERunner: Sendable {
                     scratchDirectory: frame.scratch.map { "\($0)/\(frame.executionId)/\(phase)-\(step.name)-\(index)" },
                     transfers: frame.transfers
                 )
-                let result = try await perform(step, inputs: inputs, substitution: substitution, context: context, frame: frame, inLoop: binding != nil, nested: &nested)
+                let result = try await perform(
+                    step, inputs: inputs, substitution: substitution, context: context, frame: frame, inLoop: binding != nil,
+                    nested: &nested)
                 switch result {
                 case .completed(let outputs):
                     for (key, value) in outputs { merged[key, default: []].append(value) }
@@ -373,10 +411,13 @@ public struct TOERunner: Sendable {
         }
         let loopReport = step.loop.map { LoopReport(name: $0.name, iterations: bindings.count, failedIterations: failedIterations) }
         guard failedIterations.isEmpty else {
-            let message = step.loop == nil
+            let message =
+                step.loop == nil
                 ? messages.joined(separator: "; ")
                 : "\(stepPath): loop iteration(s) \(failedIterations.map(String.init).joined(separator: ", ")) failed: \(messages.joined(separator: "; "))"
-            return .failure(message: message, loop: loopReport, nested: nested.isEmpty ? nil : nested, outputs: merged.mapValues { $0.joined(separator: "\n") })
+            return .failure(
+                message: message, loop: loopReport, nested: nested.isEmpty ? nil : nested,
+                outputs: merged.mapValues { $0.joined(separator: "\n") })
         }
         let outputs = merged.mapValues { $0.joined(separator: "\n") }
         return .success(outputs: outputs, inputs: lastInputs, loop: loopReport, nested: nested.isEmpty ? nil : nested, chaining: chaining)
@@ -430,16 +471,21 @@ public struct TOERunner: Sendable {
     // MARK: ExecuteDocument
 
     /// Runs a child document; its detailed report is appended to `nested` whether it passes or fails.
-    func executeDocument(_ inputs: InputValue?, context: ActionContext, frame: DocumentFrame, nested: inout [RunReport]) async throws -> ActionResult {
+    func executeDocument(_ inputs: InputValue?, context: ActionContext, frame: DocumentFrame, nested: inout [RunReport]) async throws
+        -> ActionResult
+    {
         let reader = InputReader(value: inputs, action: "ExecuteDocument", stepPath: context.stepPath)
         let reference = try reader.required("document")
         guard frame.depth < Self.maxNestingDepth else {
-            throw context.failure("ExecuteDocument nesting is limited to \(Self.maxNestingDepth) levels; '\(reference)' would be level \(frame.depth + 1)")
+            throw context.failure(
+                "ExecuteDocument nesting is limited to \(Self.maxNestingDepth) levels; '\(reference)' would be level \(frame.depth + 1)")
         }
         let document = try await loadDocument(reference, context: context, owner: reader.string("document-s3-bucket-owner"))
         let identity = await documentIdentity(document.source)
         if !frame.inLoop, frame.ancestry.contains(identity) {
-            throw context.failure("ExecuteDocument cycle: '\(document.source)' is already running (\((frame.ancestry + [identity]).joined(separator: " → ")))")
+            throw context.failure(
+                "ExecuteDocument cycle: '\(document.source)' is already running (\((frame.ancestry + [identity]).joined(separator: " → ")))"
+            )
         }
         var parameters: [String: String] = [:]
         for item in reader.value?["parameters"]?.listValue ?? [] {
@@ -452,7 +498,9 @@ public struct TOERunner: Sendable {
         childFrame.ancestry = frame.ancestry + [identity]
         childFrame.executionId = childId
         var progress = RunProgress(rebootCount: 0)
-        let result = await runDocument(TOEDocumentRun(document: document, parameters: parameters), phases: phases, frame: childFrame, log: context.log, cursor: nil, progress: &progress)
+        let result = await runDocument(
+            TOEDocumentRun(document: document, parameters: parameters), phases: phases, frame: childFrame, log: context.log, cursor: nil,
+            progress: &progress)
         guard case .finished(let documentReport, _) = result else {
             // The nested document needs a reboot: the ExecuteDocument step runs again afterwards.
             throw context.failure("ExecuteDocument: the child document asked for a reboot, which nested documents do not support yet")
@@ -479,7 +527,9 @@ public struct TOERunner: Sendable {
         let parser = ComponentDocumentParser()
         if reference.hasPrefix("arn:") {
             guard let resolver = options.componentResolver else {
-                throw context.failure("ExecuteDocument: component ARNs need the Kiln server's component store; give a file path or s3:// URI here", code: .unsupported)
+                throw context.failure(
+                    "ExecuteDocument: component ARNs need the Kiln server's component store; give a file path or s3:// URI here",
+                    code: .unsupported)
             }
             return try await resolver.document(forARN: reference)
         }
@@ -522,7 +572,9 @@ public struct TOERunner: Sendable {
     static func jsonArray(_ value: InputValue?) -> String {
         guard let value else { return "[]" }
         let object: Any = { if case .list = value { return value.jsonObject } else { return [value.jsonObject] } }()
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return "[]" }
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else {
+            return "[]"
+        }
         return String(decoding: data, as: UTF8.self)
     }
 

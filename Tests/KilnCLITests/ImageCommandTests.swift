@@ -1,13 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnTestSupport
 import Testing
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// A plain-http docker-registry on a free loopback port.
-@Suite("kiln image", .serialized,
-       .enabled(if: TestEnvironment.requires("docker-registry")))
+@Suite(
+    "kiln image", .serialized,
+    .enabled(if: TestEnvironment.requires("docker-registry")))
 struct ImageCommandTests {
     @Test("pack, push to a registry and an archive, ls, pull elsewhere, inspect, rm and gc; progress as plain lines")
     func lifecycle() throws {
@@ -24,7 +26,8 @@ struct ImageCommandTests {
         let digest = packed.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(digest.hasPrefix("sha256:") && digest.count == 71)
 
-        let pushed = try Kiln.run(["image", "push", "demo:1", "\(registry.host)/team/demo:1", "oci-archive:\(scratch.path)/demo.tar:1"] + data)
+        let pushed = try Kiln.run(
+            ["image", "push", "demo:1", "\(registry.host)/team/demo:1", "oci-archive:\(scratch.path)/demo.tar:1"] + data)
         #expect(pushed.status == 0, "\(pushed.stderr)")
         #expect(pushed.stdout == digest + "\n", "stdout carries only the digest")
         #expect(pushed.stderr.contains("\(registry.host)/team/demo:1: wrote \(digest)"))
@@ -66,16 +69,22 @@ struct ImageCommandTests {
         #expect(try Kiln.run(["image", "pack", scratch.path + "/rootfs", "demo:1"] + data).status == 0)
         let unreachable = try Kiln.run(["image", "push", "demo:1", "\(registry.host)/ok:1", "127.0.0.1:1/dead:1", "-q"] + data)
         #expect(unreachable.status == 1)
-        #expect(unreachable.stderr.contains("1 of 2 destination(s) failed") && unreachable.stderr.contains("127.0.0.1:1/dead:1"), "\(unreachable.stderr)")
-        #expect(try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(registry.host)/ok:1 >/dev/null && echo present") == "present\n",
-                "the reachable region still got the image")
+        #expect(
+            unreachable.stderr.contains("1 of 2 destination(s) failed") && unreachable.stderr.contains("127.0.0.1:1/dead:1"),
+            "\(unreachable.stderr)")
+        #expect(
+            try Kiln.shell("skopeo inspect --tls-verify=false --raw docker://\(registry.host)/ok:1 >/dev/null && echo present")
+                == "present\n",
+            "the reachable region still got the image")
 
         let malformed = try Kiln.run(["image", "copy", "kiln:demo:1", "UPPER/Case:1"] + data)
         #expect(malformed.status == 1 && malformed.stderr.contains("'UPPER/Case:1' is not an image reference"))
 
         try "registries:\n  r.example: {insecure: maybe}\n".write(toFile: scratch.path + "/kiln.yaml", atomically: true, encoding: .utf8)
         let config = try Kiln.run(["image", "ls", "--config", scratch.path + "/kiln.yaml"] + data)
-        #expect(config.status == 1 && config.stderr.contains("kiln.yaml:2: registries.r.example.insecure must be true or false"), "\(config.stderr)")
+        #expect(
+            config.status == 1 && config.stderr.contains("kiln.yaml:2: registries.r.example.insecure must be true or false"),
+            "\(config.stderr)")
     }
 }
 

@@ -1,53 +1,65 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnTestSupport
 import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A data directory shared by the instance tests of one machine, so the Debian parent is
 /// bootstrapped with mmdebstrap once (about a minute) and reused.
 let sharedDataDirectory = "/var/tmp/kiln-cli-instances"
 
-@Suite("kiln toe run --image and kiln instance, on runc with a bootstrapped Debian", .serialized,
-       .enabled(if: TestEnvironment.requiresRoot("runc")))
+@Suite(
+    "kiln toe run --image and kiln instance, on runc with a bootstrapped Debian", .serialized,
+    .enabled(if: TestEnvironment.requiresRoot("runc")))
 struct InstanceCommandTests {
     let data = ["--data-dir", sharedDataDirectory]
 
     func document(_ scratch: Scratch, _ name: String, _ commands: [String]) throws -> String {
-        try scratch.write(name + ".yaml", """
-        name: \(name)
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Run
-                action: ExecuteBash
-                inputs:
-                  commands:
-        \(commands.map { "            - \"\($0)\"" }.joined(separator: "\n"))
-        """)
+        try scratch.write(
+            name + ".yaml",
+            """
+            name: \(name)
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Run
+                    action: ExecuteBash
+                    inputs:
+                      commands:
+            \(commands.map { "            - \"\($0)\"" }.joined(separator: "\n"))
+            """)
     }
 
-    @Test("Bootstrap Debian, install a package and change files in a builder, snapshot, and see every change in a fresh instance without network")
+    @Test(
+        "Bootstrap Debian, install a package and change files in a builder, snapshot, and see every change in a fresh instance without network"
+    )
     func buildAndTest() throws {
         let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
-        let build = try document(scratch, "Build", [
-            "apt-get update -qq",
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends jq >/dev/null",
-            "echo built > /etc/kiln-built",
-            "rm /etc/issue.net",
-        ])
-        let built = try Kiln.run(["toe", "run", "--image", "bootstrap:debian:bookworm", "-d", build, "--snapshot", "cli-test:jq", "-l", scratch.path] + data)
+        let build = try document(
+            scratch, "Build",
+            [
+                "apt-get update -qq",
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends jq >/dev/null",
+                "echo built > /etc/kiln-built",
+                "rm /etc/issue.net",
+            ])
+        let built = try Kiln.run(
+            ["toe", "run", "--image", "bootstrap:debian:bookworm", "-d", build, "--snapshot", "cli-test:jq", "-l", scratch.path] + data)
         #expect(built.status == 0, "\(built.stderr)")
         #expect(built.stderr.contains("saved the instance's changes as kiln:cli-test:jq"))
 
-        let check = try document(scratch, "Check", [
-            "jq --version", "cat /etc/kiln-built", "test ! -e /etc/issue.net && echo issue.net-gone",
-            "cat /etc/os-release | grep -c bookworm", "id -u",
-        ])
-        let tested = try Kiln.run(["toe", "run", "--image", "kiln:cli-test:jq", "--network", "none", "-d", check, "-l", scratch.path] + data)
+        let check = try document(
+            scratch, "Check",
+            [
+                "jq --version", "cat /etc/kiln-built", "test ! -e /etc/issue.net && echo issue.net-gone",
+                "cat /etc/os-release | grep -c bookworm", "id -u",
+            ])
+        let tested = try Kiln.run(
+            ["toe", "run", "--image", "kiln:cli-test:jq", "--network", "none", "-d", check, "-l", scratch.path] + data)
         #expect(tested.status == 0, "\(tested.stderr)")
         for line in ["Stdout: jq-1.6", "Stdout: built", "Stdout: issue.net-gone", "Stdout: 0"] {
             #expect(tested.stderr.contains(line), "\(line) in \(tested.stderr)")
@@ -60,13 +72,19 @@ struct InstanceCommandTests {
         let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let failing = try document(scratch, "Fails", ["echo about to fail", "exit 3"])
-        let failed = try Kiln.run(["toe", "run", "--image", "bootstrap:debian:bookworm", "-d", failing, "--keep-on-failure", "-l", scratch.path] + data)
+        let failed = try Kiln.run(
+            ["toe", "run", "--image", "bootstrap:debian:bookworm", "-d", failing, "--keep-on-failure", "-l", scratch.path] + data)
         #expect(failed.status == 1)
-        let id = try #require(failed.stderr.range(of: #"kept (kiln-[0-9a-f]{12})"#, options: .regularExpression).map { String(failed.stderr[$0].dropFirst(5)) })
+        let id = try #require(
+            failed.stderr.range(of: #"kept (kiln-[0-9a-f]{12})"#, options: .regularExpression).map {
+                String(failed.stderr[$0].dropFirst(5))
+            })
         let listed = try Kiln.run(["instance", "ls"] + data)
         #expect(listed.stdout.contains(id) && listed.stdout.contains("running") && listed.stdout.contains("yes"), "\(listed.stdout)")
         let shell = try Kiln.run(["instance", "shell", id, "--shell", "/bin/hostname"] + data)
-        #expect(shell.status == 0 && shell.stdout == id + "\n", "kiln instance shell runs inside the kept instance: \(shell.stdout) \(shell.stderr)")
+        #expect(
+            shell.status == 0 && shell.stdout == id + "\n",
+            "kiln instance shell runs inside the kept instance: \(shell.stdout) \(shell.stderr)")
         let removed = try Kiln.run(["instance", "rm", id] + data)
         #expect(removed.status == 0 && removed.stdout == "removed \(id)\n")
         #expect(!(try Kiln.run(["instance", "ls"] + data)).stdout.contains(id))
@@ -89,7 +107,9 @@ struct InstanceCommandTests {
         for _ in 0..<600 where id == nil {
             usleep(200_000)
             let listed = try Kiln.shell("ls \(sharedDataDirectory)/instances | grep '^kiln-' ; true")
-            if let first = listed.split(separator: "\n").first, try Kiln.shell("runc --root /run/kiln/runc list").contains(first) { id = String(first) }
+            if let first = listed.split(separator: "\n").first, try Kiln.shell("runc --root /run/kiln/runc list").contains(first) {
+                id = String(first)
+            }
         }
         let running = try #require(id, "an instance started")
         kill(process.processIdentifier, SIGKILL)
@@ -102,7 +122,10 @@ struct InstanceCommandTests {
         #expect(!(try Kiln.shell("runc --root /run/kiln/runc list")).contains(running))
         #expect(!FileManager.default.fileExists(atPath: "/sys/fs/cgroup/memory/kiln/\(running)"))
         #expect(!FileManager.default.fileExists(atPath: "\(sharedDataDirectory)/instances/\(running)"))
-        #expect(try Kiln.shell("for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = sleep ] && cat $p/cmdline | tr '\\0' ' ' && echo; done; true").contains("sleep 300") == false)
+        #expect(
+            try Kiln.shell(
+                "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = sleep ] && cat $p/cmdline | tr '\\0' ' ' && echo; done; true"
+            ).contains("sleep 300") == false)
     }
 
     @Test("Ctrl-C (SIGINT) during a run removes the instance before kiln exits")
@@ -112,7 +135,8 @@ struct InstanceCommandTests {
         let sleeper = try document(scratch, "SleepsToo", ["sleep 300"])
         let kiln = try RunningKiln(["toe", "run", "--image", "bootstrap:debian:bookworm", "-d", sleeper, "-l", scratch.path] + data)
         // The run has started once kiln says where it runs.
-        let running = try #require(kiln.instance(after: "container ", once: "running in container", seconds: 60), "an instance started: \(kiln.stderr.text)")
+        let running = try #require(
+            kiln.instance(after: "container ", once: "running in container", seconds: 60), "an instance started: \(kiln.stderr.text)")
         usleep(300_000)
         _ = kiln.interrupt()
         let process = kiln.process

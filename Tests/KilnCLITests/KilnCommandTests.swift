@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnTestSupport
 import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Runs the real `kiln` executable, as a user or a pipeline would.
 struct Kiln {
@@ -36,47 +37,52 @@ struct Kiln {
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         let stderr = err.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        return Result(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
+        return Result(
+            status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+            stderr: String(decoding: stderr, as: UTF8.self))
     }
 }
 
 @Suite("The kiln executable", .serialized)
 struct KilnCommandTests {
     let document = """
-    name: CliDoc
-    schemaVersion: 1.0
-    parameters:
-      - Word:
-          type: string
-          default: plain
-    phases:
-      - name: build
-        steps:
-          - name: Say
-            action: ExecuteBash
-            inputs:
-              commands: ['echo "word={{ Word }}"']
-      - name: validate
-        steps:
-          - name: Check
-            action: Assert
-            inputs:
-              stringEquals: 'word={{ Word }}'
-              value: '{{ build.Say.outputs.stdout }}'
-      - name: test
-        steps:
-          - name: MaybeFail
-            action: ExecuteBash
-            inputs:
-              commands: ['test "{{ Word }}" != "fail"']
-    """
+        name: CliDoc
+        schemaVersion: 1.0
+        parameters:
+          - Word:
+              type: string
+              default: plain
+        phases:
+          - name: build
+            steps:
+              - name: Say
+                action: ExecuteBash
+                inputs:
+                  commands: ['echo "word={{ Word }}"']
+          - name: validate
+            steps:
+              - name: Check
+                action: Assert
+                inputs:
+                  stringEquals: 'word={{ Word }}'
+                  value: '{{ build.Say.outputs.stdout }}'
+          - name: test
+            steps:
+              - name: MaybeFail
+                action: ExecuteBash
+                inputs:
+                  commands: ['test "{{ Word }}" != "fail"']
+        """
 
     @Test("toe run: exit 0, the summary JSON on stdout, and AWSTOE's log folder")
     func runSucceeds() throws {
         let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let path = try scratch.write("doc.yaml", document)
-        let result = try Kiln.run(["toe", "run", "--documents", path, "--parameters", "Word=kiln", "--execution-id", "exec-1", "--log-directory", scratch.path + "/logs"])
+        let result = try Kiln.run([
+            "toe", "run", "--documents", path, "--parameters", "Word=kiln", "--execution-id", "exec-1", "--log-directory",
+            scratch.path + "/logs",
+        ])
         #expect(result.status == 0, "\(result.stderr)")
         let summary = try #require(result.json)
         #expect(summary["status"] as? String == "success")
@@ -89,10 +95,15 @@ struct KilnCommandTests {
         #expect(files == ["application.log", "chaining.json", "console.log", "detailedoutput.json", "document.yaml"])
         let console = try String(contentsOfFile: logUrl + "/console.log", encoding: .utf8)
         let lines = console.split(separator: "\n")
-        #expect(lines.allSatisfy { $0.range(of: #"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3} (Info|Warn|Error) "#, options: .regularExpression) != nil })
+        #expect(
+            lines.allSatisfy {
+                $0.range(of: #"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3} (Info|Warn|Error) "#, options: .regularExpression) != nil
+            })
         #expect(lines.contains { $0.hasSuffix("Info Stdout: word=kiln") })
         #expect(lines.last?.hasSuffix("Info TOE has completed execution successfully") == true)
-        let detailed = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: logUrl + "/detailedoutput.json"))) as? [String: Any])
+        let detailed = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: logUrl + "/detailedoutput.json")))
+                as? [String: Any])
         let documents = try #require(detailed["documents"] as? [[String: Any]])
         #expect(documents.first?["name"] as? String == "CliDoc")
         #expect((documents.first?["phases"] as? [[String: Any]])?.map { $0["name"] as? String } == ["build", "validate", "test"])
@@ -118,10 +129,12 @@ struct KilnCommandTests {
         let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let path = try scratch.write("doc.yaml", document)
-        let config = try scratch.write("run.json", """
-        {"documents": [{"path": "\(path)", "parameters": [{"name": "Word", "value": "fromconfig"}]}],
-         "phases": "build,validate", "executionId": "from-config", "logDirectory": "\(scratch.path)/cfg-logs"}
-        """)
+        let config = try scratch.write(
+            "run.json",
+            """
+            {"documents": [{"path": "\(path)", "parameters": [{"name": "Word", "value": "fromconfig"}]}],
+             "phases": "build,validate", "executionId": "from-config", "logDirectory": "\(scratch.path)/cfg-logs"}
+            """)
         let result = try Kiln.run(["toe", "run", "--config", config, "--execution-id", "from-flag"])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.json?["executionId"] as? String == "from-flag")
@@ -139,20 +152,22 @@ struct KilnCommandTests {
         let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
         let good = try scratch.write("good.yaml", document)
-        let bad = try scratch.write("bad.yaml", """
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: One
-                action: ExecuteBash
-                inputs:
-                  comands: ['echo']
-              - name: Two
-                action: ExecutePowerShell
-                inputs:
-                  commands: ['Write-Host hi']
-        """)
+        let bad = try scratch.write(
+            "bad.yaml",
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: One
+                    action: ExecuteBash
+                    inputs:
+                      comands: ['echo']
+                  - name: Two
+                    action: ExecutePowerShell
+                    inputs:
+                      commands: ['Write-Host hi']
+            """)
         let ok = try Kiln.run(["toe", "validate", "--documents", good])
         #expect(ok.status == 0)
         #expect(ok.json?["validationStatus"] as? String == "success")
@@ -162,7 +177,9 @@ struct KilnCommandTests {
         #expect(failed.json?["validationStatus"] as? String == "failed")
         #expect(failed.stderr.contains("\(bad):8:11: build/One: unknown input 'comands' for ExecuteBash; allowed: commands"))
         #expect(failed.stderr.contains("\(bad):8:11: build/One: ExecuteBash input 'commands' is required"))
-        #expect(failed.stderr.contains("\(bad):10:17: build/Two: action 'ExecutePowerShell' runs only on windows, not on linux; use ExecuteBash"))
+        #expect(
+            failed.stderr.contains(
+                "\(bad):10:17: build/Two: action 'ExecutePowerShell' runs only on windows, not on linux; use ExecuteBash"))
 
         let run = try Kiln.run(["toe", "run", "--documents", bad, "-l", scratch.path])
         #expect(run.status == 1)
@@ -190,24 +207,26 @@ struct KilnCommandTests {
     func rebootResume() throws {
         let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
-        let path = try scratch.write("reboot.yaml", """
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: First
-                action: ExecuteBash
-                inputs:
-                  commands:
-                    - echo first >> \(scratch.path)/trail
-              - name: Kernel
-                action: ExecuteBash
-                inputs:
-                  commands:
-                    - if [ -f \(scratch.path)/rebooted ]; then echo after-reboot >> \(scratch.path)/trail; exit 0; fi
-                    - touch \(scratch.path)/rebooted
-                    - exit 194
-        """)
+        let path = try scratch.write(
+            "reboot.yaml",
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: First
+                    action: ExecuteBash
+                    inputs:
+                      commands:
+                        - echo first >> \(scratch.path)/trail
+                  - name: Kernel
+                    action: ExecuteBash
+                    inputs:
+                      commands:
+                        - if [ -f \(scratch.path)/rebooted ]; then echo after-reboot >> \(scratch.path)/trail; exit 0; fi
+                        - touch \(scratch.path)/rebooted
+                        - exit 194
+            """)
         let arguments = ["toe", "run", "-d", path, "--state-directory", scratch.path + "/state", "-l", scratch.path + "/logs"]
         let first = try Kiln.run(arguments)
         #expect(first.status == 194)

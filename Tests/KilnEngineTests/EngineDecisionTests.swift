@@ -1,11 +1,12 @@
 import Foundation
-@testable import KilnInstances
 import KilnModel
 import KilnOCI
 import KilnRegistry
 import KilnTestSupport
 import Testing
+
 @testable import KilnEngine
+@testable import KilnInstances
 
 /// The engine's decisions against in-memory twins: no runc, no registry, no root.
 @Suite("Engine decisions: states, failures, cache decisions, distribution targets and the ledger")
@@ -38,27 +39,27 @@ struct EngineDecisionTests {
     }
 
     static let definitions = """
-    components:
-      - name: app
-        semanticVersion: 1.0.0
-        platform: Linux
-        data: |
-          name: App
-          schemaVersion: 1.0
-          phases:
-            - name: build
-              steps:
-                - {name: Write, action: ExecuteBash, inputs: {commands: ["echo ready > /etc/app"]}}
-    containerRecipes:
-      - name: app-image
-        semanticVersion: 1.2.0
-        parentImage: PARENT
-        components: [{componentArn: app/1.x.x}]
-    infrastructureConfigurations:
-      - {name: builders, instanceTypes: [t3.small]}
-    imagePipelines:
-      - {name: app-pipeline, containerRecipeArn: app-image/1.x.x, infrastructureConfigurationArn: builders}
-    """
+        components:
+          - name: app
+            semanticVersion: 1.0.0
+            platform: Linux
+            data: |
+              name: App
+              schemaVersion: 1.0
+              phases:
+                - name: build
+                  steps:
+                    - {name: Write, action: ExecuteBash, inputs: {commands: ["echo ready > /etc/app"]}}
+        containerRecipes:
+          - name: app-image
+            semanticVersion: 1.2.0
+            parentImage: PARENT
+            components: [{componentArn: app/1.x.x}]
+        infrastructureConfigurations:
+          - {name: builders, instanceTypes: [t3.small]}
+        imagePipelines:
+          - {name: app-pipeline, containerRecipeArn: app-image/1.x.x, infrastructureConfigurationArn: builders}
+        """
 
     @Test("A parent that is not there fails the image in BUILD, after PENDING and CREATING, and says which parent")
     func missingParent() async throws {
@@ -78,9 +79,12 @@ struct EngineDecisionTests {
         let workspace = try Workspace()
         defer { workspace.scratch.remove() }
         let selection = try workspace.selection(Self.definitions.replacingOccurrences(of: "PARENT", with: "scratch"))
-        #expect(selection.recipe.name == "app-image" && selection.recipe.imageType == .docker && selection.components.map(\.definition.name) == ["app"])
+        #expect(
+            selection.recipe.name == "app-image" && selection.recipe.imageType == .docker
+                && selection.components.map(\.definition.name) == ["app"])
         #expect(selection.infrastructure.name == "builders" && selection.distribution == nil)
-        let broken = Self.definitions.replacingOccurrences(of: "PARENT", with: "scratch").replacingOccurrences(of: "componentArn: app/1.x.x", with: "componentArn: app/2.x.x")
+        let broken = Self.definitions.replacingOccurrences(of: "PARENT", with: "scratch").replacingOccurrences(
+            of: "componentArn: app/1.x.x", with: "componentArn: app/2.x.x")
         #expect(throws: KilnError.self) { try workspace.selection(broken) }
         do {
             _ = try workspace.selection(broken)
@@ -92,13 +96,17 @@ struct EngineDecisionTests {
     @Test("State changes are saved before the work; a failure names stage, step and region; an interrupt makes CANCELLED")
     func imageRunStates() async throws {
         let records = InMemoryImageRecords(logRoot: "/nonexistent")
-        let record = ImageRecord(arn: "arn:x", name: "n", version: try SemanticVersion(parsing: "1.0.0"), build: 1, status: .pending, dateCreated: "2026-11-30", logDirectory: "/tmp")
+        let record = ImageRecord(
+            arn: "arn:x", name: "n", version: try SemanticVersion(parsing: "1.0.0"), build: 1, status: .pending, dateCreated: "2026-11-30",
+            logDirectory: "/tmp")
         let run = try ImageRun(record: record, records: records, instanceType: "t3.small") { _ in }
         try run.enter(.creating)
         try run.enter(.building)
         let failed = try run.fail(.build, step: "App/validate/Check", log: "/logs/build/01-app", "the step exited 1")
         #expect(records.history.map(\.status) == [.pending, .creating, .building, .failed])
-        #expect(failed.failure == .init(stage: .build, step: "App/validate/Check", region: nil, log: "/logs/build/01-app", reason: "the step exited 1"))
+        #expect(
+            failed.failure
+                == .init(stage: .build, step: "App/validate/Check", region: nil, log: "/logs/build/01-app", reason: "the step exited 1"))
 
         let cancelled = try await Task {
             let run = try ImageRun(record: record, records: records, instanceType: "t3.small") { _ in }
@@ -109,29 +117,41 @@ struct EngineDecisionTests {
         #expect(cancelled.status == .cancelled && cancelled.failure?.reason.contains("interrupt") == true)
     }
 
-    @Test("Distribution targets: one per region and tag, the recipe's version when no tag is given, the region's prefix; an unknown region is named")
+    @Test(
+        "Distribution targets: one per region and tag, the recipe's version when no tag is given, the region's prefix; an unknown region is named"
+    )
     func distributionTargets() throws {
         let yaml = """
-        distributionConfigurations:
-          - name: both
-            distributions:
-              - {region: north, containerDistributionConfiguration: {targetRepository: {repositoryName: app}, containerTags: [stable, "1"]}}
-              - {region: south, containerDistributionConfiguration: {targetRepository: {repositoryName: app}}}
-              - {region: north, amiDistributionConfiguration: {name: ignored}}
-        """
+            distributionConfigurations:
+              - name: both
+                distributions:
+                  - {region: north, containerDistributionConfiguration: {targetRepository: {repositoryName: app}, containerTags: [stable, "1"]}}
+                  - {region: south, containerDistributionConfiguration: {targetRepository: {repositoryName: app}}}
+                  - {region: north, amiDistributionConfiguration: {name: ignored}}
+            """
         let distribution = try Definitions.parse(text: yaml, source: "d.yaml").distributionConfigurations[0]
-        let regions: [String: KilnConfiguration.Region] = ["north": .init(registry: "n.example:5000"), "south": .init(registry: "s.example", repositoryPrefix: "mirror")]
+        let regions: [String: KilnConfiguration.Region] = [
+            "north": .init(registry: "n.example:5000"), "south": .init(registry: "s.example", repositoryPrefix: "mirror"),
+        ]
         let targets = try PipelineRun.distributionTargets(distribution, regions: regions, version: try SemanticVersion(parsing: "2.1.0"))
         #expect(targets.map(\.reference) == ["n.example:5000/app:stable", "n.example:5000/app:1", "s.example/mirror/app:2.1.0"])
         #expect(targets.map(\.region) == ["north", "north", "south"])
-        #expect(throws: KilnError.self) { try PipelineRun.distributionTargets(distribution, regions: ["north": .init(registry: "n")], version: try SemanticVersion(parsing: "2.1.0")) }
+        #expect(throws: KilnError.self) {
+            try PipelineRun.distributionTargets(
+                distribution, regions: ["north": .init(registry: "n")], version: try SemanticVersion(parsing: "2.1.0"))
+        }
     }
 
-    @Test("The ledger prices instance time, storage and transfer; transfer within the home region is free; a blob shared by two images is stored once")
+    @Test(
+        "The ledger prices instance time, storage and transfer; transfer within the home region is free; a blob shared by two images is stored once"
+    )
     func ledger() throws {
         var configuration = KilnConfiguration(dataDirectory: "/tmp")
         configuration.homeRegion = "home"
-        configuration.regions = ["home": .init(registry: "h", storagePerGBMonth: 1, transferPerGB: 5), "away": .init(registry: "a", storagePerGBMonth: 2, transferPerGB: 3)]
+        configuration.regions = [
+            "home": .init(registry: "h", storagePerGBMonth: 1, transferPerGB: 5),
+            "away": .init(registry: "a", storagePerGBMonth: 2, transferPerGB: 3),
+        ]
         configuration.instanceTypes = ["t3.small": .init(pricePerHour: 3.6)]
         var ledger = CostLedger()
         ledger.charge(role: "builder", instanceType: "t3.small", seconds: 100, cpuSeconds: 50)
@@ -139,7 +159,9 @@ struct EngineDecisionTests {
         ledger.distributed(to: "home", blobs: ["a": gigabyte], sentBytes: gigabyte)
         ledger.distributed(to: "away", blobs: ["a": gigabyte], sentBytes: gigabyte)
         ledger.distributed(to: "away", blobs: ["a": gigabyte], sentBytes: gigabyte / 2)
-        var record = ImageRecord(arn: "arn:i", name: "i", version: try SemanticVersion(parsing: "1.0.0"), build: 1, status: .available, dateCreated: "2026-11-30", logDirectory: "/tmp")
+        var record = ImageRecord(
+            arn: "arn:i", name: "i", version: try SemanticVersion(parsing: "1.0.0"), build: 1, status: .available,
+            dateCreated: "2026-11-30", logDirectory: "/tmp")
         record.ledger = ledger
         let report = try CostReport(configuration: configuration)
         let cost = report.cost(of: record)
@@ -152,19 +174,25 @@ struct EngineDecisionTests {
         #expect(abs(summary.storagePerMonth - 3) < 1e-9, "the shared blob is stored once per region: 1 GiB at $1 + 1 GiB at $2")
     }
 
-    @Test("Cache decisions: a new step runs and says why; a cached step that installs nothing is reused; --no-cache runs all; a moved parent is named")
+    @Test(
+        "Cache decisions: a new step runs and says why; a cached step that installs nothing is reused; --no-cache runs all; a moved parent is named"
+    )
     func cacheDecisions() async throws {
         let workspace = try Workspace()
         defer { workspace.scratch.remove() }
         try workspace.scratch.write("context/motd", "hello\n")
         let parent = try ParentImageResolver(transfer: ImageTransfer(store: workspace.store, registries: RegistryDirectory())).scratch()
-        let template = try DockerfileTemplate(parsing: "FROM {{{ imagebuilder:parentImage }}}\nCOPY motd /etc/motd\nENV A=1\n", parentImage: "scratch", source: "t")
+        let template = try DockerfileTemplate(
+            parsing: "FROM {{{ imagebuilder:parentImage }}}\nCOPY motd /etc/motd\nENV A=1\n", parentImage: "scratch", source: "t")
         let builder = RecipeBuilder(
             host: workspace.host, recipeLabel: "t/1.0.0", template: template, components: [], type: InstanceType.defaults["t3.small"]!,
-            logRoot: workspace.scratch.path + "/logs", context: workspace.scratch.path + "/context", sourceDateEpoch: nil, progress: { _ in }
+            logRoot: workspace.scratch.path + "/logs", context: workspace.scratch.path + "/context", sourceDateEpoch: nil,
+            progress: { _ in }
         )
         let fresh = try await builder.plan(parent: parent, useCache: true, policy: .check, previous: nil, caCertificates: [:])
-        #expect(fresh.decisions.map(\.line) == ["COPY motd /etc/motd: run (not in the cache: not built before with these inputs)"], "only file-changing steps are decided")
+        #expect(
+            fresh.decisions.map(\.line) == ["COPY motd /etc/motd: run (not in the cache: not built before with these inputs)"],
+            "only file-changing steps are decided")
         #expect(fresh.firstRun != nil)
 
         // The step's result in the cache (any image will do for the decision).
@@ -176,7 +204,9 @@ struct EngineDecisionTests {
         let forced = try await builder.plan(parent: parent, useCache: false, policy: .check, previous: nil, caCertificates: [:])
         #expect(forced.decisions.map(\.reason) == ["--no-cache"])
 
-        var previous = ImageRecord(arn: "arn:p", name: "t", version: try SemanticVersion(parsing: "1.0.0"), build: 1, status: .available, dateCreated: "2026-11-30", logDirectory: "/tmp")
+        var previous = ImageRecord(
+            arn: "arn:p", name: "t", version: try SemanticVersion(parsing: "1.0.0"), build: 1, status: .available,
+            dateCreated: "2026-11-30", logDirectory: "/tmp")
         previous.parentDigest = "sha256:" + String(repeating: "0", count: 64)
         previous.cacheDecisions = fresh.decisions
         _ = try workspace.store.untag(BuildCacheKey.tag(try Digest(fresh.decisions[0].key)))

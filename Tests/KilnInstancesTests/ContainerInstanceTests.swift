@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
 import KilnOCI
@@ -9,8 +6,12 @@ import KilnSystem
 import KilnTOE
 import KilnTestSupport
 import Testing
+
 @testable import KilnInstances
 
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A data directory with a content store, and an image holding only static programs (no libc,
 /// no shell), compiled here with gcc.
@@ -30,7 +31,8 @@ struct InstanceFixture {
         let source = directory + "/src"
         try FileManager.default.createDirectory(atPath: source + "/rootfs/bin", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: source + "/rootfs/etc", withIntermediateDirectories: true)
-        try "root:x:0:0:root:/root:/bin/false\nbuilder:x:1000:1000::/home/builder:/bin/false\n".write(toFile: source + "/rootfs/etc/passwd", atomically: true, encoding: .utf8)
+        try "root:x:0:0:root:/root:/bin/false\nbuilder:x:1000:1000::/home/builder:/bin/false\n".write(
+            toFile: source + "/rootfs/etc/passwd", atomically: true, encoding: .utf8)
         try "root:x:0:\nbuilder:x:1000:\n".write(toFile: source + "/rootfs/etc/group", atomically: true, encoding: .utf8)
         try "kept by the parent\n".write(toFile: source + "/rootfs/etc/motd", atomically: true, encoding: .utf8)
         try "container shadow\n".write(toFile: source + "/rootfs/etc/shadow", atomically: true, encoding: .utf8)
@@ -56,7 +58,9 @@ struct InstanceFixture {
             return argc > 1 && strcmp(argv[1], "fail") == 0 ? 3 : 0;
         }
         """.write(toFile: source + "/hello.c", atomically: true, encoding: .utf8)
-        let built = try shell("cd \(source) && gcc -static -O1 -o rootfs/bin/hello hello.c && ln rootfs/bin/hello rootfs/bin/hog && ln rootfs/bin/hello rootfs/bin/sleeper && ln rootfs/bin/hello rootfs/bin/rebooter")
+        let built = try shell(
+            "cd \(source) && gcc -static -O1 -o rootfs/bin/hello hello.c && ln rootfs/bin/hello rootfs/bin/hog && ln rootfs/bin/hello rootfs/bin/sleeper && ln rootfs/bin/hello rootfs/bin/rebooter"
+        )
         #expect(built.status == 0, "\(built.text)")
         return try host.store.importRootFilesystem(source + "/rootfs", name: name, sourceDateEpoch: 0)
     }
@@ -67,8 +71,9 @@ struct InstanceFixture {
     }
 }
 
-@Suite("Container instances on runc and overlayfs", .serialized,
-       .enabled(if: TestEnvironment.requiresRoot("runc")))
+@Suite(
+    "Container instances on runc and overlayfs", .serialized,
+    .enabled(if: TestEnvironment.requiresRoot("runc")))
 struct ContainerInstanceTests {
     @Test("An image with no shell and no libc gets an init; exec streams output and exit codes; snapshot keeps the changes")
     func staticImage() async throws {
@@ -77,12 +82,18 @@ struct ContainerInstanceTests {
         let instance = try await ContainerInstance.start(image: image, on: fixture.host)
         let session = instance.session
         let output = OutputCollector()
-        let result = try await session.exec(ExecRequest(executable: "/bin/hello", arguments: ["hi", "there"])) { _, bytes in output.append(bytes) }
+        let result = try await session.exec(ExecRequest(executable: "/bin/hello", arguments: ["hi", "there"])) { _, bytes in
+            output.append(bytes)
+        }
         #expect(result.exitCode == 0)
         #expect(output.text.contains("hi there") && output.text.contains("uid=0"), "\(output.text)")
-        #expect(try await session.exec(ExecRequest(executable: "hello", arguments: ["fail"])) { _, _ in }.exitCode == 3, "found in PATH; exit code kept")
+        #expect(
+            try await session.exec(ExecRequest(executable: "hello", arguments: ["fail"])) { _, _ in }.exitCode == 3,
+            "found in PATH; exit code kept")
         let missing = OutputCollector()
-        #expect(try await session.exec(ExecRequest(executable: "/bin/sh", arguments: ["-c", "true"])) { _, bytes in missing.append(bytes) }.exitCode == 127)
+        #expect(
+            try await session.exec(ExecRequest(executable: "/bin/sh", arguments: ["-c", "true"])) { _, bytes in missing.append(bytes) }
+                .exitCode == 127)
         #expect(missing.text.contains("cannot run /bin/sh"))
         #expect(String(decoding: try await session.readFile("/hello.out"), as: UTF8.self) == "hello from the container\n")
 
@@ -100,16 +111,23 @@ struct ContainerInstanceTests {
         #expect(try await fresh.session.fileInfo("/etc/added", followSymlinks: true) != nil)
         #expect(try await fresh.session.fileInfo("/etc/motd", followSymlinks: true) == nil, "a deleted parent file stays deleted")
         #expect(try await fresh.session.fileInfo("/.kiln/init", followSymlinks: true) != nil)
-        let config = try JSONDecoder().decode(ImageConfiguration.self, from: try fixture.host.store.read(JSONDecoder().decode(ImageManifest.self, from: fixture.host.store.read(snapshot.digest)).config.digest))
+        let config = try JSONDecoder().decode(
+            ImageConfiguration.self,
+            from: try fixture.host.store.read(
+                JSONDecoder().decode(ImageManifest.self, from: fixture.host.store.read(snapshot.digest)).config.digest))
         #expect(config.history?.last?.createdBy == "kiln test component")
         #expect(config.config?.env?.contains("GREETING=hello") == true && config.config?.env?.contains { $0.hasPrefix("PATH=") } == true)
         #expect(config.config?.labels == ["org.opencontainers.image.title": "static"])
         #expect(config.config?.cmd == ["/bin/hello", "from", "cmd"])
         #expect(config.created == "1970-01-01T00:00:00Z")
         #expect(config.rootfs.diffIDs.count == 2)
-        let layerList = try shell("tar -tzf \(fixture.host.store.path(of: JSONDecoder().decode(ImageManifest.self, from: fixture.host.store.read(snapshot.digest)).layers[1].digest))")
+        let layerList = try shell(
+            "tar -tzf \(fixture.host.store.path(of: JSONDecoder().decode(ImageManifest.self, from: fixture.host.store.read(snapshot.digest)).layers[1].digest))"
+        )
         #expect(layerList.text.contains("etc/.wh.motd") && layerList.text.contains("etc/added") && layerList.text.contains("hello.out"))
-        #expect(!layerList.text.contains(".kiln") && !layerList.text.contains("resolv.conf") && !layerList.text.contains("proc"), "Kiln's own files stay out of snapshots: \(layerList.text)")
+        #expect(
+            !layerList.text.contains(".kiln") && !layerList.text.contains("resolv.conf") && !layerList.text.contains("proc"),
+            "Kiln's own files stay out of snapshots: \(layerList.text)")
         await fresh.destroy()
         await fixture.remove()
     }
@@ -134,7 +152,9 @@ struct ContainerInstanceTests {
         let fixture = try InstanceFixture()
         let instance = try await ContainerInstance.start(image: try fixture.staticImage(named: "static:1"), on: fixture.host)
         let started = ContinuousClock.now
-        let result = try await instance.session.exec(ExecRequest(executable: "/bin/sleeper", arguments: ["300"], timeout: .seconds(1))) { _, _ in }
+        let result = try await instance.session.exec(ExecRequest(executable: "/bin/sleeper", arguments: ["300"], timeout: .seconds(1))) {
+            _, _ in
+        }
         #expect(result.timedOut && result.exitCode == 137)
         #expect(ContinuousClock.now - started < .seconds(60))
         let survivors = try shell("for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = sleeper ] && echo $p; done; true")
@@ -162,31 +182,32 @@ struct ContainerInstanceTests {
     func runnerInContainer() async throws {
         let fixture = try InstanceFixture()
         let instance = try await ContainerInstance.start(image: try fixture.staticImage(named: "static:1"), on: fixture.host)
-        let document = try ComponentDocumentParser().parse(text: """
-        name: InContainer
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Greet
-                action: ExecuteBinary
-                inputs:
-                  path: /bin/hello
-                  arguments: [built, in, a, container]
-              - name: Reboots
-                action: ExecuteBinary
-                inputs:
-                  path: /bin/rebooter
-              - name: Write
-                action: CreateFile
-                inputs:
-                  - path: /etc/kiln/built-by
-                    content: "{{ build.Greet.outputs.stdout }}"
-              - name: Read
-                action: ReadFile
-                inputs:
-                  - path: /etc/kiln/built-by
-        """, source: "in-container.yaml")
+        let document = try ComponentDocumentParser().parse(
+            text: """
+                name: InContainer
+                schemaVersion: 1.0
+                phases:
+                  - name: build
+                    steps:
+                      - name: Greet
+                        action: ExecuteBinary
+                        inputs:
+                          path: /bin/hello
+                          arguments: [built, in, a, container]
+                      - name: Reboots
+                        action: ExecuteBinary
+                        inputs:
+                          path: /bin/rebooter
+                      - name: Write
+                        action: CreateFile
+                        inputs:
+                          - path: /etc/kiln/built-by
+                            content: "{{ build.Greet.outputs.stdout }}"
+                      - name: Read
+                        action: ReadFile
+                        inputs:
+                          - path: /etc/kiln/built-by
+                """, source: "in-container.yaml")
         let lines = OutputCollector()
         let log = try TOELogWriter(folder: nil, echo: { lines.append(Array(($0 + "\n").utf8)) })
         let outcome = await TOERunner(session: instance.session, options: TOEOptions()).run(
@@ -194,7 +215,8 @@ struct ContainerInstanceTests {
         )
         #expect(outcome.succeeded, "\(lines.text)")
         #expect(!outcome.rebootPending)
-        #expect(String(decoding: try await instance.session.readFile("/etc/kiln/built-by"), as: UTF8.self).hasPrefix("built in a container"))
+        #expect(
+            String(decoding: try await instance.session.readFile("/etc/kiln/built-by"), as: UTF8.self).hasPrefix("built in a container"))
         #expect(lines.text.contains("after the reboot"))
         await instance.destroy()
         await fixture.remove()
@@ -270,7 +292,9 @@ struct ContainerInstanceTests {
         #expect(try await resolver.resolve("oci-layout:\(fixture.directory)/layout:v1").digest == image.digest)
         #expect(try await resolver.resolve("kiln:static:1").digest == image.digest)
         let noMirror = try await #require(throws: KilnError.self) { try await resolver.resolve("bootstrap:ubuntu:noble") }
-        #expect(noMirror.message.contains("set bootstrap.mirrors.ubuntu in kiln.yaml") || noMirror.message.contains("mmdebstrap is not installed"))
+        #expect(
+            noMirror.message.contains("set bootstrap.mirrors.ubuntu in kiln.yaml")
+                || noMirror.message.contains("mmdebstrap is not installed"))
         let malformed = try await #require(throws: KilnError.self) { try await resolver.resolve("bootstrap:fedora:40") }
         #expect(malformed.message.contains("use bootstrap:debian:SUITE or bootstrap:ubuntu:SUITE"))
         await fixture.remove()

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import KilnModel
 
 // MARK: - Helpers
@@ -42,8 +43,10 @@ struct MalformedCase: Sendable, CustomTestStringConvertible {
     var stepPath: String?
     var platform: ActionSpec.Platform = .linux
 
-    init(_ label: String, _ yaml: String, _ message: String, line: Int, column: Int, stepPath: String? = nil,
-         platform: ActionSpec.Platform = .linux) {
+    init(
+        _ label: String, _ yaml: String, _ message: String, line: Int, column: Int, stepPath: String? = nil,
+        platform: ActionSpec.Platform = .linux
+    ) {
         self.label = label
         self.yaml = yaml
         self.message = message
@@ -1033,7 +1036,8 @@ struct MalformedDocumentTests {
 @Suite("ComponentDocumentParser accepts valid documents")
 struct ValidDocumentTests {
     @Test func stepDefaultsAndOverrides() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             name: Defaults
             description: Step defaults
             schemaVersion: 1.0
@@ -1094,7 +1098,8 @@ struct ValidDocumentTests {
     }
 
     @Test func schemaVersionOneIsNormalised() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             schemaVersion: 1
             phases:
               - name: build
@@ -1108,7 +1113,8 @@ struct ValidDocumentTests {
     }
 
     @Test func executeDocumentRunsWithoutTimeout() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             schemaVersion: 1.0
             phases:
               - name: build
@@ -1130,7 +1136,8 @@ struct ValidDocumentTests {
     }
 
     @Test func parametersAndConstants() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             schemaVersion: 1.0
             parameters:
               - Version:
@@ -1152,15 +1159,17 @@ struct ValidDocumentTests {
                       commands:
                         - echo "{{ Greeting }} {{ Version }} {{Target_dir}}"
             """)
-        #expect(document.parameters == [
-            ParameterDefinition(name: "Version", type: "string", defaultValue: "2.1", description: "The version to install."),
-            ParameterDefinition(name: "Target_dir", type: "string"),
-        ])
+        #expect(
+            document.parameters == [
+                ParameterDefinition(name: "Version", type: "string", defaultValue: "2.1", description: "The version to install."),
+                ParameterDefinition(name: "Target_dir", type: "string"),
+            ])
         #expect(document.constants == [ConstantDefinition(name: "Greeting", type: "string", value: "hello world")])
     }
 
     @Test func allFourPhasesKeptInOrder() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             schemaVersion: 1.0
             phases:
               - name: validate
@@ -1188,7 +1197,8 @@ struct ValidDocumentTests {
     }
 
     @Test func testOnlyDocumentIsATestComponent() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             schemaVersion: 1.0
             phases:
               - name: test
@@ -1200,7 +1210,8 @@ struct ValidDocumentTests {
     }
 
     @Test func loopsOfAllForms() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             schemaVersion: 1.0
             phases:
               - name: build
@@ -1262,7 +1273,8 @@ struct ValidDocumentTests {
     }
 
     @Test func nestedConditions() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             schemaVersion: 1.0
             parameters:
               - Version:
@@ -1294,14 +1306,16 @@ struct ValidDocumentTests {
         let guarded = try #require(steps[0].condition)
         #expect(guarded.then == .execute)
         #expect(guarded.otherwise == .abort)
-        #expect(withoutLocations(guarded.expression) == .and([
-            .comparison(Comparison(op: .stringEquals, operand: "1", subject: "{{ Version }}")),
-            .or([
-                .comparison(Comparison(op: .fileExists, operand: "/tmp/marker")),
-                .not(.comparison(Comparison(op: .binaryExists, operand: "git"))),
-                .comparison(Comparison(op: .fileSHA256Equals, operand: "abc123", subject: "/tmp/file")),
-            ]),
-        ]))
+        #expect(
+            withoutLocations(guarded.expression)
+                == .and([
+                    .comparison(Comparison(op: .stringEquals, operand: "1", subject: "{{ Version }}")),
+                    .or([
+                        .comparison(Comparison(op: .fileExists, operand: "/tmp/marker")),
+                        .not(.comparison(Comparison(op: .binaryExists, operand: "git"))),
+                        .comparison(Comparison(op: .fileSHA256Equals, operand: "abc123", subject: "/tmp/file")),
+                    ]),
+                ]))
         if case .and(let parts) = guarded.expression, case .comparison(let first) = parts.first {
             #expect(first.location == KilnModel.SourceLocation(file: sourceName, line: 13, column: 15))
         } else {
@@ -1315,7 +1329,8 @@ struct ValidDocumentTests {
     }
 
     @Test func assertStepHasAssertion() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             schemaVersion: 1.0
             phases:
               - name: test
@@ -1333,7 +1348,8 @@ struct ValidDocumentTests {
     }
 
     @Test func permissionsStayStrings() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             schemaVersion: 1.0
             phases:
               - name: build
@@ -1354,7 +1370,8 @@ struct ValidDocumentTests {
     }
 
     @Test func chainingToAnEarlierStep() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             schemaVersion: 1.0
             phases:
               - name: build
@@ -1374,7 +1391,8 @@ struct ValidDocumentTests {
     }
 
     @Test func windowsActionsAcceptedOnWindows() throws {
-        let document = try parse("""
+        let document = try parse(
+            """
             schemaVersion: 1.0
             phases:
               - name: build
@@ -1389,28 +1407,32 @@ struct ValidDocumentTests {
     }
 
     @Test func severalProblemsAreReportedTogether() throws {
-        let error = try #require(parseError("""
-            schemaVersion: 3.0
-            owner: nobody
-            phases:
-              - name: build
-                steps:
-                  - name: Step1
-                    action: ExecuteBash
-                    onFailure: Sometimes
-                    maxAttempts: 0
-                    inputs:
-                      commands:
-                        - echo {{ Undefined }}
-                  - name: Step2
-                    action: DoMagic
-            """))
+        let error = try #require(
+            parseError(
+                """
+                schemaVersion: 3.0
+                owner: nobody
+                phases:
+                  - name: build
+                    steps:
+                      - name: Step1
+                        action: ExecuteBash
+                        onFailure: Sometimes
+                        maxAttempts: 0
+                        inputs:
+                          commands:
+                            - echo {{ Undefined }}
+                      - name: Step2
+                        action: DoMagic
+                """))
         #expect(error.code == .invalidDocument)
         #expect(error.issues.count >= 3)
         #expect(error.message.contains("\(error.issues.count) problems found"))
         let messages = error.issues.map(\.message)
-        for expected in ["schemaVersion '3.0'", "unknown top-level key 'owner'", "onFailure 'Sometimes'",
-                         "maxAttempts 0", "{{ Undefined }}", "unknown action 'DoMagic'"] {
+        for expected in [
+            "schemaVersion '3.0'", "unknown top-level key 'owner'", "onFailure 'Sometimes'",
+            "maxAttempts 0", "{{ Undefined }}", "unknown action 'DoMagic'",
+        ] {
             #expect(messages.contains { $0.contains(expected) }, "missing: \(expected)")
         }
     }
@@ -1450,10 +1472,12 @@ struct TemplateExpressionTests {
     @Test func classifyDirectly() {
         #expect(TemplateExpression.classify("Name") == .variable("Name"))
         #expect(TemplateExpression.classify("loop.index") == .loop(name: "loop", field: "index"))
-        #expect(TemplateExpression.classify("build.Step.outputs.stdout")
-            == .chained(phase: "build", step: "Step", part: .outputs, key: "stdout"))
-        #expect(TemplateExpression.classify("build.Step.inputs[1].source")
-            == .chained(phase: "build", step: "Step", part: .inputs(index: 1), key: "source"))
+        #expect(
+            TemplateExpression.classify("build.Step.outputs.stdout")
+                == .chained(phase: "build", step: "Step", part: .outputs, key: "stdout"))
+        #expect(
+            TemplateExpression.classify("build.Step.inputs[1].source")
+                == .chained(phase: "build", step: "Step", part: .inputs(index: 1), key: "source"))
         #expect(TemplateExpression.classify(".Id") == .other)
         #expect(TemplateExpression.classify("build.Step.inputs[-1].source") == .other)
     }

@@ -1,60 +1,61 @@
 import Testing
+
 @testable import KilnModel
 
 @Suite("Definitions files with Image Builder's field names")
 struct DefinitionsTests {
     let sample = """
-    components:
-      - name: update-os
-        semanticVersion: 1.0.0
-        platform: Linux
-        uri: components/update-os.yaml
-      - name: web-server
-        semanticVersion: 1.2.0
-        platform: Linux
-        data: |
-          name: WebServer
-          schemaVersion: 1.0
-          phases: []
-    containerRecipes:
-      - name: web
-        semanticVersion: 1.0.0
-        containerType: DOCKER
-        parentImage: bootstrap:debian:bookworm
         components:
-          - componentArn: arn:aws:imagebuilder:us-east-1:000000000000:component/update-os/1.x.x
-          - componentArn: web-server/x.x.x
-            parameters:
-              - name: Port
-                value: ["8080"]
-        dockerfileTemplateData: |
-          FROM {{{ imagebuilder:parentImage }}}
-          {{{ imagebuilder:environments }}}
-          {{{ imagebuilder:components }}}
-        targetRepository: {service: ECR, repositoryName: web}
-    infrastructureConfigurations:
-      - name: small
-        instanceTypes: [t3.small]
-        instanceProfileName: kiln
-        terminateInstanceOnFailure: false
-    distributionConfigurations:
-      - name: two-regions
-        distributions:
-          - region: eu-west-1
-            containerDistributionConfiguration:
-              containerTags: [latest, "1.0"]
-              targetRepository: {service: ECR, repositoryName: web}
-          - region: us-east-1
-            containerDistributionConfiguration:
-              targetRepository: {repositoryName: web}
-    imagePipelines:
-      - name: web-nightly
-        containerRecipeArn: web/1.0.0
-        infrastructureConfigurationArn: small
-        distributionConfigurationArn: two-regions
-        imageTestsConfiguration: {imageTestsEnabled: true}
-        schedule: {scheduleExpression: "cron(0 3 * * ? *)"}
-    """
+          - name: update-os
+            semanticVersion: 1.0.0
+            platform: Linux
+            uri: components/update-os.yaml
+          - name: web-server
+            semanticVersion: 1.2.0
+            platform: Linux
+            data: |
+              name: WebServer
+              schemaVersion: 1.0
+              phases: []
+        containerRecipes:
+          - name: web
+            semanticVersion: 1.0.0
+            containerType: DOCKER
+            parentImage: bootstrap:debian:bookworm
+            components:
+              - componentArn: arn:aws:imagebuilder:us-east-1:000000000000:component/update-os/1.x.x
+              - componentArn: web-server/x.x.x
+                parameters:
+                  - name: Port
+                    value: ["8080"]
+            dockerfileTemplateData: |
+              FROM {{{ imagebuilder:parentImage }}}
+              {{{ imagebuilder:environments }}}
+              {{{ imagebuilder:components }}}
+            targetRepository: {service: ECR, repositoryName: web}
+        infrastructureConfigurations:
+          - name: small
+            instanceTypes: [t3.small]
+            instanceProfileName: kiln
+            terminateInstanceOnFailure: false
+        distributionConfigurations:
+          - name: two-regions
+            distributions:
+              - region: eu-west-1
+                containerDistributionConfiguration:
+                  containerTags: [latest, "1.0"]
+                  targetRepository: {service: ECR, repositoryName: web}
+              - region: us-east-1
+                containerDistributionConfiguration:
+                  targetRepository: {repositoryName: web}
+        imagePipelines:
+          - name: web-nightly
+            containerRecipeArn: web/1.0.0
+            infrastructureConfigurationArn: small
+            distributionConfigurationArn: two-regions
+            imageTestsConfiguration: {imageTestsEnabled: true}
+            schedule: {scheduleExpression: "cron(0 3 * * ? *)"}
+        """
 
     @Test("Every resource kind parses with the API's field names")
     func parsesSample() throws {
@@ -65,7 +66,10 @@ struct DefinitionsTests {
         #expect(definitions.containerRecipes[0].dockerfileTemplateData?.hasPrefix("FROM {{{ imagebuilder:parentImage }}}") == true)
         #expect(definitions.infrastructureConfigurations[0].terminateInstanceOnFailure == false)
         #expect(definitions.distributionConfigurations[0].distributions.map(\.region) == ["eu-west-1", "us-east-1"])
-        #expect(definitions.distributionConfigurations[0].distributions[0].containerDistributionConfiguration?.containerTags == ["latest", "1.0"])
+        #expect(
+            definitions.distributionConfigurations[0].distributions[0].containerDistributionConfiguration?.containerTags == [
+                "latest", "1.0",
+            ])
         #expect(definitions.imagePipelines[0].schedule?.scheduleExpression == "cron(0 3 * * ? *)")
     }
 
@@ -84,7 +88,9 @@ struct DefinitionsTests {
         let missing = try #require(throws: KilnError.self) {
             try Definitions.parse(text: "components:\n  - name: a\n    platform: Linux\n", source: "p.yaml")
         }
-        #expect(missing.message.contains("p.yaml:2") && missing.message.contains("components[0]") && missing.message.contains("'semanticVersion' is required"), "\(missing.message)")
+        #expect(
+            missing.message.contains("p.yaml:2") && missing.message.contains("components[0]")
+                && missing.message.contains("'semanticVersion' is required"), "\(missing.message)")
         let version = try #require(throws: KilnError.self) {
             try Definitions.parse(text: "components:\n  - name: a\n    platform: Linux\n    semanticVersion: 1.0\n", source: "p.yaml")
         }
@@ -92,7 +98,9 @@ struct DefinitionsTests {
         let typed = try #require(throws: KilnError.self) {
             try Definitions.parse(text: "infrastructureConfigurations:\n  - name: a\n    instanceTypes: t3.small\n", source: "p.yaml")
         }
-        #expect(typed.message.contains("p.yaml:3") && typed.message.contains("infrastructureConfigurations[0].instanceTypes"), "\(typed.message)")
+        #expect(
+            typed.message.contains("p.yaml:3") && typed.message.contains("infrastructureConfigurations[0].instanceTypes"),
+            "\(typed.message)")
     }
 }
 
@@ -102,28 +110,39 @@ struct DefinitionReferenceTests {
     func componentSelection() throws {
         var definitions = Definitions()
         for version in ["1.0.0", "1.2.0", "2.0.0"] {
-            definitions.components.append(ComponentDefinition(name: "update-os", semanticVersion: try SemanticVersion(parsing: version), platform: "Linux", data: "x"))
+            definitions.components.append(
+                ComponentDefinition(name: "update-os", semanticVersion: try SemanticVersion(parsing: version), platform: "Linux", data: "x")
+            )
         }
-        #expect(definitions.component(try ResourceReference("update-os/1.x.x", resourceType: "component"))?.semanticVersion == SemanticVersion(1, 2, 0))
-        #expect(definitions.component(try ResourceReference("update-os", resourceType: "component"))?.semanticVersion == SemanticVersion(2, 0, 0))
-        #expect(definitions.component(try ResourceReference("arn:aws:imagebuilder:us-east-1:000000000000:component/update-os/1.0.x", resourceType: "component"))?.semanticVersion == SemanticVersion(1, 0, 0))
+        #expect(
+            definitions.component(try ResourceReference("update-os/1.x.x", resourceType: "component"))?.semanticVersion
+                == SemanticVersion(1, 2, 0))
+        #expect(
+            definitions.component(try ResourceReference("update-os", resourceType: "component"))?.semanticVersion
+                == SemanticVersion(2, 0, 0))
+        #expect(
+            definitions.component(
+                try ResourceReference("arn:aws:imagebuilder:us-east-1:000000000000:component/update-os/1.0.x", resourceType: "component"))?
+                .semanticVersion == SemanticVersion(1, 0, 0))
         #expect(definitions.component(try ResourceReference("update-os/3.x.x", resourceType: "component")) == nil)
-        #expect(throws: KilnError.self) { try ResourceReference("arn:aws:imagebuilder:us-east-1:0:image/a/1.0.0", resourceType: "component") }
+        #expect(throws: KilnError.self) {
+            try ResourceReference("arn:aws:imagebuilder:us-east-1:0:image/a/1.0.0", resourceType: "component")
+        }
     }
 
     @Test("Dangling references are all reported together")
     func dangling() throws {
         let text = """
-        components:
-          - {name: a, semanticVersion: 1.0.0, platform: Linux}
-        containerRecipes:
-          - name: web
-            semanticVersion: 1.0.0
-            parentImage: scratch
-            components: [{componentArn: missing/1.x.x}]
-        imagePipelines:
-          - {name: p, containerRecipeArn: web/2.x.x, infrastructureConfigurationArn: nowhere}
-        """
+            components:
+              - {name: a, semanticVersion: 1.0.0, platform: Linux}
+            containerRecipes:
+              - name: web
+                semanticVersion: 1.0.0
+                parentImage: scratch
+                components: [{componentArn: missing/1.x.x}]
+            imagePipelines:
+              - {name: p, containerRecipeArn: web/2.x.x, infrastructureConfigurationArn: nowhere}
+            """
         let definitions = try Definitions.parse(text: text, source: "p.yaml")
         let error = try #require(throws: KilnError.self) { try definitions.validateReferences(source: "p.yaml") }
         #expect(error.message.contains("4 reference problem(s)"), "\(error.message)")

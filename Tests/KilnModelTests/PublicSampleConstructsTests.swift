@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import KilnModel
 
 /// Constructs that real, published component documents use and that must validate unchanged.
@@ -7,122 +8,131 @@ import Testing
 @Suite("Constructs from public component documents")
 struct PublicSampleConstructsTests {
     static let fixtures: [(String, String)] = [
-        ("unquoted octal permissions and a chained destination", """
-        name: Fetch and run an installer
-        description: Downloads a script, marks it executable and runs it.
-        schemaVersion: 1.0
-        constants:
-          - InstallerSource:
-              type: string
-              value: https://example.invalid/install.sh
-        phases:
-          - name: build
-            steps:
-              - name: InstallerPath
-                action: ExecuteBash
-                inputs:
-                  commands:
-                    - echo "$HOME/install.sh"
-              - name: Download
-                action: WebDownload
-                inputs:
-                  - source: '{{ InstallerSource }}'
-                    destination: '{{ build.InstallerPath.outputs.stdout }}'
-              - name: MakeExecutable
-                action: SetFilePermissions
-                inputs:
-                  - path: '{{ build.InstallerPath.outputs.stdout }}'
-                    permissions: 0700
-              - name: Run
-                action: ExecuteBinary
-                inputs:
-                  path: '{{ build.InstallerPath.outputs.stdout }}'
-                  arguments:
-                    - '-c'
-                    - stable
-              - name: Cleanup
-                action: DeleteFile
-                inputs:
-                  - path: '{{ build.InstallerPath.outputs.stdout }}'
-        """),
-        ("DeleteFile with force, S3 placeholders, maxAttempts and unquoted chaining in a plain scalar", """
-        name: Scan and report
-        schemaVersion: 1.0
-        phases:
-          - name: test
-            steps:
-              - name: Workspace
-                action: CreateFolder
-                onFailure: Abort
-                inputs:
-                  - path: '/tmp/scan/'
-              - name: FetchTools
-                action: S3Download
-                inputs:
-                  - source: s3://<enter_bucket_here>/<enter_prefix_here>/*
-                    destination: /tmp/scan/
-              - name: Prepare
-                action: ExecuteBash
-                inputs:
-                  commands:
-                    - cd {{ test.FetchTools.inputs[0].destination }}
-                    - chmod +x *
-              - name: Upload
-                action: S3Upload
-                maxAttempts: 3
-                inputs:
-                  - source: /tmp/scan/reports/*
-                    destination: s3://<REPORT_LOCATION>'
-              - name: Cleanup
-                action: DeleteFile
-                inputs:
-                  - path: '/tmp/scan/'
-                    force: true
-        """),
-        ("four-space indentation, block scalars with quotes, heredocs and a constant in a script", """
-        name: Web server
-        description: Installs a web server.
-        schemaVersion: 1.0
+        (
+            "unquoted octal permissions and a chained destination",
+            """
+            name: Fetch and run an installer
+            description: Downloads a script, marks it executable and runs it.
+            schemaVersion: 1.0
+            constants:
+              - InstallerSource:
+                  type: string
+                  value: https://example.invalid/install.sh
+            phases:
+              - name: build
+                steps:
+                  - name: InstallerPath
+                    action: ExecuteBash
+                    inputs:
+                      commands:
+                        - echo "$HOME/install.sh"
+                  - name: Download
+                    action: WebDownload
+                    inputs:
+                      - source: '{{ InstallerSource }}'
+                        destination: '{{ build.InstallerPath.outputs.stdout }}'
+                  - name: MakeExecutable
+                    action: SetFilePermissions
+                    inputs:
+                      - path: '{{ build.InstallerPath.outputs.stdout }}'
+                        permissions: 0700
+                  - name: Run
+                    action: ExecuteBinary
+                    inputs:
+                      path: '{{ build.InstallerPath.outputs.stdout }}'
+                      arguments:
+                        - '-c'
+                        - stable
+                  - name: Cleanup
+                    action: DeleteFile
+                    inputs:
+                      - path: '{{ build.InstallerPath.outputs.stdout }}'
+            """
+        ),
+        (
+            "DeleteFile with force, S3 placeholders, maxAttempts and unquoted chaining in a plain scalar",
+            """
+            name: Scan and report
+            schemaVersion: 1.0
+            phases:
+              - name: test
+                steps:
+                  - name: Workspace
+                    action: CreateFolder
+                    onFailure: Abort
+                    inputs:
+                      - path: '/tmp/scan/'
+                  - name: FetchTools
+                    action: S3Download
+                    inputs:
+                      - source: s3://<enter_bucket_here>/<enter_prefix_here>/*
+                        destination: /tmp/scan/
+                  - name: Prepare
+                    action: ExecuteBash
+                    inputs:
+                      commands:
+                        - cd {{ test.FetchTools.inputs[0].destination }}
+                        - chmod +x *
+                  - name: Upload
+                    action: S3Upload
+                    maxAttempts: 3
+                    inputs:
+                      - source: /tmp/scan/reports/*
+                        destination: s3://<REPORT_LOCATION>'
+                  - name: Cleanup
+                    action: DeleteFile
+                    inputs:
+                      - path: '/tmp/scan/'
+                        force: true
+            """
+        ),
+        (
+            "four-space indentation, block scalars with quotes, heredocs and a constant in a script",
+            """
+            name: Web server
+            description: Installs a web server.
+            schemaVersion: 1.0
 
-        constants:
-          - fail:
-              type: string
-              value: '1'
+            constants:
+              - fail:
+                  type: string
+                  value: '1'
 
-        phases:
-            - name: build
-              steps:
-                - name: Install
-                  action: ExecuteBash
-                  inputs:
-                    commands:
-                        - sudo yum install httpd -y
-                        - |
-                          sudo echo "<Directory \\"/var/www/html\\">
-                            AllowOverride AuthConfig
-                          </Directory>" > /etc/httpd/conf.d/site.conf
-                        - |
-                          mysql -u root << EOF
-                          CREATE DATABASE site;
-                          EOF
-                - name: Check
-                  action: ExecuteBash
-                  inputs:
-                    commands:
-                      - |
-                        if [[ -f ~/marker ]]; then
-                          echo 'ok'
-                        else
-                          exit {{ fail }}
-                        fi
-            - name: validate
-              steps:
-                - name: Probe
-                  action: ExecuteBash
-                  inputs:
-                    commands:
-                      - curl -s http://127.0.0.1 | grep "Hello"
-        """),
+            phases:
+                - name: build
+                  steps:
+                    - name: Install
+                      action: ExecuteBash
+                      inputs:
+                        commands:
+                            - sudo yum install httpd -y
+                            - |
+                              sudo echo "<Directory \\"/var/www/html\\">
+                                AllowOverride AuthConfig
+                              </Directory>" > /etc/httpd/conf.d/site.conf
+                            - |
+                              mysql -u root << EOF
+                              CREATE DATABASE site;
+                              EOF
+                    - name: Check
+                      action: ExecuteBash
+                      inputs:
+                        commands:
+                          - |
+                            if [[ -f ~/marker ]]; then
+                              echo 'ok'
+                            else
+                              exit {{ fail }}
+                            fi
+                - name: validate
+                  steps:
+                    - name: Probe
+                      action: ExecuteBash
+                      inputs:
+                        commands:
+                          - curl -s http://127.0.0.1 | grep "Hello"
+            """
+        ),
     ]
 
     @Test(arguments: fixtures)
@@ -133,7 +143,9 @@ struct PublicSampleConstructsTests {
 
     /// Opt-in: point KILN_SAMPLES_DIR at a checkout of aws-samples/amazon-ec2-image-builder-samples
     /// to validate every Linux component document in it.
-    @Test("Every Linux component in a samples checkout validates", .enabled(if: ProcessInfo.processInfo.environment["KILN_SAMPLES_DIR"] != nil))
+    @Test(
+        "Every Linux component in a samples checkout validates",
+        .enabled(if: ProcessInfo.processInfo.environment["KILN_SAMPLES_DIR"] != nil))
     func samplesCheckout() throws {
         let root = ProcessInfo.processInfo.environment["KILN_SAMPLES_DIR"]!
         let enumerator = FileManager.default.enumerator(atPath: root)
@@ -155,19 +167,19 @@ struct UnknownActionTests {
     @Test("A misspelt action gets one problem with a suggestion, and chaining to that step is not reported again")
     func misspelling() throws {
         let yaml = """
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Read
-                action: ReadFiles
-                inputs:
-                  - path: /etc/hostname
-              - name: Check
-                action: Assert
-                inputs:
-                  stringIsEmpty: '{{ build.Read.outputs.content }}'
-        """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Read
+                    action: ReadFiles
+                    inputs:
+                      - path: /etc/hostname
+                  - name: Check
+                    action: Assert
+                    inputs:
+                      stringIsEmpty: '{{ build.Read.outputs.content }}'
+            """
         let error = try #require(throws: KilnError.self) { try ComponentDocumentParser().parse(text: yaml, source: "typo.yaml") }
         #expect(error.issues.count == 1)
         #expect(error.issues.first?.message.contains("unknown action 'ReadFiles' (did you mean 'ReadFile'?)") == true)

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import KilnModel
 
 @Suite("Semantic versions, x wildcards and ARNs (reference §5)")
@@ -8,8 +9,9 @@ struct SemanticVersionTests {
         BuildVersion(SemanticVersion(1, 6, 8), build: 1), BuildVersion(SemanticVersion(1, 6, 8), build: 2),
     ]
 
-    @Test("The reference's examples: x.x.x → 2.2.4, 1.x.x → 1.7.8, 1.6.x → 1.6.8 (latest build)",
-          arguments: [("x.x.x", "2.2.4/1"), ("1.x.x", "1.7.8/1"), ("1.6.x", "1.6.8/2"), ("1.6.8", "1.6.8/2"), ("1.6.8/1", "1.6.8/1")])
+    @Test(
+        "The reference's examples: x.x.x → 2.2.4, 1.x.x → 1.7.8, 1.6.x → 1.6.8 (latest build)",
+        arguments: [("x.x.x", "2.2.4/1"), ("1.x.x", "1.7.8/1"), ("1.6.x", "1.6.8/2"), ("1.6.8", "1.6.8/2"), ("1.6.8/1", "1.6.8/1")])
     func selects(_ selector: String, _ expected: String) throws {
         #expect(try VersionSelector(parsing: selector).select(from: published)?.description == expected)
     }
@@ -19,9 +21,12 @@ struct SemanticVersionTests {
         #expect(try VersionSelector(parsing: "3.x.x").select(from: published) == nil)
     }
 
-    @Test("x followed by a number, and other malformed selectors, are errors that say why",
-          arguments: [("x.2.x", "every node to its right must be x"), ("1.x.8", "every node to its right must be x"), ("1.2", "major.minor.patch"),
-                      ("1.2.y", "neither a number"), ("1.x.x/2", "needs a full version"), ("1.0.0/0", "from 1"), ("-1.0.0", "neither a number")])
+    @Test(
+        "x followed by a number, and other malformed selectors, are errors that say why",
+        arguments: [
+            ("x.2.x", "every node to its right must be x"), ("1.x.8", "every node to its right must be x"), ("1.2", "major.minor.patch"),
+            ("1.2.y", "neither a number"), ("1.x.x/2", "needs a full version"), ("1.0.0/0", "from 1"), ("-1.0.0", "neither a number"),
+        ])
     func rejects(_ selector: String, _ reason: String) {
         let error = #expect(throws: KilnError.self) { try VersionSelector(parsing: selector) }
         #expect(error?.message.contains(reason) == true, "\(error?.message ?? "")")
@@ -37,7 +42,8 @@ struct SemanticVersionTests {
 
     @Test("ARNs round-trip, and names are lowercased with hyphens for spaces")
     func arns() throws {
-        let arn = ImageBuilderARN(region: "us-east-1", account: "000000000000", resourceType: "component", name: "Update OS", version: "1.0.0/1")
+        let arn = ImageBuilderARN(
+            region: "us-east-1", account: "000000000000", resourceType: "component", name: "Update OS", version: "1.0.0/1")
         #expect(arn.description == "arn:aws:imagebuilder:us-east-1:000000000000:component/update-os/1.0.0/1")
         #expect(try ImageBuilderARN(parsing: arn.description) == arn)
         let latest = try ImageBuilderARN(parsing: "arn:aws:imagebuilder:us-east-1:aws:image/amazon-linux-2023-x86-latest/x.x.x")

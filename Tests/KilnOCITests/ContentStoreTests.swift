@@ -1,11 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
 import KilnTestSupport
 import Testing
+
 @testable import KilnOCI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 @Suite("Content store: an OCI image layout on disk")
 struct ContentStoreTests {
@@ -17,9 +19,13 @@ struct ContentStoreTests {
     func files(_ path: String) -> [String] { (try? FileManager.default.contentsOfDirectory(atPath: path))?.sorted() ?? [] }
 
     /// config + one layer + manifest, tagged as `name`.
-    func storeImage(_ store: ContentStore, name: String, layerText: String) throws -> (manifest: Descriptor, layer: Descriptor, config: Descriptor) {
+    func storeImage(_ store: ContentStore, name: String, layerText: String) throws -> (
+        manifest: Descriptor, layer: Descriptor, config: Descriptor
+    ) {
         let layer = try store.ingest(Data(layerText.utf8))
-        let config = try store.ingestJSON(ImageConfiguration(architecture: "amd64", os: "linux", rootfs: .init(diffIDs: [layer.digest])), mediaType: MediaType.imageConfig)
+        let config = try store.ingestJSON(
+            ImageConfiguration(architecture: "amd64", os: "linux", rootfs: .init(diffIDs: [layer.digest])), mediaType: MediaType.imageConfig
+        )
         var layerDescriptor = layer
         layerDescriptor.mediaType = MediaType.layerTar
         let manifest = try store.ingestJSON(ImageManifest(config: config, layers: [layerDescriptor]), mediaType: MediaType.imageManifest)
@@ -33,7 +39,9 @@ struct ContentStoreTests {
         defer { try? FileManager.default.removeItem(atPath: store.root) }
         #expect(try String(contentsOfFile: store.root + "/oci-layout", encoding: .utf8) == #"{"imageLayoutVersion":"1.0.0"}"#)
         #expect(try store.index().manifests.isEmpty)
-        #expect(try String(contentsOfFile: store.root + "/index.json", encoding: .utf8) == #"{"manifests":[],"mediaType":"application/vnd.oci.image.index.v1+json","schemaVersion":2}"#)
+        #expect(
+            try String(contentsOfFile: store.root + "/index.json", encoding: .utf8)
+                == #"{"manifests":[],"mediaType":"application/vnd.oci.image.index.v1+json","schemaVersion":2}"#)
         #expect(FileManager.default.fileExists(atPath: store.root + "/blobs/sha256"))
     }
 
@@ -97,7 +105,10 @@ struct ContentStoreTests {
 
         let removed = try store.garbageCollect().blobs
         #expect(Set(removed) == [dropped.manifest.digest, dropped.layer.digest, dropped.config.digest, loose.digest])
-        for digest in [kept.manifest.digest, kept.layer.digest, kept.config.digest, building.manifest.digest, building.layer.digest, building.config.digest] {
+        for digest in [
+            kept.manifest.digest, kept.layer.digest, kept.config.digest, building.manifest.digest, building.layer.digest,
+            building.config.digest,
+        ] {
             #expect(store.contains(digest))
         }
         lease.release()

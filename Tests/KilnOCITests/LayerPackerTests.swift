@@ -1,11 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
 import KilnTestSupport
 import Testing
+
 @testable import KilnOCI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 @Suite("Gzip layers in one pass, checked with gzip, sha256sum and GNU tar", .serialized)
 struct LayerPackerTests {
@@ -28,7 +30,8 @@ struct LayerPackerTests {
         let tree = work + "/tree"
         try FileManager.default.createDirectory(atPath: tree + "/usr/share/doc", withIntermediateDirectories: true)
         for index in 0..<50 {
-            try String(repeating: "line \(index) of kiln's layer test\n", count: 400).write(toFile: tree + "/usr/share/doc/file\(index).txt", atomically: true, encoding: .utf8)
+            try String(repeating: "line \(index) of kiln's layer test\n", count: 400).write(
+                toFile: tree + "/usr/share/doc/file\(index).txt", atomically: true, encoding: .utf8)
         }
         // Incompressible bytes larger than one output buffer exercise the streaming path.
         var random = SystemRandomNumberGenerator()
@@ -51,13 +54,16 @@ struct LayerPackerTests {
         let work = scratch()
         defer { try? FileManager.default.removeItem(atPath: work) }
         try FileManager.default.createDirectory(atPath: work + "/tree", withIntermediateDirectories: true)
-        try String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 20_000).write(toFile: work + "/tree/text", atomically: true, encoding: .utf8)
+        try String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 20_000).write(
+            toFile: work + "/tree/text", atomically: true, encoding: .utf8)
         let result = try LayerPacker.pack(directory: work + "/tree", to: work + "/layer.tar.gz", sourceDateEpoch: 0)
         let gzipSize = Int64(try shell("gzip -dc \(work)/layer.tar.gz | gzip -6 -n | wc -c"))!
         #expect(abs(result.size - gzipSize) * 100 <= gzipSize * 5)
     }
 
-    @Test("A step's layer holds only what changed since the last state: new and changed files with their folders, and whiteouts for what is gone (GNU tar lists it)")
+    @Test(
+        "A step's layer holds only what changed since the last state: new and changed files with their folders, and whiteouts for what is gone (GNU tar lists it)"
+    )
     func changesSinceState() throws {
         let work = scratch()
         defer { try? FileManager.default.removeItem(atPath: work) }
@@ -85,18 +91,24 @@ struct LayerPackerTests {
         let written = try DirectoryArchiver(sourceDateEpoch: 0, changesSince: before).archive(tree, into: &writer)
         try bytes.write(to: URL(fileURLWithPath: work + "/step.tar"))
         let listed = try shell("tar -tf \(work)/step.tar").split(separator: "\n").map(String.init)
-        #expect(listed == [
-            "etc/", "etc/app/", "etc/app/.wh.drop.conf", "etc/app/edit.conf", "etc/chmod-me", "opt/", "opt/new/", "opt/new/file", "var/", "var/lib/", "var/lib/.wh.gone",
-        ], "\(listed)")
+        #expect(
+            listed == [
+                "etc/", "etc/app/", "etc/app/.wh.drop.conf", "etc/app/edit.conf", "etc/chmod-me", "opt/", "opt/new/", "opt/new/file",
+                "var/", "var/lib/", "var/lib/.wh.gone",
+            ], "\(listed)")
         #expect(written == listed.count)
         #expect(try shell("tar -xOf \(work)/step.tar etc/app/edit.conf") == "first\nsecond")
 
         var empty = Data()
         var emptyWriter = TarWriter { empty.append(contentsOf: $0) }
-        #expect(try DirectoryArchiver(sourceDateEpoch: 0, changesSince: try DirectoryState(scanning: tree)).archive(tree, into: &emptyWriter) == 0, "no change, no entries")
+        #expect(
+            try DirectoryArchiver(sourceDateEpoch: 0, changesSince: try DirectoryState(scanning: tree)).archive(tree, into: &emptyWriter)
+                == 0, "no change, no entries")
     }
 
-    @Test("An opaque upper folder is marked opaque in the step that made it, not again when a later step adds to it; the state returned is the one packed")
+    @Test(
+        "An opaque upper folder is marked opaque in the step that made it, not again when a later step adds to it; the state returned is the one packed"
+    )
     func opaqueFolderOnce() throws {
         guard geteuid() == 0 else { return } // trusted.* xattrs need root; CI runs as root
         let work = scratch()
@@ -108,7 +120,8 @@ struct LayerPackerTests {
         func pack(since: DirectoryState?) throws -> ([String], DirectoryState) {
             var bytes = Data()
             var writer = TarWriter { bytes.append(contentsOf: $0) }
-            let (_, state) = try DirectoryArchiver(sourceDateEpoch: 0, overlayUpperDirectory: true, changesSince: since).archiveRecording(tree, into: &writer)
+            let (_, state) = try DirectoryArchiver(sourceDateEpoch: 0, overlayUpperDirectory: true, changesSince: since).archiveRecording(
+                tree, into: &writer)
             let file = work + "/\(UUID().uuidString).tar"
             try bytes.write(to: URL(fileURLWithPath: file))
             return (try shell("tar -tf \(file)").split(separator: "\n").map(String.init), state)

@@ -1,12 +1,14 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CKilnSystem
 import Foundation
 import KilnModel
 import KilnTestSupport
 import Testing
+
 @testable import KilnOCI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 @Suite("Layer unpacker: whiteouts and refused escapes", .serialized)
 struct LayerUnpackerTests {
@@ -75,14 +77,19 @@ struct LayerUnpackerTests {
         let sandbox = try Sandbox()
         defer { sandbox.remove() }
         let unpacker = LayerUnpacker(target: sandbox.target)
-        try unpacker.apply(layerFile: try layer([
-            .directory("etc"), .file("etc/keep", "keep"), .file("etc/gone", "gone"),
-            .directory("app"), .file("app/old1", "1"), .directory("app/sub"), .file("app/sub/old2", "2"),
-            .symlink("etc/link", "keep"),
-        ], in: sandbox), compressed: false)
-        try unpacker.apply(layerFile: try layer([
-            .file("etc/.wh.gone", ""), .file("app/new", "new"), .file("app/.wh..wh..opq", ""), .file("etc/link", "replaced symlink"),
-        ], in: sandbox), compressed: false)
+        try unpacker.apply(
+            layerFile: try layer(
+                [
+                    .directory("etc"), .file("etc/keep", "keep"), .file("etc/gone", "gone"),
+                    .directory("app"), .file("app/old1", "1"), .directory("app/sub"), .file("app/sub/old2", "2"),
+                    .symlink("etc/link", "keep"),
+                ], in: sandbox), compressed: false)
+        try unpacker.apply(
+            layerFile: try layer(
+                [
+                    .file("etc/.wh.gone", ""), .file("app/new", "new"), .file("app/.wh..wh..opq", ""),
+                    .file("etc/link", "replaced symlink"),
+                ], in: sandbox), compressed: false)
         let manager = FileManager.default
         #expect(try String(contentsOfFile: sandbox.target + "/etc/keep", encoding: .utf8) == "keep")
         #expect(!manager.fileExists(atPath: sandbox.target + "/etc/gone"))
@@ -124,7 +131,10 @@ struct LayerUnpackerTests {
     static let escapes: [(String, [Item], String)] = [
         ("absolute path", [.file("/escape-absolute", "x")], "has an absolute path"),
         ("dot-dot path", [.file("a/../../outside/dotdot", "x")], "has '..' in its path"),
-        ("write through a symlink climbing out", [.symlink("up", "../outside"), .file("up/via-relative-link", "x")], "leads outside the image root"),
+        (
+            "write through a symlink climbing out", [.symlink("up", "../outside"), .file("up/via-relative-link", "x")],
+            "leads outside the image root"
+        ),
         ("hard link to a file outside", [.hardLink("stolen", "../outside/secret")], "has '..' in its hard-link target"),
         ("hard link with an absolute target", [.hardLink("stolen", "/etc/passwd")], "has an absolute hard-link target"),
     ]
@@ -146,9 +156,11 @@ struct LayerUnpackerTests {
     func absoluteSymlinkStaysInside() throws {
         let sandbox = try Sandbox()
         defer { sandbox.remove() }
-        try LayerUnpacker(target: sandbox.target).apply(layerFile: try layer([
-            .symlink("etcdir", sandbox.outside), .file("etcdir/planted", "x"),
-        ], in: sandbox), compressed: false)
+        try LayerUnpacker(target: sandbox.target).apply(
+            layerFile: try layer(
+                [
+                    .symlink("etcdir", sandbox.outside), .file("etcdir/planted", "x"),
+                ], in: sandbox), compressed: false)
         #expect(sandbox.outsideContents() == ["secret"])
         #expect(FileManager.default.fileExists(atPath: sandbox.target + sandbox.outside + "/planted"))
     }
@@ -158,7 +170,8 @@ struct LayerUnpackerTests {
         let sandbox = try Sandbox()
         defer { sandbox.remove() }
         let error = try #require(throws: KilnError.self) {
-            try LayerUnpacker(target: sandbox.target, allowDevices: false, applyOwners: false).apply(layerFile: try layer([.device("dev/null")], in: sandbox), compressed: false)
+            try LayerUnpacker(target: sandbox.target, allowDevices: false, applyOwners: false).apply(
+                layerFile: try layer([.device("dev/null")], in: sandbox), compressed: false)
         }
         #expect(error.message.contains("is a device node; unpacking devices needs root"))
         #expect(!FileManager.default.fileExists(atPath: sandbox.target + "/dev/null"))
@@ -175,15 +188,18 @@ struct LayerUnpackerTests {
         var corrupt = bytes
         corrupt[10] ^= 0xff
         try corrupt.write(to: URL(fileURLWithPath: path))
-        let error = try #require(throws: KilnError.self) { try LayerUnpacker(target: sandbox.target).apply(layerFile: path, compressed: false) }
+        let error = try #require(throws: KilnError.self) {
+            try LayerUnpacker(target: sandbox.target).apply(layerFile: path, compressed: false)
+        }
         #expect(error.message.contains("bad header checksum"))
     }
 }
 
 @Suite("Packing an overlayfs upper dir")
 struct OverlayUpperDirectoryTests {
-    @Test("Whiteout devices become .wh. files and opaque folders get .wh..wh..opq; unpacking applies them",
-          .enabled(if: TestEnvironment.requiresRoot(), "whiteout devices need root; CI runs as root"))
+    @Test(
+        "Whiteout devices become .wh. files and opaque folders get .wh..wh..opq; unpacking applies them",
+        .enabled(if: TestEnvironment.requiresRoot(), "whiteout devices need root; CI runs as root"))
     func upperDirectory() throws {
         var template = Array("/tmp/kiln-upper.XXXXXX".utf8CString)
         let base = String(cString: mkdtemp(&template)!)

@@ -2,6 +2,7 @@ import Foundation
 import KilnModel
 import KilnTestSupport
 import Testing
+
 @testable import KilnOCI
 
 @Suite("Digests and OCI JSON")
@@ -33,13 +34,16 @@ struct OCITypesTests {
     func canonicalManifest() throws {
         let config = Descriptor(mediaType: MediaType.imageConfig, digest: Digest(sha256Of: Data("{}".utf8)), size: 2)
         let layer = Descriptor(mediaType: MediaType.layerTarGzip, digest: Digest(sha256Of: Data("layer".utf8)), size: 5)
-        let manifest = ImageManifest(config: config, layers: [layer], annotations: ["org.opencontainers.image.source": "https://example.invalid/a/b"])
+        let manifest = ImageManifest(
+            config: config, layers: [layer], annotations: ["org.opencontainers.image.source": "https://example.invalid/a/b"])
         let (first, descriptor) = try CanonicalJSON.descriptor(for: manifest, mediaType: MediaType.imageManifest)
         let second = try CanonicalJSON.encode(manifest)
         #expect(first == second)
         #expect(descriptor.digest == Digest(sha256Of: first))
         let text = String(decoding: first, as: UTF8.self)
-        #expect(text.hasPrefix(#"{"annotations":{"org.opencontainers.image.source":"https://example.invalid/a/b"},"config":{"digest":"sha256:"#))
+        #expect(
+            text.hasPrefix(#"{"annotations":{"org.opencontainers.image.source":"https://example.invalid/a/b"},"config":{"digest":"sha256:"#)
+        )
         #expect(!text.contains(" "))
         #expect(try JSONDecoder().decode(ImageManifest.self, from: first) == manifest)
     }
@@ -47,23 +51,31 @@ struct OCITypesTests {
     @Test("Docker schema-2 manifests and manifest lists decode")
     func dockerTypes() throws {
         let digest = "sha256:" + String(repeating: "b", count: 64)
-        let manifest = try JSONDecoder().decode(ImageManifest.self, from: Data("""
-        {"schemaVersion":2,"mediaType":"\(MediaType.dockerManifest)",
-         "config":{"mediaType":"\(MediaType.dockerConfig)","size":10,"digest":"\(digest)"},
-         "layers":[{"mediaType":"\(MediaType.dockerLayerGzip)","size":20,"digest":"\(digest)"}]}
-        """.utf8))
+        let manifest = try JSONDecoder().decode(
+            ImageManifest.self,
+            from: Data(
+                """
+                {"schemaVersion":2,"mediaType":"\(MediaType.dockerManifest)",
+                 "config":{"mediaType":"\(MediaType.dockerConfig)","size":10,"digest":"\(digest)"},
+                 "layers":[{"mediaType":"\(MediaType.dockerLayerGzip)","size":20,"digest":"\(digest)"}]}
+                """.utf8))
         #expect(MediaType.isManifest(manifest.mediaType ?? ""))
         #expect(manifest.layers.first?.size == 20)
-        let list = try JSONDecoder().decode(ImageIndex.self, from: Data("""
-        {"schemaVersion":2,"mediaType":"\(MediaType.dockerManifestList)","manifests":[
-         {"mediaType":"\(MediaType.dockerManifest)","size":1,"digest":"\(digest)","platform":{"architecture":"arm64","os":"linux","variant":"v8","os.features":["x"]}}]}
-        """.utf8))
+        let list = try JSONDecoder().decode(
+            ImageIndex.self,
+            from: Data(
+                """
+                {"schemaVersion":2,"mediaType":"\(MediaType.dockerManifestList)","manifests":[
+                 {"mediaType":"\(MediaType.dockerManifest)","size":1,"digest":"\(digest)","platform":{"architecture":"arm64","os":"linux","variant":"v8","os.features":["x"]}}]}
+                """.utf8))
         #expect(MediaType.isIndex(list.mediaType ?? ""))
-        #expect(list.manifests.first?.platform == {
-            var platform = Platform(architecture: "arm64", os: "linux", variant: "v8")
-            platform.osFeatures = ["x"]
-            return platform
-        }())
+        #expect(
+            list.manifests.first?.platform
+                == {
+                    var platform = Platform(architecture: "arm64", os: "linux", variant: "v8")
+                    platform.osFeatures = ["x"]
+                    return platform
+                }())
         #expect(throws: (any Error).self) {
             try JSONDecoder().decode(Descriptor.self, from: Data(#"{"mediaType":"x","size":1,"digest":"sha256:nothex"}"#.utf8))
         }
@@ -74,9 +86,12 @@ struct OCITypesTests {
         var container = ImageConfiguration.ContainerConfig()
         container.env = ["PATH=/usr/bin"]
         container.exposedPorts = ["80/tcp": EmptyObject()]
-        let config = ImageConfiguration(architecture: "amd64", os: "linux", rootfs: .init(diffIDs: [Digest(sha256Of: Data())]), config: container)
+        let config = ImageConfiguration(
+            architecture: "amd64", os: "linux", rootfs: .init(diffIDs: [Digest(sha256Of: Data())]), config: container)
         let text = String(decoding: try CanonicalJSON.encode(config), as: UTF8.self)
         #expect(text.contains(#""config":{"Env":["PATH=/usr/bin"],"ExposedPorts":{"80/tcp":{}}}"#))
-        #expect(text.contains(#""rootfs":{"diff_ids":["sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"],"type":"layers"}"#))
+        #expect(
+            text.contains(
+                #""rootfs":{"diff_ids":["sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"],"type":"layers"}"#))
     }
 }

@@ -1,12 +1,14 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CKilnSystem
 import Foundation
 import KilnModel
 import KilnTestSupport
 import Testing
+
 @testable import KilnOCI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 @Suite("Deterministic tar writer, checked with GNU tar", .serialized)
 struct TarWriterTests {
@@ -88,7 +90,9 @@ struct TarWriterTests {
         #expect(line(Self.longName) != nil, "a 300-byte path survives through PAX")
         #expect(lines.allSatisfy { $0.contains("2023-11-14 22:13:20") }, "every time is clamped to SOURCE_DATE_EPOCH")
         let names = lines.compactMap { $0.split(separator: " ", maxSplits: 5).last.map(String.init) }
-        #expect(names.first?.hasSuffix("big-hardlink.bin link to big.bin") == true || names.first == "big-hardlink.bin", "entries are in byte order")
+        #expect(
+            names.first?.hasSuffix("big-hardlink.bin link to big.bin") == true || names.first == "big-hardlink.bin",
+            "entries are in byte order")
     }
 
     @Test("GNU tar extracts the same contents and xattrs")

@@ -1,17 +1,21 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
-import Synchronization
 import KilnModel
 import KilnTestSupport
+import Synchronization
 import Testing
+
 @testable import KilnOCI
 @testable import KilnRegistry
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Images for transfer tests: `random` bytes of incompressible content make a layer big enough
 /// to be cut mid-stream.
-func makeImage(in store: ContentStore, named name: String, random: Int = 0, text: String = "kiln\n", architecture: String = "amd64") throws -> Descriptor {
+func makeImage(in store: ContentStore, named name: String, random: Int = 0, text: String = "kiln\n", architecture: String = "amd64") throws
+    -> Descriptor
+{
     let tree = Scratch("kiln-tree")
     defer { tree.remove() }
     try FileManager.default.createDirectory(atPath: tree.path + "/etc", withIntermediateDirectories: true)
@@ -22,7 +26,8 @@ func makeImage(in store: ContentStore, named name: String, random: Int = 0, text
         for index in bytes.indices { bytes[index] = generator.next() }
         try Data(bytes).write(to: URL(fileURLWithPath: tree.path + "/etc/noise.bin"))
     }
-    return try store.importRootFilesystem(tree.path, name: name, platform: Platform(architecture: architecture, os: "linux"), sourceDateEpoch: 0)
+    return try store.importRootFilesystem(
+        tree.path, name: name, platform: Platform(architecture: architecture, os: "linux"), sourceDateEpoch: 0)
 }
 
 /// The manifest digest skopeo sees for `reference` (independent of Kiln).
@@ -38,54 +43,54 @@ final class FaultProxy: Sendable {
     private let helper: PythonHelper
 
     static let script = #"""
-    import select, socket, struct, sys, threading
-    listen_port, upstream_port, reset_after, resets = map(int, sys.argv[1:5])
-    budget = [resets]
-    lock = threading.Lock()
-    def abort(*sockets):
-        for s in sockets:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
-            s.close()
-    def relay(client):
-        # One thread per connection, so an abortive close really sends RST at once.
-        upstream = socket.create_connection(('127.0.0.1', upstream_port))
-        peers = {client: upstream, upstream: client}
-        carried = 0
-        armed = True
-        try:
-            while True:
-                ready, _, _ = select.select([client, upstream], [], [])
-                for source in ready:
-                    data = source.recv(65536)
-                    if not data:
-                        client.close(); upstream.close()
-                        return
-                    carried += len(data)
-                    if armed and carried > reset_after:
-                        with lock:
-                            fire = budget[0] > 0
-                            budget[0] -= 1 if fire else 0
-                        if fire:
-                            peers[source].sendall(data[:max(0, len(data) - (carried - reset_after))])
-                            abort(client, upstream)
+        import select, socket, struct, sys, threading
+        listen_port, upstream_port, reset_after, resets = map(int, sys.argv[1:5])
+        budget = [resets]
+        lock = threading.Lock()
+        def abort(*sockets):
+            for s in sockets:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+                s.close()
+        def relay(client):
+            # One thread per connection, so an abortive close really sends RST at once.
+            upstream = socket.create_connection(('127.0.0.1', upstream_port))
+            peers = {client: upstream, upstream: client}
+            carried = 0
+            armed = True
+            try:
+                while True:
+                    ready, _, _ = select.select([client, upstream], [], [])
+                    for source in ready:
+                        data = source.recv(65536)
+                        if not data:
+                            client.close(); upstream.close()
                             return
-                        armed = False
-                    peers[source].sendall(data)
-        except OSError:
-            for s in (client, upstream):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(('127.0.0.1', listen_port))
-    server.listen(64)
-    print('ready', flush=True)
-    while True:
-        connection, _ = server.accept()
-        threading.Thread(target=relay, args=(connection,), daemon=True).start()
-    """#
+                        carried += len(data)
+                        if armed and carried > reset_after:
+                            with lock:
+                                fire = budget[0] > 0
+                                budget[0] -= 1 if fire else 0
+                            if fire:
+                                peers[source].sendall(data[:max(0, len(data) - (carried - reset_after))])
+                                abort(client, upstream)
+                                return
+                            armed = False
+                        peers[source].sendall(data)
+            except OSError:
+                for s in (client, upstream):
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(('127.0.0.1', listen_port))
+        server.listen(64)
+        print('ready', flush=True)
+        while True:
+            connection, _ = server.accept()
+            threading.Thread(target=relay, args=(connection,), daemon=True).start()
+        """#
 
     init(upstream: Int, resetAfter: Int, resets: Int) throws {
         port = freeLoopbackPort()
@@ -109,7 +114,8 @@ final class PythonHelper: Sendable {
         self.directory = directory
         try setup(directory.path)
         try script.write(toFile: directory.path + "/helper.py", atomically: true, encoding: .utf8)
-        server = try LoopbackServer(executable: "/usr/bin/python3", arguments: { _ in [directory.path + "/helper.py"] + arguments(directory.path) }, port: port)
+        server = try LoopbackServer(
+            executable: "/usr/bin/python3", arguments: { _ in [directory.path + "/helper.py"] + arguments(directory.path) }, port: port)
     }
 
     func stop() {
@@ -118,12 +124,15 @@ final class PythonHelper: Sendable {
     }
 }
 
-@Suite("Copy to many registries, layouts and archives; checked with skopeo", .serialized,
-       .enabled(if: TestEnvironment.requires("docker-registry")))
+@Suite(
+    "Copy to many registries, layouts and archives; checked with skopeo", .serialized,
+    .enabled(if: TestEnvironment.requires("docker-registry")))
 struct ImageTransferTests {
     let fastRetry = RetryPolicy(attempts: 6, firstDelay: .milliseconds(20), maximumDelay: .milliseconds(200))
 
-    @Test("One copy reaches a plain, an htpasswd and a TLS registry; skopeo sees one digest everywhere; a second copy sends nothing; mounts and pulls work in each")
+    @Test(
+        "One copy reaches a plain, an htpasswd and a TLS registry; skopeo sees one digest everywhere; a second copy sends nothing; mounts and pulls work in each"
+    )
     func copyToThreeRegistries() async throws {
         let plain = try LoopbackRegistry()
         let basic = try LoopbackRegistry(htpasswd: ("kiln", "s3cret"))
@@ -133,24 +142,28 @@ struct ImageTransferTests {
         defer { home.remove() }
         let store = try ContentStore(root: home.path + "/store")
         let manifest = try makeImage(in: store, named: "app", random: 200_000)
-        let registries = RegistryDirectory(settings: [
-            basic.host: RegistrySettings(credentials: .init(username: "kiln", password: "s3cret")),
-            tls.host: RegistrySettings(caCertificate: tls.caCertificate),
-        ], logins: RegistryCredentialStore(files: []), retry: fastRetry)
+        let registries = RegistryDirectory(
+            settings: [
+                basic.host: RegistrySettings(credentials: .init(username: "kiln", password: "s3cret")),
+                tls.host: RegistrySettings(caCertificate: tls.caCertificate),
+            ], logins: RegistryCredentialStore(files: []), retry: fastRetry)
         let events = EventLog()
         let transfer = ImageTransfer(store: store, registries: registries, concurrency: 3, observer: events.record)
-        let destinations = try ["\(plain.host)/team/app:1.0", "\(basic.host)/team/app:1.0", "\(tls.host)/team/app:1.0"].map(ImageLocation.init)
+        let destinations = try ["\(plain.host)/team/app:1.0", "\(basic.host)/team/app:1.0", "\(tls.host)/team/app:1.0"].map(
+            ImageLocation.init)
 
         let result = try await transfer.copy(from: .store(name: "app"), to: destinations).checked()
         #expect(result.digest == manifest.digest)
         let parsed = try JSONDecoder().decode(ImageManifest.self, from: try store.read(manifest.digest))
         let blobBytes = parsed.config.size + parsed.layers.reduce(0) { $0 + $1.size }
         for destination in result.destinations {
-            #expect(destination.totals.bytes == blobBytes, "each region is charged exactly the blob bytes it received: \(destination.location)")
+            #expect(
+                destination.totals.bytes == blobBytes, "each region is charged exactly the blob bytes it received: \(destination.location)")
             #expect(destination.totals.blobsSent == 2)
         }
         #expect(try skopeoDigest("\(plain.host)/team/app:1.0") == manifest.digest.description)
-        #expect(try skopeoDigest("\(basic.host)/team/app:1.0", extra: "--tls-verify=false --creds kiln:s3cret") == manifest.digest.description)
+        #expect(
+            try skopeoDigest("\(basic.host)/team/app:1.0", extra: "--tls-verify=false --creds kiln:s3cret") == manifest.digest.description)
         #expect(try skopeoDigest("\(tls.host)/team/app:1.0", extra: "--cert-dir \(tls.directory)/certs") == manifest.digest.description)
         #expect(events.count { if case .manifestWritten = $0 { true } else { false } } == 3)
 
@@ -160,11 +173,17 @@ struct ImageTransferTests {
         }
 
         // In each registry: mount into another repository under two tags, then pull it back.
-        for (registry, skopeoFlags) in [(plain, "--tls-verify=false"), (basic, "--tls-verify=false --creds kiln:s3cret"), (tls, "--cert-dir \(tls.directory)/certs")] {
+        for (registry, skopeoFlags) in [
+            (plain, "--tls-verify=false"), (basic, "--tls-verify=false --creds kiln:s3cret"), (tls, "--cert-dir \(tls.directory)/certs"),
+        ] {
             let tags = try ["\(registry.host)/mirror/app:1.0", "\(registry.host)/mirror/app:latest"].map(ImageLocation.init)
             let mounted = try await transfer.copy(from: try ImageLocation("\(registry.host)/team/app:1.0"), to: tags).checked()
-            #expect(mounted.destinations[0].totals.blobsMounted == 2 && mounted.destinations[0].totals.bytes == 0, "\(registry.host): blobs are mounted, not sent")
-            #expect(mounted.destinations[1].totals.blobsSent + mounted.destinations[1].totals.blobsMounted == 0, "a second tag of one repository shares the first one's blobs")
+            #expect(
+                mounted.destinations[0].totals.blobsMounted == 2 && mounted.destinations[0].totals.bytes == 0,
+                "\(registry.host): blobs are mounted, not sent")
+            #expect(
+                mounted.destinations[1].totals.blobsSent + mounted.destinations[1].totals.blobsMounted == 0,
+                "a second tag of one repository shares the first one's blobs")
             for tag in ["1.0", "latest"] {
                 #expect(try skopeoDigest("\(registry.host)/mirror/app:\(tag)", extra: skopeoFlags) == manifest.digest.description)
             }
@@ -185,8 +204,10 @@ struct ImageTransferTests {
         defer { home.remove() }
         let store = try ContentStore(root: home.path + "/store")
         let manifest = try makeImage(in: store, named: "app")
-        let transfer = ImageTransfer(store: store, registries: RegistryDirectory(logins: RegistryCredentialStore(files: []), retry: fastRetry))
-        let result = try await transfer.copy(from: .store(name: "app"), to: [try ImageLocation("\(good.host)/a:1"), try ImageLocation("\(locked.host)/a:1")])
+        let transfer = ImageTransfer(
+            store: store, registries: RegistryDirectory(logins: RegistryCredentialStore(files: []), retry: fastRetry))
+        let result = try await transfer.copy(
+            from: .store(name: "app"), to: [try ImageLocation("\(good.host)/a:1"), try ImageLocation("\(locked.host)/a:1")])
         #expect(result.failures.map(\.location.description) == ["\(locked.host)/a:1"])
         #expect(result.failures.first?.error?.message.contains("needs credentials") == true)
         #expect(try skopeoDigest("\(good.host)/a:1") == manifest.digest.description)
@@ -215,11 +236,14 @@ struct ImageTransferTests {
 
         // Chunked: blobs over 1 MiB go in 512 KiB PATCHes.
         let store = try ContentStore(root: home.path + "/store")
-        let chunkedTransfer = ImageTransfer(store: store, registries: RegistryDirectory(
-            logins: RegistryCredentialStore(files: []), retry: fastRetry, monolithicLimit: 1 << 20, chunkSize: 512 << 10
-        ))
+        let chunkedTransfer = ImageTransfer(
+            store: store,
+            registries: RegistryDirectory(
+                logins: RegistryCredentialStore(files: []), retry: fastRetry, monolithicLimit: 1 << 20, chunkSize: 512 << 10
+            ))
         let sourceLocation = try ImageLocation("\(sourceProxy.host)/big/app:1")
-        let first = try await chunkedTransfer.copy(from: sourceLocation, to: [try ImageLocation("\(chunkedProxy.host)/big/app:1")]).checked()
+        let first = try await chunkedTransfer.copy(from: sourceLocation, to: [try ImageLocation("\(chunkedProxy.host)/big/app:1")])
+            .checked()
         #expect(first.digest == manifest.digest)
         let pulled = try #require(first.totals[sourceLocation.description])
         #expect(pulled.retries >= 1, "the source connection was reset")
@@ -229,16 +253,22 @@ struct ImageTransferTests {
         #expect(try store.read(layer.digest) == seed.read(layer.digest))
 
         // Whole: the same layer in one PUT; a reset restarts that upload.
-        let wholeTransfer = ImageTransfer(store: seed, registries: RegistryDirectory(logins: RegistryCredentialStore(files: []), retry: fastRetry))
-        let second = try await wholeTransfer.copy(from: .store(name: "big"), to: [try ImageLocation("\(wholeProxy.host)/big/app:1")]).checked()
+        let wholeTransfer = ImageTransfer(
+            store: seed, registries: RegistryDirectory(logins: RegistryCredentialStore(files: []), retry: fastRetry))
+        let second = try await wholeTransfer.copy(from: .store(name: "big"), to: [try ImageLocation("\(wholeProxy.host)/big/app:1")])
+            .checked()
         #expect(try #require(second.destinations.first).totals.retries >= 1)
 
         for registry in [chunked, whole] {
             #expect(try skopeoDigest("\(registry.host)/big/app:1") == manifest.digest.description)
             let layout = Scratch("kiln-verify")
             defer { layout.remove() }
-            let copied = try shell("skopeo copy --src-tls-verify=false docker://\(registry.host)/big/app:1 oci:\(layout.path):v && sha256sum \(layout.path)/blobs/sha256/\(layer.digest.encoded)")
-            #expect(copied.status == 0 && copied.text.contains(layer.digest.encoded + " "), "the registry holds the layer's exact bytes: \(copied.text)")
+            let copied = try shell(
+                "skopeo copy --src-tls-verify=false docker://\(registry.host)/big/app:1 oci:\(layout.path):v && sha256sum \(layout.path)/blobs/sha256/\(layer.digest.encoded)"
+            )
+            #expect(
+                copied.status == 0 && copied.text.contains(layer.digest.encoded + " "),
+                "the registry holds the layer's exact bytes: \(copied.text)")
         }
     }
 
@@ -252,7 +282,9 @@ struct ImageTransferTests {
         let manifest = try makeImage(in: store, named: "app", random: 100_000)
         let transfer = ImageTransfer(store: store, registries: RegistryDirectory(logins: RegistryCredentialStore(files: [])))
         _ = try await transfer.copy(from: .store(name: "app"), to: [try ImageLocation("\(registry.host)/team/app:1")]).checked()
-        let mounted = try await transfer.copy(from: try ImageLocation("\(registry.host)/team/app:1"), to: [try ImageLocation("\(registry.host)/other/app:1")]).checked()
+        let mounted = try await transfer.copy(
+            from: try ImageLocation("\(registry.host)/team/app:1"), to: [try ImageLocation("\(registry.host)/other/app:1")]
+        ).checked()
         let totals = try #require(mounted.destinations.first).totals
         #expect(totals.blobsMounted == 2 && totals.bytes == 0)
         #expect(try skopeoDigest("\(registry.host)/other/app:1") == manifest.digest.description)
@@ -276,11 +308,15 @@ struct ImageTransferTests {
         let registries = RegistryDirectory(logins: RegistryCredentialStore(files: []))
 
         let armOnly = ImageTransfer(store: store, registries: registries, platform: Platform(architecture: "arm64", os: "linux"))
-        #expect(try await armOnly.copy(from: .store(name: "multi"), to: [try ImageLocation("\(registry.host)/multi:arm")]).checked().digest == arm.digest)
+        #expect(
+            try await armOnly.copy(from: .store(name: "multi"), to: [try ImageLocation("\(registry.host)/multi:arm")]).checked().digest
+                == arm.digest)
         #expect(try skopeoDigest("\(registry.host)/multi:arm") == arm.digest.description)
 
         let everything = ImageTransfer(store: store, registries: registries, platform: nil)
-        #expect(try await everything.copy(from: .store(name: "multi"), to: [try ImageLocation("\(registry.host)/multi:all")]).checked().digest == index.digest)
+        #expect(
+            try await everything.copy(from: .store(name: "multi"), to: [try ImageLocation("\(registry.host)/multi:all")]).checked().digest
+                == index.digest)
         #expect(try skopeoDigest("\(registry.host)/multi:all") == index.digest.description)
         #expect(try skopeoDigest("\(registry.host)/multi@\(amd.digest)") == amd.digest.description)
 
@@ -301,27 +337,33 @@ struct ImageTransferTests {
         let manifest = try makeImage(in: store, named: "app", random: 50_000)
         let transfer = ImageTransfer(store: store, registries: RegistryDirectory(logins: RegistryCredentialStore(files: [])))
         let archive = home.path + "/app.tar"
-        _ = try await transfer.copy(from: .store(name: "app"), to: [.archive(path: archive, tag: "v1"), .layout(path: home.path + "/layout", tag: "v1")]).checked()
+        _ = try await transfer.copy(
+            from: .store(name: "app"), to: [.archive(path: archive, tag: "v1"), .layout(path: home.path + "/layout", tag: "v1")]
+        ).checked()
 
         let listing = try shell("tar -tf \(archive)")
-        #expect(listing.status == 0 && listing.text.contains("oci-layout") && listing.text.contains("blobs/sha256/\(manifest.digest.encoded)"))
+        #expect(
+            listing.status == 0 && listing.text.contains("oci-layout") && listing.text.contains("blobs/sha256/\(manifest.digest.encoded)"))
         #expect(!FileManager.default.fileExists(atPath: home.path + "/layout/ingest"), "a user's layout gets only what the spec lists")
         for source in ["oci-archive:\(archive):v1", "oci:\(home.path)/layout:v1"] {
             let digest = try shell("skopeo inspect --raw \(source) | sha256sum | cut -d' ' -f1")
             #expect("sha256:" + digest.text.trimmingCharacters(in: .whitespacesAndNewlines) == manifest.digest.description, "\(source)")
         }
-        let umoci = try shell("umoci unpack --rootless --image \(home.path)/layout:v1 \(home.path)/bundle && cat \(home.path)/bundle/rootfs/etc/motd")
+        let umoci = try shell(
+            "umoci unpack --rootless --image \(home.path)/layout:v1 \(home.path)/bundle && cat \(home.path)/bundle/rootfs/etc/motd")
         #expect(umoci.status == 0 && umoci.text.hasSuffix("kiln\n"), "umoci unpacks Kiln's layer: \(umoci.text)")
 
         let skopeoArchive = home.path + "/skopeo.tar"
         #expect(try shell("skopeo copy oci:\(home.path)/layout:v1 oci-archive:\(skopeoArchive):from-skopeo").status == 0)
-        let imported = try await transfer.copy(from: .archive(path: skopeoArchive, tag: "from-skopeo"), to: [.store(name: "imported")]).checked()
+        let imported = try await transfer.copy(from: .archive(path: skopeoArchive, tag: "from-skopeo"), to: [.store(name: "imported")])
+            .checked()
         #expect(imported.digest == manifest.digest)
         #expect(try store.resolve("imported")?.digest == manifest.digest)
 
         // Exporting a second tag into the same archive keeps the first.
         _ = try await transfer.copy(from: .store(name: "app"), to: [.archive(path: archive, tag: "v2")]).checked()
-        let both = try shell("skopeo inspect --raw oci-archive:\(archive):v1 >/dev/null && skopeo inspect --raw oci-archive:\(archive):v2 >/dev/null")
+        let both = try shell(
+            "skopeo inspect --raw oci-archive:\(archive):v1 >/dev/null && skopeo inspect --raw oci-archive:\(archive):v2 >/dev/null")
         #expect(both.status == 0, "\(both.text)")
     }
 
@@ -332,24 +374,29 @@ struct ImageTransferTests {
         let store = try ContentStore(root: home.path + "/store")
         let transfer = ImageTransfer(store: store, registries: RegistryDirectory(logins: RegistryCredentialStore(files: [])))
         let outside = home.path + "/outside-marker"
-        let made = try shell("""
-        cd \(home.path) && python3 - <<'PY'
-        import io, tarfile
-        with tarfile.open('evil.tar', 'w') as tar:
-            for name, data in [('oci-layout', b'{"imageLayoutVersion":"1.0.0"}'), ('index.json', b'{"schemaVersion":2,"manifests":[]}'), ('../outside-marker', b'x')]:
-                info = tarfile.TarInfo(name); info.size = len(data); tar.addfile(info, io.BytesIO(data))
-            link = tarfile.TarInfo('blobs/sha256/' + 'a' * 64); link.type = tarfile.SYMTYPE; link.linkname = '/etc/passwd'; tar.addfile(link)
-        PY
-        """)
+        let made = try shell(
+            """
+            cd \(home.path) && python3 - <<'PY'
+            import io, tarfile
+            with tarfile.open('evil.tar', 'w') as tar:
+                for name, data in [('oci-layout', b'{"imageLayoutVersion":"1.0.0"}'), ('index.json', b'{"schemaVersion":2,"manifests":[]}'), ('../outside-marker', b'x')]:
+                    info = tarfile.TarInfo(name); info.size = len(data); tar.addfile(info, io.BytesIO(data))
+                link = tarfile.TarInfo('blobs/sha256/' + 'a' * 64); link.type = tarfile.SYMTYPE; link.linkname = '/etc/passwd'; tar.addfile(link)
+            PY
+            """)
         #expect(made.status == 0, "\(made.text)")
-        let error = try await #require(throws: KilnError.self) { try await transfer.copy(from: .archive(path: home.path + "/evil.tar", tag: "x"), to: [.store(name: "evil")]) }
+        let error = try await #require(throws: KilnError.self) {
+            try await transfer.copy(from: .archive(path: home.path + "/evil.tar", tag: "x"), to: [.store(name: "evil")])
+        }
         #expect(error.message.contains("is a link or device"))
         #expect(!FileManager.default.fileExists(atPath: outside))
         #expect(try FileManager.default.contentsOfDirectory(atPath: store.scratch).isEmpty, "the staging directory is removed")
 
         let notAnArchive = home.path + "/plain.tar"
         #expect(try shell("tar -cf \(notAnArchive) -C \(home.path) evil.tar").status == 0)
-        let wrong = try await #require(throws: KilnError.self) { try await transfer.copy(from: .archive(path: notAnArchive, tag: "x"), to: [.store(name: "x")]) }
+        let wrong = try await #require(throws: KilnError.self) {
+            try await transfer.copy(from: .archive(path: notAnArchive, tag: "x"), to: [.store(name: "x")])
+        }
         #expect(wrong.message.contains("is not an OCI archive"))
     }
 }
@@ -386,7 +433,8 @@ struct ImageLocationTests {
         #expect(RegistryDirectory.isLoopback("localhost:5000"))
         #expect(RegistryDirectory.isLoopback("[::1]:5000"))
         #expect(!RegistryDirectory.isLoopback("registry.example:5000"))
-        let directory = RegistryDirectory(settings: ["127.0.0.1:6000": RegistrySettings(insecure: false)], logins: RegistryCredentialStore(files: []))
+        let directory = RegistryDirectory(
+            settings: ["127.0.0.1:6000": RegistrySettings(insecure: false)], logins: RegistryCredentialStore(files: []))
         #expect(try directory.client(for: "127.0.0.1:5000").insecureHTTP)
         #expect(try !directory.client(for: "127.0.0.1:6000").insecureHTTP)
         #expect(try !directory.client(for: "registry.example").insecureHTTP)
@@ -409,15 +457,21 @@ struct ImageLocationTests {
         let configuration = try KilnConfiguration.load(path: path, environment: ["ROBOT_TOKEN": "t0ken"])
         #expect(configuration.dataDirectory == home.path + "/data")
         #expect(configuration.transferConcurrency == 8)
-        #expect(configuration.registries["registry.example:5000"] == .init(caCertificate: home.path + "/certs/ca.pem", username: "robot", password: "t0ken"))
+        #expect(
+            configuration.registries["registry.example:5000"]
+                == .init(caCertificate: home.path + "/certs/ca.pem", username: "robot", password: "t0ken"))
         #expect(configuration.registries["127.0.0.1:5001"]?.insecure == true)
 
         let missing = try #require(throws: KilnError.self) { try KilnConfiguration.load(path: path, environment: [:]) }
-        #expect(missing.message == "\(path):7: registries.registry.example:5000.passwordEnv names ROBOT_TOKEN, which is not set in the environment")
-        try "instanceTypes:\n  build.huge: {vCPUs: 1.5, memoryMiB: 16384}\n  tiny: {vCPUs: 1, memoryMiB: 8}\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(
+            missing.message
+                == "\(path):7: registries.registry.example:5000.passwordEnv names ROBOT_TOKEN, which is not set in the environment")
+        try "instanceTypes:\n  build.huge: {vCPUs: 1.5, memoryMiB: 16384}\n  tiny: {vCPUs: 1, memoryMiB: 8}\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
         let small = try #require(throws: KilnError.self) { try KilnConfiguration.load(path: path) }
         #expect(small.message == "\(path):3: instanceTypes.tiny.memoryMiB must be a whole number of MiB, at least 16")
-        try "instanceTypes:\n  build.huge: {vCPUs: 1.5, memoryMiB: 16384}\nbootstrap:\n  mirrors: {ubuntu: http://mirror.example/ubuntu}\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "instanceTypes:\n  build.huge: {vCPUs: 1.5, memoryMiB: 16384}\nbootstrap:\n  mirrors: {ubuntu: http://mirror.example/ubuntu}\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
         let sized = try KilnConfiguration.load(path: path)
         #expect(sized.instanceTypes["build.huge"] == .init(vCPUs: 1.5, memoryMiB: 16384))
         #expect(sized.bootstrapMirrors == ["ubuntu": "http://mirror.example/ubuntu"])

@@ -1,16 +1,18 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
 import KilnTestSupport
 import Testing
+
 @testable import KilnOCI
 @testable import KilnRegistry
 
+#if canImport(Glibc)
+    import Glibc
+#endif
 
-@Suite("Registry client against docker-registry, checked with skopeo", .serialized,
-       .enabled(if: TestEnvironment.requires("docker-registry")))
+@Suite(
+    "Registry client against docker-registry, checked with skopeo", .serialized,
+    .enabled(if: TestEnvironment.requires("docker-registry")))
 struct RegistryClientTests {
     /// A one-layer image in a fresh content store, tagged `name`.
     func makeImage(named name: String) throws -> (ContentStore, Descriptor) {
@@ -23,17 +25,22 @@ struct RegistryClientTests {
         let writer = try ContentStore.BlobWriter(store: store)
         try writer.write(try Data(contentsOf: URL(fileURLWithPath: base + "/layer.tar.gz")))
         let layer = try writer.commit(mediaType: MediaType.layerTarGzip, expected: packed.digest)
-        let config = try store.ingestJSON(ImageConfiguration(architecture: "amd64", os: "linux", rootfs: .init(diffIDs: [packed.diffID])), mediaType: MediaType.imageConfig)
+        let config = try store.ingestJSON(
+            ImageConfiguration(architecture: "amd64", os: "linux", rootfs: .init(diffIDs: [packed.diffID])),
+            mediaType: MediaType.imageConfig)
         let manifest = try store.ingestJSON(ImageManifest(config: config, layers: [layer]), mediaType: MediaType.imageManifest)
         try store.tag(name, manifest)
         return (store, manifest)
     }
 
-    func push(_ store: ContentStore, _ manifest: Descriptor, to client: RegistryClient, repository: String, tag: String) async throws -> Int {
+    func push(_ store: ContentStore, _ manifest: Descriptor, to client: RegistryClient, repository: String, tag: String) async throws -> Int
+    {
         let parsed = try JSONDecoder().decode(ImageManifest.self, from: try store.read(manifest.digest))
         var sent = 0
-        for blob in [parsed.config] + parsed.layers where try await client.pushBlob(blob, repository: repository, from: store) == .uploaded { sent += 1 }
-        _ = try await client.putManifest(try store.read(manifest.digest), mediaType: MediaType.imageManifest, repository: repository, reference: tag)
+        for blob in [parsed.config] + parsed.layers where try await client.pushBlob(blob, repository: repository, from: store) == .uploaded
+        { sent += 1 }
+        _ = try await client.putManifest(
+            try store.read(manifest.digest), mediaType: MediaType.imageManifest, repository: repository, reference: tag)
         return sent
     }
 
@@ -45,9 +52,12 @@ struct RegistryClientTests {
         defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         let client = try RegistryClient(registry: registry.host, insecureHTTP: true)
         #expect(try await push(store, manifest, to: client, repository: "kiln/demo", tag: "1.0") == 2)
-        #expect(try await push(store, manifest, to: client, repository: "kiln/demo", tag: "1.0") == 0, "blobs the registry has are not sent again")
+        #expect(
+            try await push(store, manifest, to: client, repository: "kiln/demo", tag: "1.0") == 0,
+            "blobs the registry has are not sent again")
 
-        let inspect = try shell("skopeo inspect --tls-verify=false --raw docker://\(registry.host)/kiln/demo:1.0 | sha256sum | cut -d' ' -f1")
+        let inspect = try shell(
+            "skopeo inspect --tls-verify=false --raw docker://\(registry.host)/kiln/demo:1.0 | sha256sum | cut -d' ' -f1")
         #expect(inspect.text.trimmingCharacters(in: .whitespacesAndNewlines) == manifest.digest.encoded)
 
         let fetched = try await client.manifest(try ImageReference("\(registry.host)/kiln/demo:1.0"))
@@ -92,16 +102,21 @@ struct RegistryClientTests {
         let good = try RegistryClient(registry: registry.host, credentials: .init(username: "kiln", password: "s3cret"), insecureHTTP: true)
         #expect(try await push(store, manifest, to: good, repository: "private/app", tag: "1") == 2)
         let anonymous = try RegistryClient(registry: registry.host, insecureHTTP: true)
-        let error = try await #require(throws: KilnError.self) { _ = try await anonymous.manifest(try ImageReference("\(registry.host)/private/app:1")) }
+        let error = try await #require(throws: KilnError.self) {
+            _ = try await anonymous.manifest(try ImageReference("\(registry.host)/private/app:1"))
+        }
         #expect(error.message.contains("needs credentials"))
         let wrong = try RegistryClient(registry: registry.host, credentials: .init(username: "kiln", password: "nope"), insecureHTTP: true)
-        let refused = try await #require(throws: KilnError.self) { _ = try await wrong.manifest(try ImageReference("\(registry.host)/private/app:1")) }
+        let refused = try await #require(throws: KilnError.self) {
+            _ = try await wrong.manifest(try ImageReference("\(registry.host)/private/app:1"))
+        }
         #expect(refused.message.contains("refused the credentials"))
     }
 }
 
-@Suite("Registry over TLS and stored logins", .serialized,
-       .enabled(if: TestEnvironment.requires("docker-registry")))
+@Suite(
+    "Registry over TLS and stored logins", .serialized,
+    .enabled(if: TestEnvironment.requires("docker-registry")))
 struct RegistryTLSAndLoginTests {
     @Test("A registry with a private CA: trusted with the CA file, refused without it; skopeo agrees on the digest")
     func privateCA() async throws {
@@ -111,12 +126,16 @@ struct RegistryTLSAndLoginTests {
         defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         let trusted = try RegistryClient(registry: registry.host, caCertificatePath: try #require(registry.caCertificate))
         #expect(try await RegistryClientTests().push(store, manifest, to: trusted, repository: "secure/app", tag: "1") == 2)
-        let digest = try shell("skopeo inspect --raw --cert-dir \(registry.directory)/certs docker://\(registry.host)/secure/app:1 | sha256sum | cut -d' ' -f1")
+        let digest = try shell(
+            "skopeo inspect --raw --cert-dir \(registry.directory)/certs docker://\(registry.host)/secure/app:1 | sha256sum | cut -d' ' -f1"
+        )
         #expect(digest.text.trimmingCharacters(in: .whitespacesAndNewlines) == manifest.digest.encoded)
         await trusted.shutdown()
 
         let untrusted = try RegistryClient(registry: registry.host)
-        let error = try await #require(throws: KilnError.self) { _ = try await untrusted.manifest(try ImageReference("\(registry.host)/secure/app:1")) }
+        let error = try await #require(throws: KilnError.self) {
+            _ = try await untrusted.manifest(try ImageReference("\(registry.host)/secure/app:1"))
+        }
         #expect(error.message.contains("cannot reach registry \(registry.host)"))
 
         #expect(throws: KilnError.self) { try RegistryClient(registry: registry.host, caCertificatePath: "/nonexistent/ca.pem") }

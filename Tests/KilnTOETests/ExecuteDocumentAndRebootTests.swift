@@ -1,8 +1,9 @@
 import Foundation
 import KilnModel
+import KilnSystem
 import KilnTestSupport
 import Testing
-import KilnSystem
+
 @testable import KilnTOE
 
 @Suite("ExecuteDocument nesting and cycles; reboot and resume")
@@ -11,31 +12,36 @@ struct ExecuteDocumentAndRebootTests {
     func chain(depth: Int, in dir: Scratch) throws -> String {
         var path = ""
         for level in stride(from: depth, through: 0, by: -1) {
-            let child = level == depth ? "" : """
-                  - name: Nested
-                    action: ExecuteDocument
-                    inputs:
-                      document: \(dir.file("level\(level + 1).yaml"))
-                      parameters:
-                        - name: From
-                          value: level\(level)
-            """
-            path = try dir.write("level\(level).yaml", """
-            name: Level\(level)
-            schemaVersion: 1.0
-            parameters:
-              - From:
-                  type: string
-                  default: top
-            phases:
-              - name: build
-                steps:
-                  - name: Say
-                    action: ExecuteBash
-                    inputs:
-                      commands: ['echo "level\(level) called by {{ From }}" >> \(dir.file("trail"))']
-            \(child)
-            """)
+            let child =
+                level == depth
+                ? ""
+                : """
+                      - name: Nested
+                        action: ExecuteDocument
+                        inputs:
+                          document: \(dir.file("level\(level + 1).yaml"))
+                          parameters:
+                            - name: From
+                              value: level\(level)
+                """
+            path = try dir.write(
+                "level\(level).yaml",
+                """
+                name: Level\(level)
+                schemaVersion: 1.0
+                parameters:
+                  - From:
+                      type: string
+                      default: top
+                phases:
+                  - name: build
+                    steps:
+                      - name: Say
+                        action: ExecuteBash
+                        inputs:
+                          commands: ['echo "level\(level) called by {{ From }}" >> \(dir.file("trail"))']
+                \(child)
+                """)
         }
         return path
     }
@@ -51,13 +57,14 @@ struct ExecuteDocumentAndRebootTests {
         defer { dir.remove() }
         let result = try await run(try chain(depth: 3, in: dir))
         #expect(result.report.status == .success, "\(result.console.text)")
-        #expect(try dir.read("trail") == """
-        level0 called by top
-        level1 called by level0
-        level2 called by level1
-        level3 called by level2
+        #expect(
+            try dir.read("trail") == """
+                level0 called by top
+                level1 called by level0
+                level2 called by level1
+                level3 called by level2
 
-        """)
+                """)
         let nested = try #require(result.step("Nested"))
         #expect(nested.timeoutSeconds == -1)
         #expect(nested.detailedOutput?.first?.documents.first?.name == "Level1")
@@ -79,26 +86,30 @@ struct ExecuteDocumentAndRebootTests {
     func cycle() async throws {
         let dir = Scratch()
         defer { dir.remove() }
-        _ = try dir.write("b.yaml", """
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: BackToA
-                action: ExecuteDocument
-                inputs:
-                  document: \(dir.file("a.yaml"))
-        """)
-        let a = try dir.write("a.yaml", """
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: ToB
-                action: ExecuteDocument
-                inputs:
-                  document: \(dir.file("b.yaml"))
-        """)
+        _ = try dir.write(
+            "b.yaml",
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: BackToA
+                    action: ExecuteDocument
+                    inputs:
+                      document: \(dir.file("a.yaml"))
+            """)
+        let a = try dir.write(
+            "a.yaml",
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: ToB
+                    action: ExecuteDocument
+                    inputs:
+                      document: \(dir.file("b.yaml"))
+            """)
         let result = try await run(a)
         #expect(result.report.status == .failed)
         #expect(result.console.text.contains("ExecuteDocument cycle: '\(a)' is already running"))
@@ -110,30 +121,30 @@ struct ExecuteDocumentAndRebootTests {
         defer { dir.remove() }
         let marker = dir.file("reboot-indicator")
         let yaml = """
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Before
-                action: ExecuteBash
-                inputs: {commands: ['echo before >> \(dir.file("trail"))']}
-              - name: NeedsReboot
-                action: ExecuteBash
-                if:
-                  stringEquals: yes
-                  value: yes
-                inputs:
-                  commands:
-                    - echo needs-reboot >> \(dir.file("trail"))
-                    - if [ -f \(marker) ]; then echo resumed; exit 0; fi
-                    - touch \(marker)
-                    - exit 194
-              - name: RebootAction
-                action: Reboot
-              - name: After
-                action: ExecuteBash
-                inputs: {commands: ['echo after >> \(dir.file("trail"))']}
-        """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Before
+                    action: ExecuteBash
+                    inputs: {commands: ['echo before >> \(dir.file("trail"))']}
+                  - name: NeedsReboot
+                    action: ExecuteBash
+                    if:
+                      stringEquals: yes
+                      value: yes
+                    inputs:
+                      commands:
+                        - echo needs-reboot >> \(dir.file("trail"))
+                        - if [ -f \(marker) ]; then echo resumed; exit 0; fi
+                        - touch \(marker)
+                        - exit 194
+                  - name: RebootAction
+                    action: Reboot
+                  - name: After
+                    action: ExecuteBash
+                    inputs: {commands: ['echo after >> \(dir.file("trail"))']}
+            """
         let first = try await runDocument(yaml)
         #expect(first.outcome.rebootPending)
         #expect(first.outcome.summary.status == "reboot-pending")
@@ -163,19 +174,31 @@ struct ExecuteDocumentAndRebootTests {
         var displayName: String { "restarting test instance" }
         func canonicalPath(_ path: String) async throws -> String { try await inner.canonicalPath(path) }
         func makeScratchDirectory() async throws -> String { try await inner.makeScratchDirectory() }
-        func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void) async throws -> ExecResult { try await inner.exec(request, output: output) }
-        func fileInfo(_ path: String, followSymlinks: Bool) async throws -> InstanceFileInfo? { try await inner.fileInfo(path, followSymlinks: followSymlinks) }
+        func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void) async throws -> ExecResult {
+            try await inner.exec(request, output: output)
+        }
+        func fileInfo(_ path: String, followSymlinks: Bool) async throws -> InstanceFileInfo? {
+            try await inner.fileInfo(path, followSymlinks: followSymlinks)
+        }
         func readFile(_ path: String) async throws -> Data { try await inner.readFile(path) }
-        func writeFile(_ path: String, contents: Data, append: Bool, mode: UInt32) async throws { try await inner.writeFile(path, contents: contents, append: append, mode: mode) }
+        func writeFile(_ path: String, contents: Data, append: Bool, mode: UInt32) async throws {
+            try await inner.writeFile(path, contents: contents, append: append, mode: mode)
+        }
         func listDirectory(_ path: String) async throws -> [String] { try await inner.listDirectory(path) }
         func createDirectory(_ path: String, mode: UInt32) async throws { try await inner.createDirectory(path, mode: mode) }
         func remove(_ path: String, recursive: Bool) async throws { try await inner.remove(path, recursive: recursive) }
         func move(_ source: String, to destination: String) async throws { try await inner.move(source, to: destination) }
         func copy(_ source: String, to destination: String) async throws { try await inner.copy(source, to: destination) }
         func createSymlink(_ path: String, target: String) async throws { try await inner.createSymlink(path, target: target) }
-        func setOwner(_ path: String, owner: String?, group: String?, recursive: Bool) async throws { try await inner.setOwner(path, owner: owner, group: group, recursive: recursive) }
-        func setPermissions(_ path: String, mode: UInt32, recursive: Bool) async throws { try await inner.setPermissions(path, mode: mode, recursive: recursive) }
-        func importFile(fromHost hostPath: String, to path: String) async throws { try await inner.importFile(fromHost: hostPath, to: path) }
+        func setOwner(_ path: String, owner: String?, group: String?, recursive: Bool) async throws {
+            try await inner.setOwner(path, owner: owner, group: group, recursive: recursive)
+        }
+        func setPermissions(_ path: String, mode: UInt32, recursive: Bool) async throws {
+            try await inner.setPermissions(path, mode: mode, recursive: recursive)
+        }
+        func importFile(fromHost hostPath: String, to path: String) async throws {
+            try await inner.importFile(fromHost: hostPath, to: path)
+        }
         func exportFile(_ path: String, toHost hostPath: String) async throws { try await inner.exportFile(path, toHost: hostPath) }
         func reboot() async throws -> RebootDisposition {
             restarts.append("restart")
@@ -187,20 +210,21 @@ struct ExecuteDocumentAndRebootTests {
     func rebootInPlace() async throws {
         let dir = Scratch()
         defer { dir.remove() }
-        let document = try ComponentDocumentParser().parse(text: """
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Once
-                action: ExecuteBash
-                inputs:
-                  commands:
-                    - echo run >> \(dir.file("runs"))
-                    - '[ -f \(dir.file("done")) ] && exit 0'
-                    - touch \(dir.file("done"))
-                    - exit 194
-        """, source: "inplace.yaml")
+        let document = try ComponentDocumentParser().parse(
+            text: """
+                schemaVersion: 1.0
+                phases:
+                  - name: build
+                    steps:
+                      - name: Once
+                        action: ExecuteBash
+                        inputs:
+                          commands:
+                            - echo run >> \(dir.file("runs"))
+                            - '[ -f \(dir.file("done")) ] && exit 0'
+                            - touch \(dir.file("done"))
+                            - exit 194
+                """, source: "inplace.yaml")
         let restarts = LineCollector()
         let runner = TOERunner(session: RestartingSession(restarts: restarts), options: .forTests)
         let outcome = await runner.run(TOERunRequest(documents: [TOEDocumentRun(document: document)]), log: try TOELogWriter(folder: nil))

@@ -1,11 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
 import KilnTestSupport
 import Testing
+
 @testable import KilnTOE
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 @Suite("File-system actions, with real effects in a temp folder")
 struct FileActionTests {
@@ -26,84 +28,85 @@ struct FileActionTests {
         let dir = Scratch()
         defer { dir.remove() }
         let d = dir.path
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Folder
-                action: CreateFolder
-                inputs:
-                  - path: \(d)/a/b
-                    permissions: '0750'
-              - name: File
-                action: CreateFile
-                inputs:
-                  - path: \(d)/a/b/one.txt
-                    content: "first line\\n"
-                    permissions: 0600
-                  - path: \(d)/deep/new/two.conf
-                    content: two
-              - name: Append
-                action: AppendFile
-                inputs:
-                  - path: \(d)/a/b/one.txt
-                    content: "second line\\n"
-              - name: Read
-                action: ReadFile
-                inputs:
-                  - path: \(d)/a/b/one.txt
-              - name: CopyIntoFolder
-                action: CopyFile
-                inputs:
-                  - source: \(d)/a/b/one.txt
-                    destination: \(d)/copies/
-              - name: CopyRename
-                action: CopyFile
-                inputs:
-                  - source: \(d)/a/b/one.txt
-                    destination: \(d)/copies/renamed.txt
-              - name: CopyWildcard
-                action: CopyFile
-                inputs:
-                  - source: \(d)/copies/*.txt
-                    destination: \(d)/wild/
-              - name: Link
-                action: CreateSymlink
-                inputs:
-                  - path: \(d)/link.txt
-                    target: \(d)/a/b/one.txt
-              - name: Move
-                action: MoveFile
-                inputs:
-                  - source: \(d)/deep/new/two.conf
-                    destination: \(d)/moved/
-              - name: CopyTree
-                action: CopyFolder
-                inputs:
-                  - source: \(d)/a
-                    destination: \(d)/tree/
-              - name: MoveTree
-                action: MoveFolder
-                inputs:
-                  - source: \(d)/wild
-                    destination: \(d)/wild-moved
-              - name: List
-                action: ListFiles
-                inputs:
-                  - path: \(d)/tree
-                    recursive: true
-                    fileNamePattern: '*.txt'
-              - name: DeleteOne
-                action: DeleteFile
-                inputs:
-                  - path: \(d)/copies/*.txt
-              - name: DeleteTree
-                action: DeleteFolder
-                inputs:
-                  - path: \(d)/deep
-                    force: true
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Folder
+                    action: CreateFolder
+                    inputs:
+                      - path: \(d)/a/b
+                        permissions: '0750'
+                  - name: File
+                    action: CreateFile
+                    inputs:
+                      - path: \(d)/a/b/one.txt
+                        content: "first line\\n"
+                        permissions: 0600
+                      - path: \(d)/deep/new/two.conf
+                        content: two
+                  - name: Append
+                    action: AppendFile
+                    inputs:
+                      - path: \(d)/a/b/one.txt
+                        content: "second line\\n"
+                  - name: Read
+                    action: ReadFile
+                    inputs:
+                      - path: \(d)/a/b/one.txt
+                  - name: CopyIntoFolder
+                    action: CopyFile
+                    inputs:
+                      - source: \(d)/a/b/one.txt
+                        destination: \(d)/copies/
+                  - name: CopyRename
+                    action: CopyFile
+                    inputs:
+                      - source: \(d)/a/b/one.txt
+                        destination: \(d)/copies/renamed.txt
+                  - name: CopyWildcard
+                    action: CopyFile
+                    inputs:
+                      - source: \(d)/copies/*.txt
+                        destination: \(d)/wild/
+                  - name: Link
+                    action: CreateSymlink
+                    inputs:
+                      - path: \(d)/link.txt
+                        target: \(d)/a/b/one.txt
+                  - name: Move
+                    action: MoveFile
+                    inputs:
+                      - source: \(d)/deep/new/two.conf
+                        destination: \(d)/moved/
+                  - name: CopyTree
+                    action: CopyFolder
+                    inputs:
+                      - source: \(d)/a
+                        destination: \(d)/tree/
+                  - name: MoveTree
+                    action: MoveFolder
+                    inputs:
+                      - source: \(d)/wild
+                        destination: \(d)/wild-moved
+                  - name: List
+                    action: ListFiles
+                    inputs:
+                      - path: \(d)/tree
+                        recursive: true
+                        fileNamePattern: '*.txt'
+                  - name: DeleteOne
+                    action: DeleteFile
+                    inputs:
+                      - path: \(d)/copies/*.txt
+                  - name: DeleteTree
+                    action: DeleteFolder
+                    inputs:
+                      - path: \(d)/deep
+                        force: true
+            """)
         #expect(result.report.status == .success, "\(result.console.text)")
         #expect(mode(dir.file("a/b")) == 0o750)
         #expect(mode(dir.file("a/b/one.txt")) == 0o600)
@@ -129,36 +132,37 @@ struct FileActionTests {
         let dir = Scratch()
         defer { dir.remove() }
         try dir.write("tree/sub/file", "x")
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Create
-                action: CreateFile
-                inputs:
-                  - path: \(dir.file("owned.txt"))
-                    content: hi
-                    owner: nobody
-                    group: nogroup
-                    permissions: '0640'
-              - name: Owner
-                action: SetFolderOwner
-                inputs:
-                  - path: \(dir.file("tree"))
-                    owner: nobody
-                    group: '0'
-              - name: Perms
-                action: SetFolderPermissions
-                inputs:
-                  - path: \(dir.file("tree"))
-                    permissions: '0700'
-              - name: FilePerms
-                action: SetFilePermissions
-                inputs:
-                  - path: \(dir.file("tree/sub/file"))
-                    permissions: '4755'
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Create
+                    action: CreateFile
+                    inputs:
+                      - path: \(dir.file("owned.txt"))
+                        content: hi
+                        owner: nobody
+                        group: nogroup
+                        permissions: '0640'
+                  - name: Owner
+                    action: SetFolderOwner
+                    inputs:
+                      - path: \(dir.file("tree"))
+                        owner: nobody
+                        group: '0'
+                  - name: Perms
+                    action: SetFolderPermissions
+                    inputs:
+                      - path: \(dir.file("tree"))
+                        permissions: '0700'
+                  - name: FilePerms
+                    action: SetFilePermissions
+                    inputs:
+                      - path: \(dir.file("tree/sub/file"))
+                        permissions: '4755'
+            """)
         #expect(result.report.status == .success, "\(result.console.text)")
         let nobody = UInt32(try shell("id -u nobody").output.trimmingCharacters(in: .whitespacesAndNewlines))!
         let nogroup = UInt32(try shell("getent group nogroup | cut -d: -f3").output.trimmingCharacters(in: .whitespacesAndNewlines))!
@@ -174,33 +178,34 @@ struct FileActionTests {
     func encodings() async throws {
         let dir = Scratch()
         defer { dir.remove() }
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Wide
-                action: CreateFile
-                inputs:
-                  - path: \(dir.file("wide.txt"))
-                    content: Kiln
-                    encoding: utf16
-              - name: Convert
-                action: CreateFile
-                inputs:
-                  - path: \(dir.file("be.txt"))
-                    content: ok
-              - name: ToBigEndian
-                action: SetFileEncoding
-                inputs:
-                  - path: \(dir.file("be.txt"))
-                    encoding: UTF-32-BE
-              - name: ReadBack
-                action: ReadFile
-                inputs:
-                  - path: \(dir.file("wide.txt"))
-                    encoding: utf-16-le
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Wide
+                    action: CreateFile
+                    inputs:
+                      - path: \(dir.file("wide.txt"))
+                        content: Kiln
+                        encoding: utf16
+                  - name: Convert
+                    action: CreateFile
+                    inputs:
+                      - path: \(dir.file("be.txt"))
+                        content: ok
+                  - name: ToBigEndian
+                    action: SetFileEncoding
+                    inputs:
+                      - path: \(dir.file("be.txt"))
+                        encoding: UTF-32-BE
+                  - name: ReadBack
+                    action: ReadFile
+                    inputs:
+                      - path: \(dir.file("wide.txt"))
+                        encoding: utf-16-le
+            """)
         #expect(result.report.status == .success, "\(result.console.text)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: dir.file("wide.txt"))) == Data([0x4B, 0, 0x69, 0, 0x6C, 0, 0x6E, 0]))
         #expect(try Data(contentsOf: URL(fileURLWithPath: dir.file("be.txt"))) == Data([0, 0, 0, 0x6F, 0, 0, 0, 0x6B]))
@@ -214,8 +219,14 @@ struct FileActionTests {
         try dir.write("exists.txt", "keep me")
         try dir.write("full/child", "x")
         let cases: [(action: String, inputs: String, message: String)] = [
-            ("CreateFile", "path: \(dir.file("exists.txt"))\n    content: new\n    overwrite: false", "already exists and overwrite is false"),
-            ("CopyFile", "source: \(dir.file("full/child"))\n    destination: \(dir.file("exists.txt"))\n    overwrite: false", "already exists and overwrite is false"),
+            (
+                "CreateFile", "path: \(dir.file("exists.txt"))\n    content: new\n    overwrite: false",
+                "already exists and overwrite is false"
+            ),
+            (
+                "CopyFile", "source: \(dir.file("full/child"))\n    destination: \(dir.file("exists.txt"))\n    overwrite: false",
+                "already exists and overwrite is false"
+            ),
             ("DeleteFolder", "path: \(dir.file("full"))", "is not empty; set force: true"),
             ("DeleteFile", "path: \(dir.file("missing.txt"))", "does not exist"),
             ("AppendFile", "path: \(dir.file("missing.txt"))\n    content: x", "does not exist; create it first"),
@@ -226,16 +237,17 @@ struct FileActionTests {
             ("SetFileOwner", "path: \(dir.file("exists.txt"))\n    owner: no-such-user-kiln", "user 'no-such-user-kiln' does not exist"),
         ]
         for testCase in cases {
-            let result = try await runDocument("""
-            schemaVersion: 1.0
-            phases:
-              - name: build
-                steps:
-                  - name: Try
-                    action: \(testCase.action)
-                    inputs:
-                      - \(testCase.inputs.replacingOccurrences(of: "\n    ", with: "\n            "))
-            """)
+            let result = try await runDocument(
+                """
+                schemaVersion: 1.0
+                phases:
+                  - name: build
+                    steps:
+                      - name: Try
+                        action: \(testCase.action)
+                        inputs:
+                          - \(testCase.inputs.replacingOccurrences(of: "\n    ", with: "\n            "))
+                """)
             let step = try #require(result.step("Try"))
             #expect(step.status == .failed, "\(testCase.action)")
             #expect(step.failureMessage.contains(testCase.message), "\(testCase.action): \(step.failureMessage)")

@@ -2,6 +2,7 @@ import Foundation
 import KilnModel
 import KilnTestSupport
 import Testing
+
 @testable import KilnTOE
 
 @Suite("Runner semantics: statuses, retries, loops, substitution, conditions")
@@ -10,26 +11,27 @@ struct RunnerSemanticsTests {
     func abortStopsPhase() async throws {
         let dir = Scratch()
         defer { dir.remove() }
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Fails
-                action: ExecuteBash
-                inputs:
-                  commands: ['exit 3']
-              - name: Never
-                action: ExecuteBash
-                inputs:
-                  commands: ['touch \(dir.file("never"))']
-          - name: validate
-            steps:
-              - name: AlsoNever
-                action: ExecuteBash
-                inputs:
-                  commands: ['touch \(dir.file("validate"))']
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Fails
+                    action: ExecuteBash
+                    inputs:
+                      commands: ['exit 3']
+                  - name: Never
+                    action: ExecuteBash
+                    inputs:
+                      commands: ['touch \(dir.file("never"))']
+              - name: validate
+                steps:
+                  - name: AlsoNever
+                    action: ExecuteBash
+                    inputs:
+                      commands: ['touch \(dir.file("validate"))']
+            """)
         #expect(result.report.status == .failed)
         #expect(result.outcome.summary.status == "failed")
         #expect(result.outcome.summary.failedStepCount == 1)
@@ -45,21 +47,22 @@ struct RunnerSemanticsTests {
     func continueRunsNextSteps() async throws {
         let dir = Scratch()
         defer { dir.remove() }
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Fails
-                action: ExecuteBash
-                onFailure: Continue
-                inputs:
-                  commands: ['exit 1']
-              - name: Runs
-                action: ExecuteBash
-                inputs:
-                  commands: ['touch \(dir.file("ran"))']
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Fails
+                    action: ExecuteBash
+                    onFailure: Continue
+                    inputs:
+                      commands: ['exit 1']
+                  - name: Runs
+                    action: ExecuteBash
+                    inputs:
+                      commands: ['touch \(dir.file("ran"))']
+            """)
         #expect(dir.exists("ran"))
         #expect(result.step("Fails")?.status == .failed)
         #expect(result.report.documents[0].phases[0].status == .failed)
@@ -68,21 +71,22 @@ struct RunnerSemanticsTests {
 
     @Test("Ignore: IgnoredFailure on the step, SuccessWithIgnoredFailure above it, and the run succeeds")
     func ignoreCountsAsSuccess() async throws {
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Fails
-                action: ExecuteBash
-                onFailure: Ignore
-                inputs:
-                  commands: ['exit 1']
-              - name: Fine
-                action: ExecuteBash
-                inputs:
-                  commands: ['true']
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Fails
+                    action: ExecuteBash
+                    onFailure: Ignore
+                    inputs:
+                      commands: ['exit 1']
+                  - name: Fine
+                    action: ExecuteBash
+                    inputs:
+                      commands: ['true']
+            """)
         #expect(result.step("Fails")?.status == .ignoredFailure)
         #expect(result.report.documents[0].phases[0].status == .successWithIgnoredFailure)
         #expect(result.report.documents[0].status == .successWithIgnoredFailure)
@@ -96,20 +100,21 @@ struct RunnerSemanticsTests {
         let dir = Scratch()
         defer { dir.remove() }
         let counter = dir.file("count")
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Flaky
-                action: ExecuteBash
-                maxAttempts: 3
-                inputs:
-                  commands:
-                    - n=$(cat \(counter) 2>/dev/null || echo 0); n=$((n+1)); echo $n > \(counter)
-                    - echo "attempt $n"
-                    - '[ "$n" -ge 3 ]'
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Flaky
+                    action: ExecuteBash
+                    maxAttempts: 3
+                    inputs:
+                      commands:
+                        - n=$(cat \(counter) 2>/dev/null || echo 0); n=$((n+1)); echo $n > \(counter)
+                        - echo "attempt $n"
+                        - '[ "$n" -ge 3 ]'
+            """)
         #expect(result.step("Flaky")?.status == .success)
         #expect(try dir.read("count").trimmingCharacters(in: .whitespacesAndNewlines) == "3")
         #expect(result.outputs("Flaky")["stdout"] == "attempt 3")
@@ -120,17 +125,18 @@ struct RunnerSemanticsTests {
     func retriesExhausted() async throws {
         let dir = Scratch()
         defer { dir.remove() }
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: AlwaysFails
-                action: ExecuteBash
-                maxAttempts: 2
-                inputs:
-                  commands: ['echo x >> \(dir.file("runs"))', 'exit 7']
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: AlwaysFails
+                    action: ExecuteBash
+                    maxAttempts: 2
+                    inputs:
+                      commands: ['echo x >> \(dir.file("runs"))', 'exit 7']
+            """)
         #expect(result.step("AlwaysFails")?.status == .failed)
         #expect(try dir.read("runs").split(separator: "\n").count == 2)
     }
@@ -139,19 +145,20 @@ struct RunnerSemanticsTests {
     func timeoutKillsProcessTree() async throws {
         let marker = "100.\(Int.random(in: 10000...99999))"
         let started = ContinuousClock.now
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Sleeps
-                action: ExecuteBash
-                timeoutSeconds: 1
-                inputs:
-                  commands:
-                    - sleep \(marker) &
-                    - sleep \(marker)
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Sleeps
+                    action: ExecuteBash
+                    timeoutSeconds: 1
+                    inputs:
+                      commands:
+                        - sleep \(marker) &
+                        - sleep \(marker)
+            """)
         let elapsed = ContinuousClock.now - started
         #expect(elapsed < .seconds(3))
         #expect(result.step("Sleeps")?.status == .failed)
@@ -163,41 +170,42 @@ struct RunnerSemanticsTests {
 
     @Test("Loops: for, forEach list and delimited string; outputs merged with newlines")
     func loopsAndOutputs() async throws {
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Range
-                action: ExecuteBash
-                loop:
-                  name: r
-                  for: {start: 10, end: 4, updateBy: -3}
-                inputs:
-                  commands: ['echo "{{ r.index }}:{{ r.value }}"']
-              - name: List
-                action: ExecuteBash
-                loop:
-                  forEach: [alpha, beta]
-                inputs:
-                  commands: ['echo "{{ loop.value }}"']
-              - name: Delimited
-                action: ExecuteBash
-                loop:
-                  forEach:
-                    list: 'x;y;z'
-                    delimiter: ';'
-                inputs:
-                  commands: ['echo "{{ loop.index }}={{ loop.value }}"']
-              - name: ChainedList
-                action: ExecuteBash
-                loop:
-                  forEach:
-                    list: '{{ build.List.outputs.stdout }}'
-                    delimiter: "\\n"
-                inputs:
-                  commands: ['echo "got {{ loop.value }}"']
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Range
+                    action: ExecuteBash
+                    loop:
+                      name: r
+                      for: {start: 10, end: 4, updateBy: -3}
+                    inputs:
+                      commands: ['echo "{{ r.index }}:{{ r.value }}"']
+                  - name: List
+                    action: ExecuteBash
+                    loop:
+                      forEach: [alpha, beta]
+                    inputs:
+                      commands: ['echo "{{ loop.value }}"']
+                  - name: Delimited
+                    action: ExecuteBash
+                    loop:
+                      forEach:
+                        list: 'x;y;z'
+                        delimiter: ';'
+                    inputs:
+                      commands: ['echo "{{ loop.index }}={{ loop.value }}"']
+                  - name: ChainedList
+                    action: ExecuteBash
+                    loop:
+                      forEach:
+                        list: '{{ build.List.outputs.stdout }}'
+                        delimiter: "\\n"
+                    inputs:
+                      commands: ['echo "got {{ loop.value }}"']
+            """)
         #expect(result.outputs("Range")["stdout"] == "0:10\n1:7\n2:4")
         #expect(result.outputs("List")["stdout"] == "alpha\nbeta")
         #expect(result.outputs("Delimited")["stdout"] == "0=x\n1=y\n2=z")
@@ -207,19 +215,20 @@ struct RunnerSemanticsTests {
 
     @Test("A failed loop iteration fails the step, names the iteration, and is left out of the outputs")
     func failedIteration() async throws {
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: Loop
-                action: ExecuteBash
-                onFailure: Continue
-                loop:
-                  forEach: ['0', '1', '0']
-                inputs:
-                  commands: ['echo "value {{ loop.value }}"', 'exit {{ loop.value }}']
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: Loop
+                    action: ExecuteBash
+                    onFailure: Continue
+                    loop:
+                      forEach: ['0', '1', '0']
+                    inputs:
+                      commands: ['echo "value {{ loop.value }}"', 'exit {{ loop.value }}']
+            """)
         let step = try #require(result.step("Loop"))
         #expect(step.status == .failed)
         #expect(step.loop?.failedIterations == [1])
@@ -228,32 +237,33 @@ struct RunnerSemanticsTests {
 
     @Test("Substitution: parameters override defaults, constants, chaining, and loop references left literal outside a loop")
     func substitution() async throws {
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        parameters:
-          - Who:
-              type: string
-              default: world
-          - Unused:
-              type: string
-              default: x
-        constants:
-          - Greeting:
-              type: string
-              value: hello
-        phases:
-          - name: build
-            steps:
-              - name: Say
-                action: ExecuteBash
-                inputs:
-                  commands: ['echo "{{Greeting}} {{ Who }}"']
-              - name: Echo
-                action: ExecuteBinary
-                inputs:
-                  path: /bin/echo
-                  arguments: ['{{ build.Say.outputs.stdout }}', '{{ build.Say.inputs.commands }}', '{{ loop.value }}']
-        """, parameters: ["Who": "kiln", "NotDeclared": "ignored"])
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            parameters:
+              - Who:
+                  type: string
+                  default: world
+              - Unused:
+                  type: string
+                  default: x
+            constants:
+              - Greeting:
+                  type: string
+                  value: hello
+            phases:
+              - name: build
+                steps:
+                  - name: Say
+                    action: ExecuteBash
+                    inputs:
+                      commands: ['echo "{{Greeting}} {{ Who }}"']
+                  - name: Echo
+                    action: ExecuteBinary
+                    inputs:
+                      path: /bin/echo
+                      arguments: ['{{ build.Say.outputs.stdout }}', '{{ build.Say.inputs.commands }}', '{{ loop.value }}']
+            """, parameters: ["Who": "kiln", "NotDeclared": "ignored"])
         #expect(result.outputs("Say")["stdout"] == "hello kiln")
         let echoed = try #require(result.outputs("Echo")["stdout"])
         #expect(echoed.hasPrefix("hello kiln "))
@@ -263,19 +273,20 @@ struct RunnerSemanticsTests {
 
     @Test("A parameter without a default and without a value fails the document before any step runs")
     func missingParameter() async throws {
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        parameters:
-          - Needed:
-              type: string
-        phases:
-          - name: build
-            steps:
-              - name: Use
-                action: ExecuteBash
-                inputs:
-                  commands: ['echo {{ Needed }}']
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            parameters:
+              - Needed:
+                  type: string
+            phases:
+              - name: build
+                steps:
+                  - name: Use
+                    action: ExecuteBash
+                    inputs:
+                      commands: ['echo {{ Needed }}']
+            """)
         #expect(result.report.status == .failed)
         #expect(result.report.documents[0].failureMessage.contains("--parameters Needed=VALUE"))
         #expect(result.steps.isEmpty)
@@ -286,25 +297,26 @@ struct RunnerSemanticsTests {
         let dir = Scratch()
         defer { dir.remove() }
         let log = dir.file("order")
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: B
-                action: ExecuteBash
-                inputs: {commands: ['echo build >> \(log)']}
-          - name: validate
-            steps:
-              - name: V
-                action: ExecuteBash
-                inputs: {commands: ['echo validate >> \(log)']}
-          - name: test
-            steps:
-              - name: T
-                action: ExecuteBash
-                inputs: {commands: ['echo test >> \(log)']}
-        """, phases: ["test", "build"])
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: B
+                    action: ExecuteBash
+                    inputs: {commands: ['echo build >> \(log)']}
+              - name: validate
+                steps:
+                  - name: V
+                    action: ExecuteBash
+                    inputs: {commands: ['echo validate >> \(log)']}
+              - name: test
+                steps:
+                  - name: T
+                    action: ExecuteBash
+                    inputs: {commands: ['echo test >> \(log)']}
+            """, phases: ["test", "build"])
         #expect(try dir.read("order") == "build\ntest\n")
         #expect(result.report.documents[0].phases.map(\.name) == ["build", "test"])
     }
@@ -314,41 +326,42 @@ struct RunnerSemanticsTests {
         let dir = Scratch()
         defer { dir.remove() }
         let existing = try dir.write("present", "x")
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: build
-            steps:
-              - name: RunsWhenPresent
-                action: ExecuteBash
-                if:
-                  fileExists: '\(existing)'
-                inputs: {commands: ['echo ran']}
-              - name: SkippedWhenAbsent
-                action: ExecuteBash
-                if:
-                  fileExists: '\(dir.file("absent"))'
-                inputs: {commands: ['exit 1']}
-              - name: ElseExecute
-                action: ExecuteBash
-                if:
-                  and:
-                    - stringEquals: 'ABC'
-                      value: 'abc'
-                    - not:
-                        numberGreaterThan: 10
-                        value: '11'
-                  then: Skip
-                  else: Execute
-                inputs: {commands: ['echo else-branch']}
-              - name: Aborted
-                action: ExecuteBash
-                onFailure: Continue
-                if:
-                  binaryExists: bash
-                  then: Abort
-                inputs: {commands: ['echo should not run']}
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: build
+                steps:
+                  - name: RunsWhenPresent
+                    action: ExecuteBash
+                    if:
+                      fileExists: '\(existing)'
+                    inputs: {commands: ['echo ran']}
+                  - name: SkippedWhenAbsent
+                    action: ExecuteBash
+                    if:
+                      fileExists: '\(dir.file("absent"))'
+                    inputs: {commands: ['exit 1']}
+                  - name: ElseExecute
+                    action: ExecuteBash
+                    if:
+                      and:
+                        - stringEquals: 'ABC'
+                          value: 'abc'
+                        - not:
+                            numberGreaterThan: 10
+                            value: '11'
+                      then: Skip
+                      else: Execute
+                    inputs: {commands: ['echo else-branch']}
+                  - name: Aborted
+                    action: ExecuteBash
+                    onFailure: Continue
+                    if:
+                      binaryExists: bash
+                      then: Abort
+                    inputs: {commands: ['echo should not run']}
+            """)
         #expect(result.outputs("RunsWhenPresent")["stdout"] == "ran")
         #expect(result.step("SkippedWhenAbsent")?.status == .skipped)
         #expect(result.outputs("ElseExecute")["stdout"] == "else-branch")
@@ -359,25 +372,26 @@ struct RunnerSemanticsTests {
 
     @Test("Assert succeeds on a true expression and fails the step, naming the values, on a false one")
     func assertAction() async throws {
-        let result = try await runDocument("""
-        schemaVersion: 1.0
-        phases:
-          - name: validate
-            steps:
-              - name: Version
-                action: ExecuteBash
-                inputs: {commands: ['echo 2.1.1']}
-              - name: Good
-                action: Assert
-                inputs:
-                  stringEquals: '2.1.1'
-                  value: '{{ validate.Version.outputs.stdout }}'
-              - name: Bad
-                action: Assert
-                inputs:
-                  numberLessThan: 2
-                  value: '{{ validate.Version.outputs.stdout }}'
-        """)
+        let result = try await runDocument(
+            """
+            schemaVersion: 1.0
+            phases:
+              - name: validate
+                steps:
+                  - name: Version
+                    action: ExecuteBash
+                    inputs: {commands: ['echo 2.1.1']}
+                  - name: Good
+                    action: Assert
+                    inputs:
+                      stringEquals: '2.1.1'
+                      value: '{{ validate.Version.outputs.stdout }}'
+                  - name: Bad
+                    action: Assert
+                    inputs:
+                      numberLessThan: 2
+                      value: '{{ validate.Version.outputs.stdout }}'
+            """)
         #expect(result.step("Good")?.status == .success)
         let bad = try #require(result.step("Bad"))
         #expect(bad.status == .failed)
@@ -418,7 +432,10 @@ struct ComparisonOperatorTests {
         #expect(try await evaluator.compare(.folderExists, operand: dir.path, subject: ""))
         #expect(try await evaluator.compare(.binaryExists, operand: "sh", subject: ""))
         #expect(!(try await evaluator.compare(.binaryExists, operand: "no-such-binary-kiln", subject: "")))
-        for (op, tool) in [(ComparisonOperator.fileMD5Equals, "md5sum"), (.fileSHA1Equals, "sha1sum"), (.fileSHA256Equals, "sha256sum"), (.fileSHA512Equals, "sha512sum")] {
+        for (op, tool) in [
+            (ComparisonOperator.fileMD5Equals, "md5sum"), (.fileSHA1Equals, "sha1sum"), (.fileSHA256Equals, "sha256sum"),
+            (.fileSHA512Equals, "sha512sum"),
+        ] {
             let hash = try shell("\(tool) \(file) | cut -d' ' -f1").output.trimmingCharacters(in: .whitespacesAndNewlines)
             #expect(try await evaluator.compare(op, operand: hash.uppercased(), subject: file), "\(op)")
             #expect(!(try await evaluator.compare(op, operand: String(repeating: "0", count: hash.count), subject: file)))

@@ -1,12 +1,14 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import KilnModel
-import Synchronization
 import KilnTestSupport
+import Synchronization
 import Testing
+
 @testable import KilnTOE
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Collects echoed log lines so tests can assert on what a person would read.
 final class LineCollector: Sendable {
@@ -27,7 +29,8 @@ struct RunResult {
 
     func outputs(_ name: String) -> [String: String] {
         guard let json = step(name)?.outputs, let data = json.data(using: .utf8),
-              let array = try? JSONSerialization.jsonObject(with: data) as? [[String: String]] else { return [:] }
+            let array = try? JSONSerialization.jsonObject(with: data) as? [[String: String]]
+        else { return [:] }
         return array.first ?? [:]
     }
 }

@@ -1,7 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 // Fixtures every test target shares: the CI gate, shell commands, scratch folders, free ports,
 // loopback servers and a real registry. Test-only: no product depends on this module.
@@ -123,7 +124,10 @@ public final class LoopbackServer: Sendable {
     private let process: Process
 
     /// `arguments` gets the port. `port` reuses a port (a server coming back); nil picks a free one.
-    public init(executable: String, arguments: (Int) -> [String], directory: String? = nil, environment: [String: String] = [:], port fixedPort: Int? = nil) throws {
+    public init(
+        executable: String, arguments: (Int) -> [String], directory: String? = nil, environment: [String: String] = [:],
+        port fixedPort: Int? = nil
+    ) throws {
         guard let path = TestEnvironment.executable(executable) else {
             throw FixtureError("\(executable) is not installed; run scripts/setup")
         }
@@ -167,17 +171,21 @@ public final class LoopbackRegistry: Sendable {
     public let caCertificate: String?
     private let server: LoopbackServer
 
-    public init(port fixedPort: Int? = nil, htpasswd: (user: String, password: String)? = nil, tls: Bool = false, token: (realm: String, certificate: String)? = nil) throws {
+    public init(
+        port fixedPort: Int? = nil, htpasswd: (user: String, password: String)? = nil, tls: Bool = false,
+        token: (realm: String, certificate: String)? = nil
+    ) throws {
         directory = Scratch("kiln-registry").path
         var auth = "", tlsConfig = ""
         if tls {
-            let made = try shell("""
-            cd \(directory) && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=kiln-test-ca \
-            && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 \
-            && printf 'subjectAltName=IP:127.0.0.1\\n' > ext.cnf \
-            && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile ext.cnf \
-            && mkdir -p certs && cp ca.pem certs/ca.crt
-            """)
+            let made = try shell(
+                """
+                cd \(directory) && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=kiln-test-ca \
+                && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 \
+                && printf 'subjectAltName=IP:127.0.0.1\\n' > ext.cnf \
+                && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile ext.cnf \
+                && mkdir -p certs && cp ca.pem certs/ca.crt
+                """)
             guard made.status == 0 else { throw FixtureError("cannot make the registry's certificates: \(made.output)") }
             tlsConfig = "  tls:\n    certificate: \(directory)/server.pem\n    key: \(directory)/server.key\n"
             caCertificate = directory + "/ca.pem"
@@ -190,24 +198,27 @@ public final class LoopbackRegistry: Sendable {
             auth = "auth:\n  htpasswd:\n    realm: kiln-test\n    path: \(directory)/htpasswd\n"
         }
         if let token {
-            auth = "auth:\n  token:\n    realm: \(token.realm)\n    service: kiln-test\n    issuer: kiln-test-issuer\n    rootcertbundle: \(token.certificate)\n"
+            auth =
+                "auth:\n  token:\n    realm: \(token.realm)\n    service: kiln-test\n    issuer: kiln-test-issuer\n    rootcertbundle: \(token.certificate)\n"
         }
         let config = directory + "/config.yml"
         let directory = self.directory
-        server = try LoopbackServer(executable: "/usr/bin/docker-registry", arguments: { port in
-            try? """
-            version: 0.1
-            log:
-              level: error
-            storage:
-              filesystem:
-                rootdirectory: \(directory)/data
-            http:
-              addr: 127.0.0.1:\(port)
-            \(tlsConfig)\(auth)
-            """.write(toFile: config, atomically: true, encoding: .utf8)
-            return ["serve", config]
-        }, port: fixedPort)
+        server = try LoopbackServer(
+            executable: "/usr/bin/docker-registry",
+            arguments: { port in
+                try? """
+                version: 0.1
+                log:
+                  level: error
+                storage:
+                  filesystem:
+                    rootdirectory: \(directory)/data
+                http:
+                  addr: 127.0.0.1:\(port)
+                \(tlsConfig)\(auth)
+                """.write(toFile: config, atomically: true, encoding: .utf8)
+                return ["serve", config]
+            }, port: fixedPort)
     }
 
     public var port: Int { server.port }

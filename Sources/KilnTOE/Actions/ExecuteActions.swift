@@ -10,7 +10,8 @@ struct ExecuteBashAction: TOEAction {
         let folder = try context.scratchDirectory.get()
         let script = folder + "/input.sh"
         try await context.session.createDirectory(folder, mode: 0o700)
-        try await context.session.writeFile(script, contents: Data(commands.joined(separator: "\n").utf8 + [10]), append: false, mode: 0o700)
+        try await context.session.writeFile(
+            script, contents: Data(commands.joined(separator: "\n").utf8 + [10]), append: false, mode: 0o700)
         let exec = StreamingExec(context: context)
         let (result, stdout) = try await exec.run(ExecRequest(executable: "bash", arguments: [script], workingDirectory: folder))
         try? await context.session.remove(folder, recursive: true)
@@ -54,21 +55,25 @@ struct UpdateOSAction: TOEAction {
         let include = reader.list("include")
         let exclude = reader.list("exclude")
         guard let manager = try await detect(context) else {
-            throw context.failure("UpdateOS found no package manager (apt-get, dnf, yum, zypper or apk) in the \(context.session.displayName)")
+            throw context.failure(
+                "UpdateOS found no package manager (apt-get, dnf, yum, zypper or apk) in the \(context.session.displayName)")
         }
         context.log.info("UpdateOS: using \(manager.rawValue)")
         let script = try Self.script(for: manager, include: include, exclude: exclude)
         let exec = StreamingExec(context: context)
-        let (result, stdout) = try await exec.run(ExecRequest(
-            executable: "/bin/sh", arguments: ["-c", script],
-            environment: ["DEBIAN_FRONTEND": "noninteractive"]
-        ))
+        let (result, stdout) = try await exec.run(
+            ExecRequest(
+                executable: "/bin/sh", arguments: ["-c", script],
+                environment: ["DEBIAN_FRONTEND": "noninteractive"]
+            ))
         return try exec.finish(result, stdout: stdout, what: "\(manager.rawValue) update")
     }
 
     func detect(_ context: ActionContext) async throws -> PackageManager? {
         for manager in PackageManager.allCases {
-            let probe = ExecRequest(executable: "/bin/sh", arguments: ["-c", "command -v \"$1\" >/dev/null 2>&1", "sh", manager.rawValue], timeout: .seconds(30))
+            let probe = ExecRequest(
+                executable: "/bin/sh", arguments: ["-c", "command -v \"$1\" >/dev/null 2>&1", "sh", manager.rawValue], timeout: .seconds(30)
+            )
             if try await context.session.exec(probe, output: { _, _ in }).exitCode == 0 { return manager }
         }
         return nil
@@ -102,7 +107,8 @@ struct UpdateOSAction: TOEAction {
             lines.append("zypper --non-interactive update \(included)")
         case .apk:
             guard exclude.isEmpty else {
-                throw KilnError(.invalidArgument, "UpdateOS on apk cannot exclude packages; list the packages to update with include instead")
+                throw KilnError(
+                    .invalidArgument, "UpdateOS on apk cannot exclude packages; list the packages to update with include instead")
             }
             lines.append("apk update")
             lines.append("apk upgrade \(included)")

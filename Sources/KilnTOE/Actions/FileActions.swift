@@ -76,8 +76,9 @@ struct FileOperations {
             let path = try item.required("path")
             let folder = action == "SetFolderOwner"
             try await expectKind(path, folder: folder)
-            try await session.setOwner(path, owner: try item.required("owner"), group: item.string("group"),
-                                       recursive: folder ? try item.bool("recursive", default: true) : false)
+            try await session.setOwner(
+                path, owner: try item.required("owner"), group: item.string("group"),
+                recursive: folder ? try item.bool("recursive", default: true) : false)
         case "SetFilePermissions", "SetFolderPermissions":
             let path = try item.required("path")
             let folder = action == "SetFolderPermissions"
@@ -141,14 +142,18 @@ struct FileOperations {
         let intoFolder = destination.hasSuffix("/") || sources.count > 1 || source.contains("*")
         if intoFolder { try await session.createDirectory(destination, mode: 0o777) }
         for file in sources {
-            guard let info = try await session.fileInfo(file, followSymlinks: true) else { throw fail("\(action): '\(file)' does not exist") }
+            guard let info = try await session.fileInfo(file, followSymlinks: true) else {
+                throw fail("\(action): '\(file)' does not exist")
+            }
             guard info.kind == .file else { throw fail("\(action): '\(file)' is a folder; use \(move ? "MoveFolder" : "CopyFolder")") }
             let target = intoFolder ? join(destination, basename(file)) : destination
             if !intoFolder { try await session.createDirectory(parent(of: target), mode: 0o777) }
             try await refuseSamePath(file, target)
             if let existing = try await session.fileInfo(target, followSymlinks: false) {
                 guard overwrite else { throw fail("\(action): '\(target)' already exists and overwrite is false") }
-                guard existing.kind != .directory else { throw fail("\(action): '\(target)' is a folder; end the destination with '/' to put the file inside it") }
+                guard existing.kind != .directory else {
+                    throw fail("\(action): '\(target)' is a folder; end the destination with '/' to put the file inside it")
+                }
                 try await session.remove(target, recursive: false)
             }
             if move { try await session.move(file, to: target) } else { try await session.copy(file, to: target) }
@@ -284,8 +289,12 @@ struct FileOperations {
 
     func expectKind(_ path: String, folder: Bool) async throws {
         guard let info = try await session.fileInfo(path, followSymlinks: true) else { throw fail("\(action): '\(path)' does not exist") }
-        if folder, info.kind != .directory { throw fail("\(action): '\(path)' is not a folder; use \(action.replacingOccurrences(of: "Folder", with: "File"))") }
-        if !folder, info.kind == .directory { throw fail("\(action): '\(path)' is a folder; use \(action.replacingOccurrences(of: "File", with: "Folder"))") }
+        if folder, info.kind != .directory {
+            throw fail("\(action): '\(path)' is not a folder; use \(action.replacingOccurrences(of: "Folder", with: "File"))")
+        }
+        if !folder, info.kind == .directory {
+            throw fail("\(action): '\(path)' is a folder; use \(action.replacingOccurrences(of: "File", with: "Folder"))")
+        }
     }
 
     // MARK: Helpers
@@ -326,7 +335,9 @@ struct FileOperations {
         case "utf32", "utf-32", "utf32-le", "utf-32-le": return .utf32LittleEndian
         case "utf32-be", "utf-32-be": return .utf32BigEndian
         default:
-            throw KilnError(.invalidArgument, "\(stepPath): encoding '\(name ?? "")' is not supported; use one of \(ActionCatalog.encodings.joined(separator: ", "))")
+            throw KilnError(
+                .invalidArgument,
+                "\(stepPath): encoding '\(name ?? "")' is not supported; use one of \(ActionCatalog.encodings.joined(separator: ", "))")
         }
     }
 }

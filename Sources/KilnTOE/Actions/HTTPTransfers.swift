@@ -130,7 +130,8 @@ struct WebDownloadAction: TOEAction {
 
     func download(_ item: InputReader, context: ActionContext) async throws -> String {
         let source = try item.required("source")
-        guard let url = URL(string: source), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https", url.host != nil else {
+        guard let url = URL(string: source), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https", url.host != nil
+        else {
             throw context.failure("WebDownload source '\(source)' is not an http(s) URL", code: .invalidArgument)
         }
         let overwrite = try item.bool("overwrite", default: true)
@@ -143,7 +144,8 @@ struct WebDownloadAction: TOEAction {
         var algorithm: HashAlgorithm?
         if let algorithmName {
             guard let parsed = HashAlgorithm(name: algorithmName) else {
-                throw context.failure("WebDownload algorithm '\(algorithmName)' is not supported; use MD5, SHA1, SHA256 or SHA512", code: .invalidArgument)
+                throw context.failure(
+                    "WebDownload algorithm '\(algorithmName)' is not supported; use MD5, SHA1, SHA256 or SHA512", code: .invalidArgument)
             }
             algorithm = parsed
         }
@@ -152,13 +154,17 @@ struct WebDownloadAction: TOEAction {
         if destination.hasSuffix("/") || destination.hasSuffix("\\") {
             let name = url.lastPathComponent
             guard !name.isEmpty, name != "/" else {
-                throw context.failure("WebDownload cannot name the file from '\(source)'; give a destination file path instead of a folder", code: .invalidArgument)
+                throw context.failure(
+                    "WebDownload cannot name the file from '\(source)'; give a destination file path instead of a folder",
+                    code: .invalidArgument)
             }
             destination = join(destination, name)
         }
         let session = context.session
         if let existing = try await session.fileInfo(destination, followSymlinks: true) {
-            guard existing.kind == .file else { throw context.failure("WebDownload destination '\(destination)' is a folder; end it with '/' to download into it") }
+            guard existing.kind == .file else {
+                throw context.failure("WebDownload destination '\(destination)' is a folder; end it with '/' to download into it")
+            }
             guard overwrite else { throw context.failure("WebDownload destination '\(destination)' exists and overwrite is false") }
             if let checksum, let algorithm, try await HostScratch.hash(destination, in: session, algorithm: algorithm) == checksum {
                 context.log.info("WebDownload: \(destination) already matches the \(algorithm.rawValue) checksum; download skipped")
@@ -183,7 +189,9 @@ struct WebDownloadAction: TOEAction {
     }
 
     /// Up to `downloadAttempts` tries with doubling delays; a checksum mismatch is final.
-    func fetch(_ source: String, client: HTTPClient, to temporary: String, algorithm: HashAlgorithm?, checksum: String?, context: ActionContext) async throws {
+    func fetch(
+        _ source: String, client: HTTPClient, to temporary: String, algorithm: HashAlgorithm?, checksum: String?, context: ActionContext
+    ) async throws {
         var attempt = 0
         var delay = context.options.downloadRetryDelay
         while true {
@@ -194,7 +202,9 @@ struct WebDownloadAction: TOEAction {
                     log: context.log, label: "WebDownload \(source)"
                 )
                 if let checksum, let digest, digest != checksum {
-                    throw context.failure("WebDownload checksum mismatch for '\(source)': expected \(algorithm!.rawValue) \(checksum), got \(digest); the file was not written", code: .checksumMismatch)
+                    throw context.failure(
+                        "WebDownload checksum mismatch for '\(source)': expected \(algorithm!.rawValue) \(checksum), got \(digest); the file was not written",
+                        code: .checksumMismatch)
                 }
                 break
             } catch let error as KilnError where error.code == .checksumMismatch {
@@ -202,9 +212,11 @@ struct WebDownloadAction: TOEAction {
             } catch {
                 let retryable = (error as? HTTPStatusError)?.retryable ?? !(error is CancellationError)
                 guard retryable, attempt < context.options.downloadAttempts, !Task.isCancelled else {
-                    throw context.failure("WebDownload of '\(source)' failed after \(attempt) attempt\(attempt == 1 ? "" : "s"): \(error)", code: .network)
+                    throw context.failure(
+                        "WebDownload of '\(source)' failed after \(attempt) attempt\(attempt == 1 ? "" : "s"): \(error)", code: .network)
                 }
-                context.log.info("WebDownload attempt \(attempt) of \(context.options.downloadAttempts) failed (\(error)); retrying in \(delay)")
+                context.log.info(
+                    "WebDownload attempt \(attempt) of \(context.options.downloadAttempts) failed (\(error)); retrying in \(delay)")
                 try await Task.sleep(for: delay)
                 delay *= 2
             }

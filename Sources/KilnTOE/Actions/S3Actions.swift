@@ -17,7 +17,9 @@ struct S3DownloadAction: TOEAction {
                 guard try await context.session.fileInfo(destination, followSymlinks: true)?.kind == .directory else {
                     throw context.failure("S3Download destination '\(destination)' must be an existing folder for the prefix \(source)")
                 }
-                let keys = try await client.list(bucket: location.bucket, prefix: prefix, expectedOwner: owner).filter { !$0.hasSuffix("/") }
+                let keys = try await client.list(bucket: location.bucket, prefix: prefix, expectedOwner: owner).filter {
+                    !$0.hasSuffix("/")
+                }
                 context.log.info("S3Download: \(keys.count) object\(keys.count == 1 ? "" : "s") under \(source)")
                 for key in keys {
                     let relative = String(key.dropFirst(prefix.count)).split(separator: "/").joined(separator: "/")
@@ -27,7 +29,9 @@ struct S3DownloadAction: TOEAction {
                     }
                     let target = join(destination, relative)
                     try await context.session.createDirectory(parent(of: target), mode: 0o755)
-                    try await fetch(S3Location(bucket: location.bucket, key: key), to: target, overwrite: overwrite, owner: owner, client: client, context: context)
+                    try await fetch(
+                        S3Location(bucket: location.bucket, key: key), to: target, overwrite: overwrite, owner: owner, client: client,
+                        context: context)
                 }
             } else {
                 var target = destination
@@ -44,7 +48,9 @@ struct S3DownloadAction: TOEAction {
         return .completed([:])
     }
 
-    func fetch(_ location: S3Location, to target: String, overwrite: Bool, owner: String?, client: S3Client, context: ActionContext) async throws {
+    func fetch(_ location: S3Location, to target: String, overwrite: Bool, owner: String?, client: S3Client, context: ActionContext)
+        async throws
+    {
         if !overwrite, try await context.session.fileInfo(target, followSymlinks: false) != nil {
             throw context.failure("S3Download: '\(target)' exists and overwrite is false")
         }
@@ -79,23 +85,29 @@ struct S3UploadAction: TOEAction {
             for match in matches {
                 let kind = try await context.session.fileInfo(match, followSymlinks: true)?.kind
                 if kind == .directory {
-                    guard recurse else { throw context.failure("S3Upload: '\(match)' is a folder; set recurse: true to upload its contents") }
+                    guard recurse else {
+                        throw context.failure("S3Upload: '\(match)' is a folder; set recurse: true to upload its contents")
+                    }
                     let base = basename(match)
-                    let listed = try await files.listFiles(InputReader(value: .map([
-                        .init(key: "path", value: .string(match)), .init(key: "recursive", value: .string("true")),
-                    ]), action: "S3Upload", stepPath: context.stepPath))
+                    let listed = try await files.listFiles(
+                        InputReader(
+                            value: .map([
+                                .init(key: "path", value: .string(match)), .init(key: "recursive", value: .string("true")),
+                            ]), action: "S3Upload", stepPath: context.stepPath))
                     uploads += listed.map { ($0, base + "/" + String($0.dropFirst(match.count + (match.hasSuffix("/") ? 0 : 1)))) }
                 } else {
                     uploads.append((match, basename(match)))
                 }
             }
-            let intoPrefix = destination.key.isEmpty || destination.key.hasSuffix("/") || uploads.count > 1 || source.contains("*") || recurse
+            let intoPrefix =
+                destination.key.isEmpty || destination.key.hasSuffix("/") || uploads.count > 1 || source.contains("*") || recurse
             for upload in uploads {
                 let key = intoPrefix ? destination.key + upload.relative : destination.key
                 let temporary = try HostScratch.file(basename(upload.path))
                 defer { try? FileManager.default.removeItem(atPath: temporary) }
                 try await context.session.exportFile(upload.path, toHost: temporary)
-                try await client.upload(hostPath: temporary, to: S3Location(bucket: destination.bucket, key: key), expectedOwner: owner, log: context.log)
+                try await client.upload(
+                    hostPath: temporary, to: S3Location(bucket: destination.bucket, key: key), expectedOwner: owner, log: context.log)
             }
         }
         return .completed([:])

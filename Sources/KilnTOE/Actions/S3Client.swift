@@ -1,12 +1,13 @@
 import AsyncHTTPClient
 import Crypto
 import Foundation
-#if canImport(FoundationXML)
-import FoundationXML
-#endif
 import KilnModel
 import NIOCore
 import NIOHTTP1
+
+#if canImport(FoundationXML)
+    import FoundationXML
+#endif
 
 /// Where S3 is and who we are: from the standard AWS environment variables, so any
 /// S3-compatible endpoint works (`AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`).
@@ -43,7 +44,8 @@ struct S3Configuration: Sendable, Hashable {
             if line.hasPrefix("[") && line.hasSuffix("]") {
                 current = String(line.dropFirst().dropLast()).trimmingCharacters(in: .whitespaces)
             } else if current == profile, let equals = line.firstIndex(of: "=") {
-                values[line[..<equals].trimmingCharacters(in: .whitespaces)] = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+                values[line[..<equals].trimmingCharacters(in: .whitespaces)] = line[line.index(after: equals)...].trimmingCharacters(
+                    in: .whitespaces)
             }
         }
         guard let key = values["aws_access_key_id"], let secret = values["aws_secret_access_key"] else { return nil }
@@ -90,7 +92,9 @@ struct S3Client: Sendable {
 
     func request(_ method: HTTPMethod, _ url: URL, headers: [String: String] = [:], payloadHash: String) throws -> HTTPClientRequest {
         guard let credentials = configuration.credentials else {
-            throw KilnError(.invalidArgument, "no AWS credentials for S3: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials")
+            throw KilnError(
+                .invalidArgument,
+                "no AWS credentials for S3: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials")
         }
         let signer = SigV4Signer(credentials: credentials, region: configuration.region, service: "s3")
         var request = HTTPClientRequest(url: url.absoluteString)
@@ -108,9 +112,11 @@ struct S3Client: Sendable {
     }
 
     func download(_ location: S3Location, to hostPath: String, expectedOwner: String?, log: TOELogWriter) async throws {
-        let request = try request(.GET, url(bucket: location.bucket, key: location.key), headers: ownerHeaders(expectedOwner), payloadHash: Self.emptyHash)
+        let request = try request(
+            .GET, url(bucket: location.bucket, key: location.key), headers: ownerHeaders(expectedOwner), payloadHash: Self.emptyHash)
         do {
-            _ = try await TransferClients.download(request, client: http, to: hostPath, hashing: nil, log: log, label: "S3Download \(location)")
+            _ = try await TransferClients.download(
+                request, client: http, to: hostPath, hashing: nil, log: log, label: "S3Download \(location)")
         } catch let error as HTTPStatusError {
             throw KilnError(.network, "S3 GET \(location) failed: \(error)\(error.status == 404 ? " (no such object)" : "")")
         }
@@ -118,7 +124,9 @@ struct S3Client: Sendable {
 
     func upload(hostPath: String, to location: S3Location, expectedOwner: String?, log: TOELogWriter) async throws {
         let size = (try FileManager.default.attributesOfItem(atPath: hostPath)[.size] as? NSNumber)?.int64Value ?? 0
-        var request = try request(.PUT, url(bucket: location.bucket, key: location.key), headers: ownerHeaders(expectedOwner), payloadHash: SigV4Signer.unsignedPayload)
+        var request = try request(
+            .PUT, url(bucket: location.bucket, key: location.key), headers: ownerHeaders(expectedOwner),
+            payloadHash: SigV4Signer.unsignedPayload)
         request.headers.replaceOrAdd(name: "content-length", value: String(size))
         request.body = .stream(FileChunks(path: hostPath), length: .known(size))
         let response = try await http.execute(request, timeout: .hours(24))
@@ -136,11 +144,13 @@ struct S3Client: Sendable {
         repeat {
             var query = [("list-type", "2"), ("prefix", prefix), ("max-keys", String(limit))]
             if let token { query.append(("continuation-token", token)) }
-            let request = try request(.GET, url(bucket: bucket, query: query), headers: ownerHeaders(expectedOwner), payloadHash: Self.emptyHash)
+            let request = try request(
+                .GET, url(bucket: bucket, query: query), headers: ownerHeaders(expectedOwner), payloadHash: Self.emptyHash)
             let response = try await http.execute(request, timeout: .minutes(5))
             let body = try await response.body.collect(upTo: 64 << 20)
             guard response.status == .ok else {
-                throw KilnError(.network, "S3 list s3://\(bucket)/\(prefix) failed: HTTP \(response.status.code) \(String(buffer: body).prefix(300))")
+                throw KilnError(
+                    .network, "S3 list s3://\(bucket)/\(prefix) failed: HTTP \(response.status.code) \(String(buffer: body).prefix(300))")
             }
             let page = ListBucketResult.parse(Data(body.readableBytesView))
             keys += page.keys
@@ -169,7 +179,10 @@ struct ListBucketResult {
         var text = ""
         var inContents = false
 
-        func parser(_ parser: XMLParser, didStartElement element: String, namespaceURI: String?, qualifiedName: String?, attributes: [String: String] = [:]) {
+        func parser(
+            _ parser: XMLParser, didStartElement element: String, namespaceURI: String?, qualifiedName: String?,
+            attributes: [String: String] = [:]
+        ) {
             text = ""
             if element == "Contents" { inContents = true }
         }
