@@ -13,42 +13,34 @@ import Synchronization
 /// DISTRIBUTE: the image to every region of the distribution configuration at once, each push
 /// checked by digest; then INTEGRATE and AVAILABLE.
 extension PipelineRun {
-    /// Where a distribution configuration sends an image: one registry reference per region
-    /// and tag (the recipe's version when no tag is given), with the region's repository prefix.
+    /// Where one distribution entry sends an image: one registry reference per tag (the
+    /// recipe's version when no tag is given), with the region's repository prefix.
     static func distributionTargets(
-        _ distribution: DistributionConfigurationDefinition?, regions: [String: KilnConfiguration.Region], version: SemanticVersion
-    ) throws -> [ImageRecord.DistributionTarget] {
-        var targets: [ImageRecord.DistributionTarget] = []
-        for entry in distribution?.distributions ?? [] {
-            guard let region = regions[entry.region] else {
-                throw KilnError(.notFound, "region \(entry.region) is not defined in kiln.yaml's regions:")
-            }
-            guard let container = entry.containerDistributionConfiguration else { continue }
-            let repository = [region.repositoryPrefix, container.targetRepository.repositoryName].compactMap { $0 }.joined(separator: "/")
-            for tag in container.containerTags ?? [version.description] {
-                targets.append(.init(region: entry.region, reference: "\(region.registry)/\(repository):\(tag)"))
-            }
+        _ entry: Distribution, region: KilnConfiguration.Region, version: SemanticVersion
+    ) -> [ImageRecord.DistributionTarget] {
+        guard let container = entry.containerDistributionConfiguration else { return [] }
+        let repository = [region.repositoryPrefix, container.targetRepository.repositoryName].compactMap { $0 }.joined(separator: "/")
+        return (container.containerTags ?? [version.description]).map { tag in
+            .init(region: entry.region, reference: "\(region.registry)/\(repository):\(tag)")
         }
-        return targets
     }
 
-    /// Fixes the record's distribution targets; false when a region is unknown (FAILED).
+    /// Fixes the record's distribution targets, entry by entry; at a region kiln.yaml does not
+    /// define, the image FAILS naming it (keeping the targets before it) and this returns false.
     func expandDistribution(_ prepared: Prepared, image: ImageRun) throws -> Bool {
-        let distribution = prepared.selection.distribution
-        for entry in distribution?.distributions ?? [] where entry.amiDistributionConfiguration != nil {
-            image.progress(
-                "DISTRIBUTE: \(entry.region): amiDistributionConfiguration needs a disk image, which Kiln does not make yet; the root filesystem is kiln:\(image.record.localName ?? "")"
-            )
+        for entry in prepared.selection.distribution?.distributions ?? [] {
+            guard let region = configuration.regions[entry.region] else {
+                _ = try image.fail(.distribute, region: entry.region, "region \(entry.region) is not defined in kiln.yaml's regions:")
+                return false
+            }
+            if entry.amiDistributionConfiguration != nil {
+                image.progress(
+                    "DISTRIBUTE: \(entry.region): amiDistributionConfiguration needs a disk image, which Kiln does not make yet; the root filesystem is kiln:\(image.record.localName ?? "")"
+                )
+            }
+            image.record.distributionTargets += Self.distributionTargets(entry, region: region, version: prepared.recipe.semanticVersion)
         }
-        do {
-            image.record.distributionTargets = try Self.distributionTargets(
-                distribution, regions: configuration.regions, version: prepared.recipe.semanticVersion)
-            return true
-        } catch let error as KilnError {
-            let region = distribution?.distributions.first { configuration.regions[$0.region] == nil }?.region
-            _ = try image.fail(.distribute, region: region, error.message)
-            return false
-        }
+        return true
     }
 
     /// DISTRIBUTE, INTEGRATE and AVAILABLE for a built image; also what RetryImage runs again.

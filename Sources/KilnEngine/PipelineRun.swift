@@ -221,7 +221,7 @@ final class ImageRun {
             reason: cancelled ? "cancelled by an interrupt; its instances were removed" : reason)
         try save()
         progress(
-            "image \(label): \(record.status.rawValue) in \(stage.rawValue)\(step.map { " at step \($0)" } ?? "")\(region.map { " for region \($0)" } ?? ""): \(reason)"
+            "image \(label): \(record.status.rawValue) in \(stage.rawValue)\(step.map { " at step \($0)" } ?? "")\(region.map { " for region \($0)" } ?? ""): \(record.failure?.reason ?? reason)"
         )
         return record
     }

@@ -36,7 +36,6 @@ extension Definitions {
     /// The pipeline called `name`, or the only one when `name` is nil, with everything it names.
     /// Checks every reference first, so each problem names the file and the field.
     public func selectPipeline(_ name: String?, source: String) throws -> PipelineSelection {
-        try validateReferences(source: source)
         let pipeline: ImagePipelineDefinition
         if let name {
             guard let named = imagePipelines.first(where: { $0.name == name }) else {
@@ -53,6 +52,7 @@ extension Definitions {
             }
             pipeline = imagePipelines[0]
         }
+        try validateReferences(source: source)
         let (recipe, configurations) = try selectRecipe(of: pipeline)
         var components: [PipelineSelection.Component] = []
         for configuration in configurations {

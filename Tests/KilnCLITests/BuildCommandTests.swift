@@ -8,7 +8,7 @@ import Testing
 
 @Suite(
     "kiln build: pipelines end to end on runc, with two registries as regions", .serialized,
-    .enabled(if: TestEnvironment.requiresRoot("runc")))
+    .enabled(if: TestEnvironment.requiresRoot("/usr/bin/runc")))
 struct BuildCommandTests {
     /// A pipeline whose components write, check and test /etc/kiln-app; `validate` and `test`
     /// are the commands of those phases.

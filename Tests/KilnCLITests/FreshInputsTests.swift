@@ -12,7 +12,7 @@ import Testing
 /// repository served over HTTP on loopback.
 @Suite(
     "kiln build: fresh inputs (a moved parent tag, package upgrades, --offline, --explain-cache)", .serialized,
-    .enabled(if: TestEnvironment.requiresRoot("runc")))
+    .enabled(if: TestEnvironment.requiresRoot("/usr/bin/runc")))
 struct FreshInputsTests {
     func record(_ result: Kiln.Result) throws -> [String: Any] {
         try #require(

@@ -9,7 +9,7 @@ import Testing
 /// A plain-http docker-registry on a free loopback port.
 @Suite(
     "kiln image", .serialized,
-    .enabled(if: TestEnvironment.requires("docker-registry")))
+    .enabled(if: TestEnvironment.requires("/usr/bin/docker-registry")))
 struct ImageCommandTests {
     @Test("pack, push to a registry and an archive, ls, pull elsewhere, inspect, rm and gc; progress as plain lines")
     func lifecycle() throws {

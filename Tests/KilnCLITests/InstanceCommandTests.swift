@@ -12,7 +12,7 @@ let sharedDataDirectory = "/var/tmp/kiln-cli-instances"
 
 @Suite(
     "kiln toe run --image and kiln instance, on runc with a bootstrapped Debian", .serialized,
-    .enabled(if: TestEnvironment.requiresRoot("runc")))
+    .enabled(if: TestEnvironment.requiresRoot("/usr/bin/runc")))
 struct InstanceCommandTests {
     let data = ["--data-dir", sharedDataDirectory]
 

@@ -118,28 +118,51 @@ struct EngineDecisionTests {
     }
 
     @Test(
-        "Distribution targets: one per region and tag, the recipe's version when no tag is given, the region's prefix; an unknown region is named"
+        "Distribution targets: one per region and tag, the recipe's version when no tag is given, the region's prefix; an unknown region fails the image naming it, keeping the targets before it"
     )
-    func distributionTargets() throws {
-        let yaml = """
-            distributionConfigurations:
-              - name: both
-                distributions:
-                  - {region: north, containerDistributionConfiguration: {targetRepository: {repositoryName: app}, containerTags: [stable, "1"]}}
-                  - {region: south, containerDistributionConfiguration: {targetRepository: {repositoryName: app}}}
-                  - {region: north, amiDistributionConfiguration: {name: ignored}}
-            """
-        let distribution = try Definitions.parse(text: yaml, source: "d.yaml").distributionConfigurations[0]
-        let regions: [String: KilnConfiguration.Region] = [
+    func distributionTargets() async throws {
+        let workspace = try Workspace(regions: [
             "north": .init(registry: "n.example:5000"), "south": .init(registry: "s.example", repositoryPrefix: "mirror"),
-        ]
-        let targets = try PipelineRun.distributionTargets(distribution, regions: regions, version: try SemanticVersion(parsing: "2.1.0"))
-        #expect(targets.map(\.reference) == ["n.example:5000/app:stable", "n.example:5000/app:1", "s.example/mirror/app:2.1.0"])
-        #expect(targets.map(\.region) == ["north", "north", "south"])
-        #expect(throws: KilnError.self) {
-            try PipelineRun.distributionTargets(
-                distribution, regions: ["north": .init(registry: "n")], version: try SemanticVersion(parsing: "2.1.0"))
+        ])
+        defer { workspace.scratch.remove() }
+        func selection(_ regions: [String]) throws -> PipelineSelection {
+            let entries = regions.map { region in
+                region == "north"
+                    ? "      - {region: north, containerDistributionConfiguration: {targetRepository: {repositoryName: app}, containerTags: [stable, \"1\"]}}"
+                    : "      - {region: \(region), containerDistributionConfiguration: {targetRepository: {repositoryName: app}}}"
+            }
+            let yaml =
+                Self.definitions.replacingOccurrences(of: "PARENT", with: "scratch")
+                .replacingOccurrences(
+                    of: "infrastructureConfigurationArn: builders}",
+                    with: "infrastructureConfigurationArn: builders, distributionConfigurationArn: both}")
+                + "\ndistributionConfigurations:\n  - name: both\n    distributions:\n" + entries.joined(separator: "\n") + "\n"
+            return try workspace.selection(yaml)
         }
+        let run = try workspace.run()
+        func expand(_ regions: [String]) async throws -> (Bool, ImageRecord) {
+            let prepared = try await run.prepare(
+                .init(selection: try selection(regions), definitionsPath: workspace.scratch.path + "/pipeline.yaml"))
+            let record = ImageRecord(
+                arn: "arn:\(regions)", name: "app-image", version: try SemanticVersion(parsing: "1.2.0"), build: 1, status: .building,
+                dateCreated: "2026-11-30",
+                logDirectory: "/tmp")
+            let image = try ImageRun(record: record, records: workspace.records, instanceType: "t3.small") { _ in }
+            return (try run.expandDistribution(prepared, image: image), image.record)
+        }
+        let (expanded, record) = try await expand(["north", "south"])
+        #expect(
+            expanded
+                && record.distributionTargets.map(\.reference) == [
+                    "n.example:5000/app:stable", "n.example:5000/app:1", "s.example/mirror/app:1.2.0",
+                ])
+        #expect(record.distributionTargets.map(\.region) == ["north", "north", "south"])
+        let (unknown, failed) = try await expand(["north", "west", "south"])
+        #expect(!unknown && failed.status == .failed && failed.failure?.stage == .distribute && failed.failure?.region == "west")
+        #expect(failed.failure?.reason.contains("west is not defined in kiln.yaml") == true)
+        #expect(
+            failed.distributionTargets.map(\.region) == ["north", "north"],
+            "the targets before the unknown region are kept, for retry-distribution")
     }
 
     @Test(

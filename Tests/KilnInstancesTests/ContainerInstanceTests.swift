@@ -73,7 +73,7 @@ struct InstanceFixture {
 
 @Suite(
     "Container instances on runc and overlayfs", .serialized,
-    .enabled(if: TestEnvironment.requiresRoot("runc")))
+    .enabled(if: TestEnvironment.requiresRoot("/usr/bin/runc")))
 struct ContainerInstanceTests {
     @Test("An image with no shell and no libc gets an init; exec streams output and exit codes; snapshot keeps the changes")
     func staticImage() async throws {

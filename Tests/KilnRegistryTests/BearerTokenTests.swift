@@ -74,7 +74,7 @@ final class TestTokenServer: Sendable {
 
 @Suite(
     "Bearer tokens from a token service", .serialized,
-    .enabled(if: TestEnvironment.requires("docker-registry")))
+    .enabled(if: TestEnvironment.requires("/usr/bin/docker-registry")))
 struct BearerTokenTests {
     @Test("Push, mount and pull through a registry that demands tokens; skopeo agrees; wrong credentials are refused clearly")
     func tokenAuth() async throws {

@@ -126,7 +126,7 @@ final class PythonHelper: Sendable {
 
 @Suite(
     "Copy to many registries, layouts and archives; checked with skopeo", .serialized,
-    .enabled(if: TestEnvironment.requires("docker-registry")))
+    .enabled(if: TestEnvironment.requires("/usr/bin/docker-registry")))
 struct ImageTransferTests {
     let fastRetry = RetryPolicy(attempts: 6, firstDelay: .milliseconds(20), maximumDelay: .milliseconds(200))
 

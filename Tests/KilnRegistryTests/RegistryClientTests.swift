@@ -12,7 +12,7 @@ import Testing
 
 @Suite(
     "Registry client against docker-registry, checked with skopeo", .serialized,
-    .enabled(if: TestEnvironment.requires("docker-registry")))
+    .enabled(if: TestEnvironment.requires("/usr/bin/docker-registry")))
 struct RegistryClientTests {
     /// A one-layer image in a fresh content store, tagged `name`.
     func makeImage(named name: String) throws -> (ContentStore, Descriptor) {
@@ -116,7 +116,7 @@ struct RegistryClientTests {
 
 @Suite(
     "Registry over TLS and stored logins", .serialized,
-    .enabled(if: TestEnvironment.requires("docker-registry")))
+    .enabled(if: TestEnvironment.requires("/usr/bin/docker-registry")))
 struct RegistryTLSAndLoginTests {
     @Test("A registry with a private CA: trusted with the CA file, refused without it; skopeo agrees on the digest")
     func privateCA() async throws {
