@@ -33,7 +33,10 @@ public struct TarReader {
                 throw KilnError(.invalidArgument, "layer is not a valid tar stream: bad header checksum at byte \(offset - 512)")
             }
             let typeflag = block[156]
-            let size = try Self.number(block[124..<136], field: "size")
+            // Named in every error below: layers are untrusted, and a bad header must say where.
+            let headerName = Self.string(block[0..<100])
+            let size = try Self.number(block[124..<136], field: "size", entry: headerName)
+            guard size >= 0 else { throw Self.malformed(headerName, "a negative size (\(size))") }
             switch typeflag {
             case UInt8(ascii: "x"), UInt8(ascii: "g"):
                 let data = try readPadded(Int(size))
@@ -50,26 +53,37 @@ public struct TarReader {
             }
             let prefix = Self.string(block[345..<500])
             let name = Self.string(block[0..<100])
-            var entry = TarEntry(
-                path: prefix.isEmpty ? name : prefix + "/" + name, kind: .file,
-                mode: UInt32(try Self.number(block[100..<108], field: "mode")) & 0o7777)
+            let mode = try Self.number(block[100..<108], field: "mode", entry: name)
+            guard (0...0o7777777).contains(mode) else { throw Self.malformed(name, "a mode out of range (\(mode))") }
+            var entry = TarEntry(path: prefix.isEmpty ? name : prefix + "/" + name, kind: .file, mode: UInt32(mode) & 0o7777)
             entry.kind = TarEntry.Kind(rawValue: typeflag == 0 ? 0x30 : typeflag) ?? .file
             if typeflag == UInt8(ascii: "7") { entry.kind = .file }
-            entry.uid = UInt32(clamping: try Self.number(block[108..<116], field: "uid"))
-            entry.gid = UInt32(clamping: try Self.number(block[116..<124], field: "gid"))
+            entry.uid = UInt32(clamping: try Self.number(block[108..<116], field: "uid", entry: name))
+            entry.gid = UInt32(clamping: try Self.number(block[116..<124], field: "gid", entry: name))
             entry.size = size
-            entry.modificationTime = try Self.number(block[136..<148], field: "mtime")
+            entry.modificationTime = try Self.number(block[136..<148], field: "mtime", entry: name)
             entry.linkTarget = Self.string(block[157..<257])
-            entry.deviceMajor = UInt32(clamping: (try? Self.number(block[329..<337], field: "devmajor")) ?? 0)
-            entry.deviceMinor = UInt32(clamping: (try? Self.number(block[337..<345], field: "devminor")) ?? 0)
+            entry.deviceMajor = UInt32(clamping: (try? Self.number(block[329..<337], field: "devmajor", entry: name)) ?? 0)
+            entry.deviceMinor = UInt32(clamping: (try? Self.number(block[337..<345], field: "devminor", entry: name)) ?? 0)
             if let longName { entry.path = longName }
             if let longLink { entry.linkTarget = longLink }
             if let path = pax["path"] { entry.path = path }
             if let link = pax["linkpath"] { entry.linkTarget = link }
-            if let value = pax["size"], let size = Int64(value) { entry.size = size }
+            if let value = pax["size"] {
+                guard let size = Int64(value), size >= 0 else {
+                    throw Self.malformed(entry.path, "a PAX size that is not a whole number of bytes ('\(value.prefix(40))')")
+                }
+                entry.size = size
+            }
             if let value = pax["uid"], let uid = UInt32(value) { entry.uid = uid }
             if let value = pax["gid"], let gid = UInt32(value) { entry.gid = gid }
-            if let value = pax["mtime"], let seconds = Double(value) { entry.modificationTime = Int64(seconds) }
+            if let value = pax["mtime"] {
+                // Within ±2^62 s: Int64(Double) traps on nan, infinity and anything larger.
+                guard let seconds = Double(value), seconds.isFinite, abs(seconds) < 4.6e18 else {
+                    throw Self.malformed(entry.path, "a PAX mtime that is not a time ('\(value.prefix(40))')")
+                }
+                entry.modificationTime = Int64(seconds)
+            }
             for (key, value) in pax where key.hasPrefix("SCHILY.xattr.") {
                 entry.extendedAttributes[String(key.dropFirst("SCHILY.xattr.".count))] = Array(value.utf8)
             }
@@ -147,7 +161,7 @@ public struct TarReader {
     }
 
     private mutating func readPadded(_ size: Int) throws -> [UInt8] {
-        guard size <= 16 << 20 else {
+        guard size >= 0, size <= 16 << 20 else {
             throw KilnError(.invalidArgument, "layer has a tar header record of \(size) bytes; refusing more than 16 MiB")
         }
         let padded = (size + 511) / 512 * 512
@@ -158,17 +172,28 @@ public struct TarReader {
         String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
     }
 
-    static func number(_ bytes: ArraySlice<UInt8>, field: String) throws -> Int64 {
+    static func number(_ bytes: ArraySlice<UInt8>, field: String, entry: String = "") throws -> Int64 {
         if let first = bytes.first, first & 0x80 != 0 {
-            // GNU base-256 for large values.
-            return bytes.dropFirst().reduce(Int64(first & 0x7f)) { ($0 << 8) | Int64($1) }
+            // GNU base-256 for large values; more than 63 bits would not fit.
+            let digits = bytes.dropFirst().drop { $0 == 0 }
+            guard first == 0x80, digits.count <= 7 || (digits.count == 8 && digits.first! < 0x80) else {
+                throw malformed(entry, "a \(field) field out of range (base-256)")
+            }
+            return digits.reduce(Int64(0)) { ($0 << 8) | Int64($1) }
         }
         let text = string(bytes).trimmingCharacters(in: CharacterSet(charactersIn: " \0"))
         if text.isEmpty { return 0 }
-        guard let value = Int64(text, radix: 8) else {
-            throw KilnError(.invalidArgument, "layer tar header has a bad \(field) field '\(text)'")
+        guard text.allSatisfy({ ("0"..."7").contains($0) }), let value = Int64(text, radix: 8) else {
+            throw malformed(entry, "a bad \(field) field '\(text.prefix(20))'")
         }
         return value
+    }
+
+    /// The error for a header that breaks the format: which entry, and what was wrong with it.
+    static func malformed(_ entry: String, _ problem: String) -> KilnError {
+        KilnError(
+            .invalidArgument,
+            "layer is not a valid tar stream: the header of '\(entry.isEmpty ? "(no name)" : String(entry.prefix(200)))' has \(problem)")
     }
 
     static func checksumMatches(_ block: [UInt8]) -> Bool {
@@ -182,10 +207,11 @@ public struct TarReader {
         var records: [String: String] = [:]
         var index = 0
         while index < data.count {
+            // "LENGTH key=value\n": the length counts itself, the space and the newline.
             guard let space = data[index...].firstIndex(of: 0x20), let length = Int(String(decoding: data[index..<space], as: UTF8.self)),
-                length > 0, index + length <= data.count
+                length > space - index + 1, index + length <= data.count, data[index + length - 1] == 0x0A
             else {
-                throw KilnError(.invalidArgument, "layer has a malformed PAX header")
+                throw KilnError(.invalidArgument, "layer has a malformed PAX header record at byte \(index) of the extended header")
             }
             let record = data[(space + 1)..<(index + length - 1)]
             if let equals = record.firstIndex(of: UInt8(ascii: "=")) {
