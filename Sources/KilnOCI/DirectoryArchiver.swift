@@ -86,6 +86,13 @@ public struct DirectoryArchiver {
                 continue
             }
             let path = relative.isEmpty ? name : relative + "/" + name
+            // In a layer, `.wh.NAME` deletes NAME: a real file of that name would become a deletion.
+            guard !name.hasPrefix(".wh.") else {
+                throw KilnError(
+                    .invalidArgument,
+                    "cannot pack '\(path)': in an OCI layer a name starting with .wh. deletes a file, so a file of that name cannot be stored; rename or remove it"
+                )
+            }
             let hostPath = root + "/" + path
             var info = stat()
             guard lstat(hostPath, &info) == 0 else {

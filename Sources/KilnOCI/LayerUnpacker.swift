@@ -57,7 +57,15 @@ public struct LayerUnpacker {
             }
             let parentHost = try resolveParent(parentComponents, for: entry.path)
             if name.hasPrefix(".wh.") {
-                let victim = parentHost + "/" + String(name.dropFirst(4))
+                // `.wh.` alone, `.wh..` or `.wh...` would name the folder itself or its parent:
+                // at a layer's root that is the layer cache, and other layers would be deleted.
+                let target = String(name.dropFirst(4))
+                guard !target.isEmpty, target != ".", target != "..", !target.contains("/") else {
+                    throw KilnError(
+                        .invalidArgument,
+                        "layer entry '\(entry.path)' is a whiteout for '\(target)', which is not a file name; refusing the layer")
+                }
+                let victim = parentHost + "/" + target
                 try removeIfPresent(victim)
                 if overlayWhiteouts {
                     try ensureDirectories(parentComponents)

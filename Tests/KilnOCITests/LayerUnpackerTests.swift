@@ -137,6 +137,10 @@ struct LayerUnpackerTests {
         ),
         ("hard link to a file outside", [.hardLink("stolen", "../outside/secret")], "has '..' in its hard-link target"),
         ("hard link with an absolute target", [.hardLink("stolen", "/etc/passwd")], "has an absolute hard-link target"),
+        // At a layer's root, `.wh..` would delete the folder holding the target (the layer cache).
+        ("whiteout of the parent folder", [.file(".wh..", "")], "is not a file name"),
+        ("whiteout of the folder itself", [.file("a/.wh.", "")], "is not a file name"),
+        ("whiteout of the current folder", [.file("a/.wh..", "")], "is not a file name"),
     ]
 
     @Test(arguments: escapes)
