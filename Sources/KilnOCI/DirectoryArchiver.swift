@@ -86,8 +86,9 @@ public struct DirectoryArchiver {
                 continue
             }
             let path = relative.isEmpty ? name : relative + "/" + name
-            // In a layer, `.wh.NAME` deletes NAME: a real file of that name would become a deletion.
-            guard !name.hasPrefix(".wh.") else {
+            // In a layer, `.wh.NAME` deletes NAME: a file an instance made with that name would
+            // become a deletion. (A plain folder packed on purpose may use them as whiteouts.)
+            guard !(overlayUpperDirectory && name.hasPrefix(".wh.")) else {
                 throw KilnError(
                     .invalidArgument,
                     "cannot pack '\(path)': in an OCI layer a name starting with .wh. deletes a file, so a file of that name cannot be stored; rename or remove it"
