@@ -119,25 +119,7 @@ extension PipelineRun {
 
     /// The key=value lines of the image's os-release, read from its topmost layer that has one.
     func osRelease(of image: Descriptor) throws -> [String: String] {
-        let store = transfer.store
-        let (manifest, config) = try store.image(image.digest)
-        for (layer, diffID) in zip(manifest.layers, config.rootfs.diffIDs).reversed() {
-            let folder = try host.layers.unpack(layer, diffID: diffID, store: store)
-            for path in ["/etc/os-release", "/usr/lib/os-release"] {
-                var info = stat()
-                guard lstat(folder + path, &info) == 0, info.st_mode & S_IFMT == S_IFREG,
-                    let text = try? String(contentsOfFile: folder + path, encoding: .utf8)
-                else { continue }
-                var fields: [String: String] = [:]
-                for line in text.split(separator: "\n") {
-                    guard let equals = line.firstIndex(of: "=") else { continue }
-                    fields[String(line[..<equals])] = String(line[line.index(after: equals)...]).trimmingCharacters(
-                        in: CharacterSet(charactersIn: "\"'"))
-                }
-                return fields
-            }
-        }
-        return [:]
+        try ImageFiles(image: image, host: host).osRelease()
     }
 
     /// A component's document and the digest of its bytes: inline `data`, or `uri` (a file
@@ -152,9 +134,8 @@ extension PipelineRun {
         let bytes: Data
         let source: String
         if uri.hasPrefix("https://") {
-            let host = URL(string: uri)?.host.map { host in URL(string: uri)?.port.map { "\(host):\($0)" } ?? host } ?? ""
             do {
-                bytes = try await HTTPSDownload.fetch(uri, caCertificate: configuration.registries[host]?.caCertificate)
+                bytes = try await HTTPSDownload.fetch(uri, caCertificates: caCertificates)
             } catch let error as KilnError {
                 throw KilnError(error.code, "\(label): \(error.message)")
             }

@@ -9,6 +9,15 @@ import NIOSSL
 /// against the system's CAs or a private CA (kiln.yaml `registries.<host>.caCertificate`), with
 /// a size limit. Plain http only where the caller allows it (package indexes are signed).
 public enum HTTPSDownload {
+    /// As below, with the CA of the URL's `host[:port]` taken from `caCertificates` (kiln.yaml's registries).
+    public static func fetch(
+        _ url: String, caCertificates: [String: String], limit: Int = 16 << 20, timeout: TimeAmount = .seconds(60),
+        allowPlainHTTP: Bool = false
+    ) async throws -> Data {
+        let host = URL(string: url).flatMap { url in url.host.map { host in url.port.map { "\(host):\($0)" } ?? host } } ?? ""
+        return try await fetch(url, caCertificate: caCertificates[host], limit: limit, timeout: timeout, allowPlainHTTP: allowPlainHTTP)
+    }
+
     public static func fetch(
         _ url: String, caCertificate: String? = nil, limit: Int = 16 << 20, timeout: TimeAmount = .seconds(60), allowPlainHTTP: Bool = false
     ) async throws -> Data {

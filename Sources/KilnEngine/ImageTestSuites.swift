@@ -59,7 +59,7 @@ struct ImageTestSuites: Sendable {
         }
         // The online check takes longest and has its own instance, so it runs alongside the rest.
         let updatesStart = ContinuousClock.now
-        async let updates = settings.security?.pendingUpdates != false ? pendingUpdates(image: image, root: instance.rootfs) : nil
+        async let updates = settings.security?.pendingUpdates != false ? pendingUpdates(image: image) : nil
         let functionality = settings.functionality
         if functionality?.enabled != false {
             await record("functionality", "command starts") { try await commandStarts(in: instance) }
@@ -300,7 +300,7 @@ struct ImageTestSuites: Sendable {
     /// Pending security updates, asked of the image's own package sources in a throwaway
     /// instance with the host's network (see `PackageUpgradeQuery`); an upgrade counts as a
     /// security update when its origin names security (Debian-Security, a -security suite).
-    private func pendingUpdates(image: Descriptor, root: String) async -> (TestCaseResult.Status, String, ContainerInstance.Usage?) {
+    private func pendingUpdates(image: Descriptor) async -> (TestCaseResult.Status, String, ContainerInstance.Usage?) {
         let (answer, usage) = await PackageUpgradeQuery(host: host, type: type).ask(image)
         switch answer {
         case .noPackageManager(let why):

@@ -143,12 +143,7 @@ struct PackageSources: Sendable, Hashable {
 
     static func dnfIndexes(_ files: ImageFiles, architecture: String) throws -> [Index] {
         let basearch = ["amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x"][architecture] ?? architecture
-        var release = ""
-        if let osRelease = try files.text("/etc/os-release") ?? files.text("/usr/lib/os-release") {
-            for line in osRelease.split(separator: "\n") where line.hasPrefix("VERSION_ID=") {
-                release = line.dropFirst("VERSION_ID=".count).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
-            }
-        }
+        let release = files.osRelease()["VERSION_ID"] ?? ""
         var indexes: [Index] = []
         for name in try files.list("/etc/yum.repos.d").prefix(maximumIndexes) where name.hasSuffix(".repo") {
             let path = "/etc/yum.repos.d/" + name
@@ -159,6 +154,9 @@ struct PackageSources: Sendable, Hashable {
                 guard !section.isEmpty, section["enabled"].map({ $0 != "0" }) ?? true else { return }
                 guard let baseurl = section["baseurl"]?.split(separator: " ").first.map(String.init) else {
                     throw Unreadable(reason: "\(path) uses a metalink or mirrorlist, which only dnf can follow")
+                }
+                guard !(release.isEmpty && baseurl.contains("$releasever")) else {
+                    throw Unreadable(reason: "\(path) uses $releasever and the image's os-release has no VERSION_ID")
                 }
                 let url = baseurl.replacingOccurrences(of: "$basearch", with: basearch).replacingOccurrences(
                     of: "$releasever", with: release)
@@ -226,9 +224,8 @@ struct PackageSources: Sendable, Hashable {
         var problems: [String] = []
         for url in index.candidates {
             do {
-                let host = URL(string: url).flatMap { url in url.host.map { host in url.port.map { "\(host):\($0)" } ?? host } } ?? ""
                 let body = try await HTTPSDownload.fetch(
-                    url, caCertificate: caCertificates[host], limit: 32 << 20, timeout: .seconds(20), allowPlainHTTP: true)
+                    url, caCertificates: caCertificates, limit: 32 << 20, timeout: .seconds(20), allowPlainHTTP: true)
                 return (url, relevantDigest(url: url, body: body, entries: index.releaseEntries))
             } catch let error as KilnError {
                 problems.append(error.message)

@@ -221,3 +221,18 @@ public struct ImageFiles: Sendable {
         return names.sorted()
     }
 }
+
+extension ImageFiles {
+    /// The key=value fields of the image's os-release (`/etc/os-release`, else
+    /// `/usr/lib/os-release`), quotes removed; empty when it has none or it cannot be read.
+    public func osRelease() -> [String: String] {
+        let text = ((try? text("/etc/os-release")) ?? nil) ?? ((try? text("/usr/lib/os-release")) ?? nil) ?? ""
+        var fields: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            guard let equals = line.firstIndex(of: "=") else { continue }
+            fields[String(line[..<equals])] = String(line[line.index(after: equals)...]).trimmingCharacters(
+                in: CharacterSet(charactersIn: "\"'"))
+        }
+        return fields
+    }
+}
