@@ -72,15 +72,16 @@ struct ImageTestSuites: Sendable {
         let security = settings.security
         // One walk of the image's root serves both checks that need it.
         var walked: RootInventory?
-        func inventory() -> RootInventory {
-            if walked == nil { walked = RootInventory(root: instance.rootfs) }
+        func inventory() throws -> RootInventory {
+            // Frozen: the image's command may still run and could swap a folder for a host symlink mid-walk.
+            if walked == nil { walked = try instance.whileFrozen { RootInventory(root: instance.hostView) } }
             return walked!
         }
         if security?.worldWritable != false {
-            await record("security", "no world-writable files") { worldWritable(inventory().worldWritable) }
+            await record("security", "no world-writable files") { worldWritable(try inventory().worldWritable) }
         }
         if security?.setuid != false {
-            await record("security", "no new SUID/SGID files") { try setuidGrowth(inventory().setuid, in: instance) }
+            await record("security", "no new SUID/SGID files") { try setuidGrowth(try inventory().setuid, in: instance) }
         }
         if security?.secrets != false {
             await record("security", "no private keys or credentials in layers") {

@@ -3,6 +3,7 @@ import KilnModel
 import KilnOCI
 import KilnSystem
 import KilnTOE
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -100,6 +101,8 @@ public final class ContainerInstance: Sendable {
     var runc: Runc { host.runc }
 
     public var rootfs: String { directory + "/rootfs" }
+    /// The root as Kiln's host-side file work sees it (nodev, nosuid, noexec).
+    public var hostView: String { directory + "/view" }
     public var upper: String { directory + "/upper" }
     var bundle: String { directory + "/bundle" }
 
@@ -122,6 +125,7 @@ public final class ContainerInstance: Sendable {
     var cgroupsPath: String { "/kiln/\(id)" }
 
     let started = ContinuousClock.now
+    private let freezeDepth = Mutex(0)
 
     private init(
         id: String, directory: String, image: ImageConfiguration, manifest: ImageManifest, options: InstanceOptions, host: InstanceHost
@@ -150,7 +154,7 @@ public final class ContainerInstance: Sendable {
             created: ISO8601DateFormatter().string(from: Date()))
         try JSONEncoder().encode(record).write(to: URL(fileURLWithPath: directory + "/instance.json"))
         do {
-            for folder in [instance.rootfs, instance.upper, directory + "/work", instance.bundle] {
+            for folder in [instance.rootfs, instance.hostView, instance.upper, directory + "/work", instance.bundle] {
                 try manager.createDirectory(atPath: folder, withIntermediateDirectories: false)
             }
             let kilnLayer = try host.kilnLayer()
@@ -159,6 +163,8 @@ public final class ContainerInstance: Sendable {
                 - kilnLayer.utf8.count - 1
             let lowers = try [kilnLayer] + host.layers.folders(for: manifest, config: config, store: host.store, budget: budget).reversed()
             try Overlay.mount(lower: lowers, upper: instance.upper, work: directory + "/work", at: instance.rootfs, scratch: directory)
+            try Overlay.mountHostView(of: instance.rootfs, at: instance.hostView)
+            try instance.checkFilesRuncReads()
             let resolv = (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "nameserver 127.0.0.1\n"
             try resolv.write(toFile: directory + "/resolv.conf", atomically: true, encoding: .utf8)
             try "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t\(id)\n".write(
@@ -181,12 +187,57 @@ public final class ContainerInstance: Sendable {
     /// Stops process 1 and starts it again on the same root filesystem (a reboot).
     func restart() async throws {
         await runc.remove(id: id)
+        try checkFilesRuncReads()
         try await runc.start(id: id, bundle: bundle)
+    }
+
+    /// runc reads the root's /etc/passwd and /etc/group when a process starts; a FIFO there
+    /// would block it (and Kiln) until a timeout, so they must be regular files or absent.
+    func checkFilesRuncReads() throws {
+        try UserDatabase(fileSystem: RootedFileSystem(root: hostView, workingDirectory: "/")).checkAccountFiles()
+    }
+
+    // MARK: Host-side work on the instance's files
+
+    /// Runs `body` with every process of the instance stopped (the cgroup freezer), so nothing
+    /// a step left running can swap a folder for a symlink while Kiln resolves a path or packs
+    /// the upper dir from the host. Calls nest; the outermost one freezes and thaws.
+    public func whileFrozen<T>(_ body: () async throws -> T) async throws -> T {
+        try beginFreeze()
+        defer { endFreeze() }
+        return try await body()
+    }
+
+    public func whileFrozen<T>(_ body: () throws -> T) throws -> T {
+        try beginFreeze()
+        defer { endFreeze() }
+        return try body()
+    }
+
+    private func beginFreeze() throws {
+        try freezeDepth.withLock { depth in
+            if depth == 0 { try Cgroups.freeze(path: cgroupsPath) }
+            depth += 1
+        }
+    }
+
+    private func endFreeze() {
+        freezeDepth.withLock { depth in
+            depth -= 1
+            if depth == 0 { Cgroups.thaw(path: cgroupsPath) }
+        }
     }
 
     /// The image's `User` (name, uid, uid:gid or name:group) as numbers, from the instance's own files.
     func user(_ override: String? = nil) throws -> (UInt32, UInt32) {
-        let users = UserDatabase(fileSystem: RootedFileSystem(root: rootfs, workingDirectory: "/"))
+        try whileFrozen {
+            try checkFilesRuncReads()
+            return try userIDs(override)
+        }
+    }
+
+    private func userIDs(_ override: String?) throws -> (UInt32, UInt32) {
+        let users = UserDatabase(fileSystem: RootedFileSystem(root: hostView, workingDirectory: "/"))
         let text = override ?? image.config?.user ?? ""
         guard !text.isEmpty else { return (0, 0) }
         let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
@@ -216,6 +267,7 @@ public final class ContainerInstance: Sendable {
     public func destroy() async {
         await Task { [self] in
             await runc.remove(id: id)
+            Overlay.unmount(hostView)
             Overlay.unmount(rootfs)
             try? FileManager.default.removeItem(atPath: directory)
             Cgroups.remove(path: cgroupsPath)
@@ -282,8 +334,10 @@ public final class ContainerInstance: Sendable {
             }())
         let gzip = try GzipLayerWriter { try handle.write(contentsOf: Data($0)) }
         var tar = TarWriter { try gzip.write($0) }
-        let (entries, state) = try DirectoryArchiver(sourceDateEpoch: sourceDateEpoch, overlayUpperDirectory: true, changesSince: since)
-            .archiveRecording(upper, into: &tar)
+        let (entries, state) = try whileFrozen {
+            try DirectoryArchiver(sourceDateEpoch: sourceDateEpoch, overlayUpperDirectory: true, changesSince: since)
+                .archiveRecording(upper, into: &tar)
+        }
         let packed = try gzip.finish()
         try handle.close()
         guard rename(staging, store.path(of: packed.digest)) == 0 else {
@@ -380,6 +434,7 @@ public final class ContainerInstance: Sendable {
     private static func release(id: String, on host: InstanceHost) async {
         let directory = host.instancesDirectory + "/" + id
         await host.runc.remove(id: id)
+        Overlay.unmount(directory + "/view")
         Overlay.unmount(directory + "/rootfs")
         try? FileManager.default.removeItem(atPath: directory)
         Cgroups.remove(path: "/kiln/\(id)")

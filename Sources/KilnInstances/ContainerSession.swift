@@ -11,14 +11,16 @@ import Synchronization
 /// `InstanceSession` for a runc container. Programs run inside it with `runc exec` (through the
 /// instance's init, in their own session, so a timeout kills the whole tree). File actions work
 /// on the container's root filesystem from the host, resolving every path and symlink inside it,
-/// so a link to /etc/shadow reaches the container's file, never the host's.
+/// so a link to /etc/shadow reaches the container's file, never the host's. Each one runs with
+/// the instance frozen, so a process left running cannot change a path between its resolution
+/// and its use.
 public struct ContainerSession: InstanceSession {
     let instance: ContainerInstance
     let files: LocalHostSession
 
     init(instance: ContainerInstance) {
         self.instance = instance
-        files = LocalHostSession(root: instance.rootfs, workingDirectory: instance.workingDirectory, environment: [:])
+        files = LocalHostSession(root: instance.hostView, workingDirectory: instance.workingDirectory, environment: [:])
     }
 
     public var displayName: String { "container \(instance.id)" }
@@ -74,31 +76,47 @@ public struct ContainerSession: InstanceSession {
         return .restarted
     }
 
-    public func canonicalPath(_ path: String) async throws -> String { try await files.canonicalPath(path) }
-    public func makeScratchDirectory() async throws -> String { try await files.makeScratchDirectory() }
+    public func canonicalPath(_ path: String) async throws -> String {
+        try await instance.whileFrozen { try await files.canonicalPath(path) }
+    }
+    public func makeScratchDirectory() async throws -> String { try await instance.whileFrozen { try await files.makeScratchDirectory() } }
     public func fileInfo(_ path: String, followSymlinks: Bool) async throws -> InstanceFileInfo? {
-        try await files.fileInfo(path, followSymlinks: followSymlinks)
+        try await instance.whileFrozen { try await files.fileInfo(path, followSymlinks: followSymlinks) }
     }
-    public func readFile(_ path: String) async throws -> Data { try await files.readFile(path) }
+    public func readFile(_ path: String) async throws -> Data { try await instance.whileFrozen { try await files.readFile(path) } }
     public func writeFile(_ path: String, contents: Data, append: Bool, mode: UInt32) async throws {
-        try await files.writeFile(path, contents: contents, append: append, mode: mode)
+        try await instance.whileFrozen { try await files.writeFile(path, contents: contents, append: append, mode: mode) }
     }
-    public func listDirectory(_ path: String) async throws -> [String] { try await files.listDirectory(path) }
-    public func createDirectory(_ path: String, mode: UInt32) async throws { try await files.createDirectory(path, mode: mode) }
-    public func remove(_ path: String, recursive: Bool) async throws { try await files.remove(path, recursive: recursive) }
-    public func move(_ source: String, to destination: String) async throws { try await files.move(source, to: destination) }
-    public func copy(_ source: String, to destination: String) async throws { try await files.copy(source, to: destination) }
-    public func createSymlink(_ path: String, target: String) async throws { try await files.createSymlink(path, target: target) }
+    public func listDirectory(_ path: String) async throws -> [String] {
+        try await instance.whileFrozen { try await files.listDirectory(path) }
+    }
+    public func createDirectory(_ path: String, mode: UInt32) async throws {
+        try await instance.whileFrozen { try await files.createDirectory(path, mode: mode) }
+    }
+    public func remove(_ path: String, recursive: Bool) async throws {
+        try await instance.whileFrozen { try await files.remove(path, recursive: recursive) }
+    }
+    public func move(_ source: String, to destination: String) async throws {
+        try await instance.whileFrozen { try await files.move(source, to: destination) }
+    }
+    public func copy(_ source: String, to destination: String) async throws {
+        try await instance.whileFrozen { try await files.copy(source, to: destination) }
+    }
+    public func createSymlink(_ path: String, target: String) async throws {
+        try await instance.whileFrozen { try await files.createSymlink(path, target: target) }
+    }
     public func setOwner(_ path: String, owner: String?, group: String?, recursive: Bool) async throws {
-        try await files.setOwner(path, owner: owner, group: group, recursive: recursive)
+        try await instance.whileFrozen { try await files.setOwner(path, owner: owner, group: group, recursive: recursive) }
     }
     public func setPermissions(_ path: String, mode: UInt32, recursive: Bool) async throws {
-        try await files.setPermissions(path, mode: mode, recursive: recursive)
+        try await instance.whileFrozen { try await files.setPermissions(path, mode: mode, recursive: recursive) }
     }
     public func importFile(fromHost hostPath: String, to path: String) async throws {
-        try await files.importFile(fromHost: hostPath, to: path)
+        try await instance.whileFrozen { try await files.importFile(fromHost: hostPath, to: path) }
     }
-    public func exportFile(_ path: String, toHost hostPath: String) async throws { try await files.exportFile(path, toHost: hostPath) }
+    public func exportFile(_ path: String, toHost hostPath: String) async throws {
+        try await instance.whileFrozen { try await files.exportFile(path, toHost: hostPath) }
+    }
 }
 
 /// Set when an exec's timeout fired, read after the exec returns.

@@ -20,9 +20,23 @@ enum Overlay {
         guard options.utf8.count < optionLimit else {
             throw KilnError(.unsupported, "the image has too many layers (\(lower.count)) for one overlay mount; flatten it first")
         }
-        guard Glibc.mount("overlay", target, "overlay", 0, options) == 0 else {
+        // nodev: a device node an image or step planted cannot be opened through this root
+        // (the container's own /dev is a separate tmpfs).
+        guard Glibc.mount("overlay", target, "overlay", UInt(MS_NODEV), options) == 0 else {
             throw KilnError(
                 .ioFailure, "cannot mount the instance root at '\(target)': \(String(cString: strerror(errno))) (overlayfs needs root)")
+        }
+    }
+
+    /// A second view of an instance root for Kiln's own file work: nodev, nosuid and noexec,
+    /// so nothing Kiln opens or creates there can act as a device or a setuid program.
+    static func mountHostView(of rootfs: String, at target: String) throws {
+        guard Glibc.mount(rootfs, target, nil, UInt(MS_BIND), nil) == 0,
+            Glibc.mount(nil, target, nil, UInt(MS_REMOUNT | MS_BIND | MS_NODEV | MS_NOSUID | MS_NOEXEC), nil) == 0
+        else {
+            let reason = String(cString: strerror(errno))
+            unmount(target)
+            throw KilnError(.ioFailure, "cannot mount Kiln's view of the instance root at '\(target)': \(reason)")
         }
     }
 
@@ -65,6 +79,49 @@ enum Cgroups {
             }
         }
         return 0
+    }
+
+    /// The freezer control of a cgroup: v1's freezer.state or v2's cgroup.freeze; nil when the
+    /// cgroup does not exist (then no process of the instance is running).
+    static func freezer(path: String) -> (control: String, frozen: String, thawed: String, state: String, isFrozen: String)? {
+        let v1 = "/sys/fs/cgroup/freezer\(path)"
+        if access(v1 + "/freezer.state", F_OK) == 0 {
+            return (v1 + "/freezer.state", "FROZEN", "THAWED", v1 + "/freezer.state", "FROZEN")
+        }
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] where access(root + path + "/cgroup.freeze", F_OK) == 0 {
+            return (root + path + "/cgroup.freeze", "1", "0", root + path + "/cgroup.events", "frozen 1")
+        }
+        return nil
+    }
+
+    /// Stops every process of the cgroup and waits until the kernel says they are stopped.
+    static func freeze(path: String) throws {
+        guard let freezer = freezer(path: path) else { return }
+        guard write(freezer.frozen, to: freezer.control) else {
+            throw KilnError(.ioFailure, "cannot freeze the instance's processes (\(freezer.control)): \(String(cString: strerror(errno)))")
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            let state = (try? String(contentsOfFile: freezer.state, encoding: .utf8)) ?? ""
+            if state.split(separator: "\n").contains(where: { $0 == freezer.isFrozen }) { return }
+            usleep(200)
+        }
+        thaw(path: path)
+        throw KilnError(
+            .timedOut,
+            "the instance's processes did not stop within 10 s (\(freezer.state)); Kiln works on its files only while they are stopped")
+    }
+
+    static func thaw(path: String) {
+        guard let freezer = freezer(path: path) else { return }
+        _ = write(freezer.thawed, to: freezer.control)
+    }
+
+    private static func write(_ value: String, to file: String) -> Bool {
+        let fd = open(file, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return value.withCString { Glibc.write(fd, $0, strlen($0)) } >= 0
     }
 
     static func remove(path: String) {

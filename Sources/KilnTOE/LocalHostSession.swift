@@ -25,7 +25,14 @@ public struct LocalHostSession: InstanceSession {
     public func canonicalPath(_ path: String) async throws -> String { try fileSystem.resolve(path) }
 
     public func makeScratchDirectory() async throws -> String {
-        var template = Array(fileSystem.hostPath(instancePath: "/tmp/kiln-toe.XXXXXX").utf8CString)
+        // The instance's /tmp may be a symlink: resolved inside the root, it must be a folder.
+        let tmp = try fileSystem.resolve("/tmp")
+        var info = stat()
+        guard lstat(fileSystem.hostPath(instancePath: tmp), &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            throw KilnError(
+                .invalidArgument, "/tmp in the \(displayName) is not a folder (it resolves to '\(tmp)'); the scratch folder goes there")
+        }
+        var template = Array(fileSystem.hostPath(instancePath: tmp + "/kiln-toe.XXXXXX").utf8CString)
         guard let made = mkdtemp(&template) else { throw posixError("create a scratch folder in", "/tmp") }
         let host = String(cString: made)
         return fileSystem.root == "/" ? host : String(host.dropFirst(fileSystem.root.count))
@@ -88,30 +95,14 @@ public struct LocalHostSession: InstanceSession {
     }
 
     public func readFile(_ path: String) async throws -> Data {
-        let host = try fileSystem.hostPath(path)
-        guard let data = FileManager.default.contents(atPath: host) else {
-            throw KilnError(.notFound, "cannot read '\(path)' in the \(displayName): \(String(cString: strerror(errno)))")
-        }
-        return data
+        try HostFileIO.readRegular(try fileSystem.hostPath(path), describe: "'\(path)' in the \(displayName)")
     }
 
     public func writeFile(_ path: String, contents: Data, append: Bool, mode: UInt32) async throws {
-        let host = try fileSystem.hostPath(path)
-        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | (append ? O_APPEND : O_TRUNC)
-        let fd = open(host, flags, mode_t(mode))
-        guard fd >= 0 else { throw posixError("write", path) }
+        let describe = "'\(path)' in the \(displayName)"
+        let fd = try HostFileIO.openForWriting(try fileSystem.hostPath(path), append: append, mode: mode, describe: describe)
         defer { close(fd) }
-        try contents.withUnsafeBytes { buffer in
-            var offset = 0
-            while offset < buffer.count {
-                let written = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    throw posixError("write", path)
-                }
-                offset += written
-            }
-        }
+        try contents.withUnsafeBytes { try HostFileIO.writeAll(fd, $0, describe: describe) }
     }
 
     public func listDirectory(_ path: String) async throws -> [String] {
@@ -133,7 +124,7 @@ public struct LocalHostSession: InstanceSession {
                 throw posixError("create folder", current)
             }
             var info = stat()
-            if stat(host, &info) == 0, info.st_mode & S_IFMT != S_IFDIR {
+            if lstat(host, &info) == 0, info.st_mode & S_IFMT != S_IFDIR {
                 throw KilnError(.alreadyExists, "'\(current)' exists in the \(displayName) and is not a folder")
             }
         }
@@ -162,22 +153,20 @@ public struct LocalHostSession: InstanceSession {
         if rename(from, to) == 0 { return }
         guard errno == EXDEV else { throw posixError("move '\(source)' to", destination) }
         // Across file systems: copy (symlinks stay symlinks), then remove the original.
-        do {
-            try FileManager.default.copyItem(atPath: from, toPath: to)
-        } catch {
-            throw KilnError(.ioFailure, "cannot move '\(source)' to '\(destination)' in the \(displayName): \(error.localizedDescription)")
-        }
+        try HostFileIO.copyTree(from: from, to: to, describe: describe)
         try await remove(source, recursive: true)
     }
 
     public func copy(_ source: String, to destination: String) async throws {
         let from = try fileSystem.hostPath(source)
         let to = try fileSystem.hostPath(destination, followFinal: false)
-        do {
-            try FileManager.default.copyItem(atPath: from, toPath: to)
-        } catch {
-            throw KilnError(.ioFailure, "cannot copy '\(source)' to '\(destination)' in the \(displayName): \(error.localizedDescription)")
-        }
+        try HostFileIO.copyTree(from: from, to: to, describe: describe)
+    }
+
+    /// An instance path for a message, from the host path Kiln works on.
+    private func describe(_ hostPath: String) -> String {
+        let inside = fileSystem.root == "/" ? hostPath : String(hostPath.dropFirst(fileSystem.root.count))
+        return "'\(inside)' in the \(displayName)"
     }
 
     public func createSymlink(_ path: String, target: String) async throws {
@@ -206,22 +195,20 @@ public struct LocalHostSession: InstanceSession {
     public func importFile(fromHost hostPath: String, to path: String) async throws {
         let destination = try fileSystem.hostPath(path, followFinal: false)
         if rename(hostPath, destination) == 0 { return }
-        do {
-            if FileManager.default.fileExists(atPath: destination) { try FileManager.default.removeItem(atPath: destination) }
-            try FileManager.default.copyItem(atPath: hostPath, toPath: destination)
-            try? FileManager.default.removeItem(atPath: hostPath)
-        } catch {
-            throw KilnError(.ioFailure, "cannot place a file at '\(path)' in the \(displayName): \(error.localizedDescription)")
+        var info = stat()
+        if lstat(destination, &info) == 0 {
+            guard info.st_mode & S_IFMT != S_IFDIR, unlink(destination) == 0 else {
+                throw KilnError(
+                    .alreadyExists, "cannot place a file at '\(path)' in the \(displayName): something is there and cannot be replaced")
+            }
         }
+        try HostFileIO.copyFile(from: hostPath, to: destination, mode: 0o644, describe: { "'\($0)'" })
+        unlink(hostPath)
     }
 
     public func exportFile(_ path: String, toHost hostPath: String) async throws {
         let source = try fileSystem.hostPath(path)
-        do {
-            try FileManager.default.copyItem(atPath: source, toPath: hostPath)
-        } catch {
-            throw KilnError(.ioFailure, "cannot read '\(path)' in the \(displayName): \(error.localizedDescription)")
-        }
+        try HostFileIO.copyFile(from: source, to: hostPath, mode: 0o600) { $0 == source ? "'\(path)' in the \(displayName)" : "'\($0)'" }
     }
 
     public func reboot() async throws -> RebootDisposition { .deferred }
@@ -271,9 +258,7 @@ public struct UserDatabase: Sendable {
 
     /// The primary group of a user, from /etc/passwd.
     public func primaryGroupID(ofUser uid: UInt32) -> UInt32? {
-        guard let host = try? fileSystem.hostPath("/etc/passwd"), let text = try? String(contentsOfFile: host, encoding: .utf8) else {
-            return nil
-        }
+        guard let text = try? accountFile("/etc/passwd") else { return nil }
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: ":", omittingEmptySubsequences: false)
             if fields.count > 3, UInt32(fields[2]) == uid { return UInt32(fields[3]) }
@@ -281,8 +266,24 @@ public struct UserDatabase: Sendable {
         return nil
     }
 
+    /// /etc/passwd or /etc/group, which runc also reads when a process starts: a FIFO there would
+    /// hang it, so anything but a regular file (or none) is an error.
+    public func accountFile(_ file: String) throws -> String? {
+        let host = try fileSystem.hostPath(file)
+        do {
+            return String(decoding: try HostFileIO.readRegular(host, describe: "the instance's \(file)", limit: 16 << 20), as: UTF8.self)
+        } catch let error as KilnError where error.code == .notFound {
+            return nil
+        }
+    }
+
+    /// Refuses account files runc could not read (a FIFO, device or folder in their place).
+    public func checkAccountFiles() throws {
+        for file in ["/etc/passwd", "/etc/group"] { _ = try accountFile(file) }
+    }
+
     private func lookup(_ name: String, in file: String, idField: Int) -> UInt32? {
-        guard let host = try? fileSystem.hostPath(file), let text = try? String(contentsOfFile: host, encoding: .utf8) else { return nil }
+        guard let text = try? accountFile(file) else { return nil }
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: ":", omittingEmptySubsequences: false)
             if fields.count > idField, fields[0] == name { return UInt32(fields[idField]) }
