@@ -21,13 +21,21 @@ public struct Runc: Sendable {
 
     /// Runs a runc subcommand to completion; its output becomes the error text on failure.
     @discardableResult
-    public func call(_ arguments: [String], allowFailure: Bool = false) async throws -> (status: Int32, output: String) {
+    public func call(_ arguments: [String], allowFailure: Bool = false, timeout: Duration = .seconds(120)) async throws -> (
+        status: Int32, output: String
+    ) {
         let collected = OutputCollector()
         let result = try await ProcessRunner.run(
             executablePath: binary, argumentZero: "runc", arguments: ["--root", stateRoot] + arguments,
-            environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], workingDirectory: nil, timeout: .seconds(120)
+            environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], workingDirectory: nil, timeout: timeout
         ) { _, bytes in collected.append(bytes) }
         let output = collected.text
+        if result.timedOut {
+            throw KilnError(
+                .timedOut,
+                "runc \(arguments.prefix(2).joined(separator: " ")) did not finish within \(timeout) and was stopped; something in the image blocks it (a FIFO where runc reads a file?)"
+            )
+        }
         if result.exitCode != 0, !allowFailure {
             throw KilnError(
                 .execFailure,
@@ -39,7 +47,8 @@ public struct Runc: Sendable {
 
     /// Starts the container in the background; process 1 is the bundle's init.
     public func start(id: String, bundle: String) async throws {
-        try await call(["run", "--detach", "--bundle", bundle, id])
+        // Starting takes well under a second; a short bound keeps a hostile root from holding Kiln.
+        try await call(["run", "--detach", "--bundle", bundle, id], timeout: .seconds(30))
     }
 
     /// Stops and removes a container; a container that is already gone is fine.

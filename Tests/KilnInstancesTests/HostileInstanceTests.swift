@@ -1,6 +1,7 @@
 import Foundation
 import KilnModel
 import KilnOCI
+import KilnSystem
 import KilnTOE
 import KilnTestSupport
 import Testing
@@ -29,11 +30,33 @@ struct HostileInstanceTests {
         try "root:x:0:0:root:/root:/bin/false\n".write(toFile: root + "/etc/passwd", atomically: true, encoding: .utf8)
         try "root:x:0:\nstaff:x:50:\n".write(toFile: root + "/etc/group", atomically: true, encoding: .utf8)
         try """
+        #define _GNU_SOURCE
+        #include <dirent.h>
+        #include <errno.h>
+        #include <netinet/in.h>
+        #include <sched.h>
+        #include <signal.h>
         #include <stdio.h>
         #include <string.h>
+        #include <sys/socket.h>
+        #include <sys/syscall.h>
         #include <unistd.h>
+        static void report(const char *name, long result) { printf("%s=%s\\n", name, result < 0 ? strerror(errno) : "allowed"); }
         int main(int argc, char **argv) {
             const char *tool = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
+            if (strcmp(tool, "probe") == 0) {
+                report("unshare-user", unshare(CLONE_NEWUSER));
+                report("clone-user", syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0) == 0 ? (_exit(0), 0) : -1);
+                report("keyctl", syscall(SYS_keyctl, 0, 0, 0, 0, 0));
+                report("bpf", syscall(SYS_bpf, 0, 0, 0));
+                report("perf_event_open", syscall(SYS_perf_event_open, 0, 0, -1, -1, 0));
+                report("raw-socket", socket(AF_INET, SOCK_RAW, IPPROTO_ICMP));
+                FILE *interrupts = fopen("/proc/interrupts", "r");
+                long bytes = 0;
+                if (interrupts) { while (fgetc(interrupts) != EOF) bytes++; }
+                printf("interrupts-bytes=%ld\\n", bytes);
+                return 0;
+            }
             if (strcmp(tool, "swapper") == 0 && argc == 3) {
                 char aside[4096];
                 snprintf(aside, sizeof aside, "%s.real", argv[1]);
@@ -52,7 +75,9 @@ struct HostileInstanceTests {
             return 0;
         }
         """.write(toFile: source + "/tools.c", atomically: true, encoding: .utf8)
-        let built = try shell("cd \(source) && gcc -static -O1 -o rootfs/bin/swapper tools.c && ln rootfs/bin/swapper rootfs/bin/hello")
+        let built = try shell(
+            "cd \(source) && gcc -static -O1 -o rootfs/bin/swapper tools.c && ln rootfs/bin/swapper rootfs/bin/hello && ln rootfs/bin/swapper rootfs/bin/probe"
+        )
         #expect(built.status == 0, "\(built.text)")
         try extra(root)
         return try fixture.host.store.importRootFilesystem(root, name: name, sourceDateEpoch: 0)
@@ -132,6 +157,25 @@ struct HostileInstanceTests {
         await instance.destroy()
         #expect(packedSecrets == 0, "a packed layer held the host canary's bytes")
         #expect(try canary.state() == before, "the host canary folder was changed")
+        await fixture.remove()
+    }
+
+    @Test("Instances get Docker's default isolation: no user namespaces, keyctl, bpf, perf or raw sockets; kernel files masked")
+    func isolation() async throws {
+        let fixture = try InstanceFixture()
+        let image = try Self.image(fixture, name: "probe")
+        let instance = try await ContainerInstance.start(image: image, on: fixture.host, options: InstanceOptions(network: .none))
+        let output = OutputCollector()
+        let result = try await instance.session.exec(ExecRequest(executable: "/bin/probe"), output: { _, bytes in output.append(bytes) })
+        let config = try String(contentsOfFile: instance.directory + "/bundle/config.json", encoding: .utf8)
+        await instance.destroy()
+        #expect(result.exitCode == 0)
+        let lines = output.text.split(separator: "\n").map(String.init)
+        for call in ["unshare-user", "clone-user", "keyctl", "bpf", "perf_event_open", "raw-socket"] {
+            #expect(lines.contains("\(call)=Operation not permitted"), "\(call): \(output.text)")
+        }
+        #expect(lines.contains("interrupts-bytes=0"), "masked like Docker: \(output.text)")
+        #expect(config.contains("virtual\\/powercap") || config.contains("virtual/powercap"), "masked where the host has it")
         await fixture.remove()
     }
 
