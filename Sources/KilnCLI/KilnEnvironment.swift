@@ -4,6 +4,10 @@ import KilnModel
 import KilnOCI
 import KilnRegistry
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Options every command that touches images shares.
 struct KilnOptions: ParsableArguments {
     @Option(name: .long, help: "Kiln's configuration file (default: $KILN_CONFIG, else ./kiln.yaml when it exists).")
@@ -33,6 +37,7 @@ struct KilnEnvironment {
         var configuration = try path.map { try KilnConfiguration.load(path: $0, environment: environment) } ?? KilnConfiguration()
         if let dataDir = options.dataDir { configuration.dataDirectory = dataDir }
         self.configuration = configuration
+        try Self.makePrivate(dataDirectory: configuration.dataDirectory)
         store = try ContentStore(root: configuration.dataDirectory + "/content")
         let settings = configuration.registries.mapValues { registry in
             RegistrySettings(
@@ -41,6 +46,29 @@ struct KilnEnvironment {
             )
         }
         registries = RegistryDirectory(settings: settings, logins: RegistryCredentialStore(environment: environment))
+    }
+
+    /// The data directory holds unpacked layers (setuid programs, device nodes), logs and
+    /// records: only root may enter it. One that others can enter is closed, with a note.
+    static func makePrivate(dataDirectory: String) throws {
+        var info = stat()
+        if stat(dataDirectory, &info) != 0 {
+            do {
+                try FileManager.default.createDirectory(
+                    atPath: dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw KilnError(.ioFailure, "cannot create the data directory '\(dataDirectory)': \(error.localizedDescription)")
+            }
+            return
+        }
+        guard info.st_mode & 0o077 != 0, info.st_uid == geteuid() else { return }
+        guard chmod(dataDirectory, 0o700) == 0 else {
+            throw KilnError(
+                .ioFailure, "cannot make the data directory '\(dataDirectory)' private (0700): \(String(cString: strerror(errno)))")
+        }
+        TerminalOutput().progress(
+            "made the data directory \(dataDirectory) private (mode \(String(info.st_mode & 0o777, radix: 8)) -> 700): local users could run setuid programs from unpacked layers and read logs"
+        )
     }
 
     /// Runs `body`, printing a KilnError the way every command does and exiting 1.

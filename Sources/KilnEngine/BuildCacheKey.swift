@@ -1,6 +1,11 @@
 import Foundation
 import KilnModel
 import KilnOCI
+import KilnTOE
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The cache key of each build step, chained: a step's key hashes the key before it with what
 /// the step does (a component's build-version ARN, document digest and parameters; an
@@ -36,19 +41,28 @@ public enum BuildCacheKey {
     static func contentDigest(_ path: String) throws -> Digest {
         var text = ""
         func walk(_ path: String, _ relative: String) {
-            var isDirectory: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            var info = stat()
+            // The named source is followed (COPY refuses it when it leads out of the context);
+            // links inside it are keyed by their target text, as COPY copies them.
+            let found = relative == "." ? stat(path, &info) : lstat(path, &info)
+            guard found == 0 else {
                 text += "missing \(relative)\n"
                 return
             }
-            let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? NSNumber)?.intValue ?? 0
-            if isDirectory.boolValue {
+            let mode = info.st_mode & 0o7777
+            switch info.st_mode & S_IFMT {
+            case S_IFDIR:
                 text += "dir \(relative) \(mode)\n"
                 for child in ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted() {
                     walk(path + "/" + child, relative + "/" + child)
                 }
-            } else {
-                text += "file \(relative) \(mode) \(Digest(sha256Of: FileManager.default.contents(atPath: path) ?? Data()))\n"
+            case S_IFREG:
+                let bytes = (try? HostFileIO.readRegular(path, describe: relative, limit: 1 << 30)) ?? Data()
+                text += "file \(relative) \(mode) \(Digest(sha256Of: bytes))\n"
+            default:
+                // A FIFO is never opened (it would block); COPY refuses it by name.
+                let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? ""
+                text += "special \(relative) \(info.st_mode) \(target)\n"
             }
         }
         walk(path, ".")

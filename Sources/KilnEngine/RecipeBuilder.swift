@@ -538,14 +538,28 @@ struct RecipeBuilder: Sendable {
             guard hostPath == contextRoot || hostPath.hasPrefix(contextRoot + "/") else {
                 throw StepFailure(step: "COPY at \(place)", log: nil, reason: "'\(source)' is outside the build context \(contextRoot)")
             }
+            // A link named as the source is followed only while it stays in the context: a link
+            // to ~/.docker/config.json must not bring the host's file into the image.
+            let resolved = URL(fileURLWithPath: hostPath).resolvingSymlinksInPath().path
+            guard resolved == contextRoot || resolved.hasPrefix(contextRoot + "/") else {
+                throw StepFailure(
+                    step: "COPY at \(place)", log: nil,
+                    reason:
+                        "'\(source)' is a symlink to '\(resolved)', outside the build context \(contextRoot); COPY does not follow links out of the context, so copy the file itself into it"
+                )
+            }
             var isDirectory: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: hostPath, isDirectory: &isDirectory) else {
+            guard FileManager.default.fileExists(atPath: resolved, isDirectory: &isDirectory) else {
                 throw StepFailure(
                     step: "COPY at \(place)", log: nil, reason: "'\(source)' does not exist in the build context \(contextRoot)")
             }
             let name = (hostPath as NSString).lastPathComponent
             let destinationPath = isDirectory.boolValue ? target : (intoFolder ? target + "/" + name : target)
-            try await copyTree(hostPath, to: destinationPath, isDirectory: isDirectory.boolValue, session: session)
+            do {
+                try await copyTree(resolved, to: destinationPath, isDirectory: isDirectory.boolValue, session: session)
+            } catch let error as KilnError {
+                throw StepFailure(step: "COPY at \(place)", log: nil, reason: error.message)
+            }
             if let owner {
                 let parts = owner.split(separator: ":").map(String.init)
                 try await session.setOwner(
@@ -554,20 +568,36 @@ struct RecipeBuilder: Sendable {
         }
     }
 
+    /// Folders recursively, regular files by content, symlinks inside folders as symlinks (like
+    /// docker build); a FIFO, device or socket in the context is refused by name.
     private func copyTree(_ hostPath: String, to path: String, isDirectory: Bool, session: ContainerSession) async throws {
         if isDirectory {
             try await session.createDirectory(path, mode: 0o755)
             for child in try FileManager.default.contentsOfDirectory(atPath: hostPath).sorted() {
-                var childIsDirectory: ObjCBool = false
-                _ = FileManager.default.fileExists(atPath: hostPath + "/" + child, isDirectory: &childIsDirectory)
+                var info = stat()
+                guard lstat(hostPath + "/" + child, &info) == 0 else { continue }
+                if info.st_mode & S_IFMT == S_IFLNK {
+                    let target = try FileManager.default.destinationOfSymbolicLink(atPath: hostPath + "/" + child)
+                    if try await session.fileInfo(path + "/" + child, followSymlinks: false) != nil {
+                        try await session.remove(path + "/" + child, recursive: true)
+                    }
+                    try await session.createSymlink(path + "/" + child, target: target)
+                    continue
+                }
                 try await copyTree(
-                    hostPath + "/" + child, to: path + "/" + child, isDirectory: childIsDirectory.boolValue, session: session)
+                    hostPath + "/" + child, to: path + "/" + child, isDirectory: info.st_mode & S_IFMT == S_IFDIR, session: session)
             }
         } else {
             try await session.createDirectory((path as NSString).deletingLastPathComponent, mode: 0o755)
+            let (fd, size) = try HostFileIO.openRegular(hostPath, describe: "'\(hostPath)' in the build context")
+            close(fd)
+            guard size <= 1 << 30 else {
+                throw KilnError(.invalidArgument, "'\(hostPath)' in the build context is \(size >> 20) MiB; COPY takes files up to 1 GiB")
+            }
             let attributes = try FileManager.default.attributesOfItem(atPath: hostPath)
             let mode = (attributes[.posixPermissions] as? NSNumber)?.uint32Value ?? 0o644
-            try await session.writeFile(path, contents: try Data(contentsOf: URL(fileURLWithPath: hostPath)), append: false, mode: mode)
+            let contents = try HostFileIO.readRegular(hostPath, describe: "'\(hostPath)' in the build context", limit: 1 << 30)
+            try await session.writeFile(path, contents: contents, append: false, mode: mode)
             try await session.setPermissions(path, mode: mode, recursive: false)
         }
     }

@@ -429,7 +429,7 @@ extension Definitions {
     /// Checks that every reference between resources names something defined here, and that
     /// each resource has what it needs. Collects every problem.
     public func validateReferences(source: String) throws {
-        var problems: [String] = []
+        var problems: [String] = resourceNameProblems()
         for (index, recipe) in containerRecipes.enumerated() {
             for (position, configuration) in (recipe.components ?? []).enumerated() {
                 let place = "containerRecipes[\(index)] (\(recipe.name)).components[\(position)]"
