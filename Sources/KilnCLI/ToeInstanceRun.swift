@@ -22,8 +22,12 @@ struct ToeInstanceOptions: ParsableArguments {
     @Option(name: .long, help: "The instance type that sets CPU and memory limits (t3.micro … c5.large).")
     var instanceType = "t3.medium"
 
-    @Option(name: .long, help: "host (package mirrors reachable) or none.")
-    var network = "host"
+    @Option(
+        name: .long,
+        help:
+            "isolated (own network namespace with NAT; the host is host.kiln.internal), host (the host's network, loopback included: trusted documents only) or none."
+    )
+    var network = "isolated"
 
     @Flag(name: .long, help: "Keep the instance when the run fails, for kiln instance shell.")
     var keepOnFailure = false

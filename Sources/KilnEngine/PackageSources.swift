@@ -225,13 +225,21 @@ struct PackageSources: Sendable, Hashable {
         for url in index.candidates {
             do {
                 let body = try await HTTPSDownload.fetch(
-                    url, caCertificates: caCertificates, limit: 32 << 20, timeout: .seconds(20), allowPlainHTTP: true)
+                    hostSideURL(url), caCertificates: caCertificates, limit: 32 << 20, timeout: .seconds(20), allowPlainHTTP: true)
                 return (url, relevantDigest(url: url, body: body, entries: index.releaseEntries))
             } catch let error as KilnError {
                 problems.append(error.message)
             }
         }
         throw Unreadable(reason: problems.last ?? "no index answered")
+    }
+
+    /// Instances reach the host's services as host.kiln.internal; from the host itself that is
+    /// the loopback address.
+    static func hostSideURL(_ url: String) -> String {
+        guard var components = URLComponents(string: url), components.host == "host.kiln.internal" else { return url }
+        components.host = "127.0.0.1"
+        return components.string ?? url
     }
 
     /// For a Release or InRelease file, the SHA256 lines of the listed index files; otherwise

@@ -137,6 +137,7 @@ struct PackageUpgradeQuery: Sendable {
 
     let host: InstanceHost
     let type: InstanceType
+    var network: InstanceNetwork = .isolated
 
     func ask(_ image: Descriptor) async -> (Answer, ContainerInstance.Usage?) {
         let files: ImageFiles
@@ -151,7 +152,7 @@ struct PackageUpgradeQuery: Sendable {
         }
         let instance: ContainerInstance
         do {
-            instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: .host))
+            instance = try await ContainerInstance.start(image: image, on: host, options: InstanceOptions(type: type, network: network))
         } catch {
             return (
                 .unreachable("cannot start an instance to ask \(manager.rawValue): \((error as? KilnError)?.message ?? "\(error)")"), nil

@@ -117,11 +117,13 @@ public struct PipelineRun: Sendable {
     }
 
     func builder(_ prepared: Prepared, logRoot: String, progress: @escaping @Sendable (String) -> Void) -> RecipeBuilder {
-        RecipeBuilder(
+        var builder = RecipeBuilder(
             host: host, recipeLabel: "\(prepared.recipe.name)/\(prepared.recipe.semanticVersion)", template: prepared.template,
             components: prepared.components,
             type: prepared.type, logRoot: logRoot, context: prepared.context, sourceDateEpoch: prepared.sourceDateEpoch, progress: progress
         )
+        builder.network = configuration.builderNetwork == "host" ? .host : .isolated
+        return builder
     }
 
     /// Private CAs by host, for https package indexes and documents.

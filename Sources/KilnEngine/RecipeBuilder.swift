@@ -40,6 +40,8 @@ struct RecipeBuilder: Sendable {
     let context: String
     let sourceDateEpoch: Int64?
     let progress: @Sendable (String) -> Void
+    /// Builders' and package checks' network (kiln.yaml `builderNetwork`).
+    var network: InstanceNetwork = .isolated
 
     /// What the instructions set on the image, gathered while building.
     struct ImageSettings {
@@ -258,7 +260,7 @@ struct RecipeBuilder: Sendable {
             "BUILD: cache: \(record == nil ? "first check of" : "package indexes changed for") \(step.label); asking its package sources in a throwaway instance"
         )
         let askStarted = ContinuousClock.now
-        let (answer, usage) = await PackageUpgradeQuery(host: host, type: type).ask(image)
+        let (answer, usage) = await PackageUpgradeQuery(host: host, type: type, network: network).ask(image)
         progress("BUILD: cache: asked in \(String(format: "%.2f s", (ContinuousClock.now - askStarted).inSeconds))")
         switch answer {
         case .noPackageManager(let why):
@@ -313,7 +315,7 @@ struct RecipeBuilder: Sendable {
     /// After steps ran because of upgrades: what the sources still offer, so the next build
     /// knows which upgrades the recipe's steps do not pick up.
     func recordRemaining(key: Digest, image: Descriptor) async -> ContainerInstance.Usage? {
-        let (answer, usage) = await PackageUpgradeQuery(host: host, type: type).ask(image)
+        let (answer, usage) = await PackageUpgradeQuery(host: host, type: type, network: network).ask(image)
         if case .upgrades(let offered, let manager) = answer, var record = FreshnessRecord.load(key: key, dataDirectory: host.dataDirectory)
         {
             record.remainingUpgrades = offered
@@ -367,7 +369,7 @@ struct RecipeBuilder: Sendable {
                             settings: .init(history: "kiln cache", sourceDateEpoch: sourceDateEpoch), in: store, name: nil
                         )
                     builder = try await ContainerInstance.start(
-                        image: start, on: host, options: InstanceOptions(type: type, network: .host), name: name)
+                        image: start, on: host, options: InstanceOptions(type: type, network: network), name: name)
                     progress(
                         "BUILD: builder \(builder!.id) (\(type.name)) from \(start.digest.encoded.prefix(12))\(layers.isEmpty ? "" : " (the parent and \(reused) cached step(s))")"
                     )

@@ -73,7 +73,7 @@ public struct InstanceOptions: Sendable, Hashable {
     /// Kept after a failure for debugging (`terminateInstanceOnFailure: false`).
     public var keep: Bool
 
-    public init(type: InstanceType = InstanceType.defaults["t3.medium"]!, network: InstanceNetwork = .host, keep: Bool = false) {
+    public init(type: InstanceType = InstanceType.defaults["t3.medium"]!, network: InstanceNetwork = .isolated, keep: Bool = false) {
         self.type = type
         self.network = network
         self.keep = keep
@@ -165,13 +165,22 @@ public final class ContainerInstance: Sendable {
             try Overlay.mount(lower: lowers, upper: instance.upper, work: directory + "/work", at: instance.rootfs, scratch: directory)
             try Overlay.mountHostView(of: instance.rootfs, at: instance.hostView)
             try instance.checkFilesRuncReads()
-            let resolv = (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "nameserver 127.0.0.1\n"
+            let network = options.network == .isolated ? try await IsolatedNetwork.create(id: id) : nil
+            var resolv = (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "nameserver 127.0.0.1\n"
+            if network != nil {
+                // The host's loopback is not the instance's: a resolver there cannot answer it.
+                resolv = resolv.split(separator: "\n", omittingEmptySubsequences: false).filter {
+                    !($0.hasPrefix("nameserver 127.") || $0.hasPrefix("nameserver ::1"))
+                }.joined(separator: "\n")
+            }
             try resolv.write(toFile: directory + "/resolv.conf", atomically: true, encoding: .utf8)
-            try "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t\(id)\n".write(
-                toFile: directory + "/hosts", atomically: true, encoding: .utf8)
+            var hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t\(id)\n"
+            if let network { hosts += "\(network.hostAddress)\t\(IsolatedNetwork.hostName)\n" }
+            try hosts.write(toFile: directory + "/hosts", atomically: true, encoding: .utf8)
             let spec = RuntimeSpec.instance(
-                rootfs: instance.rootfs, hostname: id, type: options.type, network: options.network, cgroupsPath: instance.cgroupsPath,
-                resolvConf: directory + "/resolv.conf", hosts: directory + "/hosts"
+                rootfs: instance.rootfs, hostname: id, type: options.type, network: options.network,
+                networkNamespace: network?.namespacePath, cgroupsPath: instance.cgroupsPath, resolvConf: directory + "/resolv.conf",
+                hosts: directory + "/hosts"
             )
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -271,6 +280,7 @@ public final class ContainerInstance: Sendable {
             Overlay.unmount(rootfs)
             try? FileManager.default.removeItem(atPath: directory)
             Cgroups.remove(path: cgroupsPath)
+            await IsolatedNetwork.remove(id: id)
         }.value
     }
 
@@ -438,6 +448,7 @@ public final class ContainerInstance: Sendable {
         Overlay.unmount(directory + "/rootfs")
         try? FileManager.default.removeItem(atPath: directory)
         Cgroups.remove(path: "/kiln/\(id)")
+        await IsolatedNetwork.remove(id: id)
     }
 
     /// Marks an instance to be kept (a failed builder kept for debugging).
@@ -465,6 +476,14 @@ public final class ContainerInstance: Sendable {
             if let record, record.keep || (record.ownerPID != getpid() && Self.isKiln(record.ownerPID)) { continue }
             await release(id: id, on: host)
             reaped.append(id)
+        }
+        // A network namespace whose instance folder is gone (a crash between the two). Namespaces
+        // are host-wide (another data directory's Kiln may be starting one), so only old ones.
+        let containers = Set(await host.runc.list().map(\.id))
+        for namespace in IsolatedNetwork.leftovers(olderThan: 120)
+        where !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + namespace) && !containers.contains(namespace) {
+            await IsolatedNetwork.remove(id: namespace)
+            reaped.append(namespace)
         }
         // A container of this data directory whose folder is gone (a crash while it was being removed).
         for container in await host.runc.list()

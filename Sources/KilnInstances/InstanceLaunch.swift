@@ -26,7 +26,7 @@ extension ContainerInstance {
         progress: @escaping @Sendable (String) -> Void
     ) async throws -> ContainerInstance {
         guard let network = InstanceNetwork(rawValue: network) else {
-            throw KilnError(.invalidArgument, "--network must be host or none, not '\(network)'")
+            throw KilnError(.invalidArgument, "--network must be isolated, host or none, not '\(network)'")
         }
         let type = try InstanceType.named(instanceType, in: try InstanceType.table(configured: configuration.instanceTypes))
         let parent = try await ParentImageResolver(transfer: transfer, mirrors: configuration.bootstrapMirrors, observer: progress).resolve(

@@ -49,6 +49,8 @@ struct RuntimeSpec: Encodable {
 
     struct Namespace: Encodable {
         var type: String
+        /// Joins this namespace instead of making a new one.
+        var path: String? = nil
     }
 
     struct Resources: Encodable {
@@ -163,12 +165,16 @@ struct RuntimeSpec: Encodable {
 
     /// The spec for an instance whose process 1 is `/.kiln/init`.
     static func instance(
-        rootfs: String, hostname: String, type: InstanceType, network: InstanceNetwork, cgroupsPath: String,
+        rootfs: String, hostname: String, type: InstanceType, network: InstanceNetwork, networkNamespace: String?, cgroupsPath: String,
         resolvConf: String, hosts: String
     ) -> RuntimeSpec {
         let capabilities = Capabilities(bounding: defaultCapabilities, effective: defaultCapabilities, permitted: defaultCapabilities)
-        var namespaces = ["pid", "mount", "ipc", "uts"].map(Namespace.init)
-        if network == .none { namespaces.append(Namespace(type: "network")) }
+        var namespaces = ["pid", "mount", "ipc", "uts"].map { Namespace(type: $0) }
+        switch network {
+        case .host: break
+        case .none: namespaces.append(Namespace(type: "network"))
+        case .isolated: namespaces.append(Namespace(type: "network", path: networkNamespace))
+        }
         let memory = Int64(type.memoryMiB) << 20
         let period: UInt64 = 100_000
         return RuntimeSpec(
@@ -211,9 +217,4 @@ struct RuntimeSpec: Encodable {
             )
         )
     }
-}
-
-/// Builds reach package mirrors through the host's network; tests get none unless asked.
-public enum InstanceNetwork: String, Sendable, Hashable, Codable {
-    case host, none
 }

@@ -91,6 +91,9 @@ public struct KilnConfiguration: Sendable, Hashable {
     /// Build from what the store holds: registry parents are not looked up again and package
     /// sources are not asked (`offline: true`, or `kiln build --offline`).
     public var offline = false
+    /// `isolated` (default): builders get their own network namespace with NAT; `host`: the
+    /// host's network, loopback services included (trusted documents only).
+    public var builderNetwork = "isolated"
     /// Blob transfers in flight at once, over all destinations.
     public var transferConcurrency = 4
     public var pricing = Pricing()
@@ -274,6 +277,12 @@ public struct KilnConfiguration: Sendable, Hashable {
                 }
             case "offline":
                 configuration.offline = try bool(value, "offline")
+            case "builderNetwork":
+                let network = try string(value, "builderNetwork")
+                guard ["isolated", "host"].contains(network) else {
+                    throw issue(value, "builderNetwork must be isolated (own network namespace, NAT) or host, not '\(network)'")
+                }
+                configuration.builderNetwork = network
             case "homeRegion":
                 configuration.homeRegion = try string(value, "homeRegion")
             case "accountId":
@@ -290,7 +299,7 @@ public struct KilnConfiguration: Sendable, Hashable {
             default:
                 throw issue(
                     keyNode,
-                    "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, pricing, bootstrap, offline"
+                    "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, pricing, bootstrap, offline, builderNetwork"
                 )
             }
         }

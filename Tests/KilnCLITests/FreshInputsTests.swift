@@ -317,8 +317,9 @@ struct FreshInputsTests {
             lastPublished = Date()
         }
         try publish("1.0")
+        // Builders have their own network: they reach a host service listening on 0.0.0.0 as host.kiln.internal.
         let server = try LoopbackServer(
-            executable: "python3", arguments: { ["-m", "http.server", String($0), "--bind", "127.0.0.1", "--directory", repository] })
+            executable: "python3", arguments: { ["-m", "http.server", String($0), "--bind", "0.0.0.0", "--directory", repository] })
         defer { server.stop() }
         try #require(
             try Kiln.shell("curl -sf http://127.0.0.1:\(server.port)/Packages").contains("Package: kiln-hello"), "the repository is served")
@@ -341,7 +342,7 @@ struct FreshInputsTests {
                       commands:
                         - set -e
                         - rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
-                        - echo 'deb [trusted=yes] http://127.0.0.1:\(server.port)/ ./' > /etc/apt/sources.list.d/kiln-test.list
+                        - echo 'deb [trusted=yes] http://host.kiln.internal:\(server.port)/ ./' > /etc/apt/sources.list.d/kiln-test.list
                         - apt-get update
                         - DEBIAN_FRONTEND=noninteractive apt-get install -y kiln-hello
                         - dpkg-query -W -f='installed=${Version}\\n' kiln-hello

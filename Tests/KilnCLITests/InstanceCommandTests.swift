@@ -114,8 +114,8 @@ struct InstanceCommandTests {
         let running = try #require(id, "an instance started")
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
-        // The root and Kiln's nodev view of it.
-        #expect(try Kiln.shell("mount | grep -c \(running)") == "2\n", "the crash left the mounts behind")
+        // The root, Kiln's nodev view of it, and the instance's network namespace.
+        #expect(try Kiln.shell("mount | grep -c \(running)") == "3\n", "the crash left the mounts behind")
 
         let next = try Kiln.run(["instance", "ls"] + data)
         #expect(next.stderr.contains("removed 1 instance(s) left by a Kiln that stopped: \(running)"), "\(next.stderr)")
@@ -123,6 +123,7 @@ struct InstanceCommandTests {
         #expect(!(try Kiln.shell("runc --root /run/kiln/runc list")).contains(running))
         #expect(!FileManager.default.fileExists(atPath: "/sys/fs/cgroup/memory/kiln/\(running)"))
         #expect(!FileManager.default.fileExists(atPath: "\(sharedDataDirectory)/instances/\(running)"))
+        #expect(!FileManager.default.fileExists(atPath: "/run/netns/\(running)"), "the network namespace went with it")
         #expect(
             try Kiln.shell(
                 "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = sleep ] && cat $p/cmdline | tr '\\0' ' ' && echo; done; true"
@@ -145,6 +146,7 @@ struct InstanceCommandTests {
         #expect(process.terminationStatus == 128 + SIGINT, "\(stderr)")
         #expect(stderr.contains("interrupted; removing the instance"))
         #expect(!FileManager.default.fileExists(atPath: "\(sharedDataDirectory)/instances/\(running)"))
+        #expect(!FileManager.default.fileExists(atPath: "/run/netns/\(running)"), "the network namespace went with it")
         #expect(try Kiln.shell("mount | grep -c \(running)") == "0\n")
         #expect(!(try Kiln.shell("runc --root /run/kiln/runc list")).contains(running))
     }

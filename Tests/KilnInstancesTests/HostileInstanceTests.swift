@@ -33,7 +33,10 @@ struct HostileInstanceTests {
         #define _GNU_SOURCE
         #include <dirent.h>
         #include <errno.h>
+        #include <arpa/inet.h>
         #include <netinet/in.h>
+        #include <stdlib.h>
+        #include <sys/time.h>
         #include <sched.h>
         #include <signal.h>
         #include <stdio.h>
@@ -44,6 +47,15 @@ struct HostileInstanceTests {
         static void report(const char *name, long result) { printf("%s=%s\\n", name, result < 0 ? strerror(errno) : "allowed"); }
         int main(int argc, char **argv) {
             const char *tool = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
+            if (strcmp(tool, "connect") == 0 && argc == 3) {
+                struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+                inet_pton(AF_INET, argv[1], &address.sin_addr);
+                int fd = socket(AF_INET, SOCK_STREAM, 0);
+                struct timeval limit = {.tv_sec = 3};
+                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+                report("connect", connect(fd, (struct sockaddr *)&address, sizeof address));
+                return 0;
+            }
             if (strcmp(tool, "probe") == 0) {
                 report("unshare-user", unshare(CLONE_NEWUSER));
                 report("clone-user", syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0) == 0 ? (_exit(0), 0) : -1);
@@ -76,7 +88,7 @@ struct HostileInstanceTests {
         }
         """.write(toFile: source + "/tools.c", atomically: true, encoding: .utf8)
         let built = try shell(
-            "cd \(source) && gcc -static -O1 -o rootfs/bin/swapper tools.c && ln rootfs/bin/swapper rootfs/bin/hello && ln rootfs/bin/swapper rootfs/bin/probe"
+            "cd \(source) && gcc -static -O1 -o rootfs/bin/swapper tools.c && ln rootfs/bin/swapper rootfs/bin/hello && ln rootfs/bin/swapper rootfs/bin/probe && ln rootfs/bin/swapper rootfs/bin/connect"
         )
         #expect(built.status == 0, "\(built.text)")
         try extra(root)
@@ -176,6 +188,40 @@ struct HostileInstanceTests {
         }
         #expect(lines.contains("interrupts-bytes=0"), "masked like Docker: \(output.text)")
         #expect(config.contains("virtual\\/powercap") || config.contains("virtual/powercap"), "masked where the host has it")
+        await fixture.remove()
+    }
+
+    @Test("An isolated instance reaches a host service on 0.0.0.0 as host.kiln.internal, but not one on the host's loopback")
+    func isolatedNetwork() async throws {
+        let fixture = try InstanceFixture()
+        let open = try LoopbackServer(executable: "python3", arguments: { ["-m", "http.server", String($0), "--bind", "0.0.0.0"] })
+        defer { open.stop() }
+        let loopbackOnly = try LoopbackServer(
+            executable: "python3", arguments: { ["-m", "http.server", String($0), "--bind", "127.0.0.1"] })
+        defer { loopbackOnly.stop() }
+        let image = try Self.image(fixture, name: "net")
+        let instance = try await ContainerInstance.start(image: image, on: fixture.host, options: InstanceOptions(network: .isolated))
+        // What runc binds at the instance's /etc/hosts.
+        let hosts = try String(contentsOfFile: instance.directory + "/hosts", encoding: .utf8)
+        let line = try #require(hosts.split(separator: "\n").first { $0.hasSuffix("\thost.kiln.internal") }, "\(hosts)")
+        let hostAddress = String(line.split(separator: "\t")[0])
+        func connect(_ address: String, _ port: Int) async throws -> String {
+            let output = OutputCollector()
+            _ = try await instance.session.exec(
+                ExecRequest(executable: "/bin/connect", arguments: [address, String(port)]), output: { _, bytes in output.append(bytes) })
+            return output.text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let reached = try await connect(hostAddress, open.port)
+        let loopbackFromInside = try await connect("127.0.0.1", loopbackOnly.port)
+        let loopbackViaHost = try await connect(hostAddress, loopbackOnly.port)
+        let namespace = FileManager.default.fileExists(atPath: "/run/netns/\(instance.id)")
+        await instance.destroy()
+        #expect(reached == "connect=allowed", "a service on 0.0.0.0 is reachable at host.kiln.internal (\(hostAddress))")
+        #expect(loopbackFromInside == "connect=Connection refused", "the instance's 127.0.0.1 is its own")
+        #expect(loopbackViaHost != "connect=allowed", "a service bound to the host's loopback is out of reach: \(loopbackViaHost)")
+        #expect(namespace, "the instance had its own named network namespace")
+        #expect(!FileManager.default.fileExists(atPath: "/run/netns/\(instance.id)"), "destroy removed the namespace")
+        #expect(try shell("ip -o link show | grep -c kv\(instance.id.dropFirst(5).prefix(12)) || true").text.hasPrefix("0"))
         await fixture.remove()
     }
 
