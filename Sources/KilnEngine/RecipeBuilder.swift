@@ -625,13 +625,17 @@ struct RecipeBuilder: Sendable {
     }
 
     static func failure(of outcome: TOERunOutcome, folder: String) -> StepFailure? {
-        guard !outcome.succeeded else { return nil }
-        let failedDocument = outcome.report.documents.first { $0.status == .failed }
+        failure(of: outcome.report, succeeded: outcome.succeeded, folder: folder)
+    }
+
+    static func failure(of report: RunReport, succeeded: Bool, folder: String) -> StepFailure? {
+        guard !succeeded else { return nil }
+        let failedDocument = report.documents.first { $0.status == .failed }
         let failedPhase = failedDocument?.phases.first { $0.status == .failed }
         let failedStep = failedPhase?.steps.first { $0.status == .failed }
         let step = [failedDocument?.name, failedPhase?.name, failedStep?.name].compactMap { $0 }.joined(separator: "/")
         return StepFailure(
-            step: step.isEmpty ? "components" : step, log: folder, reason: failedStep?.failureMessage ?? outcome.report.failureMessage)
+            step: step.isEmpty ? "components" : step, log: folder, reason: failedStep?.failureMessage ?? report.failureMessage)
     }
 
     /// TEST: a fresh instance from the new image, without network, runs the components' test
@@ -640,7 +644,7 @@ struct RecipeBuilder: Sendable {
     /// Kiln's suites. Results go to `logs/test/tests.json` and `junit.xml`. Returns the test
     /// instances' usage.
     func test(
-        image: Descriptor, suites: KilnTests, parentLayers: Int, imageLabel: String, hostTests: (reference: String, digest: String)?,
+        image: Descriptor, suites: KilnTests, parentLayers: Int, imageLabel: String, hostTests: Bool,
         keepOnFailure: Bool
     ) async throws -> [ContainerInstance.Usage] {
         let folder = logRoot + "/test"
@@ -674,20 +678,20 @@ struct RecipeBuilder: Sendable {
             await finish(instance, failed: firstFailure != nil)
         }
         let hostTestable = components.filter { $0.run.document.phases.contains { $0.name == "container-host-test" } }
-        if let hostTests, !hostTestable.isEmpty {
-            // KILN_IMAGE names the image in Kiln's store (kiln image copy, kiln toe run --image).
-            let workingDirectory = folder + "/host"
-            try FileManager.default.createDirectory(atPath: workingDirectory, withIntermediateDirectories: true)
-            // Only what the tests need: Kiln's own environment may hold registry secrets.
-            var environment = ProcessInfo.processInfo.environment.filter { ["PATH", "HOME", "LANG", "TMPDIR", "USER"].contains($0.key) }
-            environment["KILN_IMAGE"] = hostTests.reference
-            environment["KILN_IMAGE_DIGEST"] = hostTests.digest
-            progress("TEST: container-host-test on the Kiln host for \(hostTestable.map(\.label).joined(separator: ", "))")
-            let session = LocalHostSession(workingDirectory: workingDirectory, environment: environment)
-            let outcome = try await runTOE(
-                hostTestable, phases: ["container-host-test"], in: session, folder: folder + "/container-host-test", stage: "TEST")
-            if firstFailure == nil { firstFailure = Self.failure(of: outcome, folder: folder + "/container-host-test") }
-            results += Self.results(of: outcome, suite: { "component \($0) (container-host-test)" })
+        if hostTests, !hostTestable.isEmpty {
+            progress("TEST: container-host-test for \(hostTestable.map(\.label).joined(separator: ", "))")
+            let logFolder = folder + "/container-host-test"
+            do {
+                let report = try await HostTestRun(store: host.store, progress: progress).run(
+                    hostTestable, image: image, logFolder: logFolder)
+                if firstFailure == nil { firstFailure = Self.failure(of: report, succeeded: report.status != .failed, folder: logFolder) }
+                results += Self.results(of: report, suite: { "component \($0) (container-host-test)" })
+            } catch {
+                if firstFailure == nil {
+                    firstFailure = StepFailure(
+                        step: "container-host-test", log: logFolder, reason: (error as? KilnError)?.message ?? "\(error)")
+                }
+            }
         }
         let instance = try await fresh()
         let (suiteResults, extra) = await ImageTestSuites(
@@ -710,7 +714,11 @@ struct RecipeBuilder: Sendable {
 
     /// Each step of a TOE run as a test case.
     static func results(of outcome: TOERunOutcome, suite: (String) -> String) -> [TestCaseResult] {
-        outcome.report.documents.flatMap { document in
+        results(of: outcome.report, suite: suite)
+    }
+
+    static func results(of report: RunReport, suite: (String) -> String) -> [TestCaseResult] {
+        report.documents.flatMap { document in
             document.phases.flatMap { phase in
                 phase.steps.map { step in
                     let status: TestCaseResult.Status = step.status == .failed ? .failed : (step.status == .success ? .passed : .skipped)

@@ -23,11 +23,10 @@ extension PipelineRun {
         let junit = image.record.logDirectory + "/test/junit.xml"
         do {
             let parentLayers = try transfer.store.image(built.parent.digest).manifest.layers.count
-            let localName = image.record.localName ?? ""
             let usages = try await image.timed(.test) {
                 try await built.builder.test(
                     image: built.image, suites: pipeline.kilnTests ?? KilnTests(), parentLayers: parentLayers, imageLabel: image.record.arn,
-                    hostTests: prepared.recipe.imageType == .docker ? ("kiln:" + localName, built.image.digest.description) : nil,
+                    hostTests: prepared.recipe.imageType == .docker,
                     keepOnFailure: prepared.keepOnFailure
                 )
             }

@@ -47,7 +47,11 @@ struct BuildCommandTests {
                   - name: FromTheHost
                     action: ExecuteBash
                     inputs:
-                      commands: ["test ! -e /.kiln/init", "echo \\"$KILN_IMAGE $KILN_IMAGE_DIGEST\\" > \(scratch.path)/seen-from-host"]
+                      commands:
+                        - test ! -e /.kiln/init
+                        - echo "seen-from-host uid=$(id -u) $KILN_IMAGE $KILN_IMAGE_DIGEST"
+                        - echo "layout-manifest sha256:$(skopeo inspect --raw oci:$KILN_IMAGE_LAYOUT:latest | sha256sum | cut -d' ' -f1)"
+                        - if ls \(sharedDataDirectory) >/dev/null 2>&1; then echo data-directory-readable; fi
             """)
         _ = try scratch.write(
             "kiln.yaml",
@@ -121,15 +125,16 @@ struct BuildCommandTests {
         let listed = try Kiln.run(["images"], in: scratch.path)
         #expect(listed.stdout.contains("app-image/2.1.0/") && listed.stdout.contains("AVAILABLE"))
         let version = "app-image/2.1.0/\(try #require(image["build"] as? Int))"
-        let seen = try String(contentsOfFile: scratch.path + "/seen-from-host", encoding: .utf8)
-        #expect(
-            seen == "kiln:\(try #require(image["localName"] as? String)) \(digest)\n",
-            "container-host-test ran on the host (no /.kiln/init) and was told the image")
         #expect(try junit(image).contains("component App (container-host-test)"))
         let logs = try Kiln.run(["logs", version, "--follow"], in: scratch.path)
         #expect(
             logs.status == 0 && logs.stdout.contains("Step Write") && logs.stdout.contains("Step Ready"),
             "build and test logs: \(logs.stdout)")
+        // container-host-test ran on the host (no /.kiln/init) as nobody, with the image as a read-only OCI layout.
+        #expect(built.stderr.contains("seen-from-host uid=65534 oci:/tmp/kiln-host-test-image."), "\(built.stderr)")
+        #expect(built.stderr.contains(":latest \(digest)"), "told the image's digest")
+        #expect(built.stderr.contains("layout-manifest \(digest)"), "the layout holds the built image")
+        #expect(!built.stderr.contains("data-directory-readable"), "the data directory is out of its reach")
     }
 
     @Test("A failing validate step fails the image in BUILD and names the step; nothing is distributed")

@@ -1,0 +1,153 @@
+import Foundation
+import KilnInstances
+import KilnModel
+import KilnOCI
+import KilnSystem
+import KilnTOE
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A container image's `container-host-test` phases, run on the Kiln host as Image Builder runs
+/// them on its build host, but not as root: a child `kiln toe run` as `nobody` (setpriv, no
+/// supplementary groups, no new privileges) in a fresh folder that it owns. Its only view of the
+/// image is a read-only OCI layout (`KILN_IMAGE_LAYOUT`, `KILN_IMAGE=oci:LAYOUT:latest`); the
+/// data directory (0700), Kiln's environment and its credentials are out of its reach, and its
+/// file actions have nobody's rights.
+struct HostTestRun {
+    static let uid: UInt32 = 65_534
+    static let gid: UInt32 = 65_534
+
+    let store: ContentStore
+    let progress: @Sendable (String) -> Void
+
+    /// Runs the phases; the report comes from the child's `detailedoutput.json`, and its log
+    /// folder is copied to `logFolder`.
+    func run(_ components: [RecipeComponent], image: Descriptor, logFolder: String) async throws -> RunReport {
+        let work = try Self.temporaryFolder("kiln-host-test")
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let layout = try Self.temporaryFolder("kiln-host-test-image")
+        defer { try? FileManager.default.removeItem(atPath: layout) }
+        try exportLayout(image, to: layout)
+        guard chown(work, Self.uid, Self.gid) == 0, chmod(work, 0o700) == 0 else {
+            throw KilnError(.ioFailure, "cannot hand \(work) to nobody for container-host-test: \(String(cString: strerror(errno)))")
+        }
+
+        var documents: [[String: Any]] = []
+        for (index, component) in components.enumerated() {
+            let path = work + String(format: "/document-%02d.yaml", index)
+            try Data(component.run.document.text.utf8).write(to: URL(fileURLWithPath: path))
+            documents.append([
+                "path": path,
+                "parameters": component.run.parameters.sorted { $0.key < $1.key }.map { ["name": $0.key, "value": $0.value] },
+            ])
+        }
+        let configuration: [String: Any] = ["documents": documents, "phases": "container-host-test", "logDirectory": work + "/logs"]
+        try JSONSerialization.data(withJSONObject: configuration).write(to: URL(fileURLWithPath: work + "/run.json"))
+
+        let kiln = try Self.executableForNobody()
+        let environment = [
+            "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", "USER": "nobody",
+            "KILN_IMAGE": "oci:\(layout):latest", "KILN_IMAGE_LAYOUT": layout, "KILN_IMAGE_DIGEST": image.digest.description,
+        ]
+        progress("TEST: container-host-test on the Kiln host as nobody, with the image at oci:\(layout):latest")
+        let echo = LineEcho(prefix: "TEST: ", progress: progress)
+        let result = try await ProcessRunner.run(
+            executablePath: "/usr/bin/setpriv", argumentZero: "setpriv",
+            arguments: [
+                "--reuid=\(Self.uid)", "--regid=\(Self.gid)", "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--", kiln, "toe",
+                "run",
+                "--config", work + "/run.json",
+            ],
+            environment: environment, workingDirectory: work, timeout: nil
+        ) { _, bytes in echo.append(bytes) }
+        echo.flush()
+        let logs = ((try? FileManager.default.contentsOfDirectory(atPath: work + "/logs")) ?? []).filter { $0.hasPrefix("TOE_") }
+        guard let folder = logs.first.map({ work + "/logs/" + $0 }),
+            let data = FileManager.default.contents(atPath: folder + "/detailedoutput.json"),
+            let report = try? JSONDecoder().decode(RunReport.self, from: data)
+        else {
+            throw KilnError(
+                .execFailure,
+                "container-host-test did not run (kiln toe run as nobody exited \(result.exitCode)): \(echo.tail.isEmpty ? "no output" : echo.tail)"
+            )
+        }
+        try? FileManager.default.removeItem(atPath: logFolder)
+        try? FileManager.default.createDirectory(
+            atPath: (logFolder as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try? FileManager.default.copyItem(atPath: folder, toPath: logFolder)
+        return report
+    }
+
+    /// A new root-owned folder in /tmp that others may enter (the layout) or that is handed over (the work folder).
+    static func temporaryFolder(_ prefix: String) throws -> String {
+        var template = Array("/tmp/\(prefix).XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else {
+            throw KilnError(.ioFailure, "cannot create a folder in /tmp for container-host-test: \(String(cString: strerror(errno)))")
+        }
+        let path = String(cString: made)
+        chmod(path, 0o755)
+        return path
+    }
+
+    /// The image as an OCI layout tagged `latest`: blobs hard-linked from the store (read-only
+    /// to nobody, as the store's files are root's) or copied when the store is elsewhere.
+    func exportLayout(_ image: Descriptor, to layout: String) throws {
+        let (manifest, _) = try store.image(image.digest)
+        try FileManager.default.createDirectory(
+            atPath: layout + "/blobs/sha256", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        chmod(layout + "/blobs", 0o755)
+        for digest in [image.digest, manifest.config.digest] + manifest.layers.map(\.digest) {
+            let target = layout + "/blobs/sha256/" + digest.encoded
+            if access(target, F_OK) == 0 { continue }
+            if link(store.path(of: digest), target) != 0 {
+                try HostFileIO.copyFile(from: store.path(of: digest), to: target, mode: 0o644) { "'\($0)'" }
+            }
+        }
+        var descriptor = image
+        descriptor.annotations = ["org.opencontainers.image.ref.name": "latest"]
+        let index = ImageIndex(manifests: [descriptor])
+        try JSONEncoder().encode(index).write(to: URL(fileURLWithPath: layout + "/index.json"))
+        try Data(#"{"imageLayoutVersion":"1.0.0"}"#.utf8).write(to: URL(fileURLWithPath: layout + "/oci-layout"))
+        for file in ["/index.json", "/oci-layout"] { chmod(layout + file, 0o644) }
+    }
+
+    /// The running kiln, or a copy of it in a folder anyone may enter when the build tree is
+    /// private (a clone in a 0700 home): nobody must be able to execute it.
+    static func executableForNobody() throws -> String {
+        let own =
+            ProcessInfo.processInfo.environment["KILN_EXECUTABLE"]
+            ?? (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        guard own.hasSuffix("/kiln") else {
+            throw KilnError(.notFound, "container-host-test runs kiln as nobody, but this process is \(own); set KILN_EXECUTABLE")
+        }
+        if reachableByOthers(own) { return own }
+        var info = stat()
+        guard stat(own, &info) == 0 else { throw KilnError(.notFound, "cannot read \(own): \(String(cString: strerror(errno)))") }
+        let folder = "/run/kiln-exec"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        chmod(folder, 0o755)
+        let copy = folder + "/kiln-\(info.st_size)-\(info.st_mtim.tv_sec)"
+        if access(copy, X_OK) == 0 { return copy }
+        let staging = copy + ".\(getpid())"
+        unlink(staging)
+        try HostFileIO.copyFile(from: own, to: staging, mode: 0o755) { "'\($0)'" }
+        guard rename(staging, copy) == 0 else {
+            throw KilnError(.ioFailure, "cannot place a copy of kiln at \(copy): \(String(cString: strerror(errno)))")
+        }
+        return copy
+    }
+
+    /// Every folder on the way may be entered by others and the file executed by them.
+    static func reachableByOthers(_ path: String) -> Bool {
+        var current = path
+        var info = stat()
+        guard stat(current, &info) == 0, info.st_mode & 0o005 == 0o005 else { return false }
+        while current != "/" && !current.isEmpty {
+            current = (current as NSString).deletingLastPathComponent
+            guard stat(current, &info) == 0, info.st_mode & 0o001 != 0 else { return false }
+        }
+        return true
+    }
+}
