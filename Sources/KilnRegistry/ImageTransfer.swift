@@ -274,6 +274,13 @@ public struct ImageTransfer: Sendable {
                 chosen = [match]
             }
             for descriptor in chosen {
+                // Refused before it is fetched: the index says how large it is, and the digest check holds it to that.
+                guard descriptor.size <= RegistryClient.maximumManifestBytes else {
+                    throw KilnError(
+                        .invalidArgument,
+                        "\(described): the index lists manifest \(descriptor.digest) at \(descriptor.size) bytes, more than Kiln's limit of \(RegistryClient.sizeText(RegistryClient.maximumManifestBytes)) for a manifest; refusing it (real manifests are a few KiB; the index is broken or hostile)"
+                    )
+                }
                 let (data, mediaType) = try await child(descriptor.digest)
                 guard Digest(sha256Of: data) == descriptor.digest else {
                     throw KilnError(.checksumMismatch, "\(described): manifest \(descriptor.digest) does not match its digest")
@@ -290,6 +297,13 @@ public struct ImageTransfer: Sendable {
         var blobs: [Descriptor] = []
         for manifest in manifests where MediaType.isManifest(manifest.mediaType) {
             let parsed = try decode(ImageManifest.self, manifest.data, described)
+            // Configs are read whole into memory later; a download is held to its descriptor's size.
+            guard parsed.config.size <= RegistryClient.maximumConfigBytes else {
+                throw KilnError(
+                    .invalidArgument,
+                    "\(described): the image config \(parsed.config.digest) is \(parsed.config.size) bytes, more than Kiln's limit of \(RegistryClient.sizeText(RegistryClient.maximumConfigBytes)) for a config; refusing the image (real configs are at most a few hundred KiB; the manifest is broken or hostile)"
+                )
+            }
             for blob in [parsed.config] + parsed.layers where seen.insert(blob.digest).inserted {
                 blobs.append(blob)
             }

@@ -143,9 +143,10 @@ extension RegistryClient {
                 let started = try await send(.POST, start, scope: scope, headers: ["Content-Length": "0"], onRetry: onRetry)
                 _ = try await collect(started, limit: 1 << 16, what: "upload start for \(digest)", expect: [201, 202])
                 if started.status.code == 201 { return finish(.mounted) }
-                guard let location = started.headers.first(name: "location").map(absolute) else {
+                guard let header = started.headers.first(name: "location") else {
                     throw KilnError(.network, "registry \(registry) started an upload without a Location header")
                 }
+                let location = try absolute(header)
                 do {
                     try await sendBody(
                         descriptor, file: file, growing: growing, location: location, repository: repository, observer: observer)
@@ -220,7 +221,7 @@ extension RegistryClient {
                     }, retrying: false)
                 _ = try await collect(
                     response, limit: 1 << 16, what: "chunk \(chunkStart)-\(chunkStart + length - 1) of \(digest)", expect: [202])
-                if let next = response.headers.first(name: "location") { location = absolute(next) }
+                if let next = response.headers.first(name: "location") { location = try absolute(next) }
                 offset = chunkStart + length
             } catch {
                 failures += 1
@@ -230,7 +231,7 @@ extension RegistryClient {
                 // The registry's Range says what it kept: "0-N" means resume at N+1.
                 let status = try await send(.GET, location, scope: scope)
                 _ = try await collect(status, limit: 1 << 16, what: "upload status of \(digest)", expect: [204])
-                if let next = status.headers.first(name: "location") { location = absolute(next) }
+                if let next = status.headers.first(name: "location") { location = try absolute(next) }
                 let kept = status.headers.first(name: "range").flatMap { $0.split(separator: "-").last }.flatMap { Int64($0) }
                 let resumeAt = kept.map { $0 + 1 } ?? 0
                 offset = min(resumeAt, size)

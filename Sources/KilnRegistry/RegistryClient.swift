@@ -56,8 +56,15 @@ public final class RegistryClient: Sendable {
     private let credentials: RegistryCredentials?
     /// Bearer tokens by scope.
     private let tokens = Mutex<[String: String]>([:])
+    /// Set once the registry has asked for Basic credentials; until then requests go without them.
+    private let basicRequested = Mutex<Bool>(false)
     /// Clients made with their own TLS settings must be shut down.
     private let ownsClient: Bool
+
+    /// The largest manifest or index Kiln reads (containerd's limit too); real ones are a few KiB.
+    public static let maximumManifestBytes = 4 << 20
+    /// The largest image config Kiln downloads; history and labels make configs larger than manifests.
+    public static let maximumConfigBytes = 8 << 20
 
     public static let manifestAccept = [
         MediaType.imageManifest, MediaType.imageIndex, MediaType.dockerManifest, MediaType.dockerManifestList,
@@ -136,7 +143,9 @@ public final class RegistryClient: Sendable {
             throw KilnError(
                 .notFound, "\(registry)/\(repository):\(reference) does not exist in the registry; check the repository and tag")
         }
-        let body = try await collect(response, limit: 8 << 20, what: "manifest \(repository):\(reference)")
+        let body = try await collect(
+            response, limit: Self.maximumManifestBytes, what: "the manifest of \(repository):\(reference)",
+            advice: "real manifests are a few KiB; check that \(registry)/\(repository):\(reference) names an image")
         let digest = Digest(sha256Of: body)
         if let expected, expected != digest {
             throw KilnError(
@@ -176,6 +185,9 @@ public final class RegistryClient: Sendable {
 
     /// Sends a request, answering one auth challenge and retrying 5xx/429 answers and
     /// connection failures with backoff. `body` is called again for each attempt.
+    /// Credentials go only to the registry's own origin, and only once it has asked for them
+    /// with a 401 challenge; a URL elsewhere (an upload Location) gets none and its challenges
+    /// are not answered.
     func send(
         _ method: HTTPMethod, _ url: String, scope: Scope?, headers: [String: String] = [:],
         body: (() throws -> HTTPClientRequest.Body)? = nil, retrying: Bool = true,
@@ -183,14 +195,15 @@ public final class RegistryClient: Sendable {
     ) async throws -> HTTPClientResponse {
         var challenged = false
         var attempt = 0
+        let ownOrigin = isOwnOrigin(url)
         while true {
             attempt += 1
             var request = HTTPClientRequest(url: url)
             request.method = method
             for (name, value) in headers { request.headers.add(name: name, value: value) }
-            if let scope, let token = tokens.withLock({ $0[scope.text] }) {
+            if ownOrigin, let scope, let token = tokens.withLock({ $0[scope.text] }) {
                 request.headers.add(name: "Authorization", value: "Bearer \(token)")
-            } else if let credentials {
+            } else if ownOrigin, let credentials, basicRequested.withLock({ $0 }) {
                 request.headers.add(name: "Authorization", value: credentials.basicHeader)
             }
             if let body { request.body = try body() }
@@ -215,6 +228,12 @@ public final class RegistryClient: Sendable {
             guard response.status == .unauthorized else { return response }
             _ = try? await response.body.collect(upTo: 1 << 16)
             let challenge = response.headers.first(name: "www-authenticate") ?? ""
+            guard ownOrigin else {
+                throw KilnError(
+                    .invalidArgument,
+                    "registry \(registry) sent Kiln to \(Self.originText(url)) (\(method) \(url)), which asks for credentials; Kiln sends the credentials for \(registry) only to \(origin) itself. Configure the registry to answer with upload locations on its own address (relative Location headers)"
+                )
+            }
             if challenged {
                 throw KilnError(
                     .invalidArgument,
@@ -232,6 +251,8 @@ public final class RegistryClient: Sendable {
                     .invalidArgument,
                     "registry \(registry) needs credentials (\(challenge.isEmpty ? "no challenge given" : challenge)); add a login to ~/.docker/config.json, REGISTRY_AUTH_FILE or kiln.yaml"
                 )
+            } else {
+                basicRequested.withLock { $0 = true }
             }
         }
     }
@@ -241,6 +262,18 @@ public final class RegistryClient: Sendable {
         let parameters = Self.challengeParameters(challenge)
         guard let realm = parameters["realm"], var components = URLComponents(string: realm) else {
             throw KilnError(.network, "registry \(registry) sent a Bearer challenge without a realm: \(challenge)")
+        }
+        // Logins and tokens cross the network only over TLS. A plain-http token service is
+        // accepted only where nothing leaves the machine: registry and realm both plain http on loopback.
+        let realmScheme = components.scheme?.lowercased()
+        let localTestSetup =
+            realmScheme == "http" && insecureHTTP && Self.isLoopbackHost(Self.hostOf(registry))
+            && Self.isLoopbackHost(components.host ?? "")
+        guard realmScheme == "https" || localTestSetup else {
+            throw KilnError(
+                .invalidArgument,
+                "registry \(registry) asks Kiln to get a token from \(realm), which is not an https address; Kiln sends logins and takes tokens only over https (plain http only when the registry and its token service are both on loopback). Ask the registry's operator to serve the token service (the realm in its WWW-Authenticate challenge) over https"
+            )
         }
         var query = components.queryItems ?? []
         if let service = parameters["service"] { query.append(URLQueryItem(name: "service", value: service)) }
@@ -261,7 +294,9 @@ public final class RegistryClient: Sendable {
                 "the token service \(realm) refused the credentials for \(registry) (HTTP \(response.status.code)); check the login for \(registry)"
             )
         }
-        let body = try await collect(response, limit: 1 << 20, what: "token from \(realm)")
+        let body = try await collect(
+            response, limit: 1 << 20, what: "the token from \(realm)",
+            advice: "real tokens are a few KiB; check the token service of \(registry)")
         let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
         guard let token = (object?["token"] ?? object?["access_token"]) as? String else {
             throw KilnError(.network, "the token service \(realm) answered without a token")
@@ -281,18 +316,111 @@ public final class RegistryClient: Sendable {
         return result
     }
 
-    func collect(_ response: HTTPClientResponse, limit: Int, what: String, expect: Set<UInt> = [200]) async throws -> Data {
-        let body = try await response.body.collect(upTo: limit)
+    /// A response body in memory, never more than `limit` bytes: refused when Content-Length
+    /// says more, and stopped as soon as the stream passes it. An unexpected status throws with
+    /// the start of the body only.
+    func collect(
+        _ response: HTTPClientResponse, limit: Int, what: String, expect: Set<UInt> = [200],
+        advice: String = "a registry's answer is far smaller; check that it is a registry"
+    ) async throws -> Data {
         guard expect.contains(response.status.code) else {
+            let start = await Self.start(of: response, bytes: 1024)
             throw KilnError(
-                .network, "registry \(registry): \(what) answered HTTP \(response.status.code): \(String(buffer: body).prefix(300))")
+                .network,
+                "registry \(registry): \(what) answered HTTP \(response.status.code): \(String(decoding: start, as: UTF8.self).prefix(300))"
+            )
         }
-        return Data(body.readableBytesView)
+        func tooLarge(_ detail: String) -> KilnError {
+            KilnError(
+                .invalidArgument,
+                "registry \(registry): \(what) is larger than Kiln's limit of \(Self.sizeText(limit)) (\(detail)); refusing it: \(advice)")
+        }
+        if let text = response.headers.first(name: "content-length"), let declared = Int64(text.trimmingCharacters(in: .whitespaces)),
+            declared > limit
+        {
+            throw tooLarge("Content-Length \(declared)")
+        }
+        var data = Data()
+        for try await chunk in response.body {
+            guard data.count + chunk.readableBytes <= limit else { throw tooLarge("the body went on past it") }
+            data.append(contentsOf: chunk.readableBytesView)
+        }
+        return data
     }
 
-    /// A `Location` header made absolute.
-    func absolute(_ location: String) -> String {
-        location.hasPrefix("http://") || location.hasPrefix("https://")
-            ? location : origin + (location.hasPrefix("/") ? "" : "/") + location
+    /// The first bytes of a body, for error messages; the rest is left unread.
+    static func start(of response: HTTPClientResponse, bytes: Int) async -> [UInt8] {
+        var start: [UInt8] = []
+        do {
+            for try await chunk in response.body {
+                start += chunk.readableBytesView.prefix(bytes - start.count)
+                if start.count >= bytes { break }
+            }
+        } catch {}
+        return start
+    }
+
+    static func sizeText(_ bytes: Int) -> String {
+        bytes >= 1 << 20 && bytes % (1 << 20) == 0 ? "\(bytes >> 20) MiB" : "\(bytes) bytes"
+    }
+
+    // MARK: Origins
+
+    /// Scheme, host and port, the way browsers compare origins (default ports filled in).
+    struct Origin: Equatable {
+        var scheme: String
+        var host: String
+        var port: Int
+
+        init?(_ url: String) {
+            guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
+                scheme == "http" || scheme == "https", let host = components.host, !host.isEmpty
+            else { return nil }
+            self.scheme = scheme
+            self.host = RegistryClient.hostOf(host)
+            port = components.port ?? (scheme == "https" ? 443 : 80)
+        }
+    }
+
+    func isOwnOrigin(_ url: String) -> Bool {
+        guard let own = Origin(origin), let other = Origin(url) else { return false }
+        return own == other
+    }
+
+    /// `host`, `host:port` or `[v6]:port` → the host alone, lowercased and without brackets.
+    static func hostOf(_ authority: String) -> String {
+        var host = Substring(authority.lowercased())
+        if host.hasPrefix("[") { return String(host.dropFirst().prefix { $0 != "]" }) }
+        if host.filter({ $0 == ":" }).count == 1 { host = host.prefix { $0 != ":" } }
+        return String(host)
+    }
+
+    static func isLoopbackHost(_ host: String) -> Bool {
+        host == "localhost" || host.hasPrefix("127.") || host == "::1"
+    }
+
+    static func originText(_ url: String) -> String {
+        guard let origin = Origin(url) else { return url }
+        return "\(origin.scheme)://\(origin.host.contains(":") ? "[\(origin.host)]" : origin.host):\(origin.port)"
+    }
+
+    /// A `Location` header made absolute. Another origin is allowed (followed without
+    /// credentials), but not plain http from an https registry: the image's bytes would travel in clear.
+    func absolute(_ location: String) throws -> String {
+        let lowered = location.lowercased()
+        guard lowered.hasPrefix("http://") || lowered.hasPrefix("https://") else {
+            guard !lowered.contains("://") else {
+                throw KilnError(
+                    .network, "registry \(registry) answered with the upload location '\(location.prefix(200))', which is not http(s)")
+            }
+            return origin + (location.hasPrefix("/") ? "" : "/") + location
+        }
+        if !insecureHTTP, lowered.hasPrefix("http://") {
+            throw KilnError(
+                .network,
+                "registry \(registry) is spoken to over https but answered with the plain-http upload location \(location.prefix(200)); Kiln will not send the image there in clear. Configure the registry (or the proxy in front of it) to answer with https or relative upload locations"
+            )
+        }
+        return location
     }
 }
