@@ -69,3 +69,53 @@ public final class GzipReader {
         return produced
     }
 }
+
+/// How many bytes one layer's tar stream may hold once gunzipped. A small gzip file can inflate
+/// to terabytes and fill the disk Kiln (root) unpacks onto; 32 GiB is more than any real layer.
+/// `KILN_MAX_LAYER_BYTES` sets another limit (bytes, or with a K, M, G or T suffix).
+public enum LayerSizeLimit {
+    public static let environmentVariable = "KILN_MAX_LAYER_BYTES"
+    public static let defaultBytes: Int64 = 32 << 30
+
+    /// The limit from `KILN_MAX_LAYER_BYTES`, or the default when it is unset.
+    public static func configured(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Int64 {
+        guard let text = environment[environmentVariable]?.trimmingCharacters(in: .whitespaces), !text.isEmpty else {
+            return defaultBytes
+        }
+        guard let bytes = parse(text) else {
+            throw KilnError(
+                .invalidArgument,
+                "\(environmentVariable)='\(text.prefix(40))' is not a size; give a number of bytes, or one with K, M, G or T (e.g. 64G)")
+        }
+        return bytes
+    }
+
+    /// "68719476736", "64G", "64GiB" or "64GB" (binary units either way).
+    static func parse(_ text: String) -> Int64? {
+        let shifts: [Character: Int64] = ["K": 10, "M": 20, "G": 30, "T": 40]
+        var digits = Substring(text.uppercased())
+        if digits.hasSuffix("IB") { digits = digits.dropLast(2) } else if digits.hasSuffix("B") { digits = digits.dropLast() }
+        var shift: Int64 = 0
+        if let unit = digits.last.flatMap({ shifts[$0] }) {
+            shift = unit
+            digits = digits.dropLast()
+        }
+        guard let value = Int64(digits), value > 0, value <= Int64.max >> shift else { return nil }
+        return value << shift
+    }
+
+    /// The error for `what` (e.g. "layer sha256:…") unpacking past `limit`.
+    public static func exceeded(_ what: String, limit: Int64) -> KilnError {
+        KilnError(
+            .invalidArgument,
+            "\(what) unpacks to more than \(describe(limit)), Kiln's limit for one layer; it may be a gzip bomb. If the image is trusted and the layer really is this large, raise the limit with \(environmentVariable) (e.g. \(environmentVariable)=\(limit >> 30 < 1 ? 64 : (limit >> 30) * 2)G)"
+        )
+    }
+
+    static func describe(_ bytes: Int64) -> String {
+        for (unit, shift) in [("GiB", Int64(30)), ("MiB", 20), ("KiB", 10)] where bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return "\(bytes >> shift) \(unit) (\(bytes) bytes)"
+        }
+        return "\(bytes) bytes"
+    }
+}

@@ -224,16 +224,28 @@ public struct TarReader {
 }
 
 extension TarReader {
-    /// The bytes of a tar file for `init(source:)`, through gzip when `compressed`.
-    public static func fileSource(_ path: String, compressed: Bool) throws -> Source {
+    /// The bytes of a tar file for `init(source:)`, through gzip when `compressed`. Reading stops
+    /// with an error naming `what` (the path by default) once the stream passes `maximumBytes`
+    /// (`LayerSizeLimit.configured()` when nil), so a gzip bomb never reaches the disk whole.
+    public static func fileSource(_ path: String, compressed: Bool, maximumBytes: Int64? = nil, what: String? = nil) throws -> Source {
+        let limit = try maximumBytes ?? LayerSizeLimit.configured()
+        let read: Source
         if compressed {
             let gzip = try GzipReader(path: path)
-            return { buffer, limit in try gzip.read(into: &buffer, limit: limit) }
+            read = { buffer, count in try gzip.read(into: &buffer, limit: count) }
+        } else {
+            guard let handle = FileHandle(forReadingAtPath: path) else { throw KilnError(.notFound, "cannot read '\(path)'") }
+            read = { buffer, count in
+                buffer = Array(try handle.read(upToCount: count) ?? Data())
+                return buffer.count
+            }
         }
-        guard let handle = FileHandle(forReadingAtPath: path) else { throw KilnError(.notFound, "cannot read '\(path)'") }
-        return { buffer, limit in
-            buffer = Array(try handle.read(upToCount: limit) ?? Data())
-            return buffer.count
+        var total: Int64 = 0
+        return { buffer, count in
+            let got = try read(&buffer, count)
+            total += Int64(got)
+            if total > limit { throw LayerSizeLimit.exceeded(what ?? "'\(path)'", limit: limit) }
+            return got
         }
     }
 }
