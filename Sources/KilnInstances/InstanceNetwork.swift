@@ -1,6 +1,7 @@
 import Foundation
 import KilnModel
 import KilnSystem
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -24,6 +25,10 @@ struct IsolatedNetwork: Sendable {
     static let hostName = "host.kiln.internal"
     /// Serialises address choice between Kiln processes.
     static let lockFile = "/run/kiln/network.lock"
+    /// One file per /30 in use, `slot-N-ID`, so choosing an address reads a folder, not `ip addr`.
+    static let slotsFolder = "/run/kiln/network-slots"
+    /// Set once this process has seen the forwarding rules in place.
+    private static let forwardingChecked = Mutex(false)
 
     let namespace: String
     let hostAddress: String
@@ -35,15 +40,22 @@ struct IsolatedNetwork: Sendable {
     static func hostInterface(id: String) -> String { "kv" + id.dropFirst("kiln-".count).prefix(12) }
 
     static func create(id: String) async throws -> IsolatedNetwork {
-        try FileManager.default.createDirectory(atPath: "/run/kiln", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: slotsFolder, withIntermediateDirectories: true)
         let lock = open(lockFile, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard lock >= 0 else { throw KilnError(.ioFailure, "cannot open \(lockFile): \(String(cString: strerror(errno)))") }
         defer { close(lock) }
         flock(lock, LOCK_EX)
-        try await enableForwarding()
-        let used = try await addressesInUse()
-        guard let slot = (1..<16_384).first(where: { !used.contains(address(slot: $0, host: 1)) }) else {
+        if !forwardingChecked.withLock({ $0 }) {
+            try await enableForwarding()
+            forwardingChecked.withLock { $0 = true }
+        }
+        let used = Set(slotFiles().map(\.slot)).union(slotsOnInterfaces())
+        guard let slot = (1..<16_384).first(where: { !used.contains($0) }) else {
             throw KilnError(.unsupported, "every instance network in \(subnet) is in use; remove kept instances (kiln instance rm)")
+        }
+        let slotFile = "\(slotsFolder)/slot-\(slot)-\(id)"
+        guard FileManager.default.createFile(atPath: slotFile, contents: nil) else {
+            throw KilnError(.ioFailure, "cannot record the instance network at \(slotFile)")
         }
         let network = IsolatedNetwork(
             namespace: id, hostAddress: address(slot: slot, host: 1), instanceAddress: address(slot: slot, host: 2))
@@ -67,38 +79,59 @@ struct IsolatedNetwork: Sendable {
         return network
     }
 
-    /// Deleting the namespace deletes the veth pair with it.
+    /// Deleting the namespace deletes the veth pair with it; then the address is free.
     static func remove(id: String) async {
-        guard FileManager.default.fileExists(atPath: "/run/netns/\(id)") else { return }
-        _ = try? await ip(["netns delete \(id)"], namespace: nil)
+        if FileManager.default.fileExists(atPath: "/run/netns/\(id)") {
+            _ = try? await ip(["netns delete \(id)"], namespace: nil)
+        }
+        for file in slotFiles() where file.id == id { unlink(slotsFolder + "/" + file.name) }
+    }
+
+    /// Slots whose host address is on an interface already (one Kiln did not record).
+    static func slotsOnInterfaces() -> Set<Int> {
+        var slots = Set<Int>()
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return slots }
+        defer { freeifaddrs(list) }
+        var entry = list
+        while let current = entry {
+            defer { entry = current.pointee.ifa_next }
+            guard let address = current.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET) else { continue }
+            let ipv4 = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
+            if ipv4 >> 16 == (10 << 8 | 213) { slots.insert(Int(ipv4 & 0xFFFF) / 4) }
+        }
+        return slots
+    }
+
+    /// The addresses in use: `slot-N-ID` files.
+    static func slotFiles() -> [(name: String, slot: Int, id: String)] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: slotsFolder)) ?? []).compactMap { name in
+            let parts = name.split(separator: "-", maxSplits: 2)
+            guard parts.count == 3, parts[0] == "slot", let slot = Int(parts[1]) else { return nil }
+            return (name, slot, String(parts[2]))
+        }
     }
 
     /// Namespaces of instances whose folder is gone (a crash between the two).
     static func leftovers(olderThan seconds: Int) -> [String] {
         let now = time(nil)
-        return ((try? FileManager.default.contentsOfDirectory(atPath: "/run/netns")) ?? []).filter { name in
+        func old(_ path: String) -> Bool {
             var info = stat()
-            return name.hasPrefix("kiln-") && lstat("/run/netns/" + name, &info) == 0 && Int(now - info.st_mtim.tv_sec) > seconds
+            return lstat(path, &info) == 0 && Int(now - info.st_mtim.tv_sec) > seconds
         }
+        let namespaces = ((try? FileManager.default.contentsOfDirectory(atPath: "/run/netns")) ?? []).filter {
+            $0.hasPrefix("kiln-") && old("/run/netns/" + $0)
+        }
+        // An address recorded by a Kiln that died before it made the namespace.
+        let slots = slotFiles().filter {
+            old(slotsFolder + "/" + $0.name) && !FileManager.default.fileExists(atPath: "/run/netns/" + $0.id)
+        }
+        return Array(Set(namespaces + slots.map(\.id))).sorted()
     }
 
     static func address(slot: Int, host: Int) -> String {
         let offset = slot * 4 + host
         return "10.213.\(offset >> 8).\(offset & 255)"
-    }
-
-    private static func addressesInUse() async throws -> Set<String> {
-        let output = OutputCollector()
-        _ = try await ProcessRunner.run(
-            executablePath: "/usr/sbin/ip", argumentZero: "ip", arguments: ["-4", "-o", "addr", "show"],
-            environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], workingDirectory: nil, timeout: .seconds(30)
-        ) { _, bytes in output.append(bytes) }
-        return Set(
-            output.text.split(separator: "\n").compactMap { line in
-                line.split(separator: " ").firstIndex(of: "inet").map { index in
-                    String(line.split(separator: " ")[index + 1].split(separator: "/")[0])
-                }
-            })
     }
 
     /// Runs `ip -batch` lines, in `namespace` when given.

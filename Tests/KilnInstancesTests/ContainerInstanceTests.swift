@@ -233,8 +233,8 @@ struct ContainerInstanceTests {
         record.ownerPID = 999_999
         try JSONEncoder().encode(record).write(to: URL(fileURLWithPath: recordPath))
         #expect(
-            try shell("mount | grep -c \(instance.id)").text.trimmingCharacters(in: .whitespacesAndNewlines) == "2",
-            "the root and Kiln's view of it")
+            try shell("mount | grep -c \(instance.id)").text.trimmingCharacters(in: .whitespacesAndNewlines) == "3",
+            "the root, Kiln's view of it and the network namespace")
         let reaped = await ContainerInstance.reapOrphans(on: fixture.host)
         #expect(reaped == [instance.id])
         #expect(try shell("mount | grep -c \(instance.id)").text.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
