@@ -91,6 +91,7 @@ public struct PipelineRun: Sendable {
             let (document, digest) = try await document(for: definition, base: settings.definitionsFolder)
             var parameters: [String: String] = [:]
             for parameter in component.parameters { parameters[parameter.name] = parameter.value.joined(separator: ",") }
+            _ = try document.parameterValues(parameters) // allowedValues and missing values, before any instance starts
             let arn = ImageBuilderARN(
                 region: configuration.homeRegion, account: configuration.accountId, resourceType: "component",
                 name: ImageBuilderARN.normalizedName(definition.name), version: "\(definition.semanticVersion)/1"

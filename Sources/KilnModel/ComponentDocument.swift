@@ -40,12 +40,17 @@ public struct ParameterDefinition: Sendable, Hashable {
     public var type: String
     public var defaultValue: String?
     public var description: String?
+    /// The only values the parameter may take, when the document lists them.
+    public var allowedValues: [String]?
 
-    public init(name: String, type: String = "string", defaultValue: String? = nil, description: String? = nil) {
+    public init(
+        name: String, type: String = "string", defaultValue: String? = nil, description: String? = nil, allowedValues: [String]? = nil
+    ) {
         self.name = name
         self.type = type
         self.defaultValue = defaultValue
         self.description = description
+        self.allowedValues = allowedValues
     }
 }
 

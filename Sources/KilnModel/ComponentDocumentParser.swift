@@ -1,3 +1,4 @@
+import CYaml
 import Foundation
 import Yams
 
@@ -13,7 +14,9 @@ public struct ComponentDocumentParser: Sendable {
     public func parse(contentsOf path: String) throws -> ComponentDocument {
         let text: String
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            text = try YAMLBounds.readText(path, what: "component document")
+        } catch let error as KilnError where error.code == .invalidDocument {
+            throw error
         } catch {
             throw KilnError(
                 .notFound, "cannot read component document '\(path)': \(error.localizedDescription). Check the path passed to --documents.")
@@ -23,6 +26,7 @@ public struct ComponentDocumentParser: Sendable {
 
     public func parse(text: String, source: String) throws -> ComponentDocument {
         var reader = DocumentReader(file: source, platform: platform)
+        try YAMLBounds.check(text, source: source, what: "component document")
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
@@ -47,6 +51,227 @@ public struct ComponentDocumentParser: Sendable {
             throw KilnError(.invalidDocument, "\(source): \(count) problem\(count == 1 ? "" : "s") found", issues: reader.issues)
         }
         return document
+    }
+}
+
+/// Bounds on YAML that Kiln reads from users. An alias is the node it names, so every walk of the
+/// tree (reading, decoding, hashing a mapping key) expands it: nested aliases (a "billion laughs"
+/// document) turn a few hundred bytes into gigabytes and hours. `check` refuses them from libyaml's
+/// event stream, in one pass, before Yams builds or hashes anything.
+public enum YAMLBounds {
+    /// Far beyond any real component document or definitions file.
+    public static let maxBytes = 16 << 20
+    /// Nodes after alias expansion: a 16 MiB document without aliases has fewer than this times 4.
+    public static let maxNodes = 1_000_000
+
+    /// Reads a file, refusing more than `maxBytes` (so a FIFO or /dev/zero cannot fill memory either).
+    public static func readText(_ path: String, what: String) throws -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw KilnError(.notFound, "cannot read the \(what) '\(path)'")
+        }
+        defer { try? handle.close() }
+        let data: Data
+        do {
+            data = try handle.read(upToCount: maxBytes + 1) ?? Data()
+        } catch {
+            throw KilnError(.ioFailure, "cannot read the \(what) '\(path)': \(error.localizedDescription)")
+        }
+        try checkSize(data.count, source: path, what: what)
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    public static func checkSize(_ byteCount: Int, source: String, what: String) throws {
+        guard byteCount <= maxBytes else {
+            throw KilnError(
+                .invalidDocument,
+                "\(source): the \(what) is larger than \(maxBytes >> 20) MiB, the most Kiln reads; split it into smaller documents")
+        }
+    }
+
+    /// The size and expansion checks, to run before `Yams.compose`.
+    public static func check(_ text: String, source: String, what: String) throws {
+        try checkSize(text.utf8.count, source: source, what: what)
+        try checkExpansion(text, source: source)
+    }
+
+    /// Counts nodes as if every alias were expanded, stopping past `limit`: each anchor's expanded
+    /// size is recorded once, so the pass is linear in the text. Yams also hashes every mapping key
+    /// whole (an alias or a nested key again at each level), so keys that are lists or mappings have
+    /// the same bound. A syntax error ends the pass quietly; Yams then reports it with its place.
+    public static func checkExpansion(_ text: String, source: String, limit: Int = maxNodes) throws {
+        var bytes = Array(text.utf8)
+        guard !bytes.isEmpty else { return }
+        var parser = yaml_parser_t()
+        guard yaml_parser_initialize(&parser) == 1 else { return }
+        defer { yaml_parser_delete(&parser) }
+        try bytes.withUnsafeMutableBufferPointer { buffer in
+            yaml_parser_set_input_string(&parser, buffer.baseAddress, buffer.count)
+            yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
+            var counter = ExpansionCounter(limit: limit)
+            while true {
+                var event = yaml_event_t()
+                guard yaml_parser_parse(&parser, &event) == 1 else { return }
+                defer { yaml_event_delete(&event) }
+                let line = Int(event.start_mark.line) + 1
+                switch counter.take(event) {
+                case .fine: break
+                case .done: return
+                case .tooLarge:
+                    throw KilnError(
+                        .invalidDocument,
+                        "\(source): the YAML has more than \(grouped(limit)) nodes once its anchors and aliases (&name, *name) are expanded (passed at line \(line)); aliases that repeat other aliases expand too far (a \"billion laughs\" document). Write the values out, or use fewer nested aliases"
+                    )
+                case .keysTooLarge:
+                    throw KilnError(
+                        .invalidDocument,
+                        "\(source): mapping keys that are lists or mappings (or aliases of them) add up to more than \(grouped(limit)) nodes (passed at line \(line)); Kiln reads only string keys, so write the keys as strings"
+                    )
+                }
+            }
+        }
+    }
+
+    /// The expanded size of the node being read at each level, and of each anchor once read.
+    private struct ExpansionCounter {
+        enum Verdict { case fine, done, tooLarge, keysTooLarge }
+        struct Frame {
+            var size = 1
+            var anchor: String?
+            var isMapping: Bool
+            /// This node is a mapping key.
+            var isKey: Bool
+            /// In a mapping: the next node is a key.
+            var expectKey = true
+        }
+
+        let limit: Int
+        var frames: [Frame] = []
+        var anchors: [String: Int] = [:]
+        var total = 0
+        /// Nodes Yams hashes to check mapping keys for duplicates.
+        var keyCost = 0
+
+        init(limit: Int) { self.limit = limit }
+
+        mutating func take(_ event: yaml_event_t) -> Verdict {
+            switch event.type {
+            case YAML_STREAM_END_EVENT:
+                return .done
+            case YAML_SCALAR_EVENT:
+                _ = nextIsKey()
+                if let anchor = Self.string(event.data.scalar.anchor) { anchors[anchor] = 1 }
+                return add(1, isKey: false)
+            case YAML_ALIAS_EVENT:
+                let isKey = nextIsKey()
+                return add(Self.string(event.data.alias.anchor).flatMap { anchors[$0] } ?? 1, isKey: isKey)
+            case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
+                let isKey = nextIsKey()
+                let isMapping = event.type == YAML_MAPPING_START_EVENT
+                let anchor = Self.string(isMapping ? event.data.mapping_start.anchor : event.data.sequence_start.anchor)
+                frames.append(Frame(anchor: anchor, isMapping: isMapping, isKey: isKey))
+                return .fine
+            case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
+                guard let frame = frames.popLast() else { return .fine }
+                if let anchor = frame.anchor { anchors[anchor] = frame.size }
+                return add(frame.size, isKey: frame.isKey)
+            default:
+                return .fine
+            }
+        }
+
+        /// Whether the node now starting is a mapping key; moves the mapping on to its next node.
+        private mutating func nextIsKey() -> Bool {
+            guard let last = frames.indices.last, frames[last].isMapping else { return false }
+            defer { frames[last].expectKey.toggle() }
+            return frames[last].expectKey
+        }
+
+        /// Adds a finished node of `size` expanded nodes to its parent.
+        private mutating func add(_ size: Int, isKey: Bool) -> Verdict {
+            if isKey {
+                keyCost += size
+                if keyCost > limit { return .keysTooLarge }
+            }
+            if frames.isEmpty {
+                total += size
+                return total > limit ? .tooLarge : .fine
+            }
+            frames[frames.count - 1].size += size
+            return frames[frames.count - 1].size > limit ? .tooLarge : .fine
+        }
+
+        private static func string(_ pointer: UnsafeMutablePointer<yaml_char_t>?) -> String? {
+            pointer.map { String(cString: $0) }
+        }
+    }
+
+    /// 1000000 as "1,000,000".
+    public static func grouped(_ number: Int) -> String {
+        var digits = String(number.magnitude)
+        var index = digits.endIndex
+        while digits.distance(from: digits.startIndex, to: index) > 3 {
+            index = digits.index(index, offsetBy: -3)
+            digits.insert(",", at: index)
+        }
+        return (number < 0 ? "-" : "") + digits
+    }
+}
+
+extension StepLoop {
+    /// AWSTOE documents no limit; each iteration runs an action (a process, a download), so this
+    /// many take hours, and a step's default timeout is 2 hours anyway.
+    public static let maxIterations = 10_000
+
+    /// How many values `for` yields; nil when that does not fit in an Int (always too many).
+    public static func rangeCount(start: Int, end: Int, updateBy: Int) -> Int? {
+        guard updateBy != 0 else { return nil }
+        let (span, overflow) = end.subtractingReportingOverflow(start)
+        guard !overflow else { return nil }
+        if span.signum() * updateBy.signum() < 0 { return 0 }
+        let (steps, tooBig) = span.dividedReportingOverflow(by: updateBy)
+        guard !tooBig, steps < Int.max else { return nil }
+        return steps + 1
+    }
+
+    /// Whether a `for` loop stays within `maxIterations`.
+    public static func rangeFits(start: Int, end: Int, updateBy: Int) -> Bool {
+        rangeCount(start: start, end: end, updateBy: updateBy).map { $0 <= maxIterations } ?? false
+    }
+
+    /// The error text for a loop with too many iterations; `what` describes the loop.
+    public static func tooManyIterations(_ what: String, count: Int?, isRange: Bool) -> String {
+        let size = count.map { " has \(YAMLBounds.grouped($0)) iterations" } ?? " has too many iterations"
+        let hint = isRange ? "use a larger updateBy or a smaller range" : "use a shorter list"
+        return
+            "\(what)\(size); Kiln runs at most \(YAMLBounds.grouped(maxIterations)) iterations per loop. Split the work over several steps, or \(hint)"
+    }
+}
+
+extension ParameterDefinition {
+    /// Values for display: 'a', 'b'.
+    static func list(_ values: [String]) -> String { values.map { "'\($0)'" }.joined(separator: ", ") }
+}
+
+extension ComponentDocument {
+    /// Parameter values for a run: given values (unknown names ignored, as in AWSTOE) over the
+    /// defaults. A value outside a parameter's allowedValues, or a parameter with no value, is refused.
+    public func parameterValues(_ given: [String: String]) throws -> [String: String] {
+        var values: [String: String] = [:]
+        for parameter in parameters {
+            guard let value = given[parameter.name] ?? parameter.defaultValue else {
+                throw KilnError(
+                    .invalidArgument,
+                    "\(source): parameter '\(parameter.name)' has no default and no value; pass --parameters \(parameter.name)=VALUE")
+            }
+            if let allowed = parameter.allowedValues, !allowed.contains(value) {
+                throw KilnError(
+                    .invalidArgument,
+                    "\(source): parameter '\(parameter.name)' is '\(value)', which is not one of its allowedValues (\(ParameterDefinition.list(allowed))); pass one of those"
+                )
+            }
+            values[parameter.name] = value
+        }
+        return values
     }
 }
 
@@ -288,10 +513,25 @@ struct DocumentReader {
                     }
                 case "default": definition.defaultValue = scalar(value, nil, what: "default of parameter '\(name)'")
                 case "description": definition.description = scalar(value, nil, what: "description of parameter '\(name)'")
-                default: problem(keyNode, nil, "unknown key '\(key)' in parameter '\(name)'; allowed: type, default, description")
+                case "allowedValues":
+                    guard case .sequence(let items) = value, !items.isEmpty else {
+                        problem(value, nil, "allowedValues of parameter '\(name)' must be a non-empty list of strings, e.g. [yes, no]")
+                        continue
+                    }
+                    let values = items.compactMap { scalar($0, nil, what: "an item of allowedValues of parameter '\(name)'") }
+                    if values.count == items.count { definition.allowedValues = values }
+                default:
+                    problem(keyNode, nil, "unknown key '\(key)' in parameter '\(name)'; allowed: type, default, description, allowedValues")
                 }
             }
             if !hasType { problem(nameNode, nil, "parameter '\(name)' needs 'type: string'") }
+            if let allowed = definition.allowedValues, let value = definition.defaultValue, !allowed.contains(value) {
+                let node = fields.first { $0.key == "default" }?.value ?? nameNode
+                problem(
+                    node, nil,
+                    "default '\(value)' of parameter '\(name)' is not one of its allowedValues (\(ParameterDefinition.list(allowed))); make the default one of them"
+                )
+            }
             return definition
         }
     }
@@ -672,12 +912,21 @@ struct DocumentReader {
             )
             return nil
         }
+        if !StepLoop.rangeFits(start: start, end: end, updateBy: updateBy) {
+            let count = StepLoop.rangeCount(start: start, end: end, updateBy: updateBy)
+            problem(node, path, StepLoop.tooManyIterations("loop from \(start) to \(end) by \(updateBy)", count: count, isRange: true))
+            return nil
+        }
         return .range(start: start, end: end, updateBy: updateBy)
     }
 
     mutating func readForEachLoop(_ node: Node, path: String) -> StepLoop.Kind? {
         switch node {
         case .sequence(let items):
+            if items.count > StepLoop.maxIterations {
+                problem(node, path, StepLoop.tooManyIterations("loop forEach", count: items.count, isRange: false))
+                return nil
+            }
             let values = items.compactMap { scalar($0, path, what: "an item of loop forEach") }
             return values.count == items.count ? .list(values) : nil
         case .mapping:
@@ -701,6 +950,12 @@ struct DocumentReader {
             }
             guard let list else {
                 if !fields.contains(where: { $0.key == "list" }) { problem(node, path, "loop forEach needs 'list'") }
+                return nil
+            }
+            // A list that chaining fills in is counted when the step runs.
+            let count = list.contains("{{") ? 0 : list.components(separatedBy: delimiter).count
+            if count > StepLoop.maxIterations {
+                problem(node, path, StepLoop.tooManyIterations("loop forEach", count: count, isRange: false))
                 return nil
             }
             return .delimited(list: list, delimiter: delimiter)

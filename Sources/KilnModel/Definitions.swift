@@ -274,6 +274,7 @@ extension Definitions {
     /// Parses a definitions file. Every problem names file:line and the field's path
     /// (`containerRecipes[0].components[1].componentArn`) and says what is allowed.
     public static func parse(text: String, source: String) throws -> Definitions {
+        try YAMLBounds.check(text, source: source, what: "definitions file")
         let root: Node
         do {
             guard let composed = try Yams.compose(yaml: text) else { return Definitions() }
@@ -297,10 +298,7 @@ extension Definitions {
     }
 
     public static func load(path: String) throws -> Definitions {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw KilnError(.notFound, "cannot read the definitions file '\(path)'")
-        }
-        return try parse(text: String(decoding: data, as: UTF8.self), source: path)
+        return try parse(text: YAMLBounds.readText(path, what: "definitions file"), source: path)
     }
 
     private static func checkKeys(_ node: Node, schemaPath: String, fieldPath: String, source: String, problems: inout [DocumentIssue]) {

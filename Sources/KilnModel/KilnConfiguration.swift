@@ -120,10 +120,7 @@ public struct KilnConfiguration: Sendable, Hashable {
     /// Reads `path`; relative paths inside are relative to the file's directory. Every problem
     /// names its line.
     public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> KilnConfiguration {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw KilnError(.notFound, "cannot read the Kiln configuration '\(path)'")
-        }
-        let text = String(decoding: data, as: UTF8.self)
+        let text = try YAMLBounds.readText(path, what: "Kiln configuration")
         let base = (path as NSString).deletingLastPathComponent
         func absolute(_ value: String) -> String {
             value.hasPrefix("/") ? value : ((base.isEmpty ? "." : base) as NSString).appendingPathComponent(value)
@@ -154,6 +151,7 @@ public struct KilnConfiguration: Sendable, Hashable {
             return value
         }
 
+        try YAMLBounds.check(text, source: path, what: "Kiln configuration")
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
