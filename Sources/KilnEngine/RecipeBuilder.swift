@@ -742,9 +742,31 @@ struct RecipeBuilder: Sendable {
 
 /// Program output as progress lines, and the last lines for a failure message.
 final class LineEcho: Sendable {
+    /// The kept lines hold at most this many bytes, whatever `keep` says.
+    static let maxKeptBytes = 4 << 20
+
     private struct State {
-        var pending: [UInt8] = []
+        /// Holds back at most one 64 KiB piece of an unfinished line; longer lines come out in pieces.
+        var splitter = LineSplitter()
+        /// The kept lines are `kept[keptStart...]`; dropped ones are compacted away in batches.
         var kept: [String] = []
+        var keptStart = 0
+        var keptBytes = 0
+
+        mutating func keepLines(_ lines: [String], keep: Int) {
+            for line in lines {
+                kept.append(line)
+                keptBytes += line.utf8.count
+                while kept.count - keptStart > keep || (keptBytes > LineEcho.maxKeptBytes && kept.count - keptStart > 1) {
+                    keptBytes -= kept[keptStart].utf8.count
+                    keptStart += 1
+                }
+            }
+            if keptStart > 64, keptStart * 2 > kept.count {
+                kept.removeFirst(keptStart)
+                keptStart = 0
+            }
+        }
     }
 
     private let state = Mutex(State())
@@ -759,33 +781,30 @@ final class LineEcho: Sendable {
         self.keep = keep
     }
 
-    var lines: [String] { state.withLock { $0.kept } }
+    var lines: [String] { state.withLock { Array($0.kept[$0.keptStart...]) } }
 
     func append(_ bytes: [UInt8]) {
         let complete = state.withLock { state -> [String] in
-            state.pending.append(contentsOf: bytes)
-            var complete: [String] = []
-            var start = state.pending.startIndex
-            while let newline = state.pending[start...].firstIndex(of: 10) {
-                complete.append(String(decoding: state.pending[start..<newline], as: UTF8.self))
-                start = newline + 1
-            }
-            state.pending.removeSubrange(state.pending.startIndex..<start)
-            state.kept = Array((state.kept + complete).suffix(keep))
+            let complete = state.splitter.append(bytes).map(\.display)
+            state.keepLines(complete, keep: keep)
             return complete
         }
         complete.forEach { progress(prefix + $0) }
     }
 
     func flush() {
-        let rest = state.withLock { state -> String in
-            let rest = String(decoding: state.pending, as: UTF8.self)
-            state.pending.removeAll()
-            if !rest.isEmpty { state.kept = Array((state.kept + [rest]).suffix(keep)) }
+        let rest = state.withLock { state -> String? in
+            guard let rest = state.splitter.finish()?.display else { return nil }
+            state.keepLines([rest], keep: keep)
             return rest
         }
-        if !rest.isEmpty { progress(prefix + rest) }
+        if let rest { progress(prefix + rest) }
     }
 
-    var tail: String { state.withLock { $0.kept.suffix(5).joined(separator: " | ") } }
+    /// The last lines for a failure message, each cut to its last 1,000 characters.
+    var tail: String {
+        state.withLock { state in
+            state.kept[state.keptStart...].suffix(5).map { $0.count > 1000 ? "…" + $0.suffix(1000) : $0 }.joined(separator: " | ")
+        }
+    }
 }

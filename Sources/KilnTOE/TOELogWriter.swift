@@ -1,5 +1,6 @@
 import Foundation
 import KilnModel
+import KilnSystem
 import Synchronization
 
 #if canImport(Glibc)
@@ -54,18 +55,26 @@ public final class TOELogWriter: Sendable {
     public func debug(_ message: String) { write(.debug, message) }
 
     public func write(_ level: Level, _ message: String) {
-        let stamp = Self.timestamp()
-        var lines = ""
-        for line in message.split(separator: "\n", omittingEmptySubsequences: false) {
-            lines += "\(stamp) \(level.rawValue) \(line)\n"
+        let prefix = Array("\(Self.timestamp()) \(level.rawValue) ".utf8)
+        // Split by bytes, not characters: a step's output line can be 64 KiB.
+        let text = Array(message.utf8)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.count + prefix.count + 1)
+        var start = 0
+        while true {
+            let end = LineSplitter.newline(in: text, from: start) ?? text.count
+            bytes.append(contentsOf: prefix)
+            bytes.append(contentsOf: text[start..<end])
+            bytes.append(10)
+            guard end < text.count else { break }
+            start = end + 1
         }
-        let bytes = Array(lines.utf8)
         files.withLock { files in
             if level != .debug, files.console >= 0 { Self.writeAll(files.console, bytes) }
             if files.application >= 0 { Self.writeAll(files.application, bytes) }
         }
         if level != .debug || echoDebug, let echo {
-            echo(String(lines.dropLast()))
+            echo(String(decoding: bytes[0..<bytes.count - 1], as: UTF8.self))
         }
     }
 
@@ -102,36 +111,112 @@ public final class TOELogWriter: Sendable {
     }
 }
 
-/// Splits a byte stream into lines for the log, keeping a partial last line until it completes.
+/// How many bytes of step output a whole run keeps for `outputs.stdout` (reports and chaining
+/// hold them until the run ends), shared by every step and nested document of the run.
+final class OutputBudget: Sendable {
+    static let defaultBytes = 64 << 20
+    private let remaining: Mutex<Int>
+    let total: Int
+
+    init(bytes: Int = OutputBudget.defaultBytes) {
+        total = bytes
+        remaining = Mutex(bytes)
+    }
+
+    /// Takes up to `count` bytes; returns how many were granted.
+    func take(_ count: Int) -> Int {
+        remaining.withLock { left in
+            let granted = min(count, left)
+            left -= granted
+            return granted
+        }
+    }
+
+    /// `value`, cut to what the budget still allows (at a character boundary), with a note in the log when cut.
+    func keep(_ value: String, what: String, log: TOELogWriter) -> String {
+        let size = value.utf8.count
+        let granted = take(size)
+        guard granted < size else { return value }
+        var end = value.utf8.index(value.utf8.startIndex, offsetBy: granted)
+        while end > value.startIndex, value.utf8[end] & 0xC0 == 0x80 { end = value.utf8.index(before: end) }
+        log.warn(
+            "kiln: \(what) cut from \(size) to \(value.utf8.distance(from: value.utf8.startIndex, to: end)) bytes: this run already keeps \(byteSize(total)) of step outputs, the most Kiln holds for one run"
+        )
+        return String(value.utf8[..<end]) ?? ""
+    }
+}
+
+/// One stream of a step's output: split into lines for the log and kept for `outputs.stdout`,
+/// both bounded. Lines past `logLimit` bytes are not logged (only the last `tailLimit` bytes are,
+/// at the end), and a line longer than 64 KiB is logged in pieces.
 final class LineAssembler: Sendable {
-    private let state = Mutex<(pending: [UInt8], captured: [UInt8], truncated: Bool)>(([], [], false))
-    private let limit: Int
+    private struct State {
+        var splitter = LineSplitter()
+        var captured: [UInt8] = []
+        var capturedCut = 0
+        var logged = 0
+        /// Past `logLimit`: bytes go to `tail` only.
+        var cutting = false
+        var tail: [UInt8] = []
+        var notLogged = 0
+    }
 
-    init(captureLimit: Int = 16 << 20) { self.limit = captureLimit }
+    private let state = Mutex(State())
+    let captureLimit: Int
+    let logLimit: Int
+    let tailLimit: Int
 
-    /// Returns the complete lines in `chunk` and keeps the whole stream (up to the limit).
+    init(captureLimit: Int = 16 << 20, logLimit: Int = 64 << 20, tailLimit: Int = 64 << 10) {
+        self.captureLimit = captureLimit
+        self.logLimit = logLimit
+        self.tailLimit = tailLimit
+    }
+
+    /// Returns the lines to log now.
     func append(_ chunk: [UInt8]) -> [String] {
         state.withLock { state in
-            if state.captured.count < limit {
-                state.captured += chunk.prefix(limit - state.captured.count)
-            } else {
-                state.truncated = true
+            let room = max(0, min(chunk.count, captureLimit - state.captured.count))
+            state.captured.append(contentsOf: chunk[0..<room])
+            state.capturedCut += chunk.count - room
+            guard !state.cutting else {
+                keepTail(chunk[...], in: &state)
+                return []
             }
-            state.pending += chunk
-            var lines: [String] = []
-            while let newline = state.pending.firstIndex(of: 10) {
-                lines.append(String(decoding: state.pending[..<newline], as: UTF8.self))
-                state.pending.removeSubrange(...newline)
-            }
+            // The limit is checked per chunk, so at most one chunk more than `logLimit` is logged.
+            let split = state.splitter.append(chunk)
+            state.logged += split.reduce(0) { $0 + $1.text.utf8.count + 1 }
+            var lines = split.map(\.display)
+            guard state.logged >= logLimit else { return lines }
+            state.cutting = true
+            lines.append(
+                "[kiln: output cut: \(byteSize(logLimit)) logged; the rest is not logged, only its last \(byteSize(tailLimit)) at the end]")
+            keepTail(state.splitter.takePending()[...], in: &state)
             return lines
         }
     }
 
-    func finish() -> (lastLine: String?, text: String) {
+    private func keepTail(_ bytes: ArraySlice<UInt8>, in state: inout State) {
+        state.notLogged += bytes.count
+        state.tail.append(contentsOf: bytes[max(bytes.startIndex, bytes.endIndex - tailLimit)...])
+        if state.tail.count > 2 * tailLimit { state.tail.removeFirst(state.tail.count - tailLimit) }
+    }
+
+    /// The lines still to log, the kept text, and how many bytes the kept text lacks.
+    func finish() -> (lines: [String], text: String, cutBytes: Int) {
         state.withLock { state in
-            let last = state.pending.isEmpty ? nil : String(decoding: state.pending, as: UTF8.self)
-            state.pending = []
-            return (last, String(decoding: state.captured, as: UTF8.self))
+            var lines: [String] = []
+            if state.cutting {
+                let tail = state.tail[max(0, state.tail.count - tailLimit)...]
+                let skipped = state.notLogged - tail.count
+                lines.append("[kiln: output cut: \(skipped) bytes were not logged; the last \(tail.count) bytes follow]")
+                var splitter = LineSplitter()
+                lines += splitter.append(tail).map(\.display)
+                if let last = splitter.finish() { lines.append(last.display) }
+            } else if let last = state.splitter.finish() {
+                lines.append(last.display)
+            }
+            let text = String(decoding: state.captured, as: UTF8.self)
+            return (lines, text, state.capturedCut)
         }
     }
 }

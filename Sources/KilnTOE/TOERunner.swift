@@ -32,11 +32,12 @@ public struct TOERunner: Sendable {
             scratch = .failure(KilnError(.ioFailure, "no scratch folder for scripts in the \(session.displayName): \(error)"))
         }
         let firstDocument = resume?.cursor.document ?? 0
+        let outputBudget = OutputBudget()
         documents: for index in firstDocument..<request.documents.count {
             let cursor = index == firstDocument ? resume?.cursor : nil
             let frame = DocumentFrame(
                 depth: 0, ancestry: [await documentIdentity(request.documents[index].document.source)], executionId: request.executionId,
-                transfers: transfers, chaining: chaining, scratch: scratch
+                transfers: transfers, chaining: chaining, scratch: scratch, outputBudget: outputBudget
             )
             let result = await runDocument(
                 request.documents[index], phases: request.phases, frame: frame, log: log, cursor: cursor, progress: &progress)
@@ -87,6 +88,8 @@ public struct TOERunner: Sendable {
         var chaining: ChainingLog
         /// The run's private scratch folder in the instance (shared by nested documents).
         var scratch: Result<String, KilnError>
+        /// Step output the run keeps in its reports, shared with nested documents.
+        var outputBudget: OutputBudget
         var inLoop = false
     }
 
@@ -221,16 +224,7 @@ public struct TOERunner: Sendable {
 
     /// Parameter defaults, overridden by given values (unknown names are ignored, as in AWSTOE), plus constants.
     static func variables(for run: TOEDocumentRun) throws -> [String: String] {
-        var values: [String: String] = [:]
-        for parameter in run.document.parameters {
-            guard let value = run.parameters[parameter.name] ?? parameter.defaultValue else {
-                throw KilnError(
-                    .invalidArgument,
-                    "\(run.document.source): parameter '\(parameter.name)' has no default and no value; pass --parameters \(parameter.name)=VALUE"
-                )
-            }
-            values[parameter.name] = value
-        }
+        var values = try run.document.parameterValues(run.parameters)
         for constant in run.document.constants { values[constant.name] = constant.value }
         return values
     }
@@ -368,7 +362,8 @@ public struct TOERunner: Sendable {
         do {
             bindings =
                 try step.loop.map {
-                    try Self.iterations(of: $0, substitution: scope.substitution(stepPath: stepPath, loop: nil), record: &chaining)
+                    try Self.iterations(
+                        of: $0, substitution: scope.substitution(stepPath: stepPath, loop: nil), record: &chaining, stepPath: stepPath)
                 } ?? [nil]
         } catch {
             return .failure(message: "\(error)", loop: nil, nested: nil)
@@ -397,7 +392,9 @@ public struct TOERunner: Sendable {
                     nested: &nested)
                 switch result {
                 case .completed(let outputs):
-                    for (key, value) in outputs { merged[key, default: []].append(value) }
+                    for (key, value) in outputs.sorted(by: { $0.key < $1.key }) {
+                        merged[key, default: []].append(frame.outputBudget.keep(value, what: "\(stepPath) outputs.\(key)", log: log))
+                    }
                 case .rebootRequested(let outputs, let rerun):
                     return .reboot(outputs: outputs, rerun: rerun)
                 }
@@ -555,15 +552,28 @@ public struct TOERunner: Sendable {
         return (try? await session.canonicalPath(source)) ?? source
     }
 
-    static func iterations(of loop: StepLoop, substitution: Substitution, record: inout [ChainingResolution]) throws -> [LoopBinding?] {
+    /// The loop's values; more than `StepLoop.maxIterations` (a range checked before it is made,
+    /// a list that a chained output made long) fail the step.
+    static func iterations(of loop: StepLoop, substitution: Substitution, record: inout [ChainingResolution], stepPath: String) throws
+        -> [LoopBinding?]
+    {
         let values: [String]
         switch loop.kind {
         case .range(let start, let end, let updateBy):
-            values = Array(stride(from: start, through: end, by: updateBy)).map(String.init)
+            guard StepLoop.rangeFits(start: start, end: end, updateBy: updateBy) else {
+                let what = "loop from \(start) to \(end) by \(updateBy)"
+                let count = StepLoop.rangeCount(start: start, end: end, updateBy: updateBy)
+                throw KilnError(.invalidArgument, "\(stepPath): " + StepLoop.tooManyIterations(what, count: count, isRange: true))
+            }
+            values = stride(from: start, through: end, by: updateBy).map(String.init)
         case .list(let items):
             values = try items.map { try substitution.apply($0, record: &record) }
         case .delimited(let list, let delimiter):
             values = try substitution.apply(list, record: &record).components(separatedBy: delimiter)
+        }
+        guard values.count <= StepLoop.maxIterations else {
+            throw KilnError(
+                .invalidArgument, "\(stepPath): " + StepLoop.tooManyIterations("loop forEach", count: values.count, isRange: false))
         }
         return values.enumerated().map { LoopBinding(name: loop.name, index: $0.offset, value: $0.element) }
     }

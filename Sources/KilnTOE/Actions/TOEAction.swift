@@ -78,7 +78,7 @@ struct StreamingExec {
 
     func run(_ request: ExecRequest) async throws -> (result: ExecResult, stdout: String) {
         let stdout = LineAssembler()
-        let stderr = LineAssembler()
+        let stderr = LineAssembler(captureLimit: 0)
         let log = context.log
         let result = try await context.session.exec(request) { stream, chunk in
             switch stream {
@@ -87,8 +87,13 @@ struct StreamingExec {
             }
         }
         let out = stdout.finish()
-        if let last = out.lastLine { log.info("Stdout: \(last)") }
-        if let last = stderr.finish().lastLine { log.info("Stderr: \(last)") }
+        for line in out.lines { log.info("Stdout: \(line)") }
+        for line in stderr.finish().lines { log.info("Stderr: \(line)") }
+        if out.cutBytes > 0 {
+            log.info(
+                "kiln: outputs.stdout keeps the first \(byteSize(stdout.captureLimit)) of the output; \(out.cutBytes) more bytes were cut from it"
+            )
+        }
         return (result, out.text)
     }
 
