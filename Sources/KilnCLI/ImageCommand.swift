@@ -257,6 +257,9 @@ struct ImageGarbageCollectCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
+            // A killed build's instances, temp files and records go first; its leases die with it.
+            _ = try await environment.instanceHost()
+            _ = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory)
             if buildCache {
                 let cached = try environment.store.summaries().map(\.name).filter { $0.hasPrefix(BuildCacheKey.namePrefix) }
                 for name in cached { _ = try environment.store.untag(name) }

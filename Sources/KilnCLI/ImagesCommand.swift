@@ -27,6 +27,8 @@ struct ImagesListCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
+            // What a killed Kiln left goes first, so its records say FAILED, not BUILDING.
+            _ = try await environment.instanceHost()
             let records = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory).all()
             print("IMAGE                              STATUS        CREATED                PIPELINE")
             for record in records {
@@ -51,6 +53,7 @@ struct ImagesShowCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
+            _ = try await environment.instanceHost()
             try TerminalOutput.printJSON(try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory).find(image))
         }
     }

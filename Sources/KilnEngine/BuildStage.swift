@@ -20,13 +20,20 @@ extension PipelineRun {
         let recipe = prepared.recipe
         try image.enter(.creating)
         let previous = previousRecord(name: image.record.name)
-        let parent: Descriptor
-        do {
-            parent = try await resolveParent(recipe.parentImage, offline: prepared.policy == .offline, progress: image.progress)
-        } catch let error as KilnError {
-            _ = try image.fail(.build, "the parent image \(recipe.parentImage) is not available: \(error.message)")
-            return nil
+        var parent: Descriptor?
+        // Leased before use and checked whole; a gc that took it first makes it resolve again.
+        for attempt in 1...2 where parent == nil {
+            do {
+                let resolved = try await resolveParent(recipe.parentImage, offline: prepared.policy == .offline, progress: image.progress)
+                image.hold(try host.store.lease([resolved.digest], label: "build-parent", requirePresent: true))
+                parent = resolved
+            } catch let error as KilnError {
+                guard attempt == 2 || error.code != .notFound else { continue }
+                _ = try image.fail(.build, "the parent image \(recipe.parentImage) is not available: \(error.message)")
+                return nil
+            }
         }
+        guard let parent else { return nil }
         image.record.parentImage = recipe.parentImage
         image.record.parentDigest = parent.digest.description
         try image.save()
@@ -41,9 +48,8 @@ extension PipelineRun {
         let outcome: RecipeBuilder.Outcome
         do {
             outcome = try await image.timed(.build) {
-                let plan = try await builder.plan(
-                    parent: parent, useCache: settings.useCache, policy: prepared.policy, previous: previous, caCertificates: caCertificates
-                )
+                let plan = try await leasedPlan(
+                    builder, parent: parent, settings: settings, prepared: prepared, previous: previous, image: image)
                 image.record.cacheDecisions = plan.decisions
                 image.record.packageUpdates = plan.packageUpdates.isEmpty ? nil : plan.packageUpdates
                 try image.save()
@@ -61,8 +67,32 @@ extension PipelineRun {
         image.record.builtSteps = outcome.builtSteps
         image.record.localName = localName
         image.record.digest = outcome.image.digest.description
+        // Named now, and leased so TEST and DISTRIBUTE have it even if the name is removed.
+        image.hold(try host.store.lease([outcome.image.digest], label: "build-image", requirePresent: true))
         try image.save()
         return (outcome.image, parent, builder)
+    }
+
+    /// The build's plan, with every cached step's image leased and checked whole. A cached
+    /// image that a concurrent `kiln image gc --build-cache` took meanwhile is planned again
+    /// (then it is not in the cache, and the step runs).
+    func leasedPlan(
+        _ builder: RecipeBuilder, parent: Descriptor, settings: Settings, prepared: Prepared, previous: ImageRecord?, image: ImageRun
+    ) async throws -> RecipeBuilder.Plan {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                let plan = try await builder.plan(
+                    parent: parent, useCache: settings.useCache, policy: prepared.policy, previous: previous, caCertificates: caCertificates
+                )
+                let cached = plan.steps.compactMap(\.cached?.digest)
+                if !cached.isEmpty { image.hold(try host.store.lease(cached, label: "build-cache", requirePresent: true)) }
+                return plan
+            } catch let error as KilnError where error.code == .notFound && attempt < 3 {
+                image.progress("BUILD: cache: a cached step's image was removed while planning (\(error.message)); planning again")
+            }
+        }
     }
 
     /// The parent named by a recipe, resolved afresh (see `ParentImageResolver`). An image ARN

@@ -53,6 +53,12 @@ extension PipelineRun {
         }
         let label = "\(record.name)/\(record.version)/\(record.build)"
         let progress = PipelineLog.tee(record.logDirectory + "/pipeline.log", self.progress)
+        // This process runs the record now (a retry may run in another than the build's).
+        record.owner = .current
+        let lease = try transfer.store.resolve(localName).map {
+            try transfer.store.lease([$0.digest], label: "distribute", requirePresent: true)
+        }
+        defer { lease?.release() }
         func enter(_ status: ImageStatus) throws {
             record.status = status
             try records.save(record)

@@ -72,6 +72,27 @@ public struct ImageRecord: Sendable, Codable, Hashable {
     public var outputContainers: [ContainerOutput] = []
     public var timings: [StageTiming] = []
     public var logDirectory: String
+    /// The Kiln process running the image's pipeline now; a record in a running state whose
+    /// owner died is FAILED as interrupted by the next Kiln that opens the records. Records of
+    /// older Kilns have none.
+    public var owner: ProcessOwner?
+
+    /// PENDING to INTEGRATING: a Kiln process is (or was, if it died) working on the image.
+    public var isRunning: Bool { status.isRunning }
+}
+
+extension ImageStatus {
+    /// States a pipeline passes through; the others are final.
+    public var isRunning: Bool { ![.available, .failed, .cancelled].contains(self) }
+
+    /// The stage a running state belongs to.
+    public var stage: Stage {
+        switch self {
+        case .testing: .test
+        case .distributing, .integrating, .available: .distribute
+        default: .build
+        }
+    }
 }
 
 /// The measured facts an image is charged for.

@@ -166,12 +166,14 @@ public struct PipelineRun: Sendable {
             ).description,
             name: name, version: recipe.semanticVersion, build: build, type: recipe.imageType, status: .pending,
             sourcePipelineName: prepared.selection.pipeline.name,
-            dateCreated: ISO8601DateFormatter().string(from: Date()), logDirectory: folder + "/logs"
+            dateCreated: ISO8601DateFormatter().string(from: Date()), logDirectory: folder + "/logs", owner: .current
         )
         let image = try ImageRun(
             record: record, records: records, instanceType: prepared.type.name,
             progress: PipelineLog.tee(folder + "/logs/pipeline.log", progress))
         image.progress("image \(record.arn): PENDING")
+        // The parent, cached steps and the new image stay leased until the run ends.
+        defer { image.releaseLeases() }
         do {
             guard let built = try await buildStage(prepared, settings: settings, image: image) else { return image.record }
             image.stage = .test
@@ -195,6 +197,8 @@ final class ImageRun {
     let records: any ImageRecords
     let instanceType: String
     let progress: @Sendable (String) -> Void
+    /// Blobs the run uses, kept from `kiln image gc` until it ends (a dead run's leases expire).
+    private(set) var leases: [ContentStore.Lease] = []
 
     init(record: ImageRecord, records: any ImageRecords, instanceType: String, progress: @escaping @Sendable (String) -> Void) throws {
         self.record = record
@@ -205,6 +209,13 @@ final class ImageRun {
     }
 
     var label: String { "\(record.name)/\(record.version)/\(record.build)" }
+
+    func hold(_ lease: ContentStore.Lease) { leases.append(lease) }
+
+    func releaseLeases() {
+        leases.forEach { $0.release() }
+        leases.removeAll()
+    }
 
     func save() throws { try records.save(record) }
 

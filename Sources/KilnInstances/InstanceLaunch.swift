@@ -5,13 +5,19 @@ import KilnRegistry
 
 extension InstanceHost {
     /// The instance host of a data directory, after removing the instances, mounts and
-    /// containers that a Kiln that stopped left behind; `report` gets one line when it did.
+    /// containers that a Kiln that stopped left behind, and its temp files and cgroups (see
+    /// `LeftoverSweep`); `report` gets one line for each kind it removed.
     public static func reapingOrphans(dataDirectory: String, store: ContentStore, report: @Sendable (String) -> Void) async throws
         -> InstanceHost
     {
         let host = try InstanceHost(dataDirectory: dataDirectory, store: store)
         let reaped = await ContainerInstance.reapOrphans(on: host)
         if !reaped.isEmpty { report("removed \(reaped.count) instance(s) left by a Kiln that stopped: \(reaped.joined(separator: ", "))") }
+        let swept = await LeftoverSweep.run(on: host)
+        if !swept.isEmpty {
+            report(
+                "removed \(swept.count) temp file(s) and cgroup(s) left by a Kiln that stopped: \(swept.prefix(5).joined(separator: ", "))")
+        }
         return host
     }
 }

@@ -1,0 +1,88 @@
+import Foundation
+import KilnModel
+import KilnOCI
+import KilnSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What a Kiln killed mid-work (`kill -9`, a power cut) leaves besides its instances: temp
+/// files and folders in the data directory and cgroups of instances that are gone. Only what
+/// no live Kiln can still be using goes: a temp name that carries its owner (see
+/// `ProcessOwner.temporaryName`) when that process is dead, any other when its ctime is before
+/// the oldest live Kiln of this data directory registered (`ContentStore.liveProcessCutoff`),
+/// since every Kiln registers before it makes anything.
+public enum LeftoverSweep {
+    /// Temp names Kiln makes, by folder of the data directory (`ingest/` is the content store's).
+    static let temporaryPrefixes: [(folder: String, prefixes: [String])] = [
+        ("content/ingest", [".ingest-", ".tmp-", ".layer-", ".snapshot-", "bootstrap-", "archive-", "archive-out-"]),
+        ("content/blobs/sha256", [".tmp-"]),
+        ("content/leases", [".tmp-"]),
+        ("content", [".tmp-"]),
+        ("layers", [".tmp-"]),
+        ("instances", [".kiln-staging-"]),
+        ("build-cache/freshness", [".tmp-"]),
+    ]
+
+    /// Removes the leftovers; returns one description per thing removed.
+    @discardableResult
+    public static func run(on host: InstanceHost) async -> [String] {
+        let cutoff = host.store.liveProcessCutoff()
+        var removed = host.store.sweepTemporaryFiles(cutoff: cutoff).map { "content/ingest/" + $0 }
+        for (folder, prefixes) in temporaryPrefixes {
+            let path = host.dataDirectory + "/" + folder
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [] {
+                guard let prefix = prefixes.first(where: { name.hasPrefix($0) }) else { continue }
+                let owner = ProcessOwner.owner(ofTemporaryName: name, prefix: prefix)
+                let leftover = owner.map { !$0.isAlive } ?? ((ChangeTime(of: path + "/" + name) ?? cutoff) < cutoff)
+                if leftover, ContentStore.removeTree(path + "/" + name) { removed.append(folder + "/" + name) }
+            }
+        }
+        removed += await sweepCgroups(on: host)
+        return removed
+    }
+
+    /// cgroup roots runc may put `kiln/<id>` under: each v1 controller, and v2's unified tree.
+    static func cgroupRoots() -> [String] {
+        var roots: [String] = []
+        if access("/sys/fs/cgroup/kiln", F_OK) == 0 { roots.append("/sys/fs/cgroup/kiln") }
+        for controller in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? [] {
+            let folder = "/sys/fs/cgroup/\(controller)/kiln"
+            var info = stat()
+            if stat(folder, &info) == 0, info.st_mode & S_IFMT == S_IFDIR { roots.append(folder) }
+        }
+        return roots
+    }
+
+    /// Removes Kiln cgroups whose instance is gone: no folder in this data directory and no
+    /// runc container of that id (cgroups are host-wide, shared with other data directories).
+    /// One made in the last minute may belong to an instance still starting, so it stays; a
+    /// cgroup with processes cannot be removed anyway.
+    static func sweepCgroups(on host: InstanceHost) async -> [String] {
+        let roots = cgroupRoots()
+        guard !roots.isEmpty else { return [] }
+        let containers = Set(await host.runc.list().map(\.id))
+        let recent = ChangeTime(seconds: ChangeTime.now.seconds - 60, nanoseconds: 0)
+        var removed = Set<String>()
+        for root in roots {
+            for id in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] where id.hasPrefix("kiln-") {
+                let folder = root + "/" + id
+                guard !containers.contains(id), !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + id),
+                    let changed = ChangeTime(of: folder), changed < recent
+                else { continue }
+                if removeCgroup(folder) { removed.insert(id) }
+            }
+        }
+        return removed.sorted().map { "cgroup kiln/\($0)" }
+    }
+
+    /// rmdir of a cgroup and any child cgroups, deepest first (their files go with them).
+    static func removeCgroup(_ folder: String) -> Bool {
+        for child in (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? [] {
+            var info = stat()
+            if lstat(folder + "/" + child, &info) == 0, info.st_mode & S_IFMT == S_IFDIR { _ = removeCgroup(folder + "/" + child) }
+        }
+        return rmdir(folder) == 0
+    }
+}
