@@ -89,11 +89,13 @@ chmod -R u=rwX,go=rX "$WORK/bench-hello"
 dpkg-deb --root-owner-group -Zgzip --build "$WORK/bench-hello" "$REPO/bench-hello_1.0_all.deb" >/dev/null
 (cd "$REPO" && dpkg-scanpackages --multiversion . /dev/null 2>/dev/null >Packages)
 REPO_PORT=$(free_port)
-python3 -m http.server "$REPO_PORT" --bind 127.0.0.1 --directory "$REPO" >/dev/null 2>&1 &
+# On 0.0.0.0: Kiln's builders have their own network and reach the host as host.kiln.internal;
+# buildah (host network) gets that name mapped to 127.0.0.1 with --add-host.
+python3 -m http.server "$REPO_PORT" --bind 0.0.0.0 --directory "$REPO" >/dev/null 2>&1 &
 REPO_PID=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$REPO_PORT/Packages" >/dev/null && break; sleep 0.05; done
 curl -sf "http://127.0.0.1:$REPO_PORT/Packages" >/dev/null || die "the local apt repository did not start"
-log "apt repository: http://127.0.0.1:$REPO_PORT/ (bench-hello 1.0)"
+log "apt repository: http://host.kiln.internal:$REPO_PORT/ (bench-hello 1.0)"
 
 # --- the work: four scripts; each is one component's ExecuteBash step and one RUN line ---
 # The first three use no network; the fourth installs bench-hello from the local repository.
@@ -135,7 +137,7 @@ EOF
 # Only the local list is updated, so the step does not depend on Debian's mirror; the image
 # keeps Debian's sources, which the freshness check fingerprints too.
 STEP_SCRIPTS+=("set -eu
-echo 'deb [trusted=yes] http://127.0.0.1:$REPO_PORT/ ./' > /etc/apt/sources.list.d/bench.list
+echo 'deb [trusted=yes] http://host.kiln.internal:$REPO_PORT/ ./' > /etc/apt/sources.list.d/bench.list
 apt-get update -qq -o Dir::Etc::SourceList=/etc/apt/sources.list.d/bench.list -o Dir::Etc::SourceParts=-
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dir::Etc::SourceList=/etc/apt/sources.list.d/bench.list -o Dir::Etc::SourceParts=- bench-hello >/dev/null
 test \"\$(cat /usr/share/bench-hello/version)\" = 1.0")
@@ -228,7 +230,7 @@ buildah_storage() { # DIR
 }
 # buildah_build CONTAINERFILE TAG LOG
 buildah_build() {
-    "${B[@]}" bud --layers --pull=never --network host --isolation oci --runtime "$RUNC" \
+    "${B[@]}" bud --layers --pull=never --network host --add-host host.kiln.internal:127.0.0.1 --isolation oci --runtime "$RUNC" \
         -f "$1" -t "$2" "$WORK/containerfile" >"$3" 2>&1 \
         || { cat "$3" >&2; die "buildah bud -f $1 failed (log: $3)"; }
 }

@@ -175,10 +175,12 @@ extension PipelineRun {
                 .unsupported, "\(label): uri \(uri) is not supported; use a file path relative to the definitions, or an https URL")
         } else {
             source = uri.hasPrefix("/") ? uri : base + "/" + uri
-            guard let read = FileManager.default.contents(atPath: source) else {
-                throw KilnError(.notFound, "\(label): cannot read its document \(source) (uri: \(uri))")
+            do {
+                // Bounded like a downloaded document: a uri of /dev/zero must not fill memory.
+                bytes = try HostFileIO.readRegular(source, describe: "the document \(source) (uri: \(uri))", limit: 16 << 20)
+            } catch let error as KilnError {
+                throw KilnError(error.code, "\(label): \(error.message)")
             }
-            bytes = read
         }
         return (try parser.parse(text: String(decoding: bytes, as: UTF8.self), source: source), Digest(sha256Of: bytes))
     }

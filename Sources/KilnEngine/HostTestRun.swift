@@ -14,7 +14,8 @@ import KilnTOE
 /// supplementary groups, no new privileges) in a fresh folder that it owns. Its only view of the
 /// image is a read-only OCI layout (`KILN_IMAGE_LAYOUT`, `KILN_IMAGE=oci:LAYOUT:latest`); the
 /// data directory (0700), Kiln's environment and its credentials are out of its reach, and its
-/// file actions have nobody's rights.
+/// file actions have nobody's rights. The child runs in its own freezer cgroup, so whatever it
+/// leaves running is killed before Kiln (as root) reads, copies and removes the folder it owned.
 struct HostTestRun {
     static let uid: UInt32 = 65_534
     static let gid: UInt32 = 65_534
@@ -47,25 +48,30 @@ struct HostTestRun {
         try JSONSerialization.data(withJSONObject: configuration).write(to: URL(fileURLWithPath: work + "/run.json"))
 
         let kiln = try Self.executableForNobody()
+        let cgroup = try Self.makeCgroup()
+        defer { Self.killAndRemove(cgroup) }
         let environment = [
             "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", "USER": "nobody",
             "KILN_IMAGE": "oci:\(layout):latest", "KILN_IMAGE_LAYOUT": layout, "KILN_IMAGE_DIGEST": image.digest.description,
         ]
         progress("TEST: container-host-test on the Kiln host as nobody, with the image at oci:\(layout):latest")
         let echo = LineEcho(prefix: "TEST: ", progress: progress)
+        // The shell joins the cgroup as root, then becomes setpriv (and so nobody's kiln).
         let result = try await ProcessRunner.run(
-            executablePath: "/usr/bin/setpriv", argumentZero: "setpriv",
+            executablePath: "/bin/sh", argumentZero: "sh",
             arguments: [
-                "--reuid=\(Self.uid)", "--regid=\(Self.gid)", "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--", kiln, "toe",
-                "run",
-                "--config", work + "/run.json",
+                "-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\"", cgroup, "/usr/bin/setpriv", "--reuid=\(Self.uid)",
+                "--regid=\(Self.gid)",
+                "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--", kiln, "toe", "run", "--config", work + "/run.json",
             ],
             environment: environment, workingDirectory: work, timeout: nil
         ) { _, bytes in echo.append(bytes) }
         echo.flush()
+        // Nothing of nobody's may run while root reads what it left.
+        Self.killAndRemove(cgroup)
         let logs = ((try? FileManager.default.contentsOfDirectory(atPath: work + "/logs")) ?? []).filter { $0.hasPrefix("TOE_") }
         guard let folder = logs.first.map({ work + "/logs/" + $0 }),
-            let data = FileManager.default.contents(atPath: folder + "/detailedoutput.json"),
+            let data = try? HostFileIO.readRegular(folder + "/detailedoutput.json", describe: "container-host-test's detailedoutput.json"),
             let report = try? JSONDecoder().decode(RunReport.self, from: data)
         else {
             throw KilnError(
@@ -76,8 +82,50 @@ struct HostTestRun {
         try? FileManager.default.removeItem(atPath: logFolder)
         try? FileManager.default.createDirectory(
             atPath: (logFolder as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try? FileManager.default.copyItem(atPath: folder, toPath: logFolder)
+        // Links stay links and FIFOs are refused: the folder was nobody's.
+        try? HostFileIO.copyTree(from: folder, to: logFolder) { "'\($0)'" }
         return report
+    }
+
+    /// A freezer cgroup for the child (v1 freezer hierarchy, or the v2 root), owned by root so
+    /// nobody cannot leave it.
+    static func makeCgroup() throws -> String {
+        let name = "kiln/host-test-\(UUID().uuidString.lowercased().prefix(12))"
+        for root in ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+            let marker = root.hasSuffix("freezer") ? "/freezer.state" : "/cgroup.controllers"
+            guard access(root + marker, F_OK) == 0 || (root.hasSuffix("freezer") && access(root + "/cgroup.procs", F_OK) == 0) else {
+                continue
+            }
+            let path = root + "/" + name
+            do {
+                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+                return path
+            } catch {
+                continue
+            }
+        }
+        throw KilnError(
+            .unsupported, "cannot create a cgroup for container-host-test under /sys/fs/cgroup; Kiln needs cgroup v1's freezer or cgroup v2"
+        )
+    }
+
+    /// Freezes the cgroup, kills every process in it, thaws, waits for it to empty, removes it.
+    static func killAndRemove(_ cgroup: String) {
+        guard access(cgroup, F_OK) == 0 else { return }
+        let v1 = access(cgroup + "/freezer.state", F_OK) == 0
+        func write(_ value: String, _ file: String) { try? value.write(toFile: cgroup + "/" + file, atomically: false, encoding: .utf8) }
+        func members() -> [Int32] {
+            ((try? String(contentsOfFile: cgroup + "/cgroup.procs", encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int32($0) }
+        }
+        for _ in 0..<100 {
+            let pids = members()
+            if pids.isEmpty { break }
+            write(v1 ? "FROZEN" : "1", v1 ? "freezer.state" : "cgroup.freeze")
+            for pid in pids { kill(pid, SIGKILL) }
+            write(v1 ? "THAWED" : "0", v1 ? "freezer.state" : "cgroup.freeze")
+            usleep(20_000)
+        }
+        rmdir(cgroup)
     }
 
     /// A new root-owned folder in /tmp that others may enter (the layout) or that is handed over (the work folder).

@@ -275,6 +275,8 @@ public final class ContainerInstance: Sendable {
     /// Runs in its own task, so it completes even when the caller was cancelled (an interrupt).
     public func destroy() async {
         await Task { [self] in
+            // A Kiln stopped mid file action may leave it frozen; frozen processes cannot die.
+            Cgroups.thaw(path: cgroupsPath)
             await runc.remove(id: id)
             Overlay.unmount(hostView)
             Overlay.unmount(rootfs)
@@ -443,6 +445,7 @@ public final class ContainerInstance: Sendable {
 
     private static func release(id: String, on host: InstanceHost) async {
         let directory = host.instancesDirectory + "/" + id
+        Cgroups.thaw(path: "/kiln/\(id)")
         await host.runc.remove(id: id)
         Overlay.unmount(directory + "/view")
         Overlay.unmount(directory + "/rootfs")
@@ -479,14 +482,16 @@ public final class ContainerInstance: Sendable {
         }
         // A network namespace whose instance folder is gone (a crash between the two). Namespaces
         // are host-wide (another data directory's Kiln may be starting one), so only old ones.
-        let containers = Set(await host.runc.list().map(\.id))
+        // One `runc list` serves both checks (each call starts runc: tens of milliseconds).
+        let containers = await host.runc.list()
+        let containerIDs = Set(containers.map(\.id))
         for namespace in IsolatedNetwork.leftovers(olderThan: 120)
-        where !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + namespace) && !containers.contains(namespace) {
+        where !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + namespace) && !containerIDs.contains(namespace) {
             await IsolatedNetwork.remove(id: namespace)
             reaped.append(namespace)
         }
         // A container of this data directory whose folder is gone (a crash while it was being removed).
-        for container in await host.runc.list()
+        for container in containers
         where container.bundle.hasPrefix(host.instancesDirectory + "/")
             && !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + container.id)
         {

@@ -59,8 +59,17 @@ public final class GzipReader {
             }
             inputOffset = available - remaining
             if status == Z_STREAM_END {
-                finished = true
-                break
+                // gzip allows members one after another (pigz, cat a.gz b.gz): go on with the next.
+                if inputOffset >= input.count {
+                    input = Array(try handle.read(upToCount: 1 << 20) ?? Data())
+                    inputOffset = 0
+                }
+                if input.isEmpty {
+                    finished = true
+                    break
+                }
+                inflateReset(stream)
+                continue
             }
             guard status == Z_OK || status == Z_BUF_ERROR else {
                 throw KilnError(.invalidArgument, "the layer is not valid gzip (zlib status \(status))")

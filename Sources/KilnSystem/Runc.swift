@@ -24,7 +24,8 @@ public struct Runc: Sendable {
     public func call(_ arguments: [String], allowFailure: Bool = false, timeout: Duration = .seconds(120)) async throws -> (
         status: Int32, output: String
     ) {
-        let collected = OutputCollector()
+        // `runc list` is JSON that must come back whole; others are short.
+        let collected = OutputCollector(headLimit: 64 << 20)
         let result = try await ProcessRunner.run(
             executablePath: binary, argumentZero: "runc", arguments: ["--root", stateRoot] + arguments,
             environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], workingDirectory: nil, timeout: timeout

@@ -60,8 +60,17 @@ struct Substitution {
             cursor = range.upperBound
         }
         result += text[cursor...]
+        // A 16 MiB chained output repeated in many inputs would multiply: one input stays bounded.
+        guard result.utf8.count <= Self.maximumResultBytes else {
+            throw KilnError(
+                .invalidArgument,
+                "\(stepPath): an input grows to \(result.utf8.count >> 20) MiB once its {{ }} references are substituted; Kiln allows \(Self.maximumResultBytes >> 20) MiB per input value"
+            )
+        }
         return result
     }
+
+    static let maximumResultBytes = 16 << 20
 
     func apply(_ inputs: InputValue, record: inout [ChainingResolution]) throws -> InputValue {
         var log: [ChainingResolution] = []

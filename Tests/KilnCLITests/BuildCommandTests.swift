@@ -52,6 +52,7 @@ struct BuildCommandTests {
                         - echo "seen-from-host uid=$(id -u) $KILN_IMAGE $KILN_IMAGE_DIGEST"
                         - echo "layout-manifest sha256:$(skopeo inspect --raw oci:$KILN_IMAGE_LAYOUT:latest | sha256sum | cut -d' ' -f1)"
                         - if ls \(sharedDataDirectory) >/dev/null 2>&1; then echo data-directory-readable; fi
+                        - setsid sleep 309 >/dev/null 2>&1 < /dev/null &
             """)
         _ = try scratch.write(
             "kiln.yaml",
@@ -135,6 +136,9 @@ struct BuildCommandTests {
         #expect(built.stderr.contains(":latest \(digest)"), "told the image's digest")
         #expect(built.stderr.contains("layout-manifest \(digest)"), "the layout holds the built image")
         #expect(!built.stderr.contains("data-directory-readable"), "the data directory is out of its reach")
+        #expect(
+            try Kiln.shell("pgrep -u 65534 -f 'sleep 309' || true").isEmpty,
+            "what container-host-test left running was killed before Kiln read its folder")
     }
 
     @Test("A failing validate step fails the image in BUILD and names the step; nothing is distributed")

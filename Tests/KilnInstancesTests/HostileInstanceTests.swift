@@ -272,6 +272,23 @@ struct HostileInstanceTests {
         await fixture.remove()
     }
 
+    @Test("ReadFile of a huge sparse file is refused by its size before anything is read")
+    func hugeSparseFile() async throws {
+        let fixture = try InstanceFixture()
+        let image = try Self.image(fixture, name: "sparse")
+        let instance = try await ContainerInstance.start(image: image, on: fixture.host, options: InstanceOptions(network: .none))
+        // 1 TiB of holes: a step can make one with truncate in a blink.
+        try await instance.session.writeFile("/work/huge", contents: Data(), append: false, mode: 0o644)
+        #expect(truncate(instance.hostView + "/work/huge", 1 << 40) == 0)
+        await #expect {
+            _ = try await instance.session.readFile("/work/huge")
+        } throws: { error in
+            "\(error)".contains("'/work/huge' in the") && "\(error)".contains("is 1099511627776 bytes; Kiln reads at most 64 MiB")
+        }
+        await instance.destroy()
+        await fixture.remove()
+    }
+
     @Test("An image whose /tmp is a symlink to a host path gets its scratch folder inside the instance")
     func temporaryFolderSymlink() async throws {
         let fixture = try InstanceFixture()

@@ -134,19 +134,19 @@ struct DefinitionReferenceTests {
     func dangling() throws {
         let text = """
             components:
-              - {name: a, semanticVersion: 1.0.0, platform: Linux}
+              - {name: app, semanticVersion: 1.0.0, platform: Linux}
             containerRecipes:
               - name: web
                 semanticVersion: 1.0.0
                 parentImage: scratch
                 components: [{componentArn: missing/1.x.x}]
             imagePipelines:
-              - {name: p, containerRecipeArn: web/2.x.x, infrastructureConfigurationArn: nowhere}
+              - {name: pipe, containerRecipeArn: web/2.x.x, infrastructureConfigurationArn: nowhere}
             """
         let definitions = try Definitions.parse(text: text, source: "p.yaml")
         let error = try #require(throws: KilnError.self) { try definitions.validateReferences(source: "p.yaml") }
         #expect(error.message.contains("4 reference problem(s)"), "\(error.message)")
-        #expect(error.message.contains("components[0] (a): give exactly one of data"))
+        #expect(error.message.contains("components[0] (app): give exactly one of data"))
         #expect(error.message.contains("no component matches missing/1.x.x"))
         #expect(error.message.contains("containerRecipeArn web/2.x.x matches no container recipe"))
         #expect(error.message.contains("infrastructureConfigurationArn nowhere is not defined"))
