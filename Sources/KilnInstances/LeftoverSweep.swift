@@ -62,17 +62,23 @@ public enum LeftoverSweep {
     static func sweepCgroups(on host: InstanceHost) async -> [String] {
         let roots = cgroupRoots()
         guard !roots.isEmpty else { return [] }
-        let containers = Set(await host.runc.list().map(\.id))
         let recent = ChangeTime(seconds: ChangeTime.now.seconds - 60, nanoseconds: 0)
-        var removed = Set<String>()
+        var candidates: [(id: String, folder: String)] = []
         for root in roots {
             for id in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] where id.hasPrefix("kiln-") {
                 let folder = root + "/" + id
-                guard !containers.contains(id), !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + id),
+                guard !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + id),
                     let changed = ChangeTime(of: folder), changed < recent
                 else { continue }
-                if removeCgroup(folder) { removed.insert(id) }
+                candidates.append((id, folder))
             }
+        }
+        // `runc list` starts a process (tens of milliseconds): only asked when something may go.
+        guard !candidates.isEmpty else { return [] }
+        let containers = Set(await host.runc.list().map(\.id))
+        var removed = Set<String>()
+        for candidate in candidates where !containers.contains(candidate.id) {
+            if removeCgroup(candidate.folder) { removed.insert(candidate.id) }
         }
         return removed.sorted().map { "cgroup kiln/\($0)" }
     }
