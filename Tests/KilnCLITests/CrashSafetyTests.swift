@@ -94,7 +94,7 @@ struct CrashSafetyTests {
             while Date() < deadline {
                 if condition() { return true }
                 guard process.isRunning else { return condition() }
-                usleep(100_000)
+                usleep(20_000)
             }
             return false
         }
@@ -182,6 +182,40 @@ struct CrashSafetyTests {
         #expect(reason.contains("interrupted") && reason.contains(stage) && reason.contains("died"), "\(reason)")
     }
 
+    @Test("Records of an older Kiln (no owner) still list; a dead owner's running record ends FAILED, a live one's is left alone")
+    func recordOwners() throws {
+        let scratch = Scratch("kiln-crash")
+        defer { scratch.remove() }
+        let data = scratch.path + "/data"
+        func write(_ build: Int, status: String, owner: String?) throws {
+            _ = try scratch.write(
+                "data/images/old/1.0.0/\(build)/image.json",
+                """
+                {"arn": "arn:aws:imagebuilder:us-east-1:000000000000:image/old/1.0.0/\(build)", "name": "old", "version": "1.0.0",
+                 "build": \(build), "type": "DOCKER", "status": "\(status)", "dateCreated": "2026-01-01T00:00:00Z",
+                 "distributionTargets": [], "outputContainers": [], "timings": [], "logDirectory": "/nowhere"\(owner.map { ", \"owner\": \($0)" } ?? "")}
+                """)
+        }
+        try write(1, status: "AVAILABLE", owner: nil)
+        try write(2, status: "BUILDING", owner: nil)
+        // pid 1 runs, but not since this start time: a recycled pid is not the owner.
+        try write(3, status: "TESTING", owner: #"{"pid": 1, "startTime": 1}"#)
+        try write(4, status: "BUILDING", owner: #"{"pid": \#(getpid()), "startTime": \#(try ownStartTime())}"#)
+        let listed = try Kiln.run(["images", "--data-dir", data], in: scratch.path)
+        let lines = listed.stdout.split(separator: "\n")
+        for (build, status) in [(1, "AVAILABLE"), (2, "BUILDING"), (3, "FAILED"), (4, "BUILDING")] {
+            #expect(lines.contains { $0.hasPrefix("old/1.0.0/\(build) ") && $0.contains(status) }, "\(build) \(status): \(listed.stdout)")
+        }
+        let shown = try Kiln.run(["images", "show", "old/1.0.0/3", "--data-dir", data], in: scratch.path)
+        #expect(shown.stdout.contains("interrupted in TEST") && shown.stdout.contains("pid 1"), "\(shown.stdout)")
+    }
+
+    /// Field 22 of this process's /proc/PID/stat.
+    func ownStartTime() throws -> String {
+        let stat = try String(contentsOfFile: "/proc/self/stat", encoding: .utf8)
+        return String(stat[stat.index(after: stat.lastIndex(of: ")")!)...].split(separator: " ")[19])
+    }
+
     @Test("kill -9 while the parent is bootstrapped (mmdebstrap): its half-made root goes; the image is FAILED, interrupted in BUILD")
     func killedWhileBootstrapping() throws {
         let scratch = Scratch("kiln-crash")
@@ -214,7 +248,7 @@ struct CrashSafetyTests {
         let scratch = Scratch("kiln-crash")
         defer { scratch.remove() }
         let pipeline = try project(
-            scratch, name: "crash-pack", build: ["head -c 300000000 /dev/urandom > /var/tmp/big", "echo crash-step-written"])
+            scratch, name: "crash-pack", build: ["head -c 600000000 /dev/urandom > /var/tmp/big", "echo crash-step-written"])
         try killAndCheck(scratch, pipeline: pipeline, stage: "BUILD") { build in
             // Packing has begun once the step is done and the layer's temp file exists.
             build.output.contains("crash-step-written")
