@@ -56,9 +56,8 @@ struct FreshnessRecord: Codable, Sendable, Hashable {
     func save(key: Digest, dataDirectory: String) {
         let folder = Self.folder(dataDirectory)
         try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let temporary = folder + "/.tmp-\(UUID().uuidString)"
-        guard (try? JSONEncoder().encode(self).write(to: URL(fileURLWithPath: temporary))) != nil else { return }
-        if rename(temporary, folder + "/\(key.encoded).json") != 0 { unlink(temporary) }
+        guard let data = try? JSONEncoder().encode(self) else { return }
+        try? DurableFile.write(data, to: folder + "/\(key.encoded).json")
     }
 }
 

@@ -90,7 +90,8 @@ struct HostTestRun {
     /// A freezer cgroup for the child (v1 freezer hierarchy, or the v2 root), owned by root so
     /// nobody cannot leave it.
     static func makeCgroup() throws -> String {
-        let name = "kiln/host-test-\(UUID().uuidString.lowercased().prefix(12))"
+        // Named for its owner: if Kiln dies, the next one's sweep kills what is left in it.
+        let name = "kiln/" + ProcessOwner.temporaryName(LeftoverSweep.hostTestCgroupPrefix)
         for root in ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
             let marker = root.hasSuffix("freezer") ? "/freezer.state" : "/cgroup.controllers"
             guard access(root + marker, F_OK) == 0 || (root.hasSuffix("freezer") && access(root + "/cgroup.procs", F_OK) == 0) else {
@@ -129,12 +130,12 @@ struct HostTestRun {
     }
 
     /// A new root-owned folder in /tmp that others may enter (the layout) or that is handed over (the work folder).
+    /// Named for its owner (`LeftoverSweep` removes those of a dead Kiln).
     static func temporaryFolder(_ prefix: String) throws -> String {
-        var template = Array("/tmp/\(prefix).XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else {
+        let path = "/tmp/" + ProcessOwner.temporaryName(prefix + "-")
+        guard mkdir(path, 0o700) == 0 else {
             throw KilnError(.ioFailure, "cannot create a folder in /tmp for container-host-test: \(String(cString: strerror(errno)))")
         }
-        let path = String(cString: made)
         chmod(path, 0o755)
         return path
     }

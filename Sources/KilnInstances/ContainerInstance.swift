@@ -85,6 +85,8 @@ struct InstanceRecord: Codable {
     var id: String
     var image: String
     var ownerPID: Int32
+    /// With the pid, tells a live owner from a later process that got the same pid.
+    var ownerStartTime: UInt64?
     var keep: Bool
     var created: String
 }
@@ -150,9 +152,10 @@ public final class ContainerInstance: Sendable {
         let manager = FileManager.default
         try manager.createDirectory(atPath: directory, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
         let record = InstanceRecord(
-            id: id, image: name ?? descriptor.digest.description, ownerPID: getpid(), keep: options.keep,
+            id: id, image: name ?? descriptor.digest.description, ownerPID: getpid(), ownerStartTime: ProcessOwner.current.startTime,
+            keep: options.keep,
             created: ISO8601DateFormatter().string(from: Date()))
-        try JSONEncoder().encode(record).write(to: URL(fileURLWithPath: directory + "/instance.json"))
+        try DurableFile.write(JSONEncoder().encode(record), to: directory + "/instance.json", mode: 0o600)
         do {
             for folder in [instance.rootfs, instance.hostView, instance.upper, directory + "/work", instance.bundle] {
                 try manager.createDirectory(atPath: folder, withIntermediateDirectories: false)
@@ -337,7 +340,8 @@ public final class ContainerInstance: Sendable {
     /// Also returns the upper dir's state as packed, the baseline for the next step.
     public func packLayer(since: DirectoryState? = nil, sourceDateEpoch: Int64?) throws -> (layer: PackedLayer, state: DirectoryState) {
         let store = host.store
-        let staging = store.scratch + "/.snapshot-\(UUID().uuidString)"
+        // Named for its owner, so a sweep after a crash knows it is garbage.
+        let staging = store.scratch + "/" + ProcessOwner.temporaryName(".snapshot-")
         defer { unlink(staging) }
         let handle = try FileHandle(
             forWritingTo: {
@@ -352,9 +356,8 @@ public final class ContainerInstance: Sendable {
         }
         let packed = try gzip.finish()
         try handle.close()
-        guard rename(staging, store.path(of: packed.digest)) == 0 else {
-            throw KilnError(.ioFailure, "cannot store the snapshot layer of \(id): \(String(cString: strerror(errno)))")
-        }
+        // Under the store's shared gc lock, so a gc in flight cannot unlink it as unnamed.
+        try store.place(staging, as: packed.digest)
         return (
             PackedLayer(
                 descriptor: Descriptor(mediaType: MediaType.layerTarGzip, digest: packed.digest, size: packed.size), diffID: packed.diffID,
@@ -459,7 +462,7 @@ public final class ContainerInstance: Sendable {
         let path = directory + "/instance.json"
         var record = try JSONDecoder().decode(InstanceRecord.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
         record.keep = true
-        try JSONEncoder().encode(record).write(to: URL(fileURLWithPath: path))
+        try DurableFile.write(JSONEncoder().encode(record), to: path, mode: 0o600)
     }
 
     /// The runc command that opens a shell in a running instance.
@@ -476,7 +479,7 @@ public final class ContainerInstance: Sendable {
         var reaped: [String] = []
         for id in (try? FileManager.default.contentsOfDirectory(atPath: host.instancesDirectory)) ?? [] where id.hasPrefix("kiln-") {
             let record = Self.record(id: id, on: host)
-            if let record, record.keep || (record.ownerPID != getpid() && Self.isKiln(record.ownerPID)) { continue }
+            if let record, record.keep || (record.ownerPID != getpid() && Self.isAlive(record)) { continue }
             await release(id: id, on: host)
             reaped.append(id)
         }
@@ -499,6 +502,11 @@ public final class ContainerInstance: Sendable {
             reaped.append(container.id)
         }
         return reaped
+    }
+
+    static func isAlive(_ record: InstanceRecord) -> Bool {
+        guard let start = record.ownerStartTime else { return isKiln(record.ownerPID) }
+        return ProcessOwner(pid: record.ownerPID, startTime: start).isAlive
     }
 
     static func isKiln(_ pid: Int32) -> Bool {

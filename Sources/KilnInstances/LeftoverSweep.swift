@@ -39,9 +39,20 @@ public enum LeftoverSweep {
                 if leftover, ContentStore.removeTree(path + "/" + name) { removed.append(folder + "/" + name) }
             }
         }
+        // container-host-test's folders in /tmp carry their owner; only a dead owner's go.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? [] {
+            guard let prefix = hostTestFolderPrefixes.first(where: { name.hasPrefix($0) }),
+                let owner = ProcessOwner.owner(ofTemporaryName: name, prefix: prefix), !owner.isAlive
+            else { continue }
+            if ContentStore.removeTree("/tmp/" + name) { removed.append("/tmp/" + name) }
+        }
         removed += await sweepCgroups(on: host)
         return removed
     }
+
+    /// `HostTestRun`'s names: the child's cgroup, and its work and image folders in /tmp.
+    public static let hostTestCgroupPrefix = "host-test-"
+    static let hostTestFolderPrefixes = ["kiln-host-test-image-", "kiln-host-test-"]
 
     /// cgroup roots runc may put `kiln/<id>` under: each v1 controller, and v2's unified tree.
     static func cgroupRoots() -> [String] {
@@ -63,8 +74,24 @@ public enum LeftoverSweep {
         let roots = cgroupRoots()
         guard !roots.isEmpty else { return [] }
         let recent = ChangeTime(seconds: ChangeTime.now.seconds - 60, nanoseconds: 0)
+        var removed = Set<String>()
         var candidates: [(id: String, folder: String)] = []
         for root in roots {
+            // A dead Kiln's container-host-test child may still run as nobody in its cgroup.
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] {
+                guard let owner = ProcessOwner.owner(ofTemporaryName: name, prefix: hostTestCgroupPrefix), !owner.isAlive else { continue }
+                // Frozen processes cannot die: thaw first (v1 freezer, v2 cgroup.freeze).
+                try? "THAWED".write(toFile: root + "/" + name + "/freezer.state", atomically: false, encoding: .utf8)
+                try? "0".write(toFile: root + "/" + name + "/cgroup.freeze", atomically: false, encoding: .utf8)
+                for _ in 0..<50 {
+                    let pids = ((try? String(contentsOfFile: root + "/" + name + "/cgroup.procs", encoding: .utf8)) ?? "")
+                        .split(separator: "\n").compactMap { Int32($0) }
+                    if pids.isEmpty { break }
+                    for pid in pids { kill(pid, SIGKILL) }
+                    usleep(20_000)
+                }
+                if removeCgroup(root + "/" + name) { removed.insert(name) }
+            }
             for id in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] where id.hasPrefix("kiln-") {
                 let folder = root + "/" + id
                 guard !FileManager.default.fileExists(atPath: host.instancesDirectory + "/" + id),
@@ -74,11 +101,11 @@ public enum LeftoverSweep {
             }
         }
         // `runc list` starts a process (tens of milliseconds): only asked when something may go.
-        guard !candidates.isEmpty else { return [] }
-        let containers = Set(await host.runc.list().map(\.id))
-        var removed = Set<String>()
-        for candidate in candidates where !containers.contains(candidate.id) {
-            if removeCgroup(candidate.folder) { removed.insert(candidate.id) }
+        if !candidates.isEmpty {
+            let containers = Set(await host.runc.list().map(\.id))
+            for candidate in candidates where !containers.contains(candidate.id) {
+                if removeCgroup(candidate.folder) { removed.insert(candidate.id) }
+            }
         }
         return removed.sorted().map { "cgroup kiln/\($0)" }
     }

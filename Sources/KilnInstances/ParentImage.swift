@@ -189,7 +189,7 @@ public struct ParentImageResolver: Sendable {
         guard let mirror = mirrors[distribution] ?? (distribution == "debian" ? Self.hostDebianMirror() : nil) else {
             throw KilnError(.invalidArgument, "no \(distribution) mirror is configured; set bootstrap.mirrors.\(distribution) in kiln.yaml")
         }
-        let directory = store.scratch + "/bootstrap-\(UUID().uuidString)"
+        let directory = store.scratch + "/" + ProcessOwner.temporaryName("bootstrap-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         observer?("bootstrapping \(distribution) \(suite) from \(mirror) with mmdebstrap --variant=minbase")
         let log = OutputCollector()
