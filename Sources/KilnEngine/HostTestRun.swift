@@ -27,13 +27,10 @@ struct HostTestRun {
     /// folder is copied to `logFolder`.
     func run(_ components: [RecipeComponent], image: Descriptor, logFolder: String) async throws -> RunReport {
         let work = try Self.temporaryFolder("kiln-host-test")
-        defer { try? FileManager.default.removeItem(atPath: work) }
+        defer { Self.removeUntrusted(work) }
         let layout = try Self.temporaryFolder("kiln-host-test-image")
-        defer { try? FileManager.default.removeItem(atPath: layout) }
+        defer { Self.removeUntrusted(layout) }
         try exportLayout(image, to: layout)
-        guard chown(work, Self.uid, Self.gid) == 0, chmod(work, 0o700) == 0 else {
-            throw KilnError(.ioFailure, "cannot hand \(work) to nobody for container-host-test: \(String(cString: strerror(errno)))")
-        }
 
         var documents: [[String: Any]] = []
         for (index, component) in components.enumerated() {
@@ -46,10 +43,14 @@ struct HostTestRun {
         }
         let configuration: [String: Any] = ["documents": documents, "phases": "container-host-test", "logDirectory": work + "/logs"]
         try JSONSerialization.data(withJSONObject: configuration).write(to: URL(fileURLWithPath: work + "/run.json"))
+        // Handed over only now: root wrote the files above into a folder nobody could touch yet.
+        guard chown(work, Self.uid, Self.gid) == 0, chmod(work, 0o700) == 0 else {
+            throw KilnError(.ioFailure, "cannot hand \(work) to nobody for container-host-test: \(String(cString: strerror(errno)))")
+        }
 
         let kiln = try Self.executableForNobody()
-        let cgroup = try Self.makeCgroup()
-        defer { Self.killAndRemove(cgroup) }
+        let cgroups = try Self.makeCgroups()
+        defer { cgroups.forEach(Self.killAndRemove) }
         let environment = [
             "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", "USER": "nobody",
             "KILN_IMAGE": "oci:\(layout):latest", "KILN_IMAGE_LAYOUT": layout, "KILN_IMAGE_DIGEST": image.digest.description,
@@ -60,15 +61,17 @@ struct HostTestRun {
         let result = try await ProcessRunner.run(
             executablePath: "/bin/sh", argumentZero: "sh",
             arguments: [
-                "-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\"", cgroup, "/usr/bin/setpriv", "--reuid=\(Self.uid)",
-                "--regid=\(Self.gid)",
+                "-c", "for c in $0; do echo $$ > \"$c/cgroup.procs\" || exit 125; done; exec \"$@\"", cgroups.joined(separator: " "),
+                "/usr/bin/setpriv", "--reuid=\(Self.uid)", "--regid=\(Self.gid)",
                 "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--", kiln, "toe", "run", "--config", work + "/run.json",
             ],
-            environment: environment, workingDirectory: work, timeout: nil
+            // A step that stops its parent (kill -STOP) must not hold the build for ever.
+            environment: environment, workingDirectory: work, timeout: Self.timeout
         ) { _, bytes in echo.append(bytes) }
         echo.flush()
+        if result.timedOut { progress("TEST: container-host-test ran past \(Self.timeout) and was stopped") }
         // Nothing of nobody's may run while root reads what it left.
-        Self.killAndRemove(cgroup)
+        cgroups.forEach(Self.killAndRemove)
         let logs = ((try? FileManager.default.contentsOfDirectory(atPath: work + "/logs")) ?? []).filter { $0.hasPrefix("TOE_") }
         guard let folder = logs.first.map({ work + "/logs/" + $0 }),
             let data = try? HostFileIO.readRegular(folder + "/detailedoutput.json", describe: "container-host-test's detailedoutput.json"),
@@ -87,27 +90,52 @@ struct HostTestRun {
         return report
     }
 
-    /// A freezer cgroup for the child (v1 freezer hierarchy, or the v2 root), owned by root so
-    /// nobody cannot leave it.
-    static func makeCgroup() throws -> String {
-        // Named for its owner: if Kiln dies, the next one's sweep kills what is left in it.
+    static let timeout: Duration = .seconds(7200)
+    /// Limits for everything container-host-test starts: a fork bomb or a memory hog stops there.
+    static let pidsLimit = 4096
+    static let memoryLimit: Int64 = 4 << 30
+    /// Root's, 0711: nobody may use the folders Kiln makes inside but not make its own there.
+    static let folderRoot = "/run/kiln-host-test"
+
+    /// The child's cgroups, owned by root so nobody cannot leave them: v1's freezer (to kill all),
+    /// pids and memory (the limits), or one v2 cgroup with all three. The freezer one comes first.
+    static func makeCgroups() throws -> [String] {
+        // Named for its owner: if Kiln dies, the next one's sweep kills what is left in them.
         let name = "kiln/" + ProcessOwner.temporaryName(LeftoverSweep.hostTestCgroupPrefix)
-        for root in ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-            let marker = root.hasSuffix("freezer") ? "/freezer.state" : "/cgroup.controllers"
-            guard access(root + marker, F_OK) == 0 || (root.hasSuffix("freezer") && access(root + "/cgroup.procs", F_OK) == 0) else {
-                continue
+        func make(_ path: String) -> Bool {
+            (try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)) != nil
+        }
+        if access("/sys/fs/cgroup/freezer/cgroup.procs", F_OK) == 0, make("/sys/fs/cgroup/freezer/" + name) {
+            var made = ["/sys/fs/cgroup/freezer/" + name]
+            if access("/sys/fs/cgroup/pids/cgroup.procs", F_OK) == 0, make("/sys/fs/cgroup/pids/" + name) {
+                try? "\(pidsLimit)".write(toFile: "/sys/fs/cgroup/pids/\(name)/pids.max", atomically: false, encoding: .utf8)
+                made.append("/sys/fs/cgroup/pids/" + name)
             }
-            let path = root + "/" + name
-            do {
-                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-                return path
-            } catch {
-                continue
+            if access("/sys/fs/cgroup/memory/cgroup.procs", F_OK) == 0, make("/sys/fs/cgroup/memory/" + name) {
+                try? "\(memoryLimit)".write(
+                    toFile: "/sys/fs/cgroup/memory/\(name)/memory.limit_in_bytes", atomically: false, encoding: .utf8)
+                made.append("/sys/fs/cgroup/memory/" + name)
             }
+            return made
+        }
+        if access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0, make("/sys/fs/cgroup/" + name) {
+            try? "\(pidsLimit)".write(toFile: "/sys/fs/cgroup/\(name)/pids.max", atomically: false, encoding: .utf8)
+            try? "\(memoryLimit)".write(toFile: "/sys/fs/cgroup/\(name)/memory.max", atomically: false, encoding: .utf8)
+            return ["/sys/fs/cgroup/" + name]
         }
         throw KilnError(
             .unsupported, "cannot create a cgroup for container-host-test under /sys/fs/cgroup; Kiln needs cgroup v1's freezer or cgroup v2"
         )
+    }
+
+    /// Removes a tree nobody wrote into: `rm -rf --one-file-system` walks with openat and never
+    /// follows a link, so swapping a folder for a link mid-removal cannot redirect it.
+    static func removeUntrusted(_ path: String) {
+        let remove = Process()
+        remove.executableURL = URL(fileURLWithPath: "/bin/rm")
+        remove.arguments = ["-rf", "--one-file-system", "--", path]
+        guard (try? remove.run()) != nil else { return }
+        remove.waitUntilExit()
     }
 
     /// Freezes the cgroup, kills every process in it, thaws, waits for it to empty, removes it.
@@ -129,12 +157,19 @@ struct HostTestRun {
         rmdir(cgroup)
     }
 
-    /// A new root-owned folder in /tmp that others may enter (the layout) or that is handed over (the work folder).
-    /// Named for its owner (`LeftoverSweep` removes those of a dead Kiln).
+    /// A new root-owned folder under `folderRoot` that others may enter (the layout) or that is
+    /// handed over (the work folder). Named for its owner (`LeftoverSweep` removes a dead Kiln's).
     static func temporaryFolder(_ prefix: String) throws -> String {
-        let path = "/tmp/" + ProcessOwner.temporaryName(prefix + "-")
+        mkdir(folderRoot, 0o711)
+        var info = stat()
+        guard lstat(folderRoot, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == 0 else {
+            throw KilnError(.ioFailure, "\(folderRoot) must be a folder owned by root; remove it and build again")
+        }
+        chmod(folderRoot, 0o711)
+        let path = folderRoot + "/" + ProcessOwner.temporaryName(prefix + "-")
         guard mkdir(path, 0o700) == 0 else {
-            throw KilnError(.ioFailure, "cannot create a folder in /tmp for container-host-test: \(String(cString: strerror(errno)))")
+            throw KilnError(
+                .ioFailure, "cannot create a folder in \(folderRoot) for container-host-test: \(String(cString: strerror(errno)))")
         }
         chmod(path, 0o755)
         return path

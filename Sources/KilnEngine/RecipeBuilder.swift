@@ -532,7 +532,8 @@ struct RecipeBuilder: Sendable {
     private func copy(
         _ sources: [String], to destination: String, owner: String?, into session: ContainerSession, workingDir: String?, place: String
     ) async throws {
-        let contextRoot = URL(fileURLWithPath: context).standardizedFileURL.path
+        // realpath(3): Foundation's link resolution keeps a relative target's `..` unresolved.
+        let contextRoot = Self.realPath(context) ?? URL(fileURLWithPath: context).standardizedFileURL.path
         let target = destination.hasPrefix("/") ? destination : (workingDir ?? "/") + "/" + destination
         let intoFolder = destination.hasSuffix("/") || sources.count > 1
         for source in sources {
@@ -542,7 +543,7 @@ struct RecipeBuilder: Sendable {
             }
             // A link named as the source is followed only while it stays in the context: a link
             // to ~/.docker/config.json must not bring the host's file into the image.
-            let resolved = URL(fileURLWithPath: hostPath).resolvingSymlinksInPath().path
+            let resolved = Self.realPath(hostPath) ?? hostPath
             guard resolved == contextRoot || resolved.hasPrefix(contextRoot + "/") else {
                 throw StepFailure(
                     step: "COPY at \(place)", log: nil,
@@ -568,6 +569,13 @@ struct RecipeBuilder: Sendable {
                     destinationPath, owner: parts.first, group: parts.count > 1 ? parts[1] : parts.first, recursive: true)
             }
         }
+    }
+
+    /// Every link and `..` resolved by the kernel; nil when the path does not exist.
+    static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 
     /// Folders recursively, regular files by content, symlinks inside folders as symlinks (like

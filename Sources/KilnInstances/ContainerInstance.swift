@@ -172,9 +172,13 @@ public final class ContainerInstance: Sendable {
             var resolv = (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "nameserver 127.0.0.1\n"
             if network != nil {
                 // The host's loopback is not the instance's: a resolver there cannot answer it.
-                resolv = resolv.split(separator: "\n", omittingEmptySubsequences: false).filter {
-                    !($0.hasPrefix("nameserver 127.") || $0.hasPrefix("nameserver ::1"))
-                }.joined(separator: "\n")
+                resolv = Self.withoutLoopbackNameservers(resolv)
+                // systemd-resolved's stub (127.0.0.53) leaves none: its upstream servers serve instead.
+                if !resolv.contains("nameserver "),
+                    let upstream = try? String(contentsOfFile: "/run/systemd/resolve/resolv.conf", encoding: .utf8)
+                {
+                    resolv = Self.withoutLoopbackNameservers(upstream)
+                }
             }
             try resolv.write(toFile: directory + "/resolv.conf", atomically: true, encoding: .utf8)
             var hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t\(id)\n"
@@ -194,6 +198,12 @@ public final class ContainerInstance: Sendable {
             throw error
         }
         return instance
+    }
+
+    static func withoutLoopbackNameservers(_ text: String) -> String {
+        text.split(separator: "\n", omittingEmptySubsequences: false).filter {
+            !($0.hasPrefix("nameserver 127.") || $0.hasPrefix("nameserver ::1"))
+        }.joined(separator: "\n")
     }
 
     /// Stops process 1 and starts it again on the same root filesystem (a reboot).

@@ -167,11 +167,16 @@ struct IsolatedNetwork: Sendable {
                 throw KilnError(.ioFailure, "cannot enable IPv4 forwarding (\(forward)); isolated instance networks need it")
             }
         }
+        // Inserted (-I) so a host chain ending in REJECT cannot shadow them; the drops go in last,
+        // so they sit first: nothing between instances, nothing to link-local addresses (a cloud
+        // host's metadata service would hand out its credentials).
         let rules: [(table: String, chain: String, rule: [String], insert: Bool)] = [
             ("nat", "POSTROUTING", ["-s", subnet, "!", "-d", subnet, "-j", "MASQUERADE"], false),
+            ("filter", "FORWARD", ["-d", subnet, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"], true),
+            ("filter", "FORWARD", ["-s", subnet, "!", "-d", subnet, "-j", "ACCEPT"], true),
             ("filter", "FORWARD", ["-s", subnet, "-d", subnet, "-j", "DROP"], true),
-            ("filter", "FORWARD", ["-s", subnet, "!", "-d", subnet, "-j", "ACCEPT"], false),
-            ("filter", "FORWARD", ["-d", subnet, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"], false),
+            ("filter", "FORWARD", ["-s", subnet, "-d", "169.254.0.0/16", "-j", "DROP"], true),
+            ("filter", "INPUT", ["-s", subnet, "-d", "169.254.0.0/16", "-j", "DROP"], true),
         ]
         for rule in rules {
             let check = try await iptables(["-t", rule.table, "-C", rule.chain] + rule.rule)

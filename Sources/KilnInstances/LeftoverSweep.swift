@@ -39,16 +39,24 @@ public enum LeftoverSweep {
                 if leftover, ContentStore.removeTree(path + "/" + name) { removed.append(folder + "/" + name) }
             }
         }
-        // container-host-test's folders in /tmp carry their owner; only a dead owner's go.
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? [] {
+        // The cgroups first: a dead Kiln's container-host-test processes die before its folders go.
+        removed += await sweepCgroups(on: host)
+        // container-host-test's folders carry their owner; only a dead owner's go. Nobody wrote
+        // into them, so they are removed by `rm -rf --one-file-system`, which follows no link.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: hostTestFolderRoot)) ?? [] {
             guard let prefix = hostTestFolderPrefixes.first(where: { name.hasPrefix($0) }),
                 let owner = ProcessOwner.owner(ofTemporaryName: name, prefix: prefix), !owner.isAlive
             else { continue }
-            if ContentStore.removeTree("/tmp/" + name) { removed.append("/tmp/" + name) }
+            let result = try? await ProcessRunner.run(
+                executablePath: "/bin/rm", argumentZero: "rm",
+                arguments: ["-rf", "--one-file-system", "--", hostTestFolderRoot + "/" + name],
+                environment: [:], workingDirectory: nil, timeout: .seconds(600), output: { _, _ in })
+            if result?.exitCode == 0 { removed.append(hostTestFolderRoot + "/" + name) }
         }
-        removed += await sweepCgroups(on: host)
         return removed
     }
+
+    static let hostTestFolderRoot = "/run/kiln-host-test"
 
     /// `HostTestRun`'s names: the child's cgroup, and its work and image folders in /tmp.
     public static let hostTestCgroupPrefix = "host-test-"

@@ -96,7 +96,19 @@ enum Cgroups {
 
     /// Stops every process of the cgroup and waits until the kernel says they are stopped.
     static func freeze(path: String) throws {
-        guard let freezer = freezer(path: path) else { return }
+        guard let freezer = freezer(path: path) else {
+            // No cgroup of this instance: nothing of it runs. No freezer at all: fail closed.
+            guard
+                access("/sys/fs/cgroup/freezer", F_OK) == 0 || access("/sys/fs/cgroup/cgroup.freeze", F_OK) == 0
+                    || access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0
+            else {
+                throw KilnError(
+                    .unsupported,
+                    "this host has no cgroup freezer (v1 freezer or v2); Kiln stops an instance's processes before it works on its files, so it cannot go on"
+                )
+            }
+            return
+        }
         guard write(freezer.frozen, to: freezer.control) else {
             throw KilnError(.ioFailure, "cannot freeze the instance's processes (\(freezer.control)): \(String(cString: strerror(errno)))")
         }

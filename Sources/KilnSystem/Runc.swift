@@ -104,7 +104,10 @@ public struct Runc: Sendable {
     /// Runs `exec` to completion, streaming its output; the command's own exit status comes back.
     public func exec(_ exec: Exec, output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void) async throws -> ExecResult {
         var arguments = [
-            "--root", stateRoot, "exec", "--pid-file", exec.pidFile, "--user", "\(exec.user.uid):\(exec.user.gid)", "--cwd",
+            // --ignore-paused: an exec that starts while Kiln has the instance frozen for file
+            // work waits for the thaw instead of failing.
+            "--root", stateRoot, "exec", "--ignore-paused", "--pid-file", exec.pidFile, "--user", "\(exec.user.uid):\(exec.user.gid)",
+            "--cwd",
             exec.workingDirectory,
         ]
         for (name, value) in exec.environment.sorted(by: { $0.key < $1.key }) { arguments += ["--env", "\(name)=\(value)"] }

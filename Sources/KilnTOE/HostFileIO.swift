@@ -128,7 +128,7 @@ public enum HostFileIO {
                 throw KilnError(.ioFailure, "cannot create \(describe(destination)): \(String(cString: strerror(errno)))")
             }
         case S_IFDIR:
-            guard mkdir(destination, info.st_mode & 0o7777) == 0 else {
+            guard mkdir(destination, info.st_mode & 0o1777) == 0 else {
                 throw KilnError(
                     errno == EEXIST ? .alreadyExists : .ioFailure,
                     "cannot create folder \(describe(destination)): \(String(cString: strerror(errno)))")
@@ -140,9 +140,10 @@ public enum HostFileIO {
             for name in names.sorted() {
                 try copyTree(from: source + "/" + name, to: destination + "/" + name, describe: describe)
             }
-            chmod(destination, info.st_mode & 0o7777)
+            chmod(destination, info.st_mode & 0o1777)
         case S_IFREG:
-            try copyFile(from: source, to: destination, mode: UInt32(info.st_mode & 0o7777), describe: describe)
+            // Like cp without -p: a copy does not keep setuid or setgid (root would own it).
+            try copyFile(from: source, to: destination, mode: UInt32(info.st_mode & 0o1777), describe: describe)
         default:
             throw KilnError(
                 .invalidArgument, "\(describe(source)) is \(kindName(info.st_mode)); Kiln copies only files, folders and symlinks")

@@ -72,6 +72,18 @@ struct HostileInputTests {
         #expect(
             built.stderr.contains("'config.json' is a symlink to '\(secret)', outside the build context")
                 && built.stderr.contains("copy the file itself into it"), "\(built.stderr)")
+
+        // A relative link climbing out with ../ is caught the same way.
+        let climbs = String(repeating: "../", count: scratch.path.split(separator: "/").count) + secret.dropFirst()
+        try FileManager.default.createSymbolicLink(atPath: scratch.path + "/relative.json", withDestinationPath: climbs)
+        let relative = try pipeline(
+            scratch,
+            template:
+                "FROM {{{ imagebuilder:parentImage }}}\n{{{ imagebuilder:environments }}}\nCOPY relative.json /root/config.json\n{{{ imagebuilder:components }}}"
+        )
+        let refused = try Kiln.run(["build", "-f", relative, "--no-cache"], in: scratch.path)
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("'relative.json' is a symlink to '\(secret)', outside the build context"), "\(refused.stderr)")
     }
 
     @Test("COPY of a folder keeps a link inside it as a link: the host file it points at is not copied")

@@ -223,6 +223,9 @@ struct HostileInstanceTests {
         #expect(namespace, "the instance had its own named network namespace")
         #expect(!FileManager.default.fileExists(atPath: "/run/netns/\(instance.id)"), "destroy removed the namespace")
         #expect(try shell("ip -o link show | grep -c kv\(instance.id.dropFirst(5).prefix(12)) || true").text.hasPrefix("0"))
+        #expect(
+            try shell("iptables -w -C FORWARD -s 10.213.0.0/16 -d 169.254.0.0/16 -j DROP").status == 0,
+            "link-local addresses (a cloud metadata service) are out of reach")
         await fixture.remove()
     }
 
@@ -269,6 +272,25 @@ struct HostileInstanceTests {
             "\(error)".contains("is a FIFO; Kiln copies only files, folders and symlinks")
         }
         await instance.destroy()
+        await fixture.remove()
+    }
+
+    @Test("An exec that starts while Kiln has the instance frozen waits for the thaw instead of failing")
+    func execDuringFreeze() async throws {
+        let fixture = try InstanceFixture()
+        let image = try Self.image(fixture, name: "paused")
+        let instance = try await ContainerInstance.start(image: image, on: fixture.host, options: InstanceOptions(network: .none))
+        let output = OutputCollector()
+        let result = try await instance.whileFrozen {
+            let started = Task {
+                try await instance.session.exec(ExecRequest(executable: "/bin/hello"), output: { _, bytes in output.append(bytes) })
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            return started
+        }.value
+        await instance.destroy()
+        #expect(result.exitCode == 0, "\(output.text)")
+        #expect(output.text.contains("hello"))
         await fixture.remove()
     }
 
