@@ -39,6 +39,8 @@ struct ImageTestSuites: Sendable {
     /// The parent's layer count: layers after it are what the build added.
     let parentLayerCount: Int
     let progress: @Sendable (String) -> Void
+    /// The pending-updates check asks the package manager with the builders' network.
+    var network: InstanceNetwork = .isolated
 
     /// Runs the suites; also returns the usage of the extra instances they started.
     func run(image: Descriptor, in instance: ContainerInstance) async -> ([TestCaseResult], [ContainerInstance.Usage]) {
@@ -302,7 +304,7 @@ struct ImageTestSuites: Sendable {
     /// instance with the host's network (see `PackageUpgradeQuery`); an upgrade counts as a
     /// security update when its origin names security (Debian-Security, a -security suite).
     private func pendingUpdates(image: Descriptor) async -> (TestCaseResult.Status, String, ContainerInstance.Usage?) {
-        let (answer, usage) = await PackageUpgradeQuery(host: host, type: type).ask(image)
+        let (answer, usage) = await PackageUpgradeQuery(host: host, type: type, network: network).ask(image)
         switch answer {
         case .noPackageManager(let why):
             return (.skipped, why, usage)

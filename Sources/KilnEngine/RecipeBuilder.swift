@@ -703,7 +703,7 @@ struct RecipeBuilder: Sendable {
         }
         let instance = try await fresh()
         let (suiteResults, extra) = await ImageTestSuites(
-            settings: suites, host: host, type: type, parentLayerCount: parentLayers, progress: progress
+            settings: suites, host: host, type: type, parentLayerCount: parentLayers, progress: progress, network: network
         ).run(image: image, in: instance)
         results += suiteResults
         usages += extra
