@@ -26,10 +26,10 @@ struct HostTestRun {
     /// Runs the phases; the report comes from the child's `detailedoutput.json`, and its log
     /// folder is copied to `logFolder`.
     func run(_ components: [RecipeComponent], image: Descriptor, logFolder: String) async throws -> RunReport {
-        let work = try Self.temporaryFolder("kiln-host-test")
-        defer { Self.removeUntrusted(work) }
-        let layout = try Self.temporaryFolder("kiln-host-test-image")
-        defer { Self.removeUntrusted(layout) }
+        let work = try Self.temporaryFolder(LeftoverSweep.hostTestWorkPrefix)
+        defer { LeftoverSweep.removeUntrusted(work) }
+        let layout = try Self.temporaryFolder(LeftoverSweep.hostTestImagePrefix)
+        defer { LeftoverSweep.removeUntrusted(layout) }
         try exportLayout(image, to: layout)
 
         var documents: [[String: Any]] = []
@@ -50,7 +50,7 @@ struct HostTestRun {
 
         let kiln = try Self.executableForNobody()
         let cgroups = try Self.makeCgroups()
-        defer { cgroups.forEach(Self.killAndRemove) }
+        defer { cgroups.forEach { LeftoverSweep.killAndRemoveCgroup($0) } }
         let environment = [
             "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", "USER": "nobody",
             "KILN_IMAGE": "oci:\(layout):latest", "KILN_IMAGE_LAYOUT": layout, "KILN_IMAGE_DIGEST": image.digest.description,
@@ -71,7 +71,7 @@ struct HostTestRun {
         echo.flush()
         if result.timedOut { progress("TEST: container-host-test ran past \(Self.timeout) and was stopped") }
         // Nothing of nobody's may run while root reads what it left.
-        cgroups.forEach(Self.killAndRemove)
+        cgroups.forEach { LeftoverSweep.killAndRemoveCgroup($0) }
         let logs = ((try? FileManager.default.contentsOfDirectory(atPath: work + "/logs")) ?? []).filter { $0.hasPrefix("TOE_") }
         guard let folder = logs.first.map({ work + "/logs/" + $0 }),
             let data = try? HostFileIO.readRegular(folder + "/detailedoutput.json", describe: "container-host-test's detailedoutput.json"),
@@ -95,7 +95,7 @@ struct HostTestRun {
     static let pidsLimit = 4096
     static let memoryLimit: Int64 = 4 << 30
     /// Root's, 0711: nobody may use the folders Kiln makes inside but not make its own there.
-    static let folderRoot = "/run/kiln-host-test"
+    static let folderRoot = LeftoverSweep.hostTestFolderRoot
 
     /// The child's cgroups, owned by root so nobody cannot leave them: v1's freezer (to kill all),
     /// pids and memory (the limits), or one v2 cgroup with all three. The freezer one comes first.
@@ -128,35 +128,6 @@ struct HostTestRun {
         )
     }
 
-    /// Removes a tree nobody wrote into: `rm -rf --one-file-system` walks with openat and never
-    /// follows a link, so swapping a folder for a link mid-removal cannot redirect it.
-    static func removeUntrusted(_ path: String) {
-        let remove = Process()
-        remove.executableURL = URL(fileURLWithPath: "/bin/rm")
-        remove.arguments = ["-rf", "--one-file-system", "--", path]
-        guard (try? remove.run()) != nil else { return }
-        remove.waitUntilExit()
-    }
-
-    /// Freezes the cgroup, kills every process in it, thaws, waits for it to empty, removes it.
-    static func killAndRemove(_ cgroup: String) {
-        guard access(cgroup, F_OK) == 0 else { return }
-        let v1 = access(cgroup + "/freezer.state", F_OK) == 0
-        func write(_ value: String, _ file: String) { try? value.write(toFile: cgroup + "/" + file, atomically: false, encoding: .utf8) }
-        func members() -> [Int32] {
-            ((try? String(contentsOfFile: cgroup + "/cgroup.procs", encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int32($0) }
-        }
-        for _ in 0..<100 {
-            let pids = members()
-            if pids.isEmpty { break }
-            write(v1 ? "FROZEN" : "1", v1 ? "freezer.state" : "cgroup.freeze")
-            for pid in pids { kill(pid, SIGKILL) }
-            write(v1 ? "THAWED" : "0", v1 ? "freezer.state" : "cgroup.freeze")
-            usleep(20_000)
-        }
-        rmdir(cgroup)
-    }
-
     /// A new root-owned folder under `folderRoot` that others may enter (the layout) or that is
     /// handed over (the work folder). Named for its owner (`LeftoverSweep` removes a dead Kiln's).
     static func temporaryFolder(_ prefix: String) throws -> String {
@@ -166,7 +137,7 @@ struct HostTestRun {
             throw KilnError(.ioFailure, "\(folderRoot) must be a folder owned by root; remove it and build again")
         }
         chmod(folderRoot, 0o711)
-        let path = folderRoot + "/" + ProcessOwner.temporaryName(prefix + "-")
+        let path = folderRoot + "/" + ProcessOwner.temporaryName(prefix)
         guard mkdir(path, 0o700) == 0 else {
             throw KilnError(
                 .ioFailure, "cannot create a folder in \(folderRoot) for container-host-test: \(String(cString: strerror(errno)))")

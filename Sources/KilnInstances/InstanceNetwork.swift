@@ -139,15 +139,11 @@ struct IsolatedNetwork: Sendable {
         let batch = "/run/kiln/ip-\(UUID().uuidString).batch"
         try (commands.joined(separator: "\n") + "\n").write(toFile: batch, atomically: true, encoding: .utf8)
         defer { unlink(batch) }
-        let output = OutputCollector()
-        let result = try await ProcessRunner.run(
-            executablePath: "/usr/sbin/ip", argumentZero: "ip", arguments: (namespace.map { ["-n", $0] } ?? []) + ["-batch", batch],
-            environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], workingDirectory: nil, timeout: .seconds(30)
-        ) { _, bytes in output.append(bytes) }
-        guard result.exitCode == 0 else {
+        let result = try await tool("ip", (namespace.map { ["-n", $0] } ?? []) + ["-batch", batch])
+        guard result.status == 0 else {
             throw KilnError(
                 .ioFailure,
-                "cannot set up the instance network (ip \(commands.first ?? "")…): \(output.text.trimmingCharacters(in: .whitespacesAndNewlines)); iproute2 and iptables are needed (scripts/setup installs them)"
+                "cannot set up the instance network (ip \(commands.first ?? "")…): \(result.output); iproute2 and iptables are needed (scripts/setup installs them)"
             )
         }
     }
@@ -190,9 +186,14 @@ struct IsolatedNetwork: Sendable {
     }
 
     private static func iptables(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+        try await tool("iptables", ["-w"] + arguments)
+    }
+
+    /// Runs `/usr/sbin/NAME`; its exit status and trimmed output.
+    private static func tool(_ name: String, _ arguments: [String]) async throws -> (status: Int32, output: String) {
         let output = OutputCollector()
         let result = try await ProcessRunner.run(
-            executablePath: "/usr/sbin/iptables", argumentZero: "iptables", arguments: ["-w"] + arguments,
+            executablePath: "/usr/sbin/" + name, argumentZero: name, arguments: arguments,
             environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], workingDirectory: nil, timeout: .seconds(30)
         ) { _, bytes in output.append(bytes) }
         return (result.exitCode, output.text.trimmingCharacters(in: .whitespacesAndNewlines))

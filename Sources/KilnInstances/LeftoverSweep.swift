@@ -44,23 +44,56 @@ public enum LeftoverSweep {
         // container-host-test's folders carry their owner; only a dead owner's go. Nobody wrote
         // into them, so they are removed by `rm -rf --one-file-system`, which follows no link.
         for name in (try? FileManager.default.contentsOfDirectory(atPath: hostTestFolderRoot)) ?? [] {
-            guard let prefix = hostTestFolderPrefixes.first(where: { name.hasPrefix($0) }),
+            guard let prefix = [hostTestImagePrefix, hostTestWorkPrefix].first(where: { name.hasPrefix($0) }),
                 let owner = ProcessOwner.owner(ofTemporaryName: name, prefix: prefix), !owner.isAlive
             else { continue }
-            let result = try? await ProcessRunner.run(
-                executablePath: "/bin/rm", argumentZero: "rm",
-                arguments: ["-rf", "--one-file-system", "--", hostTestFolderRoot + "/" + name],
-                environment: [:], workingDirectory: nil, timeout: .seconds(600), output: { _, _ in })
-            if result?.exitCode == 0 { removed.append(hostTestFolderRoot + "/" + name) }
+            if removeUntrusted(hostTestFolderRoot + "/" + name) { removed.append(hostTestFolderRoot + "/" + name) }
         }
         return removed
     }
 
-    static let hostTestFolderRoot = "/run/kiln-host-test"
-
-    /// `HostTestRun`'s names: the child's cgroup, and its work and image folders in /tmp.
+    /// `HostTestRun`'s names: the child's cgroup, and its work and image folders under
+    /// `hostTestFolderRoot` (the image prefix first where both are tried: it starts with the other).
+    public static let hostTestFolderRoot = "/run/kiln-host-test"
     public static let hostTestCgroupPrefix = "host-test-"
-    static let hostTestFolderPrefixes = ["kiln-host-test-image-", "kiln-host-test-"]
+    public static let hostTestWorkPrefix = "kiln-host-test-"
+    public static let hostTestImagePrefix = "kiln-host-test-image-"
+
+    /// Removes a tree someone else could write into: `rm -rf --one-file-system` walks with openat
+    /// and never follows a link, so swapping a folder for a link mid-removal cannot redirect it.
+    /// Given up after 10 minutes.
+    @discardableResult
+    public static func removeUntrusted(_ path: String) -> Bool {
+        let remove = Process()
+        remove.executableURL = URL(fileURLWithPath: "/bin/rm")
+        remove.arguments = ["-rf", "--one-file-system", "--", path]
+        guard (try? remove.run()) != nil else { return false }
+        let deadline = Date().addingTimeInterval(600)
+        while remove.isRunning, Date() < deadline { usleep(10_000) }
+        if remove.isRunning { remove.terminate() }
+        remove.waitUntilExit()
+        return remove.terminationReason == .exit && remove.terminationStatus == 0
+    }
+
+    /// Kills every process in a cgroup and removes it: frozen while the kills go out, so none
+    /// can fork away, and thawed after, since a frozen process cannot die (a Kiln that died
+    /// mid-freeze may have left it frozen). v1 freezer or v2 `cgroup.freeze`.
+    @discardableResult
+    public static func killAndRemoveCgroup(_ cgroup: String) -> Bool {
+        guard access(cgroup, F_OK) == 0 else { return true }
+        let v1 = access(cgroup + "/freezer.state", F_OK) == 0
+        func write(_ value: String, _ file: String) { try? value.write(toFile: cgroup + "/" + file, atomically: false, encoding: .utf8) }
+        for _ in 0..<100 {
+            let pids = ((try? String(contentsOfFile: cgroup + "/cgroup.procs", encoding: .utf8)) ?? "").split(separator: "\n")
+                .compactMap { Int32($0) }
+            if pids.isEmpty { break }
+            write(v1 ? "FROZEN" : "1", v1 ? "freezer.state" : "cgroup.freeze")
+            for pid in pids { kill(pid, SIGKILL) }
+            write(v1 ? "THAWED" : "0", v1 ? "freezer.state" : "cgroup.freeze")
+            usleep(20_000)
+        }
+        return removeCgroup(cgroup)
+    }
 
     /// cgroup roots runc may put `kiln/<id>` under: each v1 controller, and v2's unified tree.
     static func cgroupRoots() -> [String] {
@@ -88,17 +121,7 @@ public enum LeftoverSweep {
             // A dead Kiln's container-host-test child may still run as nobody in its cgroup.
             for name in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] {
                 guard let owner = ProcessOwner.owner(ofTemporaryName: name, prefix: hostTestCgroupPrefix), !owner.isAlive else { continue }
-                // Frozen processes cannot die: thaw first (v1 freezer, v2 cgroup.freeze).
-                try? "THAWED".write(toFile: root + "/" + name + "/freezer.state", atomically: false, encoding: .utf8)
-                try? "0".write(toFile: root + "/" + name + "/cgroup.freeze", atomically: false, encoding: .utf8)
-                for _ in 0..<50 {
-                    let pids = ((try? String(contentsOfFile: root + "/" + name + "/cgroup.procs", encoding: .utf8)) ?? "")
-                        .split(separator: "\n").compactMap { Int32($0) }
-                    if pids.isEmpty { break }
-                    for pid in pids { kill(pid, SIGKILL) }
-                    usleep(20_000)
-                }
-                if removeCgroup(root + "/" + name) { removed.insert(name) }
+                if killAndRemoveCgroup(root + "/" + name) { removed.insert(name) }
             }
             for id in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] where id.hasPrefix("kiln-") {
                 let folder = root + "/" + id
