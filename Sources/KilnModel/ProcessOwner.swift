@@ -59,7 +59,10 @@ public struct ProcessOwner: Sendable, Codable, Hashable, CustomStringConvertible
     public static func owner(ofTemporaryName name: String, prefix: String) -> ProcessOwner? {
         guard name.hasPrefix(prefix) else { return nil }
         let parts = name.dropFirst(prefix.count).split(separator: "-", maxSplits: 2)
-        guard parts.count == 3 else { return nil }
+        // The rest must be a whole UUID: a plain `PREFIX<UUID>` name whose first two groups happen
+        // to be decimal digits would otherwise read as a dead owner, and a live build's temp
+        // folder would be swept.
+        guard parts.count == 3, UUID(uuidString: String(parts[2])) != nil else { return nil }
         return ProcessOwner(token: "\(parts[0])-\(parts[1])")
     }
 
