@@ -15,6 +15,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .target(
@@ -72,6 +77,27 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
+        // Persistence behind the records protocols: SQLite through GRDB.
+        .target(name: "KilnStore", dependencies: ["KilnModel", .product(name: "GRDB", package: "GRDB.swift")]),
+        // The Image Builder REST-JSON API, the build queue's workers, webhooks and metrics.
+        .target(
+            name: "KilnServer",
+            dependencies: [
+                "KilnModel",
+                "KilnStore",
+                "KilnSystem",
+                "KilnOCI",
+                "KilnRegistry",
+                "KilnInstances",
+                "KilnEngine",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Process 1 of every instance: static, so it runs in images without a libc or a shell.
         .executableTarget(name: "kiln-init", linkerSettings: [.unsafeFlags(["-static-executable"])]),
         .target(
@@ -84,6 +110,8 @@ let package = Package(
                 "KilnRegistry",
                 "KilnInstances",
                 "KilnEngine",
+                "KilnStore",
+                "KilnServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -94,6 +122,10 @@ let package = Package(
         .testTarget(name: "KilnTOETests", dependencies: ["KilnTestSupport", "KilnTOE", "KilnSystem", "KilnModel"]),
         .testTarget(name: "KilnOCITests", dependencies: ["KilnTestSupport", "KilnOCI", "KilnModel", "CKilnSystem"]),
         .testTarget(name: "KilnRegistryTests", dependencies: ["KilnTestSupport", "KilnRegistry", "KilnOCI", "KilnModel"]),
+        .testTarget(name: "KilnStoreTests", dependencies: ["KilnTestSupport", "KilnStore", "KilnModel"]),
+        .testTarget(
+            name: "KilnServerTests",
+            dependencies: ["KilnTestSupport", "KilnServer", "KilnStore", "KilnModel", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "KilnCLITests", dependencies: ["KilnTestSupport", "KilnCLI", "kiln"]),
         .testTarget(
             name: "KilnEngineTests",

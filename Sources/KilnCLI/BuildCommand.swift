@@ -58,7 +58,9 @@ struct BuildCommand: AsyncParsableCommand {
                 observer: view.observer)
             let started = ContinuousClock.now
             let terminal = TerminalOutput()
-            let run = try PipelineRun(configuration: environment.configuration, host: host, transfer: transfer) { line in
+            let run = try PipelineRun(
+                configuration: environment.configuration, host: host, transfer: transfer, records: try environment.records()
+            ) { line in
                 let elapsed = ContinuousClock.now - started
                 terminal.progress(String(format: "[%6.1fs] ", elapsed.inSeconds) + line)
             }

@@ -41,7 +41,7 @@ struct CostCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
-            let records = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory)
+            let records = try environment.records()
             let report = try CostReport(configuration: environment.configuration)
             let all = records.all()
             if let image {

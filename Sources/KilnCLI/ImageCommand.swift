@@ -259,7 +259,7 @@ struct ImageGarbageCollectCommand: AsyncParsableCommand {
             let environment = try KilnEnvironment(options)
             // A killed build's instances, temp files and records go first; its leases die with it.
             _ = try await environment.instanceHost()
-            _ = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory)
+            _ = try environment.records()
             if buildCache {
                 let cached = try environment.store.summaries().map(\.name).filter { $0.hasPrefix(BuildCacheKey.namePrefix) }
                 for name in cached { _ = try environment.store.untag(name) }
@@ -325,7 +325,9 @@ struct ImageRetryDistributionCommand: AsyncParsableCommand {
             let host = try InstanceHost(dataDirectory: environment.configuration.dataDirectory, store: environment.store)
             let view = TransferProgressView()
             let transfer = ImageTransfer(store: environment.store, registries: environment.registries, observer: view.observer)
-            let run = try PipelineRun(configuration: environment.configuration, host: host, transfer: transfer) {
+            let run = try PipelineRun(
+                configuration: environment.configuration, host: host, transfer: transfer, records: try environment.records()
+            ) {
                 TerminalOutput().progress($0)
             }
             let record = try run.records.find(image)

@@ -29,7 +29,7 @@ struct ImagesListCommand: AsyncParsableCommand {
             let environment = try KilnEnvironment(options)
             // What a killed Kiln left goes first, so its records say FAILED, not BUILDING.
             _ = try await environment.instanceHost()
-            let records = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory).all()
+            let records = try environment.records().all()
             print("IMAGE                              STATUS        CREATED                PIPELINE")
             for record in records {
                 let version = "\(record.name)/\(record.version)/\(record.build)".padding(toLength: 34, withPad: " ", startingAt: 0)
@@ -54,7 +54,7 @@ struct ImagesShowCommand: AsyncParsableCommand {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
             _ = try await environment.instanceHost()
-            try TerminalOutput.printJSON(try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory).find(image))
+            try TerminalOutput.printJSON(try environment.records().find(image))
         }
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import KilnModel
 import KilnOCI
 import KilnRegistry
+import KilnStore
 
 #if canImport(Glibc)
     import Glibc
@@ -46,6 +47,11 @@ struct KilnEnvironment {
             )
         }
         registries = RegistryDirectory(settings: settings, logins: RegistryCredentialStore(environment: environment))
+    }
+
+    /// The image records: Kiln's SQLite store in the data directory, which `kiln server` shares.
+    func records() throws -> SQLiteStore {
+        try SQLiteStore(dataDirectory: configuration.dataDirectory)
     }
 
     /// The data directory holds unpacked layers (setuid programs, device nodes), logs and

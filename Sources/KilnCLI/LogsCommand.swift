@@ -27,7 +27,7 @@ struct LogsCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
-            let records = try JSONImageRecords(dataDirectory: environment.configuration.dataDirectory)
+            let records = try environment.records()
             let first = try records.find(image)
             let files = [first.logDirectory + "/pipeline.log"]
             var offsets = [Int](repeating: 0, count: files.count)

@@ -7,21 +7,6 @@ import KilnOCI
     import Glibc
 #endif
 
-/// What the build cache decided for one step, and why: kept in the image record and printed by
-/// `kiln build` and `kiln build --explain-cache`.
-public struct CacheDecision: Sendable, Codable, Hashable {
-    public enum Outcome: String, Sendable, Codable, Hashable { case reused, run }
-
-    public var step: String
-    public var decision: Outcome
-    public var reason: String
-    /// The step's chained cache key, and the digest of its own input (to say later what changed).
-    public var key: String
-    public var input: String
-
-    public var line: String { "\(step): \(decision.rawValue) (\(reason))" }
-}
-
 /// How a pipeline treats package updates for cached steps (`kilnCache.packageUpdates`).
 public enum PackageUpdatePolicy: Sendable, Equatable {
     /// Ask the package sources before reusing steps that installed packages (the default).

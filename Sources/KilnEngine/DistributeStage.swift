@@ -108,6 +108,10 @@ extension PipelineRun {
             }
         }
         try enter(.integrating)
+        if record.packages == nil, let image = try transfer.store.resolve(localName) {
+            record.packages = try PackageInventory.read(ImageFiles(image: image, host: host))
+            progress("INTEGRATE: \(record.packages?.count ?? 0) installed package(s) recorded")
+        }
         try enter(.available)
         return record
     }

@@ -5,28 +5,6 @@ import KilnOCI
 import KilnSystem
 import KilnTOE
 
-/// A package the image's own sources offer in a newer version.
-public struct PackageUpgrade: Sendable, Codable, Hashable, Comparable, CustomStringConvertible {
-    public var name: String
-    /// Empty when the upgrade would install the package as a new dependency.
-    public var installed: String
-    public var candidate: String
-    /// The repository or origin that offers it (apt's origin, dnf's repo), when known.
-    public var origin: String?
-
-    public init(name: String, installed: String, candidate: String, origin: String? = nil) {
-        self.name = name
-        self.installed = installed
-        self.candidate = candidate
-        self.origin = origin
-    }
-
-    public var description: String { "\(name) \(installed.isEmpty ? "(new)" : installed) → \(candidate)" }
-    public var isSecurity: Bool { origin?.lowercased().contains("secur") == true }
-
-    public static func < (lhs: Self, rhs: Self) -> Bool { (lhs.name, lhs.candidate) < (rhs.name, rhs.candidate) }
-}
-
 /// Which package manager an image has, and how to ask it for upgrades.
 enum PackageManager: String, Sendable {
     case apt, dnf, apk

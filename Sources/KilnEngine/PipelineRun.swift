@@ -28,6 +28,9 @@ public struct PipelineRun: Sendable {
         public var useCache = true
         /// Take registry parents from the store and ask no package source (also kiln.yaml `offline: true`).
         public var offline = false
+        /// A build number reserved (and its PENDING record saved) by whoever queued the run,
+        /// such as `kiln server`, which answers with the image's ARN before the build starts.
+        public var reservedBuild: Int?
 
         public init(
             selection: PipelineSelection, definitionsPath: String, contextDirectory: String? = nil, sourceDateEpoch: Int64? = nil,
@@ -56,15 +59,14 @@ public struct PipelineRun: Sendable {
     /// Progress lines (stage, component, step).
     public let progress: @Sendable (String) -> Void
 
-    /// `records` default to JSON files in the data directory.
     public init(
-        configuration: KilnConfiguration, host: InstanceHost, transfer: ImageTransfer, records: (any ImageRecords)? = nil,
+        configuration: KilnConfiguration, host: InstanceHost, transfer: ImageTransfer, records: any ImageRecords,
         progress: @escaping @Sendable (String) -> Void
     ) throws {
         self.configuration = configuration
         self.host = host
         self.transfer = transfer
-        self.records = try records ?? JSONImageRecords(dataDirectory: configuration.dataDirectory)
+        self.records = records
         self.progress = progress
     }
 
@@ -157,9 +159,9 @@ public struct PipelineRun: Sendable {
         let prepared = try await prepare(settings)
         let recipe = prepared.recipe
         let name = ImageBuilderARN.normalizedName(recipe.name)
-        let build = try records.reserveBuild(name: name, version: recipe.semanticVersion)
+        let build = try settings.reservedBuild ?? records.reserveBuild(name: name, version: recipe.semanticVersion)
         let folder = records.folder(name: name, version: recipe.semanticVersion, build: build)
-        let record = ImageRecord(
+        var record = ImageRecord(
             arn: ImageBuilderARN(
                 region: configuration.homeRegion, account: configuration.accountId, resourceType: "image", name: name,
                 version: "\(recipe.semanticVersion)/\(build)"
@@ -168,6 +170,10 @@ public struct PipelineRun: Sendable {
             sourcePipelineName: prepared.selection.pipeline.name,
             dateCreated: ISO8601DateFormatter().string(from: Date()), logDirectory: folder + "/logs", owner: .current
         )
+        if settings.reservedBuild != nil, let queued = try records.record(arn: record.arn) {
+            record.dateCreated = queued.dateCreated
+            record.sourcePipelineName = queued.sourcePipelineName
+        }
         let image = try ImageRun(
             record: record, records: records, instanceType: prepared.type.name,
             progress: PipelineLog.tee(folder + "/logs/pipeline.log", progress))

@@ -4,7 +4,7 @@ import Yams
 /// A Kiln definitions file: Image Builder resources in YAML, with the API's field names
 /// (camelCase), so the same JSON moves between a Kiln file and `aws imagebuilder` calls.
 /// References between resources are ARNs (with `x` wildcards) or plain names.
-public struct Definitions: Sendable, Hashable, Decodable {
+public struct Definitions: Sendable, Hashable, Codable {
     public var components: [ComponentDefinition] = []
     public var containerRecipes: [ContainerRecipeDefinition] = []
     public var imageRecipes: [ImageRecipeDefinition] = []

@@ -78,7 +78,40 @@ public struct KilnConfiguration: Sendable, Hashable {
         public init() {}
     }
 
+    /// A key pair `kiln server` accepts SigV4 signatures from.
+    public struct Credential: Sendable, Hashable {
+        public var accessKeyId: String
+        public var secretAccessKey: String
+
+        public init(accessKeyId: String, secretAccessKey: String) {
+            self.accessKeyId = accessKeyId
+            self.secretAccessKey = secretAccessKey
+        }
+    }
+
+    /// Where image state changes are posted. An infrastructure configuration's `snsTopicArn`
+    /// (`arn:aws:sns:REGION:ACCOUNT:NAME`) names one; `allImages` ones get every image's.
+    public struct Webhook: Sendable, Hashable {
+        public var name: String
+        public var url: String
+        /// Key of the HMAC-SHA256 signature in `X-Kiln-Signature`.
+        public var secret: String?
+        public var allImages = false
+
+        public init(name: String, url: String, secret: String? = nil, allImages: Bool = false) {
+            self.name = name
+            self.url = url
+            self.secret = secret
+            self.allImages = allImages
+        }
+    }
+
     public var dataDirectory: String
+    /// `kiln server`'s address (`host:port`), key pairs, build slots and webhooks.
+    public var listen = "127.0.0.1:8080"
+    public var credentials: [Credential] = []
+    public var maxConcurrentBuilds = 2
+    public var webhooks: [Webhook] = []
     public var registries: [String: Registry] = [:]
     /// Regions by name, as distribution configurations name them.
     public var regions: [String: Region] = [:]
@@ -281,6 +314,82 @@ public struct KilnConfiguration: Sendable, Hashable {
                     throw issue(value, "builderNetwork must be isolated (own network namespace, NAT) or host, not '\(network)'")
                 }
                 configuration.builderNetwork = network
+            case "listen":
+                configuration.listen = try string(value, "listen")
+                guard Self.listenAddress(configuration.listen) != nil else {
+                    throw issue(value, "listen must be host:port, like 127.0.0.1:8080 or 0.0.0.0:8443, not '\(configuration.listen)'")
+                }
+            case "maxConcurrentBuilds":
+                guard let count = value.int, (1...64).contains(count) else {
+                    throw issue(value, "maxConcurrentBuilds must be a number from 1 to 64")
+                }
+                configuration.maxConcurrentBuilds = count
+            case "credentials":
+                guard case .sequence(let entries) = value else {
+                    throw issue(value, "credentials must be a list of {accessKeyId, secretAccessKey or secretAccessKeyEnv}")
+                }
+                for entry in entries {
+                    var keyId: String?
+                    var secret: String?
+                    for (field, fieldNode, fieldValue) in try mapping(entry, "a credentials entry") {
+                        switch field {
+                        case "accessKeyId": keyId = try string(fieldValue, "credentials.accessKeyId")
+                        case "secretAccessKey": secret = try string(fieldValue, "credentials.secretAccessKey")
+                        case "secretAccessKeyEnv":
+                            let variable = try string(fieldValue, "credentials.secretAccessKeyEnv")
+                            guard let text = environment[variable], !text.isEmpty else {
+                                throw issue(
+                                    fieldValue, "credentials.secretAccessKeyEnv names \(variable), which is not set in the environment")
+                            }
+                            secret = text
+                        default:
+                            throw issue(
+                                fieldNode, "unknown key 'credentials.\(field)'; allowed: accessKeyId, secretAccessKey, secretAccessKeyEnv")
+                        }
+                    }
+                    guard let keyId, let secret else {
+                        throw issue(entry, "a credentials entry needs accessKeyId and secretAccessKey (or secretAccessKeyEnv)")
+                    }
+                    guard keyId.count >= 3, keyId.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) else {
+                        throw issue(entry, "credentials.accessKeyId must be letters and digits (like AKIAKILNEXAMPLE), not '\(keyId)'")
+                    }
+                    configuration.credentials.append(Credential(accessKeyId: keyId, secretAccessKey: secret))
+                }
+            case "webhooks":
+                guard case .sequence(let entries) = value else { throw issue(value, "webhooks must be a list of {name, url, secret}") }
+                for entry in entries {
+                    var name: String?
+                    var url: String?
+                    var webhook = Webhook(name: "", url: "")
+                    for (field, fieldNode, fieldValue) in try mapping(entry, "a webhooks entry") {
+                        let what = "webhooks.\(field)"
+                        switch field {
+                        case "name": name = try string(fieldValue, what)
+                        case "url":
+                            let text = try string(fieldValue, what)
+                            guard let parsed = URL(string: text), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
+                                throw issue(fieldValue, "webhooks.url must be an http or https URL, not '\(text)'")
+                            }
+                            url = text
+                        case "secret": webhook.secret = try string(fieldValue, what)
+                        case "secretEnv":
+                            let variable = try string(fieldValue, what)
+                            guard let text = environment[variable], !text.isEmpty else {
+                                throw issue(fieldValue, "webhooks.secretEnv names \(variable), which is not set in the environment")
+                            }
+                            webhook.secret = text
+                        case "allImages": webhook.allImages = try bool(fieldValue, what)
+                        default: throw issue(fieldNode, "unknown key '\(what)'; allowed: name, url, secret, secretEnv, allImages")
+                        }
+                    }
+                    guard let name, let url else { throw issue(entry, "a webhooks entry needs name and url") }
+                    guard !configuration.webhooks.contains(where: { $0.name == name }) else {
+                        throw issue(entry, "two webhooks are named '\(name)'")
+                    }
+                    webhook.name = name
+                    webhook.url = url
+                    configuration.webhooks.append(webhook)
+                }
             case "homeRegion":
                 configuration.homeRegion = try string(value, "homeRegion")
             case "accountId":
@@ -297,10 +406,51 @@ public struct KilnConfiguration: Sendable, Hashable {
             default:
                 throw issue(
                     keyNode,
-                    "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, pricing, bootstrap, offline, builderNetwork"
+                    "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, pricing, bootstrap, offline, builderNetwork, listen, credentials, maxConcurrentBuilds, webhooks"
                 )
             }
         }
+        try configuration.applyServerEnvironment(environment)
         return configuration
+    }
+
+    /// `KILN_LISTEN`, `KILN_ACCOUNT_ID`, `KILN_HOME_REGION`, `KILN_MAX_CONCURRENT_BUILDS`, and
+    /// `KILN_ACCESS_KEY_ID` with `KILN_SECRET_ACCESS_KEY` (one more key pair) win over the file.
+    public mutating func applyServerEnvironment(_ environment: [String: String]) throws {
+        if let listen = environment["KILN_LISTEN"], !listen.isEmpty {
+            guard Self.listenAddress(listen) != nil else {
+                throw KilnError(.invalidArgument, "KILN_LISTEN must be host:port, like 127.0.0.1:8080, not '\(listen)'")
+            }
+            self.listen = listen
+        }
+        if let account = environment["KILN_ACCOUNT_ID"], !account.isEmpty {
+            guard account.count == 12, account.allSatisfy(\.isNumber) else {
+                throw KilnError(.invalidArgument, "KILN_ACCOUNT_ID must be 12 digits, not '\(account)'")
+            }
+            accountId = account
+        }
+        if let region = environment["KILN_HOME_REGION"], !region.isEmpty { homeRegion = region }
+        if let text = environment["KILN_MAX_CONCURRENT_BUILDS"], !text.isEmpty {
+            guard let count = Int(text), (1...64).contains(count) else {
+                throw KilnError(.invalidArgument, "KILN_MAX_CONCURRENT_BUILDS must be a number from 1 to 64, not '\(text)'")
+            }
+            maxConcurrentBuilds = count
+        }
+        if let keyId = environment["KILN_ACCESS_KEY_ID"], !keyId.isEmpty {
+            guard let secret = environment["KILN_SECRET_ACCESS_KEY"], !secret.isEmpty else {
+                throw KilnError(.invalidArgument, "KILN_ACCESS_KEY_ID is set but KILN_SECRET_ACCESS_KEY is not; set both or neither")
+            }
+            credentials.removeAll { $0.accessKeyId == keyId }
+            credentials.append(Credential(accessKeyId: keyId, secretAccessKey: secret))
+        }
+    }
+
+    /// `host:port` split, or nil when it is not one (`[::1]:8080` for IPv6).
+    public static func listenAddress(_ text: String) -> (host: String, port: Int)? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port)
+        else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
     }
 }

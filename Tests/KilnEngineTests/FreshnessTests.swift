@@ -1,5 +1,6 @@
 import CKilnSystem
 import Foundation
+import KilnModel
 import KilnOCI
 import Testing
 
