@@ -1,0 +1,190 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import KilnEngine
+import KilnInstances
+import KilnModel
+import KilnRegistry
+import KilnStore
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// `kiln server`: the Image Builder API over HTTP, the build queue's workers and the webhook
+/// sender, under one service group that stops on SIGTERM or SIGINT (no new work; running
+/// builds end in recorded states).
+public struct ImageBuilderServer: Sendable {
+    public let configuration: KilnConfiguration
+    let store: SQLiteStore
+    let api: ImageBuilderAPI
+    let builds: BuildScheduler
+    let webhooks: WebhookSender
+    let metrics: ServerMetrics
+    let verifier: SigV4Verifier
+    let decoder = APIRequestDecoder()
+    let logger: Logger
+
+    /// Opens the store (builds a dead server left running end FAILED, "interrupted by restart").
+    public init(configuration: KilnConfiguration, host: InstanceHost, transfer: ImageTransfer, logger: Logger) throws {
+        guard !configuration.credentials.isEmpty else {
+            throw KilnError(
+                .invalidArgument,
+                "kiln server needs at least one key pair to check signatures against: add credentials: [{accessKeyId, secretAccessKeyEnv}] to kiln.yaml, or set KILN_ACCESS_KEY_ID and KILN_SECRET_ACCESS_KEY"
+            )
+        }
+        self.configuration = configuration
+        self.logger = logger
+        store = try SQLiteStore(dataDirectory: configuration.dataDirectory, interruption: "interrupted by restart")
+        metrics = ServerMetrics(store: store)
+        webhooks = WebhookSender(store: store, configuration: configuration, logger: logger)
+        let records = ObservedImageRecords(store: store, configuration: configuration, metrics: metrics, deliveries: webhooks)
+        builds = BuildScheduler(
+            configuration: configuration, store: store, records: records, host: host, transfer: transfer, logger: logger)
+        api = ImageBuilderAPI(configuration: configuration, store: store, builds: builds)
+        verifier = SigV4Verifier(
+            secrets: Dictionary(
+                configuration.credentials.map { ($0.accessKeyId, $0.secretAccessKey) }, uniquingKeysWith: { _, last in last }))
+    }
+
+    /// Serves until SIGTERM or SIGINT; `onListening` gets the bound port (for `listen: host:0`).
+    public func run(onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        guard let (host, port) = KilnConfiguration.listenAddress(configuration.listen) else {
+            throw KilnError(.invalidArgument, "listen '\(configuration.listen)' is not host:port")
+        }
+        let responder = CallbackResponder { (request: Request, context: BasicRequestContext) in
+            await respond(to: request)
+        }
+        let application = Application(
+            responder: responder, configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
+            onServerRunning: { channel in
+                let bound = channel.localAddress?.port ?? port
+                logger.info(
+                    "kiln server listening on \(host):\(bound) (account \(configuration.accountId), region \(configuration.homeRegion))")
+                await onListening(bound)
+            }, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: application), .init(service: builds), .init(service: webhooks)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        logger.info("kiln server stopped")
+    }
+
+    func respond(to request: Request) async -> Response {
+        let requestID = UUID().uuidString.lowercased()
+        let target = request.head.path ?? "/"
+        let path = target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? "/"
+        let method = request.method.rawValue
+        if method == "GET", path == "/healthz" {
+            return Response(
+                status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#)))
+        }
+        if method == "GET", path == "/metrics" {
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                body: .init(byteBuffer: ByteBuffer(bytes: metrics.scrape())))
+        }
+        // SigV4 signs a path with dot and empty segments removed; Kiln routes the path as sent,
+        // so two paths that share a signature must not reach different places.
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        if segments.contains(where: { $0 == "." || $0 == ".." || ($0.isEmpty && segments.count > 1) }) {
+            return send(
+                APIError.invalidRequest("the path \(path) has empty, '.' or '..' segments; send the path as the AWS SDKs do").response(
+                    requestID: requestID))
+        }
+        let body: [UInt8]
+        do {
+            var buffer = try await request.body.collect(upTo: APIRequestDecoder.maximumBodyBytes)
+            body = buffer.readBytes(length: buffer.readableBytes) ?? []
+        } catch {
+            return send(
+                APIError.requestTooLarge(bytes: APIRequestDecoder.maximumBodyBytes + 1, limit: APIRequestDecoder.maximumBodyBytes).response(
+                    requestID: requestID))
+        }
+        var headers = request.headers.map { (name: $0.name.rawName, value: $0.value) }
+        // HTTPTypes keeps Host as the request's authority, not among the header fields.
+        if let authority = request.head.authority, !headers.contains(where: { $0.name.lowercased() == "host" }) {
+            headers.append((name: "host", value: authority))
+        }
+        let keyId: String
+        do {
+            keyId = try verifier.verify(SigV4Request(method: method, target: target, headers: headers, body: body))
+        } catch {
+            logger.notice("\(method) \(path): refused, \(error.code): \(error.message)")
+            return send(APIError(code: error.code, status: error.status, message: error.message).response(requestID: requestID))
+        }
+        if method == "GET", path.hasPrefix("/kiln/logs/") {
+            return await logStream(String(path.dropFirst("/kiln/logs/".count)), requestID: requestID)
+        }
+        var headerMap: [String: String] = [:]
+        for (name, value) in headers { headerMap[name.lowercased()] = headerMap[name.lowercased()].map { $0 + "," + value } ?? value }
+        let started = ContinuousClock.now
+        do {
+            let (operation, input) = try decoder.decode(method: method, rawPath: target, rawQuery: nil, headers: headerMap, body: body)
+            let output: [String: JSONValue]
+            do {
+                output = try await api.perform(operation.name, input, requestId: requestID)
+            } catch let error as APIError {
+                throw error
+            } catch let error as KilnError {
+                throw error.apiError
+            }
+            logger.info(
+                "\(operation.name) by \(keyId): \(operation.successCode) in \(Int((ContinuousClock.now - started).inSeconds * 1000)) ms")
+            return send(decoder.response(output, for: operation, requestID: requestID))
+        } catch let error as APIError {
+            logger.info("\(method) \(path) by \(keyId): \(error.code): \(error.message)")
+            return send(error.response(requestID: requestID))
+        } catch {
+            logger.error("\(method) \(path) by \(keyId): \(error)")
+            return send(APIError.serviceException("Kiln could not complete the request: \(error)").response(requestID: requestID))
+        }
+    }
+
+    func send(_ response: APIResponse) -> Response {
+        var fields = HTTPFields()
+        for (name, value) in response.headers {
+            if let field = HTTPField.Name(name) { fields[field] = value }
+        }
+        return Response(status: .init(code: response.status), headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: response.body)))
+    }
+
+    /// `GET /kiln/logs/{image ARN}`: the image's pipeline log as server-sent events, one `data:`
+    /// line per log line, following it until the image ends; then an `end` event with the state.
+    func logStream(_ encodedArn: String, requestID: String) async -> Response {
+        let arn = encodedArn.removingPercentEncoding ?? encodedArn
+        guard let record = try? store.record(arn: arn) else {
+            return send(APIError.resourceNotFound("image \(arn) does not exist").response(requestID: requestID))
+        }
+        let path = record.logDirectory + "/pipeline.log"
+        let store = store
+        let body = ResponseBody { writer in
+            var offset: UInt64 = 0
+            var pending = Data()
+            while true {
+                let current = try? store.record(arn: arn)
+                if let handle = FileHandle(forReadingAtPath: path) {
+                    try? handle.seek(toOffset: offset)
+                    let chunk = (try? handle.readToEnd()) ?? Data()
+                    try? handle.close()
+                    offset += UInt64(chunk.count)
+                    pending.append(chunk)
+                    var text = ""
+                    while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                        text += "data: " + String(decoding: pending[pending.startIndex..<newline], as: UTF8.self) + "\n\n"
+                        pending = Data(pending[pending.index(after: newline)...])
+                    }
+                    if !text.isEmpty { try await writer.write(ByteBuffer(string: text)) }
+                }
+                if let current, !current.isRunning {
+                    try await writer.write(ByteBuffer(string: "event: end\ndata: \(current.status.rawValue)\n\n"))
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(300))
+            }
+            try await writer.finish(nil)
+        }
+        return Response(
+            status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
+    }
+}
