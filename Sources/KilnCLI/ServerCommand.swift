@@ -22,6 +22,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Listen on host:port (overrides kiln.yaml's listen and KILN_LISTEN).")
     var listen: String?
 
+    @Option(name: .long, help: .hidden)
+    var benchFloorResponse: String?
+
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
@@ -39,7 +42,8 @@ struct ServerCommand: AsyncParsableCommand {
             let transfer = ImageTransfer(
                 store: environment.store, registries: environment.registries, concurrency: configuration.transferConcurrency)
             let server = try ImageBuilderServer(configuration: configuration, host: host, transfer: transfer, logger: logger)
-            try await server.run()
+            let floor = try benchFloorResponse.map { [UInt8](try Data(contentsOf: URL(fileURLWithPath: $0))) }
+            try await server.run(floorResponse: floor)
             await environment.registries.shutdown()
         }
     }

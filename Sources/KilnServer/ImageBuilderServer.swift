@@ -47,12 +47,18 @@ public struct ImageBuilderServer: Sendable {
     }
 
     /// Serves until SIGTERM or SIGINT; `onListening` gets the bound port (for `listen: host:0`).
-    public func run(onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+    /// `floorResponse` (benchmarks only): answer every request with these bytes, with no store
+    /// and no signature check, to measure what Hummingbird alone costs.
+    public func run(floorResponse: [UInt8]? = nil, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         guard let (host, port) = KilnConfiguration.listenAddress(configuration.listen) else {
             throw KilnError(.invalidArgument, "listen '\(configuration.listen)' is not host:port")
         }
         let responder = CallbackResponder { (request: Request, context: BasicRequestContext) in
-            await respond(to: request)
+            if let floorResponse {
+                return Response(
+                    status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: floorResponse)))
+            }
+            return await respond(to: request)
         }
         let application = Application(
             responder: responder, configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
