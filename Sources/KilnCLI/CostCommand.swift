@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KilnEngine
 import KilnModel
+import KilnServer
 
 /// `kiln cost`: what images cost, from their measured ledgers and the prices in kiln.yaml.
 struct CostCommand: AsyncParsableCommand {
@@ -28,6 +29,7 @@ struct CostCommand: AsyncParsableCommand {
     var json = false
 
     @OptionGroup var options: KilnOptions
+    @OptionGroup var remote: RemoteOptions
 
     func validate() throws {
         guard [image, pipeline, month].compactMap({ $0 }).count <= 1 else {
@@ -40,6 +42,22 @@ struct CostCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
+            if let endpoint = remote.resolvedEndpoint() {
+                // Priced by the server, with its kiln.yaml.
+                let client = try remote.client(endpoint, configuration: try KilnEnvironment.configurationOnly(options))
+                let query = [("image", image), ("pipeline", pipeline), ("month", month)].compactMap { name, value in
+                    value.map { "\(name)=\(ImageBuilderClient.encode($0))" }
+                }.joined(separator: "&")
+                let data = try await client.get("/kiln/cost", query: query)
+                if image != nil {
+                    let cost = try JSONDecoder().decode(CostReport.ImageCost.self, from: data)
+                    if json { try TerminalOutput.printJSON(cost) } else { print(Self.describe(cost)) }
+                } else {
+                    let summary = try JSONDecoder().decode(CostReport.Summary.self, from: data)
+                    if json { try TerminalOutput.printJSON(summary) } else { print(Self.describe(summary)) }
+                }
+                return
+            }
             let environment = try KilnEnvironment(options)
             let records = try environment.records()
             let report = try CostReport(configuration: environment.configuration)

@@ -23,13 +23,19 @@ struct ImagesListCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "ls", abstract: "List image versions.")
 
     @OptionGroup var options: KilnOptions
+    @OptionGroup var remote: RemoteOptions
 
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
-            let environment = try KilnEnvironment(options)
-            // What a killed Kiln left goes first, so its records say FAILED, not BUILDING.
-            _ = try await environment.instanceHost()
-            let records = try environment.records().all()
+            let records: [ImageRecord]
+            if let endpoint = remote.resolvedEndpoint() {
+                records = try await remote.client(endpoint, configuration: try KilnEnvironment.configurationOnly(options)).records()
+            } else {
+                let environment = try KilnEnvironment(options)
+                // What a killed Kiln left goes first, so its records say FAILED, not BUILDING.
+                _ = try await environment.instanceHost()
+                records = try environment.records().all()
+            }
             print("IMAGE                              STATUS        CREATED                PIPELINE")
             for record in records {
                 let version = "\(record.name)/\(record.version)/\(record.build)".padding(toLength: 34, withPad: " ", startingAt: 0)
@@ -49,9 +55,15 @@ struct ImagesShowCommand: AsyncParsableCommand {
     var image: String
 
     @OptionGroup var options: KilnOptions
+    @OptionGroup var remote: RemoteOptions
 
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
+            if let endpoint = remote.resolvedEndpoint() {
+                let client = try remote.client(endpoint, configuration: try KilnEnvironment.configurationOnly(options))
+                try TerminalOutput.printJSON(try await client.record(image))
+                return
+            }
             let environment = try KilnEnvironment(options)
             _ = try await environment.instanceHost()
             try TerminalOutput.printJSON(try environment.records().find(image))

@@ -5,6 +5,7 @@ import KilnInstances
 import KilnModel
 import KilnOCI
 import KilnRegistry
+import KilnServer
 import KilnSystem
 
 #if canImport(Glibc)
@@ -23,9 +24,19 @@ struct LogsCommand: AsyncParsableCommand {
     var follow = false
 
     @OptionGroup var options: KilnOptions
+    @OptionGroup var remote: RemoteOptions
 
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
+            if let endpoint = remote.resolvedEndpoint() {
+                // The server streams the log (server-sent events) until the image ends.
+                let client = try remote.client(endpoint, configuration: try KilnEnvironment.configurationOnly(options))
+                try await client.stream("/kiln/logs/" + ImageBuilderClient.encode(image), query: follow ? "" : "follow=false") {
+                    name, data in
+                    if name == "message" { print(data) }
+                }
+                return
+            }
             let environment = try KilnEnvironment(options)
             let records = try environment.records()
             let first = try records.find(image)

@@ -119,8 +119,9 @@ public struct ImageBuilderServer: Sendable {
             logger.notice("\(method) \(path): refused, \(error.code): \(error.message)")
             return send(APIError(code: error.code, status: error.status, message: error.message).response(requestID: requestID))
         }
-        if method == "GET", path.hasPrefix("/kiln/logs/") {
-            return await logStream(String(path.dropFirst("/kiln/logs/".count)), requestID: requestID)
+        if method == "GET", path.hasPrefix("/kiln/") {
+            return kilnRoute(
+                path, query: target.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? "", requestID: requestID)
         }
         var headerMap: [String: String] = [:]
         for (name, value) in headers { headerMap[name.lowercased()] = headerMap[name.lowercased()].map { $0 + "," + value } ?? value }
@@ -155,12 +156,58 @@ public struct ImageBuilderServer: Sendable {
         return Response(status: .init(code: response.status), headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: response.body)))
     }
 
+    /// Kiln's own routes, for `kiln images`, `logs` and `cost --endpoint` (signed like the API):
+    /// `/kiln/records` (every image record), `/kiln/records/{ARN or name/x.y.z/build}`,
+    /// `/kiln/cost?image=|pipeline=|month=` (priced with the server's kiln.yaml) and
+    /// `/kiln/logs/{ARN}` (server-sent events; `?follow=false` for what is there now).
+    func kilnRoute(_ path: String, query: String, requestID: String) -> Response {
+        var parameters: [String: String] = [:]
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1).map { String($0).removingPercentEncoding ?? String($0) }
+            parameters[parts[0]] = parts.count > 1 ? parts[1] : ""
+        }
+        func json(_ value: some Encodable) -> Response {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            let data = (try? encoder.encode(value)) ?? Data("null".utf8)
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        }
+        do {
+            if path == "/kiln/records" { return json(store.all()) }
+            if path.hasPrefix("/kiln/records/") {
+                let name = String(path.dropFirst("/kiln/records/".count)).removingPercentEncoding ?? ""
+                return json(try store.find(name))
+            }
+            if path.hasPrefix("/kiln/logs/") {
+                return logStream(
+                    String(path.dropFirst("/kiln/logs/".count)), follow: parameters["follow"] != "false", requestID: requestID)
+            }
+            if path == "/kiln/cost" {
+                let report = try CostReport(configuration: configuration)
+                let all = store.all()
+                if let image = parameters["image"] { return json(report.cost(of: try store.find(image))) }
+                if let pipeline = parameters["pipeline"] {
+                    let built = all.filter { $0.sourcePipelineName == pipeline }
+                    guard !built.isEmpty else { throw KilnError(.notFound, "no image was built by pipeline '\(pipeline)'") }
+                    return json(report.summary("pipeline \(pipeline)", records: built))
+                }
+                if let month = parameters["month"] { return json(report.month(month, records: all)) }
+                return json(report.summary("all images", records: all))
+            }
+            return send(APIError.unknownOperation(method: "GET", path: path).response(requestID: requestID))
+        } catch let error as KilnError {
+            return send(error.apiError.response(requestID: requestID))
+        } catch {
+            return send(APIError.serviceException("\(error)").response(requestID: requestID))
+        }
+    }
+
     /// `GET /kiln/logs/{image ARN}`: the image's pipeline log as server-sent events, one `data:`
     /// line per log line, following it until the image ends; then an `end` event with the state.
-    func logStream(_ encodedArn: String, requestID: String) async -> Response {
-        let arn = encodedArn.removingPercentEncoding ?? encodedArn
-        guard let record = try? store.record(arn: arn) else {
-            return send(APIError.resourceNotFound("image \(arn) does not exist").response(requestID: requestID))
+    func logStream(_ encodedArn: String, follow: Bool, requestID: String) -> Response {
+        let name = encodedArn.removingPercentEncoding ?? encodedArn
+        guard let record = try? store.find(name) else {
+            return send(APIError.resourceNotFound("image \(name) does not exist").response(requestID: requestID))
         }
         let path = record.logDirectory + "/pipeline.log"
         let store = store
@@ -168,7 +215,7 @@ public struct ImageBuilderServer: Sendable {
             var offset: UInt64 = 0
             var pending = Data()
             while true {
-                let current = try? store.record(arn: arn)
+                let current = try? store.record(arn: record.arn)
                 if let handle = FileHandle(forReadingAtPath: path) {
                     try? handle.seek(toOffset: offset)
                     let chunk = (try? handle.readToEnd()) ?? Data()
@@ -182,8 +229,8 @@ public struct ImageBuilderServer: Sendable {
                     }
                     if !text.isEmpty { try await writer.write(ByteBuffer(string: text)) }
                 }
-                if let current, !current.isRunning {
-                    try await writer.write(ByteBuffer(string: "event: end\ndata: \(current.status.rawValue)\n\n"))
+                if !follow || current.map({ !$0.isRunning }) ?? true {
+                    try await writer.write(ByteBuffer(string: "event: end\ndata: \(current?.status.rawValue ?? "UNKNOWN")\n\n"))
                     break
                 }
                 try await Task.sleep(for: .milliseconds(300))
