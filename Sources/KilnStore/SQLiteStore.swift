@@ -358,11 +358,11 @@ public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, Webho
 
     public func referencing(_ text: String) throws -> [String] {
         try reading { db in
-            // instr on the text: an ARN has no LIKE wildcards to escape that way.
+            // The whole JSON string: `"…/web"` must not match a document naming `…/web-prod`.
             try String.fetchAll(
                 db,
                 sql: "SELECT arn FROM resource WHERE kind != 'image' AND instr(CAST(document AS TEXT), ?) > 0 AND arn != ? ORDER BY arn",
-                arguments: [text, text])
+                arguments: ["\"" + text + "\"", text])
         }
     }
 

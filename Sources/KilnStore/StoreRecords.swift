@@ -63,7 +63,8 @@ public protocol ResourceRecords: Sendable {
     func resources(kind: ResourceKind, name: String?, offset: Int, limit: Int) throws -> Page<StoredResource>
     /// Removes a resource and its tags; false when there was none.
     func delete(arn: String) throws -> Bool
-    /// The ARNs of resources whose document contains `text` (to find references before a delete).
+    /// The ARNs of resources whose document holds `text` as a whole JSON string (references,
+    /// checked before a delete).
     func referencing(_ text: String) throws -> [String]
 
     func tags(arn: String) throws -> [String: String]

@@ -108,6 +108,7 @@ struct SQLiteStoreTests {
         #expect(first.items.map(\.name) == ["r1", "r2"] && first.next == 2)
         #expect(try store.resources(kind: .imageRecipe, name: nil, offset: 2, limit: 2).items.map(\.name) == ["r3"])
         #expect(try store.referencing(arn).count == 3)
+        #expect(try store.referencing(String(arn.dropLast(2))).isEmpty, "a prefix of a named ARN is no reference")
         try store.update(arn: arn, document: Data(#"{"name":"hello","v":2}"#.utf8))
         #expect(try store.resource(arn: arn)?.document == Data(#"{"name":"hello","v":2}"#.utf8))
         #expect(throws: KilnError.self) { try store.update(arn: arn + "x", document: Data()) }
