@@ -132,6 +132,16 @@ struct RemoteCommandTests {
             cost.status == 0 && cost.stdout.contains("builder t3.medium"), "the server's pricing of the image: \(cost.stdout)\(cost.stderr)"
         )
 
+        // Only /healthz and /metrics answer unsigned; the metrics count the store's images.
+        let health = try shell("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:\(port)/healthz").output
+        #expect(health == "200")
+        let metrics = try shell("curl -s http://127.0.0.1:\(port)/metrics").output
+        #expect(
+            metrics.contains("kiln_images{state=\"AVAILABLE\"}") && metrics.contains("kiln_build_queue_depth"), "\(metrics.prefix(2000))")
+        #expect(metrics.contains("kiln_stage_duration_seconds_bucket"), "stage durations of the build: \(metrics.prefix(3000))")
+        let unsigned = try shell("curl -s -w ' %{http_code}' http://127.0.0.1:\(port)/kiln/records").output
+        #expect(unsigned.hasSuffix(" 403") && unsigned.contains("MissingAuthenticationTokenException"), "\(unsigned)")
+
         let badKey = try scratch.write(
             "other.yaml", "credentials:\n  - {accessKeyId: AKIAKILNREMOTE, secretAccessKey: wrong}\n")
         let refusedKey = try Kiln.run(["images", "--config", badKey, "--endpoint", "http://127.0.0.1:\(port)"], in: scratch.path)
