@@ -28,6 +28,8 @@ final class BuildScheduler: Service, Sendable {
     let transfer: ImageTransfer
     let logger: Logger
     private let running = Mutex<[String: Task<Void, Never>]>([:])
+    /// Images CancelImageCreation stopped, so their record says so.
+    private let cancelled = Mutex<Set<String>>([])
     private let stopping = Atomic<Bool>(false)
     private let wake: AsyncStream<Void>.Continuation
     private let wakes: AsyncStream<Void>
@@ -67,6 +69,7 @@ final class BuildScheduler: Service, Sendable {
             return true
         }
         guard let task = running.withLock({ $0[imageArn] }) else { return false }
+        cancelled.withLock { _ = $0.insert(imageArn) }
         task.cancel()
         await task.value
         return true
@@ -149,7 +152,13 @@ final class BuildScheduler: Service, Sendable {
                 selection: selection, definitionsPath: context + "/definitions.yaml", contextDirectory: context)
             settings.reservedBuild = request.build
             let record = try await run.run(settings)
-            if record.status == .cancelled, stopping.load(ordering: .relaxed), var stopped = try store.record(arn: record.arn) {
+            if record.status == .cancelled, cancelled.withLock({ $0.remove(record.arn) }) != nil,
+                var stopped = try store.record(arn: record.arn)
+            {
+                let stage = stopped.failure?.stage.rawValue ?? "the build"
+                stopped.failure?.reason = "cancelled by CancelImageCreation during \(stage); its instances were removed"
+                try records.save(stopped)
+            } else if record.status == .cancelled, stopping.load(ordering: .relaxed), var stopped = try store.record(arn: record.arn) {
                 let stage = stopped.failure?.stage.rawValue ?? "the build"
                 stopped.failure?.reason = "cancelled: kiln server stopped (SIGTERM) during \(stage); start it again"
                 try records.save(stopped)

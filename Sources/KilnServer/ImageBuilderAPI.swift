@@ -196,7 +196,7 @@ final class ImageBuilderAPI: Sendable {
 
     func stored(_ arn: String, kind: ResourceKind) throws -> StoredResource {
         guard let resource = try store.resource(arn: arn), resource.kind == kind else {
-            throw apiError("ResourceNotFoundException", "\(kind.rawValue) \(arn) does not exist")
+            throw apiError("ResourceNotFoundException", "\(ResourceNaming.of(kind).label) \(arn) does not exist")
         }
         return resource
     }

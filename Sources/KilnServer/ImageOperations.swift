@@ -311,20 +311,20 @@ extension ImageBuilderAPI {
 
     func getWorkflowStepExecution(_ input: Object) throws -> Object {
         let id = try string(input, "stepExecutionId")
-        guard let key = WorkflowIdentifier(step: id), let record = try store.record(rowID: key.image),
-            let stage = WorkflowStage(rawValue: key.stage),
+        guard let key = WorkflowIdentifier.parse(id, prefix: "step-"), let record = try store.record(rowID: key.image),
+            WorkflowIdentifier.matches(key, arn: record.arn), let stage = WorkflowStage(rawValue: key.stage),
             let step = steps(record, stage).first(where: { $0["stepExecutionId"]?.string == id })
         else { throw apiError("ResourceNotFoundException", "workflow step execution \(id) does not exist") }
         var output = step
         output["imageBuildVersionArn"] = .string(record.arn)
-        output["workflowExecutionId"] = .string(WorkflowIdentifier(image: key.image, stage: key.stage).execution)
+        output["workflowExecutionId"] = .string(WorkflowIdentifier(image: key.image, arn: record.arn, stage: key.stage).execution)
         output["workflowBuildVersionArn"] = .string(stage.workflowArn(configuration.homeRegion))
         return output
     }
 
     func workflow(_ id: String) throws -> (ImageRecord, WorkflowStage) {
-        guard let key = WorkflowIdentifier(execution: id), let stage = WorkflowStage(rawValue: key.stage),
-            let record = try store.record(rowID: key.image)
+        guard let key = WorkflowIdentifier.parse(id, prefix: "wf-"), let stage = WorkflowStage(rawValue: key.stage),
+            let record = try store.record(rowID: key.image), WorkflowIdentifier.matches(key, arn: record.arn)
         else { throw apiError("ResourceNotFoundException", "workflow execution \(id) does not exist") }
         return (record, stage)
     }
@@ -350,7 +350,7 @@ extension ImageBuilderAPI {
         var output: Object = [
             "workflowBuildVersionArn": .string(stage.workflowArn(configuration.homeRegion)),
             "workflowExecutionId": .string(
-                WorkflowIdentifier(image: (try? store.rowID(arn: record.arn)) ?? 0, stage: stage.rawValue).execution),
+                WorkflowIdentifier(image: (try? store.rowID(arn: record.arn)) ?? 0, arn: record.arn, stage: stage.rawValue).execution),
             "type": .string(stage.type),
             "status": .string(status),
             "totalStepCount": .number(Double(steps.count)),
@@ -370,7 +370,7 @@ extension ImageBuilderAPI {
         var steps: [Object] = []
         func add(_ name: String, _ action: String, _ status: String, _ message: String?) {
             var step: Object = [
-                "stepExecutionId": .string(WorkflowIdentifier(image: row, stage: stage.rawValue, step: steps.count).step),
+                "stepExecutionId": .string(WorkflowIdentifier(image: row, arn: record.arn, stage: stage.rawValue, step: steps.count).step),
                 "name": .string(String(name.prefix(128))), "action": .string(action), "status": .string(status),
                 "rollbackStatus": "SKIPPED", "startTime": .string(record.dateCreated),
             ]
@@ -380,10 +380,34 @@ extension ImageBuilderAPI {
         let failure = record.failure?.stage == stage.engineStage ? record.failure : nil
         switch stage {
         case .build:
-            for decision in record.cacheDecisions ?? [] {
-                add(decision.step, "ExecuteComponent", decision.decision == .reused ? "SKIPPED" : "COMPLETED", decision.reason)
+            // Steps run in the order of their cache decisions: while BUILD runs, the first one not
+            // reused runs and the later ones wait; after a failure, the ones after it never ran.
+            let cancelled = record.status == .cancelled
+            let running = record.isRunning && record.status.stage == .build
+            let decisions = record.cacheDecisions ?? []
+            let failedAt = failure.flatMap { failure in decisions.firstIndex { $0.step == failure.step } }
+            var waiting = false
+            for (index, decision) in decisions.enumerated() {
+                if decision.decision == .reused {
+                    add(decision.step, "ExecuteComponent", "SKIPPED", decision.reason)
+                } else if index == failedAt {
+                    add(decision.step, "ExecuteComponent", cancelled ? "CANCELLED" : "FAILED", failure?.reason)
+                } else if let failedAt, index > failedAt {
+                    add(decision.step, "ExecuteComponent", "SKIPPED", "not run: an earlier step failed")
+                } else if running {
+                    add(decision.step, "ExecuteComponent", waiting ? "PENDING" : "RUNNING", decision.reason)
+                    waiting = true
+                } else if let failure, failedAt == nil {
+                    add(
+                        decision.step, "ExecuteComponent", cancelled ? "CANCELLED" : "SKIPPED",
+                        "BUILD ended at \(failure.step ?? "the build"); this step's own outcome was not recorded")
+                } else {
+                    add(decision.step, "ExecuteComponent", "COMPLETED", decision.reason)
+                }
             }
-            if let failure { add(failure.step ?? "BuildImage", "ExecuteComponent", "FAILED", failure.reason) }
+            if let failure, failedAt == nil {
+                add(failure.step ?? "BuildImage", "ExecuteComponent", cancelled ? "CANCELLED" : "FAILED", failure.reason)
+            }
         case .test:
             if record.testResults != nil || failure != nil || stageReached(record, .test) {
                 add(failure?.step ?? "RunImageTests", "ExecuteComponent", failure == nil ? "COMPLETED" : "FAILED", failure?.reason)
@@ -393,7 +417,8 @@ extension ImageBuilderAPI {
                 let failedHere = failure?.region == region
                 let done = record.outputContainers.contains { $0.region == region }
                 add(
-                    "Distribute \(region)", "DistributeImage", failedHere ? "FAILED" : (done ? "COMPLETED" : "PENDING"),
+                    "Distribute \(region)", "DistributeImage",
+                    failedHere ? "FAILED" : (done ? "COMPLETED" : (record.isRunning ? "PENDING" : "SKIPPED")),
                     failedHere ? failure?.reason : nil)
             }
             if let failure, failure.region == nil { add("Distribute", "DistributeImage", "FAILED", failure.reason) }
@@ -444,34 +469,53 @@ enum WorkflowStage: Int, CaseIterable {
     }
 }
 
-/// Workflow and step execution ids in Image Builder's UUID form, carrying the image's row in
-/// the store, the stage and the step: `wf-SSSSSSSS-0000-4000-8000-RRRRRRRRRRRR`.
+/// Workflow and step execution ids in Image Builder's UUID form. They carry the image's row in
+/// the store, the stage and the step, and bits of the image ARN's digest, so an id never names
+/// another image that later took a deleted image's row:
+/// `wf-SSSSSSSS-CCCC-4CCC-8CCC-RRRRRRRRRRRR`, `step-SSSSSSSS-IIII-4CCC-8CCC-RRRRRRRRRRRR`.
 struct WorkflowIdentifier {
     var image: Int64
     var stage: Int
     var index = 0
+    /// 10 hex digits of SHA-256 of the image ARN.
+    var check: String
 
-    init(image: Int64, stage: Int, step: Int = 0) {
+    init(image: Int64, arn: String, stage: Int, step: Int = 0) {
         self.image = image
         self.stage = stage
         self.index = step
+        check = Self.check(arn)
     }
 
-    var execution: String { String(format: "wf-%08x-0000-4000-8000-%012llx", stage, image) }
-    var step: String { String(format: "step-%08x-%04x-4000-8000-%012llx", stage, index, image) }
-
-    init?(execution id: String) {
-        let parts = id.dropFirst(3).split(separator: "-")
-        guard id.hasPrefix("wf-"), parts.count == 5, let stage = Int(parts[0], radix: 16), let image = Int64(parts[4], radix: 16)
-        else { return nil }
-        self.init(image: image, stage: stage)
+    static func check(_ arn: String) -> String {
+        String(SHA256.hash(data: Data(arn.utf8)).map { String(format: "%02x", $0) }.joined().prefix(10))
     }
 
-    init?(step id: String) {
-        let parts = id.dropFirst(5).split(separator: "-")
-        guard id.hasPrefix("step-"), parts.count == 5, let stage = Int(parts[0], radix: 16), let step = Int(parts[1], radix: 16),
-            let image = Int64(parts[4], radix: 16)
+    var execution: String {
+        let c = Array(check)
+        return String(format: "wf-%08x-", stage) + String(c[0..<4]) + "-4" + String(c[4..<7]) + "-8" + String(c[7..<10])
+            + String(format: "-%012llx", image)
+    }
+
+    var step: String {
+        let c = Array(check)
+        return String(format: "step-%08x-%04x-4", stage, index) + String(c[4..<7]) + "-8" + String(c[7..<10])
+            + String(format: "-%012llx", image)
+    }
+
+    /// The parts of an id: row, stage, step, and the check digits it carries (some may be absent).
+    static func parse(_ id: String, prefix: String) -> (image: Int64, stage: Int, index: Int, check: String)? {
+        let parts = id.dropFirst(prefix.count).split(separator: "-")
+        guard id.hasPrefix(prefix), parts.count == 5, let stage = Int(parts[0], radix: 16), let image = Int64(parts[4], radix: 16),
+            parts[2].count == 4, parts[3].count == 4
         else { return nil }
-        self.init(image: image, stage: stage, step: step)
+        let head = prefix == "wf-" ? String(parts[1]) : ""
+        let index = prefix == "wf-" ? 0 : Int(parts[1], radix: 16) ?? -1
+        return (image, stage, index, head + parts[2].dropFirst() + parts[3].dropFirst())
+    }
+
+    /// Whether `id` (parsed) names the image `arn`.
+    static func matches(_ parsed: (image: Int64, stage: Int, index: Int, check: String), arn: String) -> Bool {
+        check(arn).hasSuffix(parsed.check)
     }
 }

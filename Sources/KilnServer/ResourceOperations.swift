@@ -268,7 +268,7 @@ extension ImageBuilderAPI {
                 do {
                     _ = try DockerfileTemplate(parsing: template, parentImage: parent, source: "dockerfileTemplateData")
                 } catch let error as KilnError {
-                    throw apiError("InvalidRequestException", "dockerfileTemplateData: \(error.description)")
+                    throw apiError("InvalidRequestException", error.description)
                 }
             }
             if let target = input["targetRepository"]?.object, target["service"]?.string != "ECR" {
@@ -453,17 +453,33 @@ extension ImageBuilderAPI {
         return [naming.arnMember: .string(arn)]
     }
 
-    /// ResourceDependencyException while another resource names this one (or its version).
+    /// ResourceDependencyException while another resource names this one, by its ARN or by a
+    /// version or wildcard reference that selects it now.
     func refuseIfReferenced(_ resource: StoredResource) throws {
         var names = [resource.arn]
         if let version = resource.version, resource.build != nil {
             names.append(arn(resource.kind.rawValue, resource.name, version.description))
         }
-        let users = try Set(names.flatMap { try store.referencing($0) }).subtracting([resource.arn]).sorted()
-        guard users.isEmpty else {
+        var users = try Set(names.flatMap { try store.referencing($0) })
+        if resource.kind == .component {
+            for kind in [ResourceKind.imageRecipe, .containerRecipe] {
+                for recipe in try store.resources(kind: kind, name: nil, offset: 0, limit: 100_000).items {
+                    for configuration in try document(recipe)["components"]?.array ?? [] {
+                        guard let text = configuration["componentArn"]?.string,
+                            (try? ImageBuilderARN(parsing: text))?.name == ImageBuilderARN.normalizedName(resource.name),
+                            (try? resolve(text, kind: .component, member: "componentArn"))?.arn == resource.arn
+                        else { continue }
+                        users.insert(recipe.arn)
+                    }
+                }
+            }
+        }
+        users = users.subtracting([resource.arn])
+        let sorted = users.sorted()
+        guard sorted.isEmpty else {
             throw apiError(
                 "ResourceDependencyException",
-                "\(ResourceNaming.of(resource.kind).label) \(resource.arn) is used by \(users.joined(separator: ", ")); delete or change those first"
+                "\(ResourceNaming.of(resource.kind).label) \(resource.arn) is used by \(sorted.joined(separator: ", ")); delete or change those first"
             )
         }
     }
