@@ -504,6 +504,14 @@ extension ImageBuilderAPI {
 
     func withTags(_ resource: StoredResource) throws -> Object {
         var document = try document(resource)
+        if resource.kind == .imagePipeline {
+            // From the pipeline's images, newest first: its last run's state and the failures in a row.
+            let images = try store.records(pipeline: resource.name, offset: 0, limit: 1_000).items
+                .sorted { $0.dateCreated > $1.dateCreated }
+            if let last = images.first { document["lastRunStatus"] = .string(last.status.rawValue) }
+            let failures = images.prefix { $0.status == .failed }.count
+            document["consecutiveFailures"] = .number(Double(failures))
+        }
         document["tags"] = .object(try store.tags(arn: resource.arn).mapValues(JSONValue.string))
         return document
     }

@@ -8,7 +8,7 @@ import Testing
 
 @Suite(
     "kiln apply, pipeline start, images, logs and cost against a kiln server (--endpoint)", .serialized,
-    .enabled(if: TestEnvironment.requiresRoot("/usr/bin/runc", "/usr/bin/docker-registry")))
+    .enabled(if: TestEnvironment.requiresRoot("/usr/bin/runc", "/usr/bin/docker-registry", "aws")))
 struct RemoteCommandTests {
     @Test(
         "apply is idempotent (created, unchanged, updated; a changed recipe is refused); a started pipeline is AVAILABLE; images, logs and cost read the server"
@@ -120,6 +120,11 @@ struct RemoteCommandTests {
         #expect(started.status == 0, "\(started.stdout)\(started.stderr)\n\((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
         #expect(image.hasSuffix(":image/remote-web-\(suffix)/1.0.0/1"), "\(started.stdout)")
         #expect(started.stderr.contains("AVAILABLE"), "--wait follows the log: \(started.stderr)")
+
+        let pipelineState = try shell(
+            "AWS_ACCESS_KEY_ID=AKIAKILNREMOTE AWS_SECRET_ACCESS_KEY=remote-secret AWS_DEFAULT_REGION=us-east-1 aws imagebuilder get-image-pipeline --endpoint-url http://127.0.0.1:\(port) --image-pipeline-arn arn:aws:imagebuilder:us-east-1:000000000000:image-pipeline/remote-pipe-\(suffix) --query 'imagePipeline.[status,lastRunStatus,consecutiveFailures]' --output text"
+        ).output
+        #expect(pipelineState.split(whereSeparator: \.isWhitespace) == ["ENABLED", "AVAILABLE", "0"], "\(pipelineState)")
 
         let listed = try Kiln.run(["images"] + remote, in: scratch.path)
         #expect(listed.stdout.contains("remote-web-\(suffix)/1.0.0/1"), "\(listed.stdout)")
