@@ -10,6 +10,10 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// `kiln server`: the Image Builder API over HTTP, the build queue's workers and the webhook
 /// sender, under one service group that stops on SIGTERM or SIGINT (no new work; running
 /// builds end in recorded states).
@@ -23,6 +27,9 @@ public struct ImageBuilderServer: Sendable {
     let verifier: SigV4Verifier
     let decoder = APIRequestDecoder()
     let logger: Logger
+    /// Held while the server runs: one server per data directory, since each runs the queue
+    /// with its own regions and webhooks.
+    let dataDirectoryLock: Int32
 
     /// Opens the store (builds a dead server left running end FAILED, "interrupted by restart").
     public init(configuration: KilnConfiguration, host: InstanceHost, transfer: ImageTransfer, logger: Logger) throws {
@@ -34,16 +41,43 @@ public struct ImageBuilderServer: Sendable {
         }
         self.configuration = configuration
         self.logger = logger
+        dataDirectoryLock = try Self.lockDataDirectory(configuration.dataDirectory)
         store = try SQLiteStore(dataDirectory: configuration.dataDirectory, interruption: "interrupted by restart")
         metrics = ServerMetrics(store: store)
         webhooks = WebhookSender(store: store, configuration: configuration, logger: logger)
         let records = ObservedImageRecords(store: store, configuration: configuration, metrics: metrics, deliveries: webhooks)
+        for (record, previous) in store.endedAtOpen {
+            logger.warning("\(record.arn): \(record.failure?.reason ?? "FAILED")")
+            try records.announce(record, previous: previous)
+        }
         builds = BuildScheduler(
             configuration: configuration, store: store, records: records, host: host, transfer: transfer, logger: logger)
         api = ImageBuilderAPI(configuration: configuration, store: store, builds: builds)
         verifier = SigV4Verifier(
             secrets: Dictionary(
                 configuration.credentials.map { ($0.accessKeyId, $0.secretAccessKey) }, uniquingKeysWith: { _, last in last }))
+    }
+
+    /// An exclusive lock on `<dataDirectory>/server.lock`, or an error naming the server that has it.
+    static func lockDataDirectory(_ dataDirectory: String) throws -> Int32 {
+        try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+        let path = dataDirectory + "/server.lock"
+        let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else {
+            throw KilnError(.ioFailure, "cannot open \(path): \(String(cString: strerror(errno)))")
+        }
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            close(descriptor)
+            throw KilnError(
+                .alreadyExists,
+                "another kiln server (pid \(holder)) serves the data directory \(dataDirectory); stop it, or give this one another dataDirectory"
+            )
+        }
+        ftruncate(descriptor, 0)
+        let pid = "\(getpid())\n"
+        _ = pid.withCString { write(descriptor, $0, strlen($0)) }
+        return descriptor
     }
 
     /// Serves until SIGTERM or SIGINT; `onListening` gets the bound port (for `listen: host:0`).

@@ -33,9 +33,15 @@ final class ObservedImageRecords: ImageRecords {
         let previous = try store.record(arn: record.arn)
         try store.save(record)
         guard previous?.status != record.status else { return }
-        metrics.changed(record, from: previous?.status)
+        try announce(record, previous: previous?.status)
+    }
+
+    /// Counts a state change and records its webhook deliveries; also for the changes the store
+    /// made itself when it opened (builds a dead server left running).
+    func announce(_ record: ImageRecord, previous: ImageStatus?) throws {
+        metrics.changed(record, from: previous)
         for webhook in webhooks(for: record) {
-            let body = Self.event(record, previous: previous?.status, configuration: configuration)
+            let body = Self.event(record, previous: previous, configuration: configuration)
             try store.addDelivery(WebhookDelivery(id: body.id, webhook: webhook.name, body: body.data))
         }
         deliveries.wake()

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import KilnModel
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -16,6 +17,10 @@ public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, Webho
     /// `<dataDirectory>/images`: each build's log folder, and where older Kilns kept records.
     public let imagesFolder: String
     let pool: DatabasePool
+    /// The records opening ended as interrupted, with the state each was in (the server sends
+    /// their state changes to webhooks).
+    public var endedAtOpen: [(record: ImageRecord, previous: ImageStatus)] { ended.withLock { $0 } }
+    private let ended = Mutex<[(record: ImageRecord, previous: ImageStatus)]>([])
 
     /// Opens (creating) the store. `interruption` says what ended the builds a dead Kiln left
     /// running, in their failure reason (`kiln server` says "interrupted by restart").
@@ -38,7 +43,8 @@ public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, Webho
                 cause: error)
         }
         try importJSONRecords()
-        recoverInterrupted(interruption)
+        let ended = recoverInterrupted(interruption)
+        self.ended.withLock { $0 = ended }
     }
 
     static var migrator: DatabaseMigrator {
@@ -256,7 +262,7 @@ public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, Webho
     /// runs. A record of an older Kiln names no owner: it counts as dead once unchanged since
     /// before the machine booted or for a day. Returns the records it ended.
     @discardableResult
-    public func recoverInterrupted(_ interruption: String = "interrupted") -> [ImageRecord] {
+    public func recoverInterrupted(_ interruption: String = "interrupted") -> [(record: ImageRecord, previous: ImageStatus)] {
         let running = ImageStatus.allRunning.map { "'\($0.rawValue)'" }.joined(separator: ",")
         guard
             let rows = try? reading({ db in
@@ -271,7 +277,7 @@ public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, Webho
         else { return [] }
         let bootTime = Self.bootTime()
         let now = Int(Date().timeIntervalSince1970)
-        var ended: [ImageRecord] = []
+        var ended: [(record: ImageRecord, previous: ImageStatus)] = []
         for row in rows {
             let data: Data = row["record"]
             let updatedAt: Int = row["updatedAt"]
@@ -289,7 +295,7 @@ public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, Webho
                 reason:
                     "\(interruption) in \(status.stage.rawValue) (\(status.rawValue)): \(who) before the image was finished; build it again"
             )
-            if (try? save(record)) != nil { ended.append(record) }
+            if (try? save(record)) != nil { ended.append((record, status)) }
         }
         return ended
     }

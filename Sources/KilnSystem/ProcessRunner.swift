@@ -57,6 +57,8 @@ public enum ProcessRunner {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, stdoutPipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, stderrPipe[1], 2)
+        // Descriptors without close-on-exec (NIO's sockets, a parent's pipes) stay out of the child.
+        kiln_spawn_file_actions_addclosefrom(&actions, 3)
         if let workingDirectory {
             kiln_spawn_file_actions_addchdir(&actions, workingDirectory)
         }
