@@ -151,7 +151,7 @@ struct CrashSafetyTests {
         let after = try Kiln.run(next ?? ["images"], in: scratch.path)
         #expect(after.status == 0, "\(after.stdout)\n\(after.stderr)")
 
-        let containers = try shell("runc list 2>/dev/null | grep -F \(crashDataDirectory)/ ; true").output
+        let containers = try shell("runc --root /run/kiln/runc list 2>/dev/null | grep -F \(crashDataDirectory)/ ; true").output
         #expect(containers.isEmpty, "no runc container of the data directory: \(containers)")
         let mountinfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         let mounts = mountinfo.split(separator: "\n").filter { $0.contains(crashDataDirectory + "/") }
