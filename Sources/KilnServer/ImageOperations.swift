@@ -179,7 +179,7 @@ extension ImageBuilderAPI {
         guard (input["owner"]?.string ?? "Self") == "Self" else { return ["imageVersionList": []] }
         let wanted = try filters(input, allowed: ["name", "osVersion", "platform", "type"])
         let (offset, limit) = try page(input)
-        let version: (ImageRecord) -> JSONValue = { [self] record in
+        let version: (ImageVersionSummary) -> JSONValue = { [self] record in
             [
                 "arn": .string(arn("image", record.name, record.version.description)), "name": .string(record.name),
                 "type": .string(record.type.rawValue), "version": .string(record.version.description), "platform": "Linux",

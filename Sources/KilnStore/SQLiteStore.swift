@@ -231,20 +231,33 @@ public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, Webho
         }
     }
 
-    /// The newest build of each image version (by name when given), a page at a time.
-    public func imageVersions(name: String?, offset: Int, limit: Int) throws -> Page<ImageRecord> {
+    /// The newest build of each image version (by name when given), a page at a time: only
+    /// what ListImages shows, read without decoding whole records (a page stays cheap with
+    /// many images).
+    public func imageVersions(name: String?, offset: Int, limit: Int) throws -> Page<ImageVersionSummary> {
+        let newest = """
+            SELECT name, version, dateCreated, json_extract(CAST(record AS TEXT), '$.type') AS type FROM image AS newest
+            WHERE %@ build = (
+                SELECT max(build) FROM image AS other
+                WHERE other.name = newest.name AND other.major = newest.major AND other.minor = newest.minor AND other.patch = newest.patch)
+            ORDER BY name, major, minor, patch LIMIT ? OFFSET ?
+            """
         let rows = try reading { db in
-            try Data.fetchAll(
-                db,
-                sql: """
-                    SELECT record FROM image AS newest WHERE (? IS NULL OR name = ?) AND build = (
-                        SELECT max(build) FROM image AS other
-                        WHERE other.name = newest.name AND other.major = newest.major AND other.minor = newest.minor AND other.patch = newest.patch)
-                    ORDER BY name, major, minor, patch LIMIT ? OFFSET ?
-                    """, arguments: [name, name, limit + 1, offset])
+            if let name {
+                return try Row.fetchAll(
+                    db, sql: newest.replacingOccurrences(of: "%@", with: "name = ? AND"), arguments: [name, limit + 1, offset])
+            }
+            return try Row.fetchAll(db, sql: newest.replacingOccurrences(of: "%@", with: ""), arguments: [limit + 1, offset])
         }
-        let records = try rows.prefix(limit).map { try JSONDecoder().decode(ImageRecord.self, from: $0) }
-        return Page(items: records, next: rows.count > limit ? offset + limit : nil)
+        let items = rows.prefix(limit).compactMap { row -> ImageVersionSummary? in
+            let versionText: String = row["version"]
+            guard let version = try? SemanticVersion(parsing: versionText) else { return nil }
+            let type: String? = row["type"]
+            return ImageVersionSummary(
+                name: row["name"], version: version, type: type.flatMap(ImageType.init(rawValue:)) ?? .docker,
+                dateCreated: row["dateCreated"])
+        }
+        return Page(items: items, next: rows.count > limit ? offset + limit : nil)
     }
 
     public func deleteImage(arn: String) throws -> Bool {

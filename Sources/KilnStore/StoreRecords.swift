@@ -141,3 +141,18 @@ public protocol WebhookOutbox: Sendable {
     func recordAttempt(id: String, result: String, delivered: Bool, nextAttemptAt: Int?) throws
     func deliveries(webhook: String?) throws -> [WebhookDelivery]
 }
+
+/// One image version as ListImages lists it: its newest build's type and date.
+public struct ImageVersionSummary: Sendable, Hashable {
+    public var name: String
+    public var version: SemanticVersion
+    public var type: ImageType
+    public var dateCreated: String
+
+    public init(name: String, version: SemanticVersion, type: ImageType, dateCreated: String) {
+        self.name = name
+        self.version = version
+        self.type = type
+        self.dateCreated = dateCreated
+    }
+}

@@ -43,6 +43,9 @@ struct SQLiteStoreTests {
         let page = try first.records(name: "web", offset: 0, limit: 1)
         #expect(page.items.map(\.build) == [2] && page.next == 1, "newest first, with a next page")
         #expect(try first.records(name: "web", offset: 1, limit: 1).next == nil)
+        let versions = try first.imageVersions(name: nil, offset: 0, limit: 10).items
+        #expect(versions.map { "\($0.name)/\($0.version) \($0.type.rawValue)" } == ["api/2.0.0 DOCKER", "web/1.0.0 DOCKER"])
+        #expect(try first.imageVersions(name: "web", offset: 0, limit: 1).items.map(\.name) == ["web"])
         #expect(throws: KilnError.self) { try first.find("web/9.9.9/1") }
     }
 
