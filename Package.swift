@@ -79,6 +79,20 @@ let package = Package(
         ),
         // Persistence behind the records protocols: SQLite through GRDB.
         .target(name: "KilnStore", dependencies: ["KilnModel", .product(name: "GRDB", package: "GRDB.swift")]),
+        // Cron and rate schedules, start conditions, registry events, parent polls and package checks.
+        .target(
+            name: "KilnScheduler",
+            dependencies: [
+                "KilnModel",
+                "KilnStore",
+                "KilnOCI",
+                "KilnRegistry",
+                "KilnInstances",
+                "KilnEngine",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The Image Builder REST-JSON API, the build queue's workers, webhooks and metrics.
         .target(
             name: "KilnServer",
@@ -90,6 +104,7 @@ let package = Package(
                 "KilnRegistry",
                 "KilnInstances",
                 "KilnEngine",
+                "KilnScheduler",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -126,6 +141,8 @@ let package = Package(
         .testTarget(
             name: "KilnServerTests",
             dependencies: ["KilnTestSupport", "KilnServer", "KilnStore", "KilnModel", .product(name: "Crypto", package: "swift-crypto")]),
+        .testTarget(
+            name: "KilnSchedulerTests", dependencies: ["KilnTestSupport", "KilnScheduler", "KilnStore", "KilnModel", "KilnEngine"]),
         .testTarget(name: "KilnCLITests", dependencies: ["KilnTestSupport", "KilnCLI", "kiln"]),
         .testTarget(
             name: "KilnEngineTests",

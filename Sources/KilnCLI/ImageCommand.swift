@@ -90,7 +90,10 @@ struct ImagePullCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pull", abstract: "Pull an image into Kiln's content store; prints its digest.")
 
-    @Argument(help: "The image, e.g. registry.example:5000/team/app:1.0 or oci-archive:app.tar:1.0.")
+    @Argument(
+        help:
+            "The image, e.g. registry.example:5000/team/app:1.0, oci-archive:app.tar:1.0, or bootstrap:debian:SUITE (made once with mmdebstrap)."
+    )
     var reference: String
 
     @OptionGroup var options: KilnOptions
@@ -99,6 +102,15 @@ struct ImagePullCommand: AsyncParsableCommand {
     func run() async throws {
         try await KilnEnvironment.reportingErrors {
             let environment = try KilnEnvironment(options)
+            if reference.hasPrefix("bootstrap:") {
+                let view = TransferProgressView(quiet: transferOptions.quiet)
+                let made = try await ParentImageResolver(
+                    transfer: try transferOptions.transfer(environment, view: view), mirrors: environment.configuration.bootstrapMirrors,
+                    observer: { TerminalOutput().progress($0) }
+                ).resolve(reference)
+                print(made.digest)
+                return
+            }
             let source = try ImageLocation(reference)
             let name = if case .registry(let parsed) = source { parsed.description } else { reference }
             try await environment.copy(from: source, to: [.store(name: name)], with: transferOptions)

@@ -4,10 +4,11 @@ import KilnModel
 import KilnServer
 import Synchronization
 
-/// `kiln pipeline start NAME --endpoint URL`: StartImagePipelineExecution on a kiln server.
+/// `kiln pipeline start|next|history|fire NAME --endpoint URL`: a kiln server's pipelines.
 struct PipelineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "pipeline", abstract: "Work with a kiln server's image pipelines.", subcommands: [PipelineStartCommand.self])
+        commandName: "pipeline", abstract: "Work with a kiln server's image pipelines.",
+        subcommands: [PipelineStartCommand.self, PipelineNextCommand.self, PipelineHistoryCommand.self, PipelineFireCommand.self])
 }
 
 struct PipelineStartCommand: AsyncParsableCommand {

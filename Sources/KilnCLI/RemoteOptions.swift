@@ -34,6 +34,16 @@ struct RemoteOptions: ParsableArguments {
     }
 }
 
+extension RemoteOptions {
+    /// The signing client for commands that only work against a server.
+    func requiredClient(for command: String, options: KilnOptions) throws -> ImageBuilderClient {
+        guard let endpoint = resolvedEndpoint() else {
+            throw KilnError(.invalidArgument, "\(command) talks to a kiln server: give --endpoint URL or set KILN_ENDPOINT")
+        }
+        return try client(endpoint, configuration: try KilnEnvironment.configurationOnly(options))
+    }
+}
+
 extension KilnEnvironment {
     /// The configuration alone (no data directory is touched), for commands that talk to a server.
     static func configurationOnly(_ options: KilnOptions, environment: [String: String] = ProcessInfo.processInfo.environment) throws

@@ -173,6 +173,7 @@ public struct PipelineRun: Sendable {
         if settings.reservedBuild != nil, let queued = try records.record(arn: record.arn) {
             record.dateCreated = queued.dateCreated
             record.sourcePipelineName = queued.sourcePipelineName
+            record.trigger = queued.trigger
         }
         let image = try ImageRun(
             record: record, records: records, instanceType: prepared.type.name,

@@ -71,6 +71,8 @@ public struct ImageRecord: Sendable, Codable, Hashable {
     public var status: ImageStatus
     public var failure: Failure?
     public var sourcePipelineName: String?
+    /// What started the build: a manual start, its schedule, a base-image push, a package update.
+    public var trigger: BuildTrigger?
     public var dateCreated: String
     /// The parent as the recipe names it, and the manifest digest it resolved to for this build.
     public var parentImage: String?
@@ -104,7 +106,8 @@ public struct ImageRecord: Sendable, Codable, Hashable {
 
     public init(
         arn: String, name: String, version: SemanticVersion, build: Int, type: ImageType = .docker, status: ImageStatus,
-        failure: Failure? = nil, sourcePipelineName: String? = nil, dateCreated: String, parentImage: String? = nil,
+        failure: Failure? = nil, sourcePipelineName: String? = nil, trigger: BuildTrigger? = nil, dateCreated: String,
+        parentImage: String? = nil,
         parentDigest: String? = nil, cacheDecisions: [CacheDecision]? = nil, packageUpdates: [PackageUpgrade]? = nil,
         localName: String? = nil, digest: String? = nil, cacheHit: Bool? = nil, cachedSteps: Int? = nil, builtSteps: Int? = nil,
         testResults: String? = nil, ledger: CostLedger? = nil, distributionTargets: [DistributionTarget] = [],
@@ -118,6 +121,7 @@ public struct ImageRecord: Sendable, Codable, Hashable {
         self.status = status
         self.failure = failure
         self.sourcePipelineName = sourcePipelineName
+        self.trigger = trigger
         self.dateCreated = dateCreated
         self.parentImage = parentImage
         self.parentDigest = parentDigest
@@ -153,6 +157,35 @@ extension ImageStatus {
         default: .build
         }
     }
+}
+
+/// Why a build started, as the image's record and `kiln pipeline history` say.
+public struct BuildTrigger: Sendable, Codable, Hashable {
+    public enum Kind: String, Sendable, Codable, Hashable, CaseIterable {
+        case manual
+        case schedule
+        case registryPush = "registry-push"
+        case parentPoll = "parent-poll"
+        case packageCheck = "package-check"
+    }
+
+    public var kind: Kind
+    /// What happened: the fire time, the pushed reference and digest, the check's schedule.
+    public var detail: String
+    /// The dependency updates that made it build (parent digest, component builds), if checked.
+    public var changes: [String]?
+    /// Upgradable packages a package check found, which the new image holds.
+    public var packages: [PackageUpgrade]?
+
+    public init(kind: Kind, detail: String, changes: [String]? = nil, packages: [PackageUpgrade]? = nil) {
+        self.kind = kind
+        self.detail = detail
+        self.changes = changes
+        self.packages = packages
+    }
+
+    /// Image Builder's buildType: automated starts are SCHEDULED.
+    public var buildType: String { kind == .manual ? "USER_INITIATED" : "SCHEDULED" }
 }
 
 /// One package of an image's inventory, as ListImagePackages returns it.

@@ -106,12 +106,45 @@ public struct KilnConfiguration: Sendable, Hashable {
         }
     }
 
+    /// What starts pipelines besides their cron schedules and manual starts (`kiln server`).
+    public struct Triggers: Sendable, Hashable {
+        /// A package-update check of one pipeline's latest image, on its own schedule.
+        public struct PackageCheck: Sendable, Hashable {
+            public var pipeline: String
+            /// `cron(…)` or `rate(…)`, as a pipeline's scheduleExpression; rates count from the server's start.
+            public var schedule: String
+            public var timezone: String?
+            /// Count only upgrades from a security origin (apt's `*-security` suites, dnf repositories named so).
+            public var securityOnly = false
+
+            public init(pipeline: String, schedule: String, timezone: String? = nil, securityOnly: Bool = false) {
+                self.pipeline = pipeline
+                self.schedule = schedule
+                self.timezone = timezone
+                self.securityOnly = securityOnly
+            }
+        }
+
+        /// The shared secret a registry's notifications must carry in `registryEventHeader`;
+        /// nil turns the receiver off.
+        public var registryEventSecret: String?
+        public var registryEventHeader = "Authorization"
+        /// Seconds between HEAD requests for each registry parent; nil turns polling off.
+        public var parentPollSeconds: Int?
+        /// Base-image events for one pipeline inside this many seconds start one build.
+        public var debounceSeconds = 2
+        public var packageChecks: [PackageCheck] = []
+
+        public init() {}
+    }
+
     public var dataDirectory: String
     /// `kiln server`'s address (`host:port`), key pairs, build slots and webhooks.
     public var listen = "127.0.0.1:8080"
     public var credentials: [Credential] = []
     public var maxConcurrentBuilds = 2
     public var webhooks: [Webhook] = []
+    public var triggers = Triggers()
     public var registries: [String: Registry] = [:]
     /// Regions by name, as distribution configurations name them.
     public var regions: [String: Region] = [:]
@@ -390,6 +423,9 @@ public struct KilnConfiguration: Sendable, Hashable {
                     webhook.url = url
                     configuration.webhooks.append(webhook)
                 }
+            case "triggers":
+                configuration.triggers = try triggers(
+                    value, issue: issue, mapping: mapping, string: string, bool: bool, environment: environment)
             case "homeRegion":
                 configuration.homeRegion = try string(value, "homeRegion")
             case "accountId":
@@ -406,12 +442,80 @@ public struct KilnConfiguration: Sendable, Hashable {
             default:
                 throw issue(
                     keyNode,
-                    "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, pricing, bootstrap, offline, builderNetwork, listen, credentials, maxConcurrentBuilds, webhooks"
+                    "unknown key '\(key)'; allowed: dataDirectory, registries, regions, homeRegion, accountId, transfers, instanceTypes, pricing, bootstrap, offline, builderNetwork, listen, credentials, maxConcurrentBuilds, webhooks, triggers"
                 )
             }
         }
         try configuration.applyServerEnvironment(environment)
         return configuration
+    }
+
+    /// The `triggers` mapping: registry notifications, parent polling, debounce and package checks.
+    static func triggers(
+        _ node: Node, issue: (Node, String) -> KilnError, mapping: (Node, String) throws -> [(String, Node, Node)],
+        string: (Node, String) throws -> String, bool: (Node, String) throws -> Bool, environment: [String: String]
+    ) throws -> Triggers {
+        func seconds(_ node: Node, _ what: String) throws -> Int {
+            let text = try string(node, what)
+            guard let value = Duration.parseSeconds(text), value >= 1, value <= 86_400 * 7 else {
+                throw issue(node, "\(what) must be a duration from 1s to 7d, like 30s, 5m or 1h, not '\(text)'")
+            }
+            return value
+        }
+        var triggers = Triggers()
+        for (key, keyNode, value) in try mapping(node, "triggers") {
+            let what = "triggers.\(key)"
+            switch key {
+            case "registryEvents":
+                for (field, fieldNode, fieldValue) in try mapping(value, what) {
+                    switch field {
+                    case "header": triggers.registryEventHeader = try string(fieldValue, "\(what).header")
+                    case "secret": triggers.registryEventSecret = try string(fieldValue, "\(what).secret")
+                    case "secretEnv":
+                        let variable = try string(fieldValue, "\(what).secretEnv")
+                        guard let text = environment[variable], !text.isEmpty else {
+                            throw issue(fieldValue, "\(what).secretEnv names \(variable), which is not set in the environment")
+                        }
+                        triggers.registryEventSecret = text
+                    default: throw issue(fieldNode, "unknown key '\(what).\(field)'; allowed: header, secret, secretEnv")
+                    }
+                }
+                guard triggers.registryEventSecret != nil else {
+                    throw issue(value, "\(what) needs secret or secretEnv: the registry's notifications must prove they come from it")
+                }
+            case "parentPollInterval": triggers.parentPollSeconds = try seconds(value, what)
+            case "debounce": triggers.debounceSeconds = try seconds(value, what)
+            case "packageChecks":
+                guard case .sequence(let entries) = value else {
+                    throw issue(value, "\(what) must be a list of {pipeline, schedule, timezone, securityOnly}")
+                }
+                for entry in entries {
+                    var check = Triggers.PackageCheck(pipeline: "", schedule: "")
+                    for (field, fieldNode, fieldValue) in try mapping(entry, "a \(what) entry") {
+                        switch field {
+                        case "pipeline": check.pipeline = try string(fieldValue, "\(what).pipeline")
+                        case "schedule": check.schedule = try string(fieldValue, "\(what).schedule")
+                        case "timezone": check.timezone = try string(fieldValue, "\(what).timezone")
+                        case "securityOnly": check.securityOnly = try bool(fieldValue, "\(what).securityOnly")
+                        default:
+                            throw issue(fieldNode, "unknown key '\(what).\(field)'; allowed: pipeline, schedule, timezone, securityOnly")
+                        }
+                    }
+                    guard !check.pipeline.isEmpty, !check.schedule.isEmpty else {
+                        throw issue(entry, "a \(what) entry needs pipeline and schedule (like rate(6 hours) or cron(0 */6 * * ? *))")
+                    }
+                    do {
+                        _ = try ScheduleExpression(parsing: check.schedule, timezone: check.timezone)
+                    } catch let error as KilnError {
+                        throw issue(entry, "\(what) of pipeline \(check.pipeline): \(error.message)")
+                    }
+                    triggers.packageChecks.append(check)
+                }
+            default:
+                throw issue(keyNode, "unknown key '\(what)'; allowed: registryEvents, parentPollInterval, debounce, packageChecks")
+            }
+        }
+        return triggers
     }
 
     /// `KILN_LISTEN`, `KILN_ACCOUNT_ID`, `KILN_HOME_REGION`, `KILN_MAX_CONCURRENT_BUILDS`, and

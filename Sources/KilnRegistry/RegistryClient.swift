@@ -135,6 +135,17 @@ public final class RegistryClient: Sendable {
         try await manifest(repository: reference.repository, reference: reference.manifestReference, expected: reference.digest)
     }
 
+    /// One HEAD of a manifest, not retried: the caller polls, and backs off itself on a 429 or 5xx.
+    public func headManifest(_ reference: ImageReference) async throws -> ManifestHead {
+        let url = "\(baseURL)/\(reference.repository)/manifests/\(reference.manifestReference)"
+        let response = try await send(
+            .HEAD, url, scope: .pull(reference.repository), headers: ["Accept": Self.manifestAccept], retrying: false)
+        _ = try? await response.body.collect(upTo: 1 << 16)
+        let retryAfter = response.headers.first(name: "retry-after").flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        return ManifestHead(
+            status: response.status.code, digest: response.headers.first(name: "docker-content-digest"), retryAfterSeconds: retryAfter)
+    }
+
     public func manifest(repository: String, reference: String, expected: Digest? = nil) async throws -> FetchedManifest {
         let url = "\(baseURL)/\(repository)/manifests/\(reference)"
         let response = try await send(.GET, url, scope: .pull(repository), headers: ["Accept": Self.manifestAccept])
@@ -422,5 +433,18 @@ public final class RegistryClient: Sendable {
             )
         }
         return location
+    }
+}
+
+/// What a manifest HEAD answered: the status, the tag's digest, and a 429's Retry-After.
+public struct ManifestHead: Sendable, Hashable {
+    public var status: UInt
+    public var digest: String?
+    public var retryAfterSeconds: Int?
+
+    public init(status: UInt, digest: String?, retryAfterSeconds: Int?) {
+        self.status = status
+        self.digest = digest
+        self.retryAfterSeconds = retryAfterSeconds
     }
 }

@@ -13,6 +13,7 @@ final class ImageBuilderAPI: Sendable {
     let configuration: KilnConfiguration
     let store: SQLiteStore
     let builds: BuildScheduler
+    let pipelineChanges = PipelineChangeSignal()
 
     init(configuration: KilnConfiguration, store: SQLiteStore, builds: BuildScheduler) {
         self.configuration = configuration

@@ -65,7 +65,16 @@ public struct ImageBuilderClient: Sendable {
 
     /// A signed GET of one of Kiln's own routes (`/kiln/...`); the body on success.
     public func get(_ path: String, query: String = "") async throws -> Data {
-        let (status, data) = try await send("GET", path: path, query: query, body: [])
+        try await kilnRoute("GET", path, query: query)
+    }
+
+    /// A signed POST, with no body, of one of Kiln's own routes; the body on success.
+    public func post(_ path: String) async throws -> Data {
+        try await kilnRoute("POST", path, query: "")
+    }
+
+    func kilnRoute(_ method: String, _ path: String, query: String) async throws -> Data {
+        let (status, data) = try await send(method, path: path, query: query, body: [])
         guard (200..<300).contains(status) else {
             let parsed = (try? JSONValue(parsing: data))?.object ?? [:]
             throw KilnError(

@@ -5,6 +5,7 @@ import KilnEngine
 import KilnInstances
 import KilnModel
 import KilnRegistry
+import KilnScheduler
 import KilnStore
 import Logging
 import NIOCore
@@ -22,6 +23,7 @@ public struct ImageBuilderServer: Sendable {
     let store: SQLiteStore
     let api: ImageBuilderAPI
     let builds: BuildScheduler
+    let triggers: PipelineScheduler
     let webhooks: WebhookSender
     let metrics: ServerMetrics
     let verifier: SigV4Verifier
@@ -53,6 +55,12 @@ public struct ImageBuilderServer: Sendable {
         builds = BuildScheduler(
             configuration: configuration, store: store, records: records, host: host, transfer: transfer, logger: logger)
         api = ImageBuilderAPI(configuration: configuration, store: store, builds: builds)
+        let probe = EngineDependencyProbe(
+            probe: try DependencyProbe(configuration: configuration, host: host, transfer: transfer, records: records),
+            registries: transfer.registries)
+        triggers = PipelineScheduler(
+            configuration: configuration, store: store, starter: StoredPipelineStarter(api: api), probe: probe, logger: logger)
+        api.pipelineChanges.observe { [triggers] in triggers.pipelinesChanged() }
         verifier = SigV4Verifier(
             secrets: Dictionary(
                 configuration.credentials.map { ($0.accessKeyId, $0.secretAccessKey) }, uniquingKeysWith: { _, last in last }))
@@ -104,7 +112,7 @@ public struct ImageBuilderServer: Sendable {
             }, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: application), .init(service: builds), .init(service: webhooks)],
+                services: [.init(service: application), .init(service: builds), .init(service: triggers), .init(service: webhooks)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         logger.info("kiln server stopped")
@@ -142,6 +150,9 @@ public struct ImageBuilderServer: Sendable {
                     requestID: requestID))
         }
         var headers = request.headers.map { (name: $0.name.rawName, value: $0.value) }
+        if method == "POST", path == "/kiln/events/registry" {
+            return registryEvent(headers: headers, body: body, requestID: requestID)
+        }
         // HTTPTypes keeps Host as the request's authority, not among the header fields.
         if let authority = request.head.authority, !headers.contains(where: { $0.name.lowercased() == "host" }) {
             headers.append((name: "host", value: authority))
@@ -152,6 +163,18 @@ public struct ImageBuilderServer: Sendable {
         } catch {
             logger.notice("\(method) \(path): refused, \(error.code): \(error.message)")
             return send(APIError(code: error.code, status: error.status, message: error.message).response(requestID: requestID))
+        }
+        if method == "POST", path.hasPrefix("/kiln/pipelines/"), path.hasSuffix("/fire") {
+            let name = String(path.dropFirst("/kiln/pipelines/".count).dropLast("/fire".count)).removingPercentEncoding ?? ""
+            do {
+                let id = try triggers.fireNow(pipeline: name)
+                logger.info("pipeline \(name): fired by \(keyId) (event \(id))")
+                return kilnJSON(["event": id])
+            } catch let error as KilnError {
+                return send(error.apiError.response(requestID: requestID))
+            } catch {
+                return send(APIError.serviceException("\(error)").response(requestID: requestID))
+            }
         }
         if method == "GET", path.hasPrefix("/kiln/") {
             return kilnRoute(
@@ -212,6 +235,10 @@ public struct ImageBuilderServer: Sendable {
                 let name = String(path.dropFirst("/kiln/records/".count)).removingPercentEncoding ?? ""
                 return json(try store.find(name))
             }
+            if path.hasPrefix("/kiln/pipelines/"), path.hasSuffix("/history") {
+                let name = String(path.dropFirst("/kiln/pipelines/".count).dropLast("/history".count)).removingPercentEncoding ?? ""
+                return json(try pipelineHistory(name))
+            }
             if path.hasPrefix("/kiln/logs/") {
                 return logStream(
                     String(path.dropFirst("/kiln/logs/".count)), follow: parameters["follow"] != "false", requestID: requestID)
@@ -234,6 +261,13 @@ public struct ImageBuilderServer: Sendable {
         } catch {
             return send(APIError.serviceException("\(error)").response(requestID: requestID))
         }
+    }
+
+    func kilnJSON(_ value: some Encodable) -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let data = (try? encoder.encode(value)) ?? Data("null".utf8)
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
     /// `GET /kiln/logs/{image ARN}`: the image's pipeline log as server-sent events, one `data:`

@@ -16,7 +16,9 @@ extension ImageBuilderAPI {
                 "InvalidRequestException",
                 "image pipeline \(arn) is DISABLED; enable it (update-image-pipeline --status ENABLED) to start it")
         }
-        let imageArn = try queueBuild(pipeline: pipeline, pipelineArn: arn, buildType: "USER_INITIATED", tags: input["tags"])
+        let imageArn = try queueBuild(
+            pipeline: pipeline, pipelineArn: arn, trigger: BuildTrigger(kind: .manual, detail: "StartImagePipelineExecution"),
+            tags: input["tags"])
         pipeline["dateLastRun"] = .string(now)
         try store.update(arn: arn, document: JSONValue.object(pipeline).encodedData())
         return ["imageBuildVersionArn": .string(imageArn)]
@@ -31,13 +33,14 @@ extension ImageBuilderAPI {
         guard (image == nil) != (container == nil) else {
             throw apiError("InvalidParameterCombinationException", "CreateImage needs imageRecipeArn or containerRecipeArn, exactly one")
         }
-        let imageArn = try queueBuild(pipeline: pipeline, pipelineArn: nil, buildType: "USER_INITIATED", tags: input["tags"])
+        let imageArn = try queueBuild(
+            pipeline: pipeline, pipelineArn: nil, trigger: BuildTrigger(kind: .manual, detail: "CreateImage"), tags: input["tags"])
         return ["imageBuildVersionArn": .string(imageArn)]
     }
 
     /// Resolves what the pipeline names, snapshots it, reserves the image's build number and
     /// queues the build; the PENDING record and the queue entry are stored before this returns.
-    func queueBuild(pipeline: Object, pipelineArn: String?, buildType: String, tags: JSONValue?) throws -> String {
+    func queueBuild(pipeline: Object, pipelineArn: String?, trigger: BuildTrigger, tags: JSONValue?) throws -> String {
         var definitions = Definitions()
         var snapshot: Object = [:]
         let recipeKind: ResourceKind = pipeline["containerRecipeArn"]?.string != nil ? .containerRecipe : .imageRecipe
@@ -47,12 +50,14 @@ extension ImageBuilderAPI {
         snapshot[recipeKind == .containerRecipe ? "containerRecipe" : "imageRecipe"] = .object(recipeDocument)
         // Components as the recipe names them, each at the build its reference selects now.
         var components: [JSONValue] = []
+        var componentBuilds: [String] = []
         for (index, configuration) in (recipeDocument["components"]?.array ?? []).enumerated() {
             let member = "\(recipeMember) components[\(index)]"
             let component = try resolveReference(configuration["componentArn"]?.string ?? "", kind: .component, member: member)
             var componentDocument = try document(component)
             componentDocument["semanticVersion"] = componentDocument["version"]
             definitions.components.append(try decode(ComponentDefinition.self, componentDocument, what: component.arn))
+            componentBuilds.append(component.arn)
             var pinned = configuration.object ?? [:]
             pinned["componentArn"] = .string(arn("component", component.name, component.version!.description))
             components.append(.object(pinned))
@@ -100,10 +105,16 @@ extension ImageBuilderAPI {
         let folder = store.folder(name: name, version: version, build: build)
         let record = ImageRecord(
             arn: imageArn, name: name, version: version, build: build, type: recipeKind == .containerRecipe ? .docker : .ami,
-            status: .pending, sourcePipelineName: pipelineArn == nil ? nil : pipelineName, dateCreated: now, logDirectory: folder + "/logs")
+            status: .pending, sourcePipelineName: pipelineArn == nil ? nil : pipelineName, trigger: trigger, dateCreated: now,
+            logDirectory: folder + "/logs")
         snapshot["imageTestsConfiguration"] = pipeline["imageTestsConfiguration"] ?? ["imageTestsEnabled": true, "timeoutMinutes": 720]
         snapshot["enhancedImageMetadataEnabled"] = pipeline["enhancedImageMetadataEnabled"] ?? true
-        snapshot["buildType"] = .string(buildType)
+        snapshot["buildType"] = .string(trigger.buildType)
+        // What the dependency-updates start condition compares the next fire with.
+        snapshot["kilnResolvedInputs"] = [
+            "recipe": .string(recipe.arn), "components": .array(componentBuilds.map(JSONValue.string)),
+            "parentImage": recipeDocument["parentImage"] ?? "",
+        ]
         if let pipelineArn {
             snapshot["sourcePipelineArn"] = .string(pipelineArn)
             snapshot["sourcePipelineName"] = .string(pipelineName)

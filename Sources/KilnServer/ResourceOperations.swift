@@ -2,6 +2,7 @@ import Foundation
 import KilnEngine
 import KilnInstances
 import KilnModel
+import KilnScheduler
 import KilnStore
 
 /// How each kind of resource is named in the API's members.
@@ -338,6 +339,7 @@ extension ImageBuilderAPI {
             document["platform"] = "Linux"
         }
         try insert(kind: kind, arn: arn, name: name, version: nil, build: nil, document: document, tags: input["tags"])
+        if kind == .imagePipeline { pipelineChanges.notify() }
         return [naming.arnMember: .string(arn)]
     }
 
@@ -356,6 +358,7 @@ extension ImageBuilderAPI {
         if kind == .imagePipeline { document["status"] = .string(input["status"]?.string ?? before["status"]?.string ?? "ENABLED") }
         document["dateUpdated"] = .string(now)
         try store.update(arn: arn, document: JSONValue.object(document).encodedData())
+        pipelineChanges.notify()
         return [naming.arnMember: .string(arn)]
     }
 
@@ -393,6 +396,7 @@ extension ImageBuilderAPI {
                 }
             }
         case .imagePipeline:
+            try checkSchedule(input)
             let image = input["imageRecipeArn"]?.string
             let container = input["containerRecipeArn"]?.string
             guard (image == nil) != (container == nil) else {
@@ -450,6 +454,7 @@ extension ImageBuilderAPI {
                 "image pipeline \(arn) has a build running; cancel it (cancel-image-creation) or wait, then delete")
         }
         _ = try store.delete(arn: arn)
+        if kind == .imagePipeline { pipelineChanges.notify() }
         return [naming.arnMember: .string(arn)]
     }
 
@@ -506,11 +511,12 @@ extension ImageBuilderAPI {
         var document = try document(resource)
         if resource.kind == .imagePipeline {
             // From the pipeline's images, newest first: its last run's state and the failures in a row.
-            let images = try store.records(pipeline: resource.name, offset: 0, limit: 1_000).items
+            let images = try store.records(pipeline: resource.name, offset: 0, limit: 10_000).items
                 .sorted { $0.dateCreated > $1.dateCreated }
             if let last = images.first { document["lastRunStatus"] = .string(last.status.rawValue) }
-            let failures = images.prefix { $0.status == .failed }.count
+            let failures = AutoDisablePolicy.consecutiveFailures(images, since: pipelineAnchor(document)).count
             document["consecutiveFailures"] = .number(Double(failures))
+            document["dateNextRun"] = dateNextRun(document).map(JSONValue.string)
         }
         document["tags"] = .object(try store.tags(arn: resource.arn).mapValues(JSONValue.string))
         return document

@@ -12,7 +12,7 @@ import Synchronization
 /// and `kiln server` open the same file; SQLite's locks keep them apart. Each build's logs stay
 /// in folders under `<dataDirectory>/images`. Opening it migrates the schema, imports the JSON
 /// records of an older Kiln once, and ends the records a dead Kiln left running.
-public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, WebhookOutbox, Sendable {
+public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, WebhookOutbox, TriggerRecords, Sendable {
     public let path: String
     /// `<dataDirectory>/images`: each build's log folder, and where older Kilns kept records.
     public let imagesFolder: String
@@ -118,6 +118,29 @@ public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, Webho
                         createdAt INTEGER NOT NULL
                     );
                     CREATE INDEX webhook_delivery_due ON webhook_delivery(deliveredAt, nextAttemptAt);
+                    """)
+        }
+        migrator.registerMigration("3 pipeline events, scheduler state") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE pipeline_event (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        pipeline TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        receivedAt INTEGER NOT NULL,
+                        dueAt INTEGER NOT NULL,
+                        detail TEXT NOT NULL,
+                        count INTEGER NOT NULL DEFAULT 1,
+                        outcome TEXT NOT NULL,
+                        reason TEXT,
+                        imageArn TEXT,
+                        resolved TEXT,
+                        packages TEXT,
+                        reviewed INTEGER NOT NULL DEFAULT 0
+                    );
+                    CREATE INDEX pipeline_event_pending ON pipeline_event(outcome, dueAt);
+                    CREATE INDEX pipeline_event_pipeline ON pipeline_event(pipeline, id);
+                    CREATE TABLE scheduler_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                     """)
         }
         return migrator

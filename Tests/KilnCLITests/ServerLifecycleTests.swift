@@ -259,6 +259,11 @@ struct ServerLifecycleTests {
         /// The CLI's JSON output; throws with its stderr when it exits non-zero.
         @discardableResult
         func require(_ arguments: String...) throws -> [String: Any] {
+            try require(arguments)
+        }
+
+        @discardableResult
+        func require(_ arguments: [String]) throws -> [String: Any] {
             let errors = home + "/aws-stderr-\(UUID().uuidString)"
             _ = FileManager.default.createFile(atPath: errors, contents: nil)
             defer { try? FileManager.default.removeItem(atPath: errors) }

@@ -173,7 +173,7 @@ public final class LoopbackRegistry: Sendable {
 
     public init(
         port fixedPort: Int? = nil, htpasswd: (user: String, password: String)? = nil, tls: Bool = false,
-        token: (realm: String, certificate: String)? = nil
+        token: (realm: String, certificate: String)? = nil, notify: (url: String, header: String, value: String)? = nil
     ) throws {
         directory = Scratch("kiln-registry").path
         var auth = "", tlsConfig = ""
@@ -201,6 +201,11 @@ public final class LoopbackRegistry: Sendable {
             auth =
                 "auth:\n  token:\n    realm: \(token.realm)\n    service: kiln-test\n    issuer: kiln-test-issuer\n    rootcertbundle: \(token.certificate)\n"
         }
+        // Pushes are posted to `notify.url` as distribution's event envelopes, retried every second.
+        let notifications =
+            notify.map {
+                "notifications:\n  endpoints:\n    - name: kiln\n      url: \($0.url)\n      headers:\n        \($0.header): [\"\($0.value)\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n"
+            } ?? ""
         let config = directory + "/config.yml"
         let directory = self.directory
         server = try LoopbackServer(
@@ -215,7 +220,7 @@ public final class LoopbackRegistry: Sendable {
                     rootdirectory: \(directory)/data
                 http:
                   addr: 127.0.0.1:\(port)
-                \(tlsConfig)\(auth)
+                \(tlsConfig)\(auth)\(notifications)
                 """.write(toFile: config, atomically: true, encoding: .utf8)
                 return ["serve", config]
             }, port: fixedPort)
