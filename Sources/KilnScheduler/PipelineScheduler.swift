@@ -37,6 +37,9 @@ public final class PipelineScheduler: Service, Sendable {
         var polls: [String: PollState] = [:]
         var stale = true
         var loadedOnce = false
+        /// Reads of every pipeline are at least this far apart, so a burst of API changes
+        /// (thousands of CreateImagePipeline calls) costs a few reloads, not one per call.
+        var lastReload = Date.distantPast
     }
 
     private let state = Mutex(State())
@@ -66,7 +69,9 @@ public final class PipelineScheduler: Service, Sendable {
     /// Stores an event for every enabled pipeline whose parent is a pushed tag; the registry
     /// is answered only after this returns. Returns the pipelines' names.
     public func receive(_ notification: RegistryNotification) throws -> [String] {
-        let pipelines = try starter.scheduledPipelines().filter(\.enabled)
+        // The cached pipelines unless one changed since they were read (a push must not miss a new pipeline).
+        let cached = state.withLock { $0.stale || !$0.loadedOnce ? nil : Array($0.pipelines.values) }
+        let pipelines = try (cached ?? starter.scheduledPipelines()).filter(\.enabled)
         let now = clock()
         var matched: [String] = []
         for push in notification.pushes {
@@ -118,7 +123,7 @@ public final class PipelineScheduler: Service, Sendable {
     public func tick() async {
         let now = clock()
         do {
-            if state.withLock({ $0.stale }) { try reload(now: now) }
+            if state.withLock({ $0.stale && now.timeIntervalSince($0.lastReload) >= Self.reloadSpacing }) { try reload(now: now) }
             try fire(now: now)
             await poll(now: now)
             await checkPackages(now: now)
@@ -137,7 +142,7 @@ public final class PipelineScheduler: Service, Sendable {
         let dueEvent = (try? store.nextDueEvent()).flatMap { $0 }.map { Double($0) - now.timeIntervalSince1970 }
         return state.withLock { state in
             var times = Array(state.nextFires.values) + Array(state.packageChecks.values) + state.polls.values.map(\.nextAt)
-            if state.stale { times.append(now) }
+            if state.stale { times.append(state.lastReload.addingTimeInterval(Self.reloadSpacing)) }
             let earliest = times.min().map { $0.timeIntervalSince(now) }
             return [earliest, dueEvent].compactMap { $0 }.min() ?? 60
         }
@@ -148,6 +153,7 @@ public final class PipelineScheduler: Service, Sendable {
     /// Reads the pipelines again. At the first load, fires missed while the server was down
     /// give one catch-up event per pipeline.
     func reload(now: Date) throws {
+        let reading = ContinuousClock.now
         let pipelines = try starter.scheduledPipelines()
         let lastFires = try store.schedulerValues(prefix: "fire:")
         let firstLoad = !state.withLock { $0.loadedOnce }
@@ -215,10 +221,11 @@ public final class PipelineScheduler: Service, Sendable {
             state.packageChecks = checks
             state.stale = false
             state.loadedOnce = true
+            state.lastReload = now
         }
         if firstLoad {
             logger.info(
-                "scheduler: \(nextFires.count) scheduled pipeline(s) of \(pipelines.count); next fire \(nextFires.values.min().map(Self.iso) ?? "none")"
+                "scheduler: \(nextFires.count) scheduled pipeline(s) of \(pipelines.count), read in \(String(format: "%.2f", (ContinuousClock.now - reading).inSeconds)) s; next fire \(nextFires.values.min().map(Self.iso) ?? "none")"
             )
         }
     }
@@ -363,7 +370,7 @@ public final class PipelineScheduler: Service, Sendable {
     }
 
     func decide(_ event: PipelineEvent) async -> Decision {
-        guard let pipeline = (try? starter.scheduledPipelines())?.first(where: { $0.name == event.pipeline }) else {
+        guard let pipeline = (try? starter.scheduledPipeline(named: event.pipeline)) ?? nil else {
             return Decision(start: false, reason: "the pipeline no longer exists")
         }
         guard pipeline.enabled else { return Decision(start: false, reason: "the pipeline is DISABLED") }
@@ -488,6 +495,8 @@ public final class PipelineScheduler: Service, Sendable {
         }
     }
 
+    static let reloadSpacing: TimeInterval = 2
+
     static func seconds(_ date: Date) -> Int { Int(date.timeIntervalSince1970.rounded(.down)) }
 
     static func iso(_ date: Date) -> String { ISO8601DateFormatter().string(from: date) }
@@ -535,7 +544,7 @@ extension PipelineScheduler {
     /// `kiln pipeline fire`: a schedule event now, decided under the pipeline's start condition
     /// exactly as a cron fire would be.
     public func fireNow(pipeline name: String) throws -> Int64 {
-        guard let pipeline = try starter.scheduledPipelines().first(where: { $0.name == name }) else {
+        guard let pipeline = try starter.scheduledPipeline(named: name) else {
             throw KilnError(.notFound, "image pipeline '\(name)' does not exist")
         }
         let now = clock()

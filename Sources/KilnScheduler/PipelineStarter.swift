@@ -57,6 +57,8 @@ public struct ResolvedInputs: Sendable, Hashable, Codable {
 /// store, where recipes and wildcard references are resolved the way a start resolves them.
 public protocol PipelineStarter: Sendable {
     func scheduledPipelines() throws -> [ScheduledPipeline]
+    /// One pipeline, read now; nil when it does not exist.
+    func scheduledPipeline(named name: String) throws -> ScheduledPipeline?
     /// The inputs a start would snapshot now.
     func currentInputs(pipeline: String) throws -> ResolvedInputs
     /// The inputs an image was started with, if it recorded them.

@@ -22,6 +22,10 @@ struct StoredPipelineStarter: PipelineStarter {
         }
     }
 
+    func scheduledPipeline(named name: String) throws -> ScheduledPipeline? {
+        try api.store.resources(kind: .imagePipeline, name: name, offset: 0, limit: 1).items.first.map(api.scheduledPipeline)
+    }
+
     func currentInputs(pipeline: String) throws -> ResolvedInputs {
         guard let resource = try api.store.resources(kind: .imagePipeline, name: pipeline, offset: 0, limit: 1).items.first else {
             throw KilnError(.notFound, "image pipeline '\(pipeline)' does not exist")

@@ -33,6 +33,7 @@ struct PipelineSchedulerTests {
         init(store: SQLiteStore) { self.store = store }
 
         func scheduledPipelines() throws -> [ScheduledPipeline] { lock.withLock { pipelines } }
+        func scheduledPipeline(named name: String) throws -> ScheduledPipeline? { lock.withLock { pipelines.first { $0.name == name } } }
         func currentInputs(pipeline: String) throws -> ResolvedInputs { lock.withLock { inputs } }
         func recordedInputs(imageArn: String) throws -> ResolvedInputs? { lock.withLock { recorded[imageArn] } }
         func start(pipeline: String, trigger: BuildTrigger) throws -> String {
