@@ -461,10 +461,10 @@ private enum CronSyntax {
                 throw KilnError(.invalidArgument, "'\(text)' is a rate expression; this schedule takes a cron expression, \(usage)")
             }
             let bare = text.split(separator: " ", omittingEmptySubsequences: false)
-            if bare.count == 5, !bare.contains(where: \.isEmpty) {
+            if bare.count == 5, !bare.contains(where: { $0.isEmpty }) {
                 throw KilnError(.invalidArgument, nonStandard(text, fields: bare, unix: true))
             }
-            if bare.count == 6, !bare.contains(where: \.isEmpty) {
+            if bare.count == 6, !bare.contains(where: { $0.isEmpty }) {
                 let wrapped = "cron(\(text))"
                 let fix = (try? CronExpression(parsing: wrapped)) != nil ? "use \(wrapped)" : "wrap the six fields as \(usage)"
                 throw KilnError(.invalidArgument, "cron expression '\(text)' must be wrapped in cron(...): \(fix)")
@@ -478,12 +478,12 @@ private enum CronSyntax {
         let inner = text.dropFirst(5).dropLast()
         if inner.isEmpty { throw KilnError(.invalidArgument, "cron expression '\(text)' has no fields: write \(usage)") }
         let fields = inner.split(separator: " ", omittingEmptySubsequences: false)
-        if fields.contains(where: \.isEmpty) {
+        if fields.contains(where: { $0.isEmpty }) {
             let single = "cron(" + inner.split(separator: " ").joined(separator: " ") + ")"
             throw KilnError(
                 .invalidArgument, "cron expression '\(text)': fields are separated by exactly one space, with none at the ends: \(single)")
         }
-        if inner.contains(where: { $0.isWhitespace && $0 != " " }) {
+        if inner.utf8.contains(where: { (9...13).contains($0) }) {
             throw KilnError(
                 .invalidArgument,
                 "cron expression '\(text)' contains a tab or another whitespace character; separate fields with single spaces")
@@ -611,10 +611,13 @@ private enum CronField: String {
         }
     }
 
+    private static let monthNames = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+    private static let dayNames = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
+
     var names: [String] {
         switch self {
-        case .month: ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
-        case .dayOfWeek: ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
+        case .month: Self.monthNames
+        case .dayOfWeek: Self.dayNames
         default: []
         }
     }
@@ -690,7 +693,7 @@ private struct CronFieldParser {
             if parts.count == 2 {
                 guard steps else { throw failure(field, item, "steps ('/') are not allowed in \(field.rawValue); list the values instead") }
                 let span = field.range.count
-                guard let given = Int(parts[1]), parts[1].allSatisfy(\.isNumber), given >= 1, given <= span else {
+                guard let given = Int(parts[1]), parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), given >= 1, given <= span else {
                     throw failure(field, item, "the step after '/' must be a whole number from 1 to \(span)")
                 }
                 step = given
@@ -743,14 +746,27 @@ private struct CronFieldParser {
         }
     }
 
+    /// Whether a day field holds one of the letters of `L`, `W` or `#` (names use none of them
+    /// but W in WED), so the common plain fields skip the special forms.
+    private func hasSpecial(_ text: Substring, allowingWED: Bool) -> Bool {
+        text.utf8.contains { byte in
+            switch byte | 0x20 {
+            case UInt8(ascii: "l"), UInt8(ascii: "#") | 0x20: true
+            case UInt8(ascii: "w"): !allowingWED
+            default: false
+            }
+        }
+    }
+
     func dayOfMonthRule(_ text: Substring) throws -> DayOfMonthRule {
+        if text == "*" { return .any }
+        guard hasSpecial(text, allowingWED: false) else { return .days(try plainField(text, .dayOfMonth)) }
         let upper = text.uppercased()
-        if upper == "*" { return .any }
         if upper == "L" { return .last }
         if upper == "LW" { return .lastWeekday }
         if upper.hasSuffix("W") {
             let day = upper.dropLast()
-            guard !day.isEmpty, day.allSatisfy(\.isNumber) else {
+            guard !day.isEmpty, day.allSatisfy({ $0.isASCII && $0.isNumber }) else {
                 throw failure(.dayOfMonth, text, "'W' follows a single day, as in 15W, or L, as in LW")
             }
             guard let number = Int(day), CronField.dayOfMonth.range.contains(number) else {
@@ -758,43 +774,35 @@ private struct CronFieldParser {
             }
             return .nearestWeekday(number)
         }
-        if upper.contains("L") || upper.contains("W") {
+        if upper.contains(where: { $0 == "L" || $0 == "W" }) {
             throw failure(.dayOfMonth, text, "L, LW and nW must be the whole field (L-n offsets and lists with L or W are not supported)")
         }
-        if upper.contains("#") { throw failure(.dayOfMonth, text, "'#' is only for day-of-week, as in 3#2") }
-        return .days(try plainField(text, .dayOfMonth))
+        throw failure(.dayOfMonth, text, "'#' is only for day-of-week, as in 3#2")
     }
 
     func dayOfWeekRule(_ text: Substring) throws -> DayOfWeekRule {
+        if text == "*" { return .any }
+        guard hasSpecial(text, allowingWED: true) else { return .weekdays(try plainField(text, .dayOfWeek, steps: false)) }
         let upper = text.uppercased()
-        if upper == "*" { return .any }
         if upper == "L" { return .weekdays(1 << 7) }
+        let isList = upper.contains { $0 == "," || $0 == "-" }
         if let hash = upper.firstIndex(of: "#") {
-            let weekday = upper[..<hash]
-            let week = upper[upper.index(after: hash)...]
-            guard !weekday.contains(","), !weekday.contains("-") else {
+            guard !isList else {
                 throw failure(.dayOfWeek, text, "'#' takes one day, as in 3#2 or TUE#2, and must be the whole field")
             }
-            let day = try value(Substring(weekday), .dayOfWeek, in: text)
-            guard let number = Int(week), week.allSatisfy(\.isNumber), (1...5).contains(number) else {
+            let day = try value(upper[..<hash], .dayOfWeek, in: text)
+            let week = upper[upper.index(after: hash)...]
+            guard week.allSatisfy({ $0.isASCII && $0.isNumber }), let number = Int(week), (1...5).contains(number) else {
                 throw failure(.dayOfWeek, text, "the week after '#' must be 1 to 5")
             }
             return .nth(day, number)
         }
-        if upper.hasSuffix("L") {
-            let weekday = upper.dropLast()
-            guard !weekday.contains(","), !weekday.contains("-") else {
-                throw failure(.dayOfWeek, text, "'L' after a day takes one day, as in 6L (last Friday), and must be the whole field")
-            }
-            return .last(try value(Substring(weekday), .dayOfWeek, in: text))
+        if upper.hasSuffix("L"), !isList {
+            return .last(try value(upper.dropLast(), .dayOfWeek, in: text))
         }
-        if upper.contains("W") && !field(upper, containsNamesWith: "W") {
-            throw failure(.dayOfWeek, text, "'W' is only for day-of-month, as in 15W")
+        if upper.hasSuffix("L") {
+            throw failure(.dayOfWeek, text, "'L' after a day takes one day, as in 6L (last Friday), and must be the whole field")
         }
         return .weekdays(try plainField(text, .dayOfWeek, steps: false))
-    }
-
-    private func field(_ text: String, containsNamesWith letter: Character) -> Bool {
-        text.split(whereSeparator: { ",-".contains($0) }).contains { CronField.dayOfWeek.names.contains(String($0)) && $0.contains(letter) }
     }
 }
