@@ -42,6 +42,26 @@ struct ServerConfigurationTests {
         #expect(KilnConfiguration.listenAddress("[::1]:8080")?.host == "::1")
     }
 
+    @Test("triggers: registry notifications with a secret from the environment, polling, debounce and package checks")
+    func readsTriggers() throws {
+        let configuration = try load(
+            """
+            triggers:
+              registryEvents: {header: X-Registry-Token, secretEnv: REGISTRY_SECRET}
+              parentPollInterval: 5m
+              debounce: 10s
+              packageChecks:
+                - {pipeline: web, schedule: "rate(6 hours)", securityOnly: true}
+                - {pipeline: api, schedule: "cron(0 3 ? * MON *)", timezone: Europe/Berlin}
+            """, environment: ["REGISTRY_SECRET": "s3"])
+        let triggers = configuration.triggers
+        #expect(triggers.registryEventSecret == "s3" && triggers.registryEventHeader == "X-Registry-Token")
+        #expect(triggers.parentPollSeconds == 300 && triggers.debounceSeconds == 10)
+        #expect(triggers.packageChecks.map(\.pipeline) == ["web", "api"])
+        #expect(triggers.packageChecks[0].securityOnly && !triggers.packageChecks[1].securityOnly)
+        #expect(try load("listen: 127.0.0.1:1").triggers.parentPollSeconds == nil, "polling is off unless asked for")
+    }
+
     @Test(
         "A bad value names the file, the line and the key",
         arguments: [
@@ -53,6 +73,14 @@ struct ServerConfigurationTests {
             ("webhooks:\n  - {name: a, url: ftp://x}", "3", "webhooks.url must be an http or https URL"),
             ("webhooks:\n  - {name: a, url: http://x}\n  - {name: a, url: http://y}", "4", "two webhooks are named 'a'"),
             ("listne: 127.0.0.1:1", "2", "unknown key 'listne'"),
+            ("triggers:\n  registryEvents: {header: X-Token}", "3", "needs secret or secretEnv"),
+            ("triggers:\n  parentPollInterval: soon", "3", "triggers.parentPollInterval must be a duration"),
+            (
+                "triggers:\n  packageChecks:\n    - {pipeline: web, schedule: \"cron(0 9 * * 1)\"}", "4",
+                "Non-standard cron expressions are not supported"
+            ),
+            ("triggers:\n  packageChecks:\n    - {pipeline: web}", "4", "needs pipeline and schedule"),
+            ("triggers:\n  debounse: 2s", "3", "unknown key 'triggers.debounse'"),
         ])
     func refuses(_ text: String, line: String, message: String) throws {
         let error = try #require(throws: KilnError.self) { try load("homeRegion: us-east-1\n" + text) }
