@@ -18,7 +18,7 @@ recipe = client.create_container_recipe(
     name="base", semanticVersion="1.0.0", parentImage="bootstrap:debian:bookworm", containerType="DOCKER",
     components=[{"componentArn": component["componentBuildVersionArn"]}],
     targetRepository={"service": "ECR", "repositoryName": "bench/base"},
-    dockerfileTemplateData="FROM {{{ imagebuilder:parentImage }}}\n{{{ imagebuilder:components }}}")["containerRecipeArn"]
+    dockerfileTemplateData="FROM {{{ imagebuilder:parentImage }}}\n{{{ imagebuilder:environments }}}\n{{{ imagebuilder:components }}}")["containerRecipeArn"]
 infrastructure = client.create_infrastructure_configuration(name="bench", instanceProfileName="kiln")
 zones = ["UTC", "America/New_York", "Europe/Berlin", "Asia/Tokyo", "Australia/Sydney"]
 

@@ -17,13 +17,18 @@ struct StoredPipelineStarter: PipelineStarter {
     let api: ImageBuilderAPI
 
     func scheduledPipelines() throws -> [ScheduledPipeline] {
-        try api.store.resources(kind: .imagePipeline, name: nil, offset: 0, limit: 1_000_000).items.compactMap { resource in
-            try? api.scheduledPipeline(resource)
+        // Many pipelines share a recipe: each recipe reference is resolved once per read.
+        var parents: [String: String] = [:]
+        return try api.store.resources(kind: .imagePipeline, name: nil, offset: 0, limit: 1_000_000).items.compactMap { resource in
+            try? api.scheduledPipeline(resource, parents: &parents)
         }
     }
 
     func scheduledPipeline(named name: String) throws -> ScheduledPipeline? {
-        try api.store.resources(kind: .imagePipeline, name: name, offset: 0, limit: 1).items.first.map(api.scheduledPipeline)
+        var parents: [String: String] = [:]
+        return try api.store.resources(kind: .imagePipeline, name: name, offset: 0, limit: 1).items.first.map {
+            try api.scheduledPipeline($0, parents: &parents)
+        }
     }
 
     func currentInputs(pipeline: String) throws -> ResolvedInputs {
@@ -55,21 +60,29 @@ struct StoredPipelineStarter: PipelineStarter {
 
 extension ImageBuilderAPI {
     /// The stored pipeline as the scheduler needs it; nil schedule when it has none.
-    func scheduledPipeline(_ resource: StoredResource) throws -> ScheduledPipeline {
+    /// `parents` caches each recipe reference's parentImage for the caller's read.
+    func scheduledPipeline(_ resource: StoredResource, parents: inout [String: String]) throws -> ScheduledPipeline {
         let pipeline = try document(resource)
         let schedule = pipeline["schedule"]
         let expression = try schedule?["scheduleExpression"]?.string.map {
             try ScheduleExpression(parsing: $0, timezone: schedule?["timezone"]?.string)
         }
         let recipeMember = pipeline["containerRecipeArn"]?.string != nil ? "containerRecipeArn" : "imageRecipeArn"
-        let recipe = try resolveReference(
-            pipeline[recipeMember]?.string ?? "", kind: recipeMember == "containerRecipeArn" ? .containerRecipe : .imageRecipe,
-            member: recipeMember)
+        let recipeReference = pipeline[recipeMember]?.string ?? ""
+        let parentImage: String
+        if let known = parents[recipeReference] {
+            parentImage = known
+        } else {
+            let recipe = try resolveReference(
+                recipeReference, kind: recipeMember == "containerRecipeArn" ? .containerRecipe : .imageRecipe, member: recipeMember)
+            parentImage = try document(recipe)["parentImage"]?.string ?? ""
+            parents[recipeReference] = parentImage
+        }
         return ScheduledPipeline(
             name: resource.name, arn: resource.arn, enabled: pipeline["status"]?.string != "DISABLED", schedule: expression,
             startCondition: StartCondition(rawValue: schedule?["pipelineExecutionStartCondition"]?.string ?? "")
                 ?? .dependencyUpdatesAvailable,
-            anchor: pipelineAnchor(pipeline), parentImage: try document(recipe)["parentImage"]?.string ?? "",
+            anchor: pipelineAnchor(pipeline), parentImage: parentImage,
             autoDisableFailureCount: schedule?["autoDisablePolicy"]?["failureCount"]?.int)
     }
 
