@@ -33,6 +33,12 @@ extension PipelineRun {
                 _ = try image.fail(.distribute, region: entry.region, "region \(entry.region) is not defined in kiln.yaml's regions:")
                 return false
             }
+            if entry.containerDistributionConfiguration != nil, region.registry.isEmpty {
+                _ = try image.fail(
+                    .distribute, region: entry.region,
+                    "region \(entry.region) has no registry for container images; add regions.\(entry.region).registry to kiln.yaml")
+                return false
+            }
             if entry.amiDistributionConfiguration != nil {
                 image.progress(
                     "DISTRIBUTE: \(entry.region): amiDistributionConfiguration needs a disk image, which Kiln does not make yet; the root filesystem is kiln:\(image.record.localName ?? "")"

@@ -53,8 +53,35 @@ public struct KilnConfiguration: Sendable, Hashable {
 
     /// A distribution target: a registry (host[:port]), an optional repository prefix, and
     /// what storing and sending images there costs.
+    /// Where a region keeps machine-image disks: a directory, or an S3-compatible bucket.
+    public enum ImageStore: Sendable, Hashable {
+        case directory(String)
+        case s3(S3Bucket)
+    }
+
+    public struct S3Bucket: Sendable, Hashable {
+        /// nil: AWS's own endpoint for `region`.
+        public var endpoint: String?
+        public var bucket: String
+        public var prefix: String
+        public var region: String
+        public var accessKeyId: String
+        public var secretAccessKey: String
+
+        public init(endpoint: String?, bucket: String, prefix: String, region: String, accessKeyId: String, secretAccessKey: String) {
+            self.endpoint = endpoint
+            self.bucket = bucket
+            self.prefix = prefix
+            self.region = region
+            self.accessKeyId = accessKeyId
+            self.secretAccessKey = secretAccessKey
+        }
+    }
+
     public struct Region: Sendable, Hashable {
+        /// The OCI registry container images go to; empty in a region that only stores disks.
         public var registry: String
+        public var imageStore: ImageStore?
         public var repositoryPrefix: String?
         /// US dollars per GB-month stored (nil: `pricing.storagePerGBMonth`).
         public var storagePerGBMonth: Double?
@@ -302,10 +329,15 @@ public struct KilnConfiguration: Sendable, Hashable {
                     var storage: Double?
                     var transfer: Double?
                     var settings = Registry()
+                    var store: ImageStore?
                     for (field, fieldNode, fieldValue) in try mapping(regionNode, "regions.\(name)") {
                         let what = "regions.\(name).\(field)"
                         switch field {
                         case "registry": registry = try string(fieldValue, what)
+                        case "imageStore":
+                            store = try imageStore(
+                                fieldValue, what: what, issue: issue, mapping: mapping, string: string, absolute: absolute,
+                                environment: environment)
                         case "repositoryPrefix": prefix = try string(fieldValue, what)
                         case "storagePerGBMonth": storage = try price(fieldValue, what)
                         case "transferPerGB": transfer = try price(fieldValue, what)
@@ -322,14 +354,19 @@ public struct KilnConfiguration: Sendable, Hashable {
                         default:
                             throw issue(
                                 fieldNode,
-                                "unknown key '\(what)'; allowed: registry, repositoryPrefix, storagePerGBMonth, transferPerGB, insecure, caCertificate, username, password, passwordEnv"
+                                "unknown key '\(what)'; allowed: registry, imageStore, repositoryPrefix, storagePerGBMonth, transferPerGB, insecure, caCertificate, username, password, passwordEnv"
                             )
                         }
                     }
-                    guard let registry else { throw issue(regionNode, "regions.\(name) needs registry: host[:port]") }
-                    configuration.regions[name] = Region(
-                        registry: registry, repositoryPrefix: prefix, storagePerGBMonth: storage, transferPerGB: transfer)
-                    if settings != Registry() { configuration.registries[registry] = settings }
+                    guard registry != nil || store != nil else {
+                        throw issue(
+                            regionNode, "regions.\(name) needs registry: host[:port] (container images), imageStore (disks), or both")
+                    }
+                    var region = Region(
+                        registry: registry ?? "", repositoryPrefix: prefix, storagePerGBMonth: storage, transferPerGB: transfer)
+                    region.imageStore = store
+                    configuration.regions[name] = region
+                    if let registry, settings != Registry() { configuration.registries[registry] = settings }
                 }
             case "pricing":
                 for (field, fieldNode, fieldValue) in try mapping(value, "pricing") {
@@ -448,6 +485,64 @@ public struct KilnConfiguration: Sendable, Hashable {
         }
         try configuration.applyServerEnvironment(environment)
         return configuration
+    }
+
+    /// A region's `imageStore`: `{directory: PATH}` or `{s3: {bucket, prefix, endpoint, region,
+    /// accessKeyId, secretAccessKey | secretAccessKeyEnv}}`.
+    static func imageStore(
+        _ node: Node, what: String, issue: (Node, String) -> KilnError, mapping: (Node, String) throws -> [(String, Node, Node)],
+        string: (Node, String) throws -> String, absolute: (String) -> String, environment: [String: String]
+    ) throws -> ImageStore {
+        let entries = try mapping(node, what)
+        guard entries.count == 1, let entry = entries.first else {
+            throw issue(node, "\(what) must be one of {directory: PATH} or {s3: {bucket, …}}")
+        }
+        let (kind, kindNode, value) = entry
+        switch kind {
+        case "directory":
+            return .directory(absolute(try string(value, "\(what).directory")))
+        case "s3":
+            var bucket: String?
+            var prefix = ""
+            var endpoint: String?
+            var region = "us-east-1"
+            var keyId: String?
+            var secret: String?
+            for (field, fieldNode, fieldValue) in try mapping(value, "\(what).s3") {
+                let label = "\(what).s3.\(field)"
+                switch field {
+                case "bucket": bucket = try string(fieldValue, label)
+                case "prefix": prefix = try string(fieldValue, label).trimmingCharacters(in: CharacterSet(charactersIn: "/"))
+                case "endpoint":
+                    let text = try string(fieldValue, label)
+                    guard let url = URL(string: text), ["http", "https"].contains(url.scheme ?? ""), url.host != nil else {
+                        throw issue(fieldValue, "\(label) must be an http or https URL, like http://127.0.0.1:9000")
+                    }
+                    endpoint = text
+                case "region": region = try string(fieldValue, label)
+                case "accessKeyId": keyId = try string(fieldValue, label)
+                case "secretAccessKey": secret = try string(fieldValue, label)
+                case "secretAccessKeyEnv":
+                    let variable = try string(fieldValue, label)
+                    guard let text = environment[variable], !text.isEmpty else {
+                        throw issue(fieldValue, "\(label) names \(variable), which is not set in the environment")
+                    }
+                    secret = text
+                default:
+                    throw issue(
+                        fieldNode,
+                        "unknown key '\(label)'; allowed: bucket, prefix, endpoint, region, accessKeyId, secretAccessKey, secretAccessKeyEnv"
+                    )
+                }
+            }
+            guard let bucket, let keyId, let secret else {
+                throw issue(value, "\(what).s3 needs bucket, accessKeyId and secretAccessKey (or secretAccessKeyEnv)")
+            }
+            return .s3(
+                S3Bucket(endpoint: endpoint, bucket: bucket, prefix: prefix, region: region, accessKeyId: keyId, secretAccessKey: secret))
+        default:
+            throw issue(kindNode, "unknown key '\(what).\(kind)'; allowed: directory, s3")
+        }
     }
 
     /// The `triggers` mapping: registry notifications, parent polling, debounce and package checks.

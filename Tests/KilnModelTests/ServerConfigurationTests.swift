@@ -62,6 +62,32 @@ struct ServerConfigurationTests {
         #expect(try load("listen: 127.0.0.1:1").triggers.parentPollSeconds == nil, "polling is off unless asked for")
     }
 
+    @Test("regions: an image store is a directory or an S3 bucket; a disk-only region needs no registry")
+    func readsImageStores() throws {
+        let configuration = try load(
+            """
+            regions:
+              lab: {imageStore: {directory: disks}}
+              s3-lab:
+                registry: 127.0.0.1:5000
+                imageStore: {s3: {bucket: amis, prefix: /kiln/, endpoint: "http://127.0.0.1:9000", accessKeyId: AKIAS3, secretAccessKeyEnv: S3_SECRET}}
+            """, environment: ["S3_SECRET": "s3cret"])
+        guard case .directory(let folder) = configuration.regions["lab"]?.imageStore else {
+            Issue.record("lab has no directory store")
+            return
+        }
+        #expect(folder.hasSuffix("/disks") && folder.hasPrefix("/") && configuration.regions["lab"]?.registry == "")
+        guard case .s3(let bucket) = configuration.regions["s3-lab"]?.imageStore else {
+            Issue.record("s3-lab has no bucket")
+            return
+        }
+        #expect(bucket.bucket == "amis" && bucket.prefix == "kiln" && bucket.secretAccessKey == "s3cret" && bucket.region == "us-east-1")
+        let error = try #require(throws: KilnError.self) { try load("regions:\n  lab: {imageStore: {s3: {bucket: b}}}") }
+        #expect(error.message.contains("kiln.yaml:2:") && error.message.contains("needs bucket, accessKeyId and secretAccessKey"))
+        let empty = try #require(throws: KilnError.self) { try load("regions:\n  lab: {repositoryPrefix: x}") }
+        #expect(empty.message.contains("needs registry: host[:port] (container images), imageStore (disks), or both"))
+    }
+
     @Test(
         "A bad value names the file, the line and the key",
         arguments: [
