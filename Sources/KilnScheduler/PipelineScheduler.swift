@@ -140,11 +140,13 @@ public final class PipelineScheduler: Service, Sendable {
     func secondsUntilNextWork() -> Double {
         let now = clock()
         let dueEvent = (try? store.nextDueEvent()).flatMap { $0 }.map { Double($0) - now.timeIntervalSince1970 }
+        // A build the scheduler started is looked at every 2 s until it ends (auto-disable).
+        let watching = ((try? store.unreviewedStarts()) ?? []).isEmpty ? nil : 2.0
         return state.withLock { state in
             var times = Array(state.nextFires.values) + Array(state.packageChecks.values) + state.polls.values.map(\.nextAt)
             if state.stale { times.append(state.lastReload.addingTimeInterval(Self.reloadSpacing)) }
             let earliest = times.min().map { $0.timeIntervalSince(now) }
-            return [earliest, dueEvent].compactMap { $0 }.min() ?? 60
+            return [earliest, dueEvent, watching].compactMap { $0 }.min() ?? 60
         }
     }
 
@@ -482,10 +484,10 @@ public final class PipelineScheduler: Service, Sendable {
             let failures = AutoDisablePolicy.consecutiveFailures(
                 try store.records(pipeline: pipeline.name, offset: 0, limit: 10_000).items, since: pipeline.anchor)
             guard failures.count >= limit else { continue }
-            try starter.disable(pipeline: pipeline.name)
             let now = clock()
             let reason =
                 "pipeline DISABLED by its autoDisablePolicy: \(failures.count) automated build(s) failed in a row (\(failures.map(\.arn).joined(separator: ", "))); enable it with update-image-pipeline --status ENABLED"
+            try starter.disable(pipeline: pipeline.name, reason: reason)
             try store.addEvent(
                 PipelineEvent(
                     pipeline: pipeline.name, kind: event.kind, receivedAt: Self.seconds(now), dueAt: Self.seconds(now),

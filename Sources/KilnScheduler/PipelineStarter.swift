@@ -65,8 +65,8 @@ public protocol PipelineStarter: Sendable {
     func recordedInputs(imageArn: String) throws -> ResolvedInputs?
     /// Queues a build; returns the image's ARN.
     func start(pipeline: String, trigger: BuildTrigger) throws -> String
-    /// Sets the pipeline DISABLED (auto-disable policy).
-    func disable(pipeline: String) throws
+    /// Sets the pipeline DISABLED under its auto-disable policy, announcing why.
+    func disable(pipeline: String, reason: String) throws
 }
 
 /// What a start condition asks outside the store; `DependencyProbe` is the real one.

@@ -130,14 +130,16 @@ final class WebhookSender: Service, Sendable {
         for delivery in due {
             guard let webhook = webhooks[delivery.webhook] else {
                 try? store.recordAttempt(
-                    id: delivery.id, result: "webhook '\(delivery.webhook)' is no longer in kiln.yaml", delivered: false, nextAttemptAt: nil
+                    id: delivery.id, webhook: delivery.webhook, result: "webhook '\(delivery.webhook)' is no longer in kiln.yaml",
+                    delivered: false, nextAttemptAt: nil
                 )
                 continue
             }
             let result = await post(delivery, to: webhook)
             let attempts = delivery.attempts + 1
             let next = result.delivered || attempts >= Self.maximumAttempts ? nil : now + min(300, 1 << min(attempts, 9))
-            try? store.recordAttempt(id: delivery.id, result: result.text, delivered: result.delivered, nextAttemptAt: next)
+            try? store.recordAttempt(
+                id: delivery.id, webhook: delivery.webhook, result: result.text, delivered: result.delivered, nextAttemptAt: next)
             if result.delivered {
                 logger.info("webhook \(webhook.name): delivered event \(delivery.id) (try \(attempts))")
             } else {

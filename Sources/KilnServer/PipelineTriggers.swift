@@ -49,12 +49,28 @@ struct StoredPipelineStarter: PipelineStarter {
         try api.startPipeline(named: pipeline, trigger: trigger)
     }
 
-    func disable(pipeline: String) throws {
+    /// DISABLED, then an "EC2 Image Builder Image Pipeline Automatically Disabled" event to the
+    /// webhooks that take every event and the one the pipeline's infrastructure configuration names.
+    func disable(pipeline: String, reason: String) throws {
         let arn = api.arn("image-pipeline", ImageBuilderARN.normalizedName(pipeline))
         guard let resource = try api.store.resource(arn: arn) else { return }
         var document = try api.document(resource)
         document["status"] = "DISABLED"
         try api.store.update(arn: arn, document: JSONValue.object(document).encodedData())
+        let infrastructure = (document["infrastructureConfigurationArn"]?.string).flatMap { try? api.store.resource(arn: $0) }
+        let topic = infrastructure.flatMap { try? api.document($0)["snsTopicArn"]?.string }
+        let named = topic.flatMap { $0.split(separator: ":").last.map(String.init) }
+        let now = ISO8601DateFormatter().string(from: Date())
+        let id = UUID().uuidString.lowercased()
+        let body: JSONValue = [
+            "version": "0", "id": .string(id), "detail-type": "EC2 Image Builder Image Pipeline Automatically Disabled",
+            "source": "aws.imagebuilder", "account": .string(api.configuration.accountId), "time": .string(now),
+            "region": .string(api.configuration.homeRegion), "resources": [.string(arn)],
+            "detail": ["image-pipeline-arn": .string(arn), "state": ["status": "DISABLED", "reason": .string(reason)]],
+        ]
+        for webhook in api.configuration.webhooks where webhook.allImages || webhook.name == named {
+            try api.store.addDelivery(WebhookDelivery(id: id, webhook: webhook.name, body: body.encodedData()))
+        }
     }
 }
 

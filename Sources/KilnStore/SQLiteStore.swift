@@ -143,6 +143,28 @@ public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, Webho
                     CREATE TABLE scheduler_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                     """)
         }
+        // One event goes to several webhooks: a delivery is an event and a webhook.
+        migrator.registerMigration("4 webhook deliveries keyed by event and webhook") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE webhook_delivery_new (
+                        id TEXT NOT NULL,
+                        webhook TEXT NOT NULL,
+                        body BLOB NOT NULL,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        nextAttemptAt INTEGER NOT NULL,
+                        lastResult TEXT,
+                        deliveredAt INTEGER,
+                        createdAt INTEGER NOT NULL,
+                        PRIMARY KEY (id, webhook)
+                    );
+                    INSERT INTO webhook_delivery_new SELECT id, webhook, body, attempts, nextAttemptAt, lastResult, deliveredAt, createdAt
+                        FROM webhook_delivery;
+                    DROP TABLE webhook_delivery;
+                    ALTER TABLE webhook_delivery_new RENAME TO webhook_delivery;
+                    CREATE INDEX webhook_delivery_due ON webhook_delivery(deliveredAt, nextAttemptAt);
+                    """)
+        }
         return migrator
     }
 
@@ -548,14 +570,14 @@ public final class SQLiteStore: ImageRecords, ResourceRecords, BuildQueue, Webho
         }
     }
 
-    public func recordAttempt(id: String, result: String, delivered: Bool, nextAttemptAt: Int?) throws {
+    public func recordAttempt(id: String, webhook: String, result: String, delivered: Bool, nextAttemptAt: Int?) throws {
         try writing("record a webhook attempt") { db in
             try db.execute(
                 sql: """
                     UPDATE webhook_delivery SET attempts = attempts + 1, lastResult = ?, deliveredAt = ?, nextAttemptAt = ?
-                    WHERE id = ?
+                    WHERE id = ? AND webhook = ?
                     """,
-                arguments: [result, delivered ? Int(Date().timeIntervalSince1970) : nil, nextAttemptAt ?? Int.max, id])
+                arguments: [result, delivered ? Int(Date().timeIntervalSince1970) : nil, nextAttemptAt ?? Int.max, id, webhook])
         }
     }
 

@@ -133,12 +133,12 @@ public struct WebhookDelivery: Sendable, Hashable {
 
 /// Webhook deliveries in the store, so none is lost to a restart.
 public protocol WebhookOutbox: Sendable {
-    /// Adds a delivery; one with the same id is kept as it is.
+    /// Adds a delivery; one with the same id and webhook is kept as it is.
     func addDelivery(_ delivery: WebhookDelivery) throws
     /// Undelivered ones whose next attempt is due (seconds since 1970), oldest first.
     func dueDeliveries(now: Int, limit: Int) throws -> [WebhookDelivery]
     /// After an attempt: delivered, or the time of the next one (nil: no more).
-    func recordAttempt(id: String, result: String, delivered: Bool, nextAttemptAt: Int?) throws
+    func recordAttempt(id: String, webhook: String, result: String, delivered: Bool, nextAttemptAt: Int?) throws
     func deliveries(webhook: String?) throws -> [WebhookDelivery]
 }
 

@@ -68,7 +68,7 @@ struct TriggerTests {
     /// `schedule` (AWS CLI shorthand) on fresh configurations; returns the pipeline's ARN.
     static func pipeline(
         _ name: String, parent: String, commands: [String], schedule: String?, cli: ServerLifecycleTests.ImageBuilderCLI,
-        scratch: Scratch, distribution: Bool
+        scratch: Scratch, distribution: Bool, snsTopic: String? = nil
     ) throws -> String {
         let quoted = commands.map { "\"\($0)\"" }.joined(separator: ", ")
         let document = try scratch.write(
@@ -93,7 +93,9 @@ struct TriggerTests {
             "service=ECR,repositoryName=triggers/\(name)", "--dockerfile-template-data",
             "FROM {{{ imagebuilder:parentImage }}}\n{{{ imagebuilder:environments }}}\n{{{ imagebuilder:components }}}")
         let infrastructure = try cli.require(
-            "create-infrastructure-configuration", "--name", name, "--instance-profile-name", "kiln", "--instance-types", "t3.medium")
+            [
+                "create-infrastructure-configuration", "--name", name, "--instance-profile-name", "kiln", "--instance-types", "t3.medium",
+            ] + (snsTopic.map { ["--sns-topic-arn", $0] } ?? []))
         var arguments = [
             "create-image-pipeline", "--name", name, "--container-recipe-arn", "\(prefix):container-recipe/\(name)/1.0.0",
             "--infrastructure-configuration-arn", try #require(infrastructure["infrastructureConfigurationArn"] as? String),
@@ -344,6 +346,83 @@ struct TriggerTests {
         let shown = try Kiln.run(["images", "show", second], in: scratch.path, environment: Self.kilnEnvironment(port))
         #expect(
             shown.stdout.contains("\"kind\" : \"package-check\"") || shown.stdout.contains("\"kind\":\"package-check\""), "\(shown.stdout)")
+    }
+
+    @Test(
+        "autoDisablePolicy: two scheduled failures in a row disable the pipeline, a webhook gets 'Automatically Disabled', and the next fire is skipped"
+    )
+    func autoDisable() throws {
+        let scratch = Scratch("kiln-triggers")
+        defer { scratch.remove() }
+        let suffix = String(UUID().uuidString.lowercased().prefix(8))
+        let name = "disable-\(suffix)"
+        let record = scratch.file("webhook.jsonl")
+        _ = FileManager.default.createFile(atPath: record, contents: nil)
+        let receiver = try LoopbackServer(
+            executable: "python3",
+            arguments: { [ServerLifecycleTests.receiverScript, "\($0)", record, ServerLifecycleTests.webhookSecret, "0"] })
+        defer { receiver.stop() }
+        let port = freeLoopbackPort()
+        let config = try Self.config(
+            scratch, name: "kiln.yaml", port: port, registry: nil,
+            triggers:
+                "  debounce: 1s\nwebhooks:\n  - {name: ops-\(suffix), url: \"\(receiver.url)/hook\", secret: \(ServerLifecycleTests.webhookSecret)}"
+        )
+        let cli = ServerLifecycleTests.ImageBuilderCLI(endpoint: "http://127.0.0.1:\(port)", home: scratch.path)
+        let server = try Server(config: config, port: port, log: scratch.file("server.log"))
+        defer {
+            Self.cleanUp(name, cli: cli)
+            server.stop()
+        }
+        let pipeline = try Self.pipeline(
+            name, parent: "bootstrap:debian:bookworm", commands: ["echo failing on purpose", "exit 3"],
+            schedule:
+                "scheduleExpression=cron(0 4 1 1 ? 2199),pipelineExecutionStartCondition=EXPRESSION_MATCH_ONLY,autoDisablePolicy={failureCount=2}",
+            cli: cli, scratch: scratch, distribution: false, snsTopic: "arn:aws:sns:us-east-1:000000000000:ops-\(suffix)")
+        let environment = Self.kilnEnvironment(port)
+        for round in 1...2 {
+            let fired = try Kiln.run(["pipeline", "fire", name], in: scratch.path, environment: environment)
+            try #require(fired.status == 0, "\(fired.stderr)")
+            let started = try #require(
+                try Self.waitForEntry(name, port: port, scratch: scratch, seconds: 30) {
+                    $0["outcome"] as? String == "started" && $0["imageStatus"] as? String == "FAILED"
+                        && (try? Self.history(name, port: port, scratch: scratch).filter { $0["outcome"] as? String == "started" }.count)
+                            == round
+                }, "round \(round): \(server.output.suffix(4000))")
+            #expect(started["trigger"] as? String == "schedule")
+        }
+        let disabled = try Self.waitForEntry(name, port: port, scratch: scratch, seconds: 30) {
+            ($0["reason"] as? String)?.contains("DISABLED by its autoDisablePolicy: 2 automated build(s) failed in a row") == true
+        }
+        #expect(disabled != nil, "\(server.output.suffix(4000))")
+        let got = try cli.require("get-image-pipeline", "--image-pipeline-arn", pipeline)
+        let document = got["imagePipeline"] as? [String: Any] ?? [:]
+        #expect(document["status"] as? String == "DISABLED" && document["dateNextRun"] == nil, "\(document)")
+        #expect(document["consecutiveFailures"] as? Int == 2, "\(document)")
+
+        let deadline = Date().addingTimeInterval(30)
+        var event: [String: Any]?
+        repeat {
+            let lines = ((try? String(contentsOfFile: record, encoding: .utf8)) ?? "").split(separator: "\n")
+            for line in lines {
+                guard let entry = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
+                    let body = entry["body"] as? String,
+                    let parsed = (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any],
+                    parsed["detail-type"] as? String == "EC2 Image Builder Image Pipeline Automatically Disabled"
+                else { continue }
+                event = parsed
+                #expect(entry["expectedSignature"] as? String != nil)
+            }
+            if event == nil { usleep(250_000) }
+        } while event == nil && Date() < deadline
+        #expect((event?["resources"] as? [String]) == [pipeline], "\(String(describing: event))")
+
+        let fired = try Kiln.run(["pipeline", "fire", name], in: scratch.path, environment: environment)
+        #expect(fired.status == 0)
+        let skipped = try Self.waitForEntry(name, port: port, scratch: scratch, seconds: 30) {
+            $0["reason"] as? String == "the pipeline is DISABLED"
+        }
+        #expect(skipped != nil, "a fire of a DISABLED pipeline is skipped and says so")
     }
 
     /// The AWS CLI's error text for a call expected to fail.

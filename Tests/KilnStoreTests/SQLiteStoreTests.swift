@@ -147,4 +147,21 @@ struct SQLiteStoreTests {
         #expect(try store.releaseDeadOwners() == ["c"])
         #expect(try store.entries(state: .running).isEmpty && (try store.entries(state: .queued)).isEmpty)
     }
+
+    @Test("One event to two webhooks is two deliveries, each with its own tries")
+    func deliveriesPerWebhook() throws {
+        let scratch = Scratch("kiln-store")
+        defer { scratch.remove() }
+        let store = try SQLiteStore(dataDirectory: scratch.path)
+        for webhook in ["ops", "audit"] {
+            try store.addDelivery(WebhookDelivery(id: "event-1", webhook: webhook, body: Data("{}".utf8)))
+        }
+        try store.addDelivery(WebhookDelivery(id: "event-1", webhook: "ops", body: Data("{\"again\":1}".utf8)))
+        #expect(try store.dueDeliveries(now: Int(Date().timeIntervalSince1970), limit: 10).map(\.webhook).sorted() == ["audit", "ops"])
+        try store.recordAttempt(id: "event-1", webhook: "ops", result: "HTTP 200", delivered: true, nextAttemptAt: nil)
+        let audit = try #require(try store.deliveries(webhook: "audit").first)
+        #expect(!audit.delivered && audit.attempts == 0, "the audit delivery is untouched")
+        #expect(try store.deliveries(webhook: "ops").first?.delivered == true)
+        #expect(try store.deliveries(webhook: "ops").first?.body == Data("{}".utf8), "a delivery added twice keeps the first body")
+    }
 }
