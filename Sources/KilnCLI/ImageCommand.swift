@@ -18,6 +18,7 @@ struct ImageCommand: AsyncParsableCommand {
         subcommands: [
             ImagePullCommand.self, ImagePushCommand.self, ImageCopyCommand.self, ImageInspectCommand.self,
             ImageListCommand.self, ImageRemoveCommand.self, ImageGarbageCollectCommand.self, ImagePackCommand.self,
+            ImageImportDiskCommand.self,
             ImageRetryDistributionCommand.self,
         ]
     )
@@ -355,5 +356,35 @@ struct ImageRetryDistributionCommand: AsyncParsableCommand {
         }
         try TerminalOutput.printJSON(record)
         if record.status != .available { throw ExitCode.failure }
+    }
+}
+
+/// `kiln image import-disk FILE`: Image Builder's ImportDiskImage, on this machine's data directory.
+struct ImageImportDiskCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import-disk",
+        abstract: "Import a raw, qcow2 or one-file vmdk disk as an AVAILABLE machine image (AMI); prints its record as JSON.")
+
+    @Argument(help: "The disk file. Its format is read from its bytes; a disk that names other files is refused.")
+    var file: String
+
+    @Option(name: .long, help: "The image's name.")
+    var name: String
+
+    @Option(name: .long, help: "The image's semantic version (x.y.z); each import is a new build of it.")
+    var semanticVersion = "1.0.0"
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            let environment = try KilnEnvironment(options)
+            let version = try SemanticVersion(parsing: semanticVersion)
+            let path = file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file
+            let record = try await DiskImport.run(
+                path, name: name, version: version, configuration: environment.configuration, records: try environment.records()
+            ) { TerminalOutput().progress($0) }
+            try TerminalOutput.printJSON(record)
+        }
     }
 }

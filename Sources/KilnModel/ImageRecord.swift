@@ -93,6 +93,8 @@ public struct ImageRecord: Sendable, Codable, Hashable {
     public var testResults: String?
     /// The image's installed packages (dpkg or apk), read in INTEGRATE.
     public var packages: [InstalledPackage]?
+    /// A machine image's disk (AMI): its id, the qcow2 in Kiln's data directory and its digest.
+    public var machineImage: MachineImage?
     /// What the build used, measured; `kiln cost` prices it.
     public var ledger: CostLedger?
     public var distributionTargets: [DistributionTarget] = []
@@ -156,6 +158,36 @@ extension ImageStatus {
         case .distributing, .integrating, .available: .distribute
         default: .build
         }
+    }
+}
+
+/// A machine image's disk, as Kiln keeps it.
+public struct MachineImage: Sendable, Codable, Hashable {
+    /// `ami-` and 17 hex digits, fixed by the image's ARN.
+    public var amiId: String
+    public var disk: String
+    public var format: String
+    public var digest: String
+    public var bytes: Int64
+    public var virtualSize: Int64
+    /// Where an imported disk came from, and its format there.
+    public var importedFrom: String?
+
+    public init(
+        amiId: String, disk: String, format: String, digest: String, bytes: Int64, virtualSize: Int64, importedFrom: String? = nil
+    ) {
+        self.amiId = amiId
+        self.disk = disk
+        self.format = format
+        self.digest = digest
+        self.bytes = bytes
+        self.virtualSize = virtualSize
+        self.importedFrom = importedFrom
+    }
+
+    /// The AMI id of an image ARN: 17 hex digits of its sha256, so one ARN has one id.
+    public static func amiId(forArn arn: String, digest: (Data) -> [UInt8]) -> String {
+        "ami-" + digest(Data(arn.utf8)).prefix(9).map { String(format: "%02x", $0) }.joined().prefix(17)
     }
 }
 

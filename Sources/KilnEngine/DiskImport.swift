@@ -1,0 +1,130 @@
+import Crypto
+import Foundation
+import KilnModel
+import KilnSystem
+
+/// `kiln image import-disk`: Image Builder's ImportDiskImage. A raw, qcow2 or vmdk disk
+/// becomes an AVAILABLE machine image (type AMI) whose qcow2 lives in Kiln's data directory.
+/// Disks are untrusted: the format is read from the file's own bytes (qemu-img never guesses),
+/// and a disk that names any other file (a qcow2 backing or data file, a vmdk extent elsewhere)
+/// is refused, since converting it would copy that host file into the image.
+public enum DiskImport {
+    public enum Format: String, Sendable, CaseIterable {
+        case raw, qcow2, vmdk
+    }
+
+    /// What `qemu-img info` says of a disk Kiln accepts.
+    public struct Inspection: Sendable, Hashable {
+        public var format: Format
+        public var virtualSize: Int64
+    }
+
+    /// The format by magic bytes: qcow2 `QFI\xfb`, vmdk `KDMV` (one-file sparse or stream
+    /// optimised); raw must start a partition table (MBR/GPT signature) or be an ext filesystem.
+    public static func sniff(_ path: String) throws -> Format {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw KilnError(.notFound, "cannot read the disk \(path)")
+        }
+        defer { try? handle.close() }
+        let head = try handle.read(upToCount: 2048) ?? Data()
+        if head.starts(with: [0x51, 0x46, 0x49, 0xFB]) { return .qcow2 }
+        if head.starts(with: Array("KDMV".utf8)) { return .vmdk }
+        if head.starts(with: Array("# Disk DescriptorFile".utf8)) {
+            throw KilnError(
+                .invalidArgument,
+                "\(path) is a vmdk descriptor whose data is in other files; convert it to one file first (qemu-img convert -O vmdk -o subformat=streamOptimized …)"
+            )
+        }
+        let partitioned = head.count >= 512 && head[510] == 0x55 && head[511] == 0xAA
+        let ext = head.count >= 1082 && head[1080] == 0x53 && head[1081] == 0xEF
+        guard partitioned || ext else {
+            throw KilnError(
+                .invalidArgument,
+                "\(path) is not a disk Kiln can import: not qcow2, not a one-file vmdk, and as raw it has neither a partition table nor an ext filesystem"
+            )
+        }
+        return .raw
+    }
+
+    /// Checks the disk with `qemu-img info` under the sniffed format.
+    public static func inspect(_ path: String) async throws -> Inspection {
+        let format = try sniff(path)
+        let (status, output) = try await qemuImg(["info", "--output=json", "-f", format.rawValue, path])
+        guard status == 0, let info = (try? JSONSerialization.jsonObject(with: Data(output.utf8))) as? [String: Any] else {
+            throw KilnError(.invalidArgument, "qemu-img cannot read \(path) as \(format.rawValue): \(output.suffix(500))")
+        }
+        if let backing = info["backing-filename"] as? String {
+            throw KilnError(
+                .invalidArgument,
+                "\(path) is a qcow2 overlay of \(backing); Kiln imports only self-contained disks (qemu-img convert -O qcow2 it first)")
+        }
+        let specific = (info["format-specific"] as? [String: Any])?["data"] as? [String: Any] ?? [:]
+        if let data = specific["data-file"] as? String {
+            throw KilnError(.invalidArgument, "\(path) keeps its data in \(data); Kiln imports only self-contained disks")
+        }
+        let own = (path as NSString).standardizingPath
+        for extent in specific["extents"] as? [[String: Any]] ?? [] {
+            let name = extent["filename"] as? String ?? ""
+            guard (name as NSString).standardizingPath == own || name == path else {
+                throw KilnError(.invalidArgument, "\(path) has an extent in \(name); Kiln imports only self-contained disks")
+            }
+        }
+        guard let size = (info["virtual-size"] as? NSNumber)?.int64Value, size > 0 else {
+            throw KilnError(.invalidArgument, "\(path) has no virtual size")
+        }
+        return Inspection(format: format, virtualSize: size)
+    }
+
+    /// Converts `path` to `target` (qcow2) and returns the record of a new AVAILABLE AMI.
+    public static func run(
+        _ path: String, name: String, version: SemanticVersion, configuration: KilnConfiguration, records: any ImageRecords,
+        progress: @Sendable (String) -> Void = { _ in }
+    ) async throws -> ImageRecord {
+        let inspection = try await inspect(path)
+        let normalized = ImageBuilderARN.normalizedName(name)
+        let build = try records.reserveBuild(name: normalized, version: version)
+        let folder = records.folder(name: normalized, version: version, build: build)
+        let arn = ImageBuilderARN(
+            region: configuration.homeRegion, account: configuration.accountId, resourceType: "image", name: normalized,
+            version: "\(version)/\(build)"
+        ).description
+        let disk = folder + "/disk.qcow2"
+        progress("import \(path) (\(inspection.format.rawValue), \(inspection.virtualSize) bytes virtual) → \(disk)")
+        let (status, output) = try await qemuImg(
+            ["convert", "-f", inspection.format.rawValue, "-O", "qcow2", path, disk + ".part"])
+        guard status == 0 else {
+            unlink(disk + ".part")
+            throw KilnError(.ioFailure, "qemu-img could not convert \(path): \(output.suffix(500))")
+        }
+        guard rename(disk + ".part", disk) == 0 else {
+            throw KilnError(.ioFailure, "cannot move the converted disk to \(disk): \(String(cString: strerror(errno)))")
+        }
+        let (digest, bytes) = try DiskImageStore.sha256(of: disk)
+        var record = ImageRecord(
+            arn: arn, name: normalized, version: version, build: build, type: .ami, status: .available,
+            trigger: BuildTrigger(kind: .manual, detail: "kiln image import-disk \(path)"),
+            dateCreated: ISO8601DateFormatter().string(from: Date()), logDirectory: folder + "/logs")
+        record.machineImage = MachineImage(
+            amiId: MachineImage.amiId(forArn: arn) { Array(SHA256.hash(data: $0)) }, disk: disk, format: "qcow2", digest: digest,
+            bytes: bytes, virtualSize: inspection.virtualSize, importedFrom: "\(path) (\(inspection.format.rawValue))")
+        try records.save(record)
+        progress("image \(arn): AVAILABLE, \(record.machineImage!.amiId), \(digest)")
+        return record
+    }
+
+    static func qemuImg(_ arguments: [String]) async throws -> (Int32, String) {
+        guard
+            let executable = ["/usr/bin/qemu-img", "/usr/local/bin/qemu-img"].first(where: {
+                FileManager.default.isExecutableFile(atPath: $0)
+            })
+        else {
+            throw KilnError(.notFound, "qemu-img is not installed; run scripts/setup (Debian package qemu-utils)")
+        }
+        let collected = OutputCollector()
+        let result = try await ProcessRunner.run(
+            executablePath: executable, argumentZero: "qemu-img", arguments: arguments, environment: ["PATH": "/usr/bin:/bin"],
+            workingDirectory: nil, timeout: .seconds(3_600)
+        ) { _, bytes in collected.append(bytes) }
+        return (result.exitCode, collected.text)
+    }
+}
