@@ -17,12 +17,12 @@ public enum ProcessRunner {
 
     public static func run(
         executablePath: String, argumentZero: String, arguments: [String], environment: [String: String],
-        workingDirectory: String?, timeout: Duration?,
+        workingDirectory: String?, timeout: Duration?, standardInput: String? = nil,
         output: @escaping @Sendable (ExecOutputStream, [UInt8]) -> Void
     ) async throws -> ExecResult {
         let child = try spawn(
             executablePath: executablePath, argumentZero: argumentZero, arguments: arguments, environment: environment,
-            workingDirectory: workingDirectory)
+            workingDirectory: workingDirectory, standardInput: standardInput)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ExecResult, Error>) in
                 let thread = Thread {
@@ -38,7 +38,8 @@ public enum ProcessRunner {
     }
 
     static func spawn(
-        executablePath: String, argumentZero: String, arguments: [String], environment: [String: String], workingDirectory: String?
+        executablePath: String, argumentZero: String, arguments: [String], environment: [String: String], workingDirectory: String?,
+        standardInput: String? = nil
     ) throws -> SpawnedProcess {
         var stdoutPipe: [Int32] = [-1, -1]
         var stderrPipe: [Int32] = [-1, -1]
@@ -54,7 +55,8 @@ public enum ProcessRunner {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        // A file as standard input for tools that read a script there (sfdisk); nothing otherwise.
+        posix_spawn_file_actions_addopen(&actions, 0, standardInput ?? "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, stdoutPipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, stderrPipe[1], 2)
         // Descriptors without close-on-exec (NIO's sockets, a parent's pipes) stay out of the child.
