@@ -10,7 +10,8 @@ import KilnSystem
 
 /// The parent image forms a recipe may name, each turned into an image in Kiln's store:
 /// a registry reference, `oci-layout:PATH:TAG`, `oci-archive:…`, `kiln:NAME`, `scratch`, or
-/// `bootstrap:debian:SUITE` / `bootstrap:ubuntu:SUITE` (mmdebstrap --variant=minbase, cached).
+/// `bootstrap:debian:SUITE` / `bootstrap:ubuntu:SUITE` (mmdebstrap --variant=minbase, cached), or
+/// `bootstrap:debian:SUITE:vm`, the same with a kernel, systemd, SSH and DHCP for machine images.
 public struct ParentImageResolver: Sendable {
     public let transfer: ImageTransfer
     /// Debian-style mirrors by distribution; the host's apt sources are the default for Debian.
@@ -169,19 +170,28 @@ public struct ParentImageResolver: Sendable {
         return manifest
     }
 
-    /// `bootstrap:debian:bookworm`: made once with mmdebstrap, then reused by name.
+    /// What `bootstrap:debian:SUITE:vm` adds to minbase: a kernel (with its initramfs), systemd as
+    /// init, udev, an SSH server and DHCP on eth0.
+    public static let machinePackages = [
+        "linux-image-cloud-amd64", "systemd-sysv", "udev", "openssh-server", "ifupdown", "isc-dhcp-client", "iproute2",
+    ]
+
+    /// `bootstrap:debian:bookworm` (or `…:vm` for a machine root): made once with mmdebstrap,
+    /// then reused by name.
     func bootstrap(_ text: String) async throws -> Descriptor {
-        let parts = text.split(separator: ":").map(String.init)
-        guard parts.count == 3, ["debian", "ubuntu"].contains(parts[1]), !parts[2].isEmpty,
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        let machine = parts.count == 4 && parts[3] == "vm" && parts[1] == "debian"
+        guard parts.count == 3 || machine, ["debian", "ubuntu"].contains(parts[1]), !parts[2].isEmpty,
             parts[2].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" })
         else {
             throw KilnError(
                 .invalidArgument,
-                "'\(text)' is not a bootstrap parent; use bootstrap:debian:SUITE or bootstrap:ubuntu:SUITE (e.g. bootstrap:debian:bookworm)"
+                "'\(text)' is not a bootstrap parent; use bootstrap:debian:SUITE or bootstrap:ubuntu:SUITE (e.g. bootstrap:debian:bookworm), or bootstrap:debian:SUITE:vm for a machine image"
             )
         }
         let (distribution, suite) = (parts[1], parts[2])
-        let name = "bootstrap/\(distribution):\(suite)"
+        // Its own name, so the container parent and the machine parent never replace each other.
+        let name = machine ? "bootstrap/\(distribution)-vm:\(suite)" : "bootstrap/\(distribution):\(suite)"
         if let cached = try store.resolve(name) { return cached }
         guard access("/usr/bin/mmdebstrap", X_OK) == 0 else {
             throw KilnError(.notFound, "mmdebstrap is not installed; install the Debian package mmdebstrap (scripts/setup does)")
@@ -191,11 +201,14 @@ public struct ParentImageResolver: Sendable {
         }
         let directory = store.scratch + "/" + ProcessOwner.temporaryName("bootstrap-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        observer?("bootstrapping \(distribution) \(suite) from \(mirror) with mmdebstrap --variant=minbase")
+        var arguments = ["--quiet", "--mode=root", "--variant=minbase"]
+        if machine { arguments.append("--include=" + Self.machinePackages.joined(separator: ",")) }
+        let described = "mmdebstrap --variant=minbase\(machine ? " " + arguments[3] : "")"
+        observer?("bootstrapping \(distribution) \(suite)\(machine ? " for machines" : "") from \(mirror) with \(described)")
         let log = OutputCollector()
         let result = try await ProcessRunner.run(
             executablePath: "/usr/bin/mmdebstrap", argumentZero: "mmdebstrap",
-            arguments: ["--quiet", "--mode=root", "--variant=minbase", suite, directory, mirror],
+            arguments: arguments + [suite, directory, mirror],
             environment: ProcessInfo.processInfo.environment, workingDirectory: nil, timeout: .seconds(1800)
         ) { _, bytes in log.append(bytes) }
         guard result.exitCode == 0 else {
@@ -204,8 +217,32 @@ public struct ParentImageResolver: Sendable {
                 "mmdebstrap could not bootstrap \(distribution) \(suite) from \(mirror) (exit \(result.exitCode)): \(log.text.suffix(1500))"
             )
         }
+        if machine { try Self.prepareMachineRoot(directory) }
         observer?("packing the \(suite) root filesystem into \(name)")
-        return try store.importRootFilesystem(directory, name: name, createdBy: "mmdebstrap --variant=minbase \(suite) \(mirror)")
+        return try store.importRootFilesystem(directory, name: name, createdBy: "\(described) \(suite) \(mirror)")
+    }
+
+    /// What a freshly bootstrapped machine root needs to boot and reach the network: DHCP on
+    /// eth0 (the kernel command line carries net.ifnames=0), the root by label, a host name.
+    static func prepareMachineRoot(_ directory: String) throws {
+        let files = [
+            "etc/network/interfaces": "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n",
+            "etc/fstab": "LABEL=\(MachineDisk.rootLabel) / ext4 errors=remount-ro 0 1\n",
+            "etc/hostname": "kiln\n",
+            "etc/hosts": "127.0.0.1 localhost\n127.0.1.1 kiln\n::1 localhost ip6-localhost ip6-loopback\n",
+            // Read by kernel-install and bootloader set-ups, and what Kiln passes when it boots the disk.
+            "etc/kernel/cmdline": MachineDisk.kernelCommandLine + "\n",
+        ]
+        for (path, text) in files {
+            let target = directory + "/" + path
+            do {
+                try FileManager.default.createDirectory(
+                    atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try text.write(toFile: target, atomically: true, encoding: .utf8)
+            } catch {
+                throw KilnError(.ioFailure, "cannot write /\(path) into the machine root at \(directory): \(error.localizedDescription)")
+            }
+        }
     }
 
     /// The first `deb` URI of the host's apt sources (one-line or deb822 format).
