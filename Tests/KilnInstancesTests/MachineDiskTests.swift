@@ -1,0 +1,174 @@
+import Foundation
+import KilnModel
+import KilnOCI
+import KilnRegistry
+import KilnTestSupport
+import Testing
+
+@testable import KilnInstances
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The machine parent (`bootstrap:debian:bookworm:vm`) is made once in a data directory kept
+/// between runs; each run assembles one disk from it and boots that.
+actor MachineFixture {
+    static let shared = MachineFixture()
+    static let dataDirectory = "/var/tmp/kiln-machine"
+
+    private var made: (root: String, disk: MachineDisk)?
+
+    /// The unpacked parent tree and a 2 GiB disk assembled from it in this run.
+    func disk() async throws -> (root: String, disk: MachineDisk) {
+        if let made { return made }
+        let store = try ContentStore(root: Self.dataDirectory + "/content")
+        let transfer = ImageTransfer(store: store, registries: RegistryDirectory(logins: RegistryCredentialStore(files: [])))
+        let started = ContinuousClock.now
+        let parent = try await ParentImageResolver(transfer: transfer, observer: { print("parent: \($0)") })
+            .resolve("bootstrap:debian:bookworm:vm")
+        print("parent bootstrap:debian:bookworm:vm ready in \(MachineDisk.seconds(since: started)) s (cached after the first run)")
+        let manifest = try JSONDecoder().decode(ImageManifest.self, from: store.read(parent.digest))
+        let config = try JSONDecoder().decode(ImageConfiguration.self, from: store.read(manifest.config.digest))
+        let folders = try LayerCache(root: Self.dataDirectory + "/layers").folders(for: manifest, config: config, store: store)
+        let root = try #require(folders.first)
+        #expect(folders.count == 1, "mmdebstrap gives one layer")
+        // Disks of earlier runs whose process is gone.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: Self.dataDirectory)) ?? [] where name.hasPrefix("run-") {
+            if let pid = Int32(name.dropFirst(4)), kill(pid, 0) != 0 {
+                try? FileManager.default.removeItem(atPath: Self.dataDirectory + "/" + name)
+            }
+        }
+        let directory = Self.dataDirectory + "/run-\(getpid())"
+        let disk = try await MachineDisk.assemble(
+            rootFilesystem: root, volumeSizeGiB: 2, into: directory, observer: { print("disk: \($0)") })
+        print("assembled a 2 GiB disk in \(String(format: "%.1f", disk.assemblySeconds)) s")
+        made = (root, disk)
+        return (root, disk)
+    }
+}
+
+private func sha256(_ path: String) throws -> String {
+    try shell("sha256sum \(path) | cut -d' ' -f1").text.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+@Suite("Machine disks: assembled without loop devices, booted in QEMU, reached over SSH", .serialized)
+struct MachineDiskTests {
+    @Test("A root filesystem without a kernel, or larger than its volume, is refused before any work, saying what to do")
+    func refusals() async throws {
+        let scratch = Scratch("kiln-machine")
+        defer { scratch.remove() }
+        try scratch.write("tree/etc/hostname", "nokernel\n")
+        let noKernel = try await #require(throws: KilnError.self) {
+            try await MachineDisk.assemble(rootFilesystem: scratch.file("tree"), volumeSizeGiB: 2, into: scratch.file("out"))
+        }
+        #expect(noKernel.message.contains("no kernel (no /boot/vmlinuz-*)"), "\(noKernel.message)")
+        #expect(noKernel.message.contains("bootstrap:debian:bookworm:vm") && noKernel.message.contains("linux-image-cloud-amd64"))
+        #expect(!scratch.exists("out"), "nothing was made")
+
+        try scratch.write("tree/boot/vmlinuz-6.1.0-1-cloud-amd64", "not really a kernel")
+        let big = open(scratch.file("tree/big"), O_WRONLY | O_CREAT, 0o644)
+        #expect(ftruncate(big, 2 << 30) == 0)
+        close(big)
+        let tooSmall = try await #require(throws: KilnError.self) {
+            try await MachineDisk.assemble(rootFilesystem: scratch.file("tree"), volumeSizeGiB: 1, into: scratch.file("out"))
+        }
+        #expect(
+            tooSmall.message.contains("more than a 1 GiB volume holds; set blockDeviceMappings volumeSize to 3 GiB"), "\(tooSmall.message)")
+        #expect(!scratch.exists("out"))
+    }
+
+    @Test(
+        "bootstrap:debian:bookworm:vm becomes a GPT disk with one ext4 partition, generalised, the parent left as it was",
+        .enabled(if: TestEnvironment.requiresRoot("mmdebstrap", "sfdisk", "mkfs.ext4", "debugfs", "qemu-img", "blkid")))
+    func assembly() async throws {
+        let (root, disk) = try await MachineFixture.shared.disk()
+        let table = try JSONSerialization.jsonObject(with: Data(try shell("sfdisk --json \(disk.raw)").text.utf8)) as? [String: Any]
+        let partitionTable = try #require(table?["partitiontable"] as? [String: Any])
+        #expect(partitionTable["label"] as? String == "gpt")
+        let partitions = try #require(partitionTable["partitions"] as? [[String: Any]])
+        #expect(partitions.count == 1)
+        #expect(partitions.first?["start"] as? Int == 2048)
+        #expect(partitions.first?["type"] as? String == "0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+        let probe = try shell("blkid -p -O \(MachineDisk.partitionOffset) -o export \(disk.raw)").text
+        #expect(probe.contains("TYPE=ext4") && probe.contains("LABEL=kiln-root"), "\(probe)")
+        #expect(try shell("qemu-img info --output=json \(disk.qcow2)").text.contains("\"format\": \"qcow2\""))
+
+        let ssh = try await disk.inspect("ls /etc/ssh")
+        #expect(ssh.contains("sshd_config") && !ssh.contains("ssh_host_"), "\(ssh)")
+        #expect(try await disk.inspect("stat /etc/machine-id").contains("Size: 0"))
+        let lists = try await disk.inspect("ls /var/lib/apt/lists")
+        #expect(!lists.contains("Packages") && !lists.contains("Release"), "\(lists)")
+        let logs = try await disk.inspect("ls /var/log")
+        #expect(!logs.contains("dpkg.log") && !logs.contains("alternatives.log"), "\(logs)")
+        #expect(try await disk.inspect("cat /etc/network/interfaces").contains("iface eth0 inet dhcp"))
+        #expect(try await disk.inspect("cat /etc/fstab").contains("LABEL=kiln-root"))
+        #expect(try await disk.inspect("cat /etc/systemd/system/kiln-ssh-host-keys.service").contains("ssh-keygen -A"))
+        #expect(try await disk.inspect("ls /boot").contains("vmlinuz-\(disk.kernelRelease)"))
+        // The cached parent was copied, not generalised in place.
+        #expect(FileManager.default.fileExists(atPath: root + "/etc/ssh/ssh_host_ed25519_key"))
+    }
+
+    @Test(
+        "The disk boots under TCG: SSH answers, systemd runs, multi-user.target is active, host keys are new, the disk is unchanged",
+        .enabled(if: TestEnvironment.requiresRoot("mmdebstrap", "qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen", "debugfs")))
+    func bootsAndAnswers() async throws {
+        let (_, disk) = try await MachineFixture.shared.disk()
+        let before = (try sha256(disk.raw), try sha256(disk.qcow2))
+        let serial = (disk.raw as NSString).deletingLastPathComponent + "/serial.log"
+        let options = VirtualMachineOptions(
+            instanceType: try InstanceType.named("t3.micro"), sshTimeout: .seconds(300), forwardedGuestPort: 8080, serialLog: serial,
+            scratchDirectory: MachineFixture.dataDirectory, accelerator: .tcg)
+        let (report, bootSeconds, forwarded) = try await VirtualMachine.withBooted(disk: disk, options: options) { machine in
+            let state = try await machine.run("systemctl is-system-running --wait; systemctl is-active multi-user.target")
+            let keys = try await machine.run("ls /etc/ssh/ssh_host_ed25519_key.pub && cat /etc/machine-id && uname -r")
+            return (state.output + keys.output, machine.bootSeconds, machine.forwardedPort)
+        }
+        print("boot to SSH under TCG: \(String(format: "%.1f", bootSeconds)) s")
+        let lines = report.split(separator: "\n").map(String.init)
+        #expect(["running", "degraded"].contains(lines.first), "\(report)")
+        #expect(lines.count >= 5 && lines[1] == "active", "\(report)")
+        #expect(lines.contains("/etc/ssh/ssh_host_ed25519_key.pub"), "host keys made on first boot: \(report)")
+        #expect(lines.count >= 5 && lines[3].count == 32, "a new machine-id: \(report)")
+        #expect(lines.last == disk.kernelRelease)
+        #expect(forwarded != nil)
+        #expect(bootSeconds > 0 && bootSeconds < 300)
+        let log = try String(contentsOfFile: serial, encoding: .utf8)
+        #expect(log.contains("Linux version \(disk.kernelRelease)") && log.contains("Command line:"), "the kernel's boot lines")
+        #expect(try sha256(disk.raw) == before.0 && sha256(disk.qcow2) == before.1, "the VM wrote only to its overlay")
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: MachineFixture.dataDirectory).filter { $0.contains("kiln-vm-") }
+        #expect(leftovers.isEmpty, "the overlay folder is removed: \(leftovers)")
+        #expect(!loopbackAccepts(forwarded ?? 1), "QEMU is gone")
+    }
+
+    @Test(
+        "A disk whose root= points nowhere fails within the configured timeout, with the serial console's tail in the error",
+        .enabled(if: TestEnvironment.requiresRoot("mmdebstrap", "qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen", "debugfs")))
+    func failedBoot() async throws {
+        let (_, disk) = try await MachineFixture.shared.disk()
+        let options = VirtualMachineOptions(
+            instanceType: try InstanceType.named("t3.micro"), sshTimeout: .seconds(90), rootDevice: "/dev/vdz9",
+            extraKernelArguments: ["rootdelay=3"], scratchDirectory: MachineFixture.dataDirectory, accelerator: .tcg)
+        let started = ContinuousClock.now
+        let failure = try await #require(throws: KilnError.self) {
+            try await VirtualMachine.withBooted(disk: disk, options: options) { _ in "unexpectedly booted" }
+        }
+        let seconds = MachineDisk.seconds(since: started)
+        print("a boot with root=/dev/vdz9 failed after \(String(format: "%.1f", seconds)) s: \(failure.message.prefix(200))")
+        #expect(seconds < 100)
+        #expect(failure.message.contains("the serial console ended with:"), "\(failure.message)")
+        #expect(failure.message.contains("/dev/vdz9"), "the tail shows why: \(failure.message)")
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: MachineFixture.dataDirectory).filter { $0.contains("kiln-vm-") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
+    }
+
+    @Test("The KVM probe answers within its bound and is asked once per process")
+    func acceleratorProbe() async throws {
+        let started = ContinuousClock.now
+        let first = await VirtualMachineAccelerator.current(observer: { print($0) })
+        #expect(MachineDisk.seconds(since: started) < 10)
+        let again = ContinuousClock.now
+        #expect(await VirtualMachineAccelerator.current() == first)
+        #expect(MachineDisk.seconds(since: again) < 0.1)
+    }
+}
