@@ -18,7 +18,7 @@ struct ImageCommand: AsyncParsableCommand {
         subcommands: [
             ImagePullCommand.self, ImagePushCommand.self, ImageCopyCommand.self, ImageInspectCommand.self,
             ImageListCommand.self, ImageRemoveCommand.self, ImageGarbageCollectCommand.self, ImagePackCommand.self,
-            ImageImportDiskCommand.self,
+            ImageImportDiskCommand.self, ImageExportDiskCommand.self,
             ImageRetryDistributionCommand.self,
         ]
     )
@@ -385,6 +385,42 @@ struct ImageImportDiskCommand: AsyncParsableCommand {
                 path, name: name, version: version, configuration: environment.configuration, records: try environment.records()
             ) { TerminalOutput().progress($0) }
             try TerminalOutput.printJSON(record)
+        }
+    }
+}
+
+/// `kiln image export-disk IMAGE --format vmdk --region R`: a machine image's disk into a region's image store.
+struct ImageExportDiskCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export-disk",
+        abstract:
+            "Copy a machine image's disk to a region's imageStore in qcow2, raw, vmdk, vhdx or vhd, verified by digest; prints the copy as JSON."
+    )
+
+    @Argument(help: "name/x.y.z/build, or the image's ARN.")
+    var image: String
+
+    @Option(name: .long, help: "qcow2, raw, vmdk (streamOptimized), vhdx or vhd (fixed).")
+    var format = "vmdk"
+
+    @Option(name: .long, help: "A region of kiln.yaml with an imageStore.")
+    var region: String
+
+    @OptionGroup var options: KilnOptions
+
+    func run() async throws {
+        try await KilnEnvironment.reportingErrors {
+            guard let chosen = DiskExport.Format(rawValue: format.lowercased()) else {
+                throw KilnError(
+                    .invalidArgument,
+                    "--format \(format) is not one of \(DiskExport.Format.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            let environment = try KilnEnvironment(options)
+            let records = try environment.records()
+            let (_, copy) = try await DiskExport.export(
+                try records.find(image), format: chosen, region: region, configuration: environment.configuration, records: records
+            ) { TerminalOutput().progress($0) }
+            try TerminalOutput.printJSON(copy)
         }
     }
 }

@@ -7,22 +7,12 @@ import KilnTOE
     import Glibc
 #endif
 
-/// One disk copied into a region's image store, verified by reading it back.
-public struct DiskCopy: Sendable, Hashable, Codable {
-    public var region: String
-    /// `/path/to/file` or `s3://bucket/key`.
-    public var location: String
-    public var digest: String
-    /// Bytes written to the store (metered for the cost ledger).
-    public var bytes: Int64
-}
-
 /// Copies machine-image disks into a region's `imageStore`: a directory (written beside the
 /// target, synced, renamed into place) or an S3-compatible bucket (multipart). Every copy is
 /// read back and its sha256 compared with the disk's; a copy that differs is removed.
 public enum DiskImageStore {
     public static func copy(
-        _ file: String, name: String, digest: String, region: String, to store: KilnConfiguration.ImageStore,
+        _ file: String, name: String, digest: String, region: String, to store: KilnConfiguration.ImageStore, format: String = "raw",
         progress: @escaping @Sendable (Int64) -> Void = { _ in }
     ) async throws -> DiskCopy {
         switch store {
@@ -35,7 +25,7 @@ public enum DiskImageStore {
                 throw KilnError(
                     .checksumMismatch, "region \(region): the copy \(target) reads back as \(landed), not \(digest); it was removed")
             }
-            return DiskCopy(region: region, location: target, digest: landed, bytes: bytes)
+            return DiskCopy(region: region, location: target, format: format, digest: landed, bytes: bytes)
         case .s3(let bucket):
             let objects = S3Objects(
                 endpoint: bucket.endpoint, region: bucket.region, bucket: bucket.bucket, accessKeyId: bucket.accessKeyId,
@@ -52,7 +42,7 @@ public enum DiskImageStore {
             guard landed == digest else {
                 throw KilnError(.checksumMismatch, "region \(region): \(location) reads back as \(landed), not \(digest)")
             }
-            return DiskCopy(region: region, location: location, digest: landed, bytes: bytes)
+            return DiskCopy(region: region, location: location, format: format, digest: landed, bytes: bytes)
         }
     }
 

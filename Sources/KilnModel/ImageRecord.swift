@@ -172,6 +172,8 @@ public struct MachineImage: Sendable, Codable, Hashable {
     public var virtualSize: Int64
     /// Where an imported disk came from, and its format there.
     public var importedFrom: String?
+    /// Copies in regions' image stores (exports in other formats included), each verified.
+    public var copies: [DiskCopy]?
 
     public init(
         amiId: String, disk: String, format: String, digest: String, bytes: Int64, virtualSize: Int64, importedFrom: String? = nil
@@ -188,6 +190,25 @@ public struct MachineImage: Sendable, Codable, Hashable {
     /// The AMI id of an image ARN: 17 hex digits of its sha256, so one ARN has one id.
     public static func amiId(forArn arn: String, digest: (Data) -> [UInt8]) -> String {
         "ami-" + digest(Data(arn.utf8)).prefix(9).map { String(format: "%02x", $0) }.joined().prefix(17)
+    }
+}
+
+/// One disk copied into a region's image store, verified by reading it back.
+public struct DiskCopy: Sendable, Hashable, Codable {
+    public var region: String
+    /// `/path/to/file` or `s3://bucket/key`.
+    public var location: String
+    public var format: String
+    public var digest: String
+    /// Bytes written to the store (metered for the cost ledger).
+    public var bytes: Int64
+
+    public init(region: String, location: String, format: String, digest: String, bytes: Int64) {
+        self.region = region
+        self.location = location
+        self.format = format
+        self.digest = digest
+        self.bytes = bytes
     }
 }
 

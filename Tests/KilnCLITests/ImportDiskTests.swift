@@ -5,7 +5,9 @@ import Testing
 /// `kiln image import-disk` with disks made here by sfdisk and qemu-img: raw, qcow2 and one-file
 /// vmdk become AVAILABLE AMIs whose qcow2 holds the same blocks; disks that name host files are
 /// refused before anything is written.
-@Suite("kiln image import-disk", .serialized, .enabled(if: TestEnvironment.requires("qemu-img", "sfdisk")))
+@Suite(
+    "kiln image import-disk and export-disk", .serialized,
+    .enabled(if: TestEnvironment.requires("qemu-img", "sfdisk", "moto_server", "aws")))
 struct ImportDiskTests {
     @Test("raw, qcow2 and vmdk import as AMIs with the same blocks; overlays, vmdk descriptors and non-disks are refused")
     func imports() throws {
@@ -61,5 +63,72 @@ struct ImportDiskTests {
         }
         let after = try Kiln.run(["images", "--config", config], in: scratch.path)
         #expect(!after.stdout.contains("hostile/"), "a refused disk leaves no image: \(after.stdout)")
+    }
+
+    @Test(
+        "export-disk: vmdk to a directory region and vhdx to an S3 region (moto_server), each read back by digest, the same blocks, charged to the ledger"
+    )
+    func exports() throws {
+        let s3 = try LoopbackServer(executable: "moto_server", arguments: { ["-H", "127.0.0.1", "-p", String($0)] })
+        defer { s3.stop() }
+        let scratch = Scratch("kiln-export-disk")
+        defer { scratch.remove() }
+        let environment = ["AWS_ACCESS_KEY_ID": "kilntest", "AWS_SECRET_ACCESS_KEY": "kilnsecret", "AWS_DEFAULT_REGION": "us-east-1"]
+        let aws = "aws --endpoint-url \(s3.url)"
+        try #require(try shell("\(aws) s3 mb s3://kiln-amis", environment: environment).status == 0)
+        let config = try scratch.write(
+            "kiln.yaml",
+            """
+            dataDirectory: \(scratch.path)/data
+            regions:
+              lab: {imageStore: {directory: \(scratch.path)/lab}}
+              s3-lab: {imageStore: {s3: {endpoint: "\(s3.url)", bucket: kiln-amis, prefix: golden, accessKeyId: kilntest, secretAccessKey: kilnsecret}}}
+              registry-only: {registry: "127.0.0.1:1"}
+            """)
+        let made = try shell(
+            """
+            cd \(scratch.path) && truncate -s 32M disk.raw && printf 'label: gpt\\n,,L\\n' | sfdisk -q disk.raw \\
+            && head -c 3M /dev/urandom | dd of=disk.raw bs=1M seek=2 conv=notrunc status=none
+            """)
+        try #require(made.status == 0, "\(made.output)")
+        let imported = try Kiln.run(["image", "import-disk", "disk.raw", "--name", "exported", "--config", config], in: scratch.path)
+        try #require(imported.status == 0, "\(imported.stderr)")
+
+        var copies: [String: [String: Any]] = [:]
+        for (format, region) in [("vmdk", "lab"), ("vhdx", "s3-lab")] {
+            let result = try Kiln.run(
+                ["image", "export-disk", "exported/1.0.0/1", "--format", format, "--region", region, "--config", config], in: scratch.path)
+            try #require(result.status == 0, "\(format): \(result.stderr)")
+            copies[region] = try #require((try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [String: Any])
+        }
+        let local = try #require(copies["lab"]?["location"] as? String)
+        #expect(local.hasPrefix(scratch.path + "/lab/exported/1.0.0/1/ami-") && local.hasSuffix(".vmdk"), "\(local)")
+        #expect(try shell("sha256sum \(local)").output.prefix(64) == (copies["lab"]?["digest"] as? String)?.dropFirst(7))
+        #expect(
+            try shell("qemu-img compare -f raw -F vmdk \(scratch.file("disk.raw")) \(local)").status == 0, "the vmdk holds the same blocks")
+
+        let remote = try #require(copies["s3-lab"]?["location"] as? String)
+        #expect(remote.hasPrefix("s3://kiln-amis/golden/exported/1.0.0/1/ami-") && remote.hasSuffix(".vhdx"), "\(remote)")
+        let back = try shell(
+            "\(aws) s3 cp \(remote) \(scratch.file("back.vhdx")) >/dev/null && sha256sum \(scratch.file("back.vhdx"))",
+            environment: environment)
+        #expect(back.output.prefix(64) == (copies["s3-lab"]?["digest"] as? String)?.dropFirst(7), "\(back.output)")
+        #expect(try shell("qemu-img compare -f raw -F vhdx \(scratch.file("disk.raw")) \(scratch.file("back.vhdx"))").status == 0)
+
+        let shown = try Kiln.run(["images", "show", "exported/1.0.0/1", "--config", config], in: scratch.path)
+        let record = try #require((try? JSONSerialization.jsonObject(with: Data(shown.stdout.utf8))) as? [String: Any])
+        #expect(((record["machineImage"] as? [String: Any])?["copies"] as? [Any])?.count == 2, "\(record)")
+        let regions = (record["ledger"] as? [String: Any])?["regions"] as? [[String: Any]] ?? []
+        for region in regions {
+            let name = region["region"] as? String ?? ""
+            #expect(region["transferredBytes"] as? Int == copies[name]?["bytes"] as? Int, "\(region)")
+        }
+        #expect(regions.count == 2, "\(regions)")
+
+        let refused = try Kiln.run(
+            ["image", "export-disk", "exported/1.0.0/1", "--region", "registry-only", "--config", config], in: scratch.path)
+        #expect(
+            refused.status != 0 && refused.stderr.contains("region registry-only has no imageStore")
+                && refused.stderr.contains("lab, s3-lab"), "\(refused.stderr)")
     }
 }
