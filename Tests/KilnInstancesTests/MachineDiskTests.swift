@@ -162,6 +162,43 @@ struct MachineDiskTests {
         #expect(leftovers.isEmpty, "\(leftovers)")
     }
 
+    @Test(
+        "SSH that does not answer in time ends the boot with a timeout and the serial tail; a cancelled boot leaves no QEMU or overlay",
+        .enabled(if: TestEnvironment.requiresRoot("mmdebstrap", "qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen", "debugfs")))
+    func timeoutAndCancellation() async throws {
+        let (_, disk) = try await MachineFixture.shared.disk()
+        let scratch = MachineFixture.dataDirectory + "/stops-\(getpid())"
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let qemuRunning = {
+            try shell("ps -eo args | grep -c '^qemu-system-x86_64.*\(scratch)/'").text.trimmingCharacters(in: .whitespacesAndNewlines)
+                != "0"
+        }
+
+        let options = VirtualMachineOptions(
+            instanceType: try InstanceType.named("t3.micro"), sshTimeout: .seconds(8), scratchDirectory: scratch, accelerator: .tcg)
+        let started = ContinuousClock.now
+        let timedOut = try await #require(throws: KilnError.self) {
+            try await VirtualMachine.withBooted(disk: disk, options: options) { _ in "too fast" }
+        }
+        #expect(timedOut.code == .timedOut && MachineDisk.seconds(since: started) < 40, "\(timedOut.message)")
+        #expect(timedOut.message.contains("did not answer SSH within 8 s") && timedOut.message.contains("serial console ended with:"))
+        #expect(timedOut.message.contains("Linux version") || timedOut.message.contains("[    "), "the kernel's lines: \(timedOut.message)")
+        #expect(try !qemuRunning() && FileManager.default.contentsOfDirectory(atPath: scratch).isEmpty)
+
+        var patient = options
+        patient.sshTimeout = .seconds(300)
+        let boot = Task { try await VirtualMachine.withBooted(disk: disk, options: patient) { _ in "booted" } }
+        let deadline = ContinuousClock.now.advanced(by: .seconds(30))
+        while try !qemuRunning(), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(200)) }
+        #expect(try qemuRunning(), "QEMU started")
+        boot.cancel()
+        let result = await boot.result
+        #expect(throws: (any Error).self) { try result.get() }
+        #expect(try !qemuRunning(), "cancelling killed QEMU")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch).isEmpty, "and removed its overlay")
+    }
+
     @Test("The KVM probe answers within its bound and is asked once per process")
     func acceleratorProbe() async throws {
         let started = ContinuousClock.now
