@@ -96,7 +96,9 @@ struct InstanceCommandTests {
     func killedMidRun() throws {
         let scratch = Scratch("kiln-cli-test")
         defer { scratch.remove() }
-        let sleeper = try document(scratch, "Sleeps", ["sleep 300"])
+        // A duration of its own, so the leftover check below cannot find another's `sleep 300`.
+        let nap = "sleep 300.\(Int.random(in: 100_000...999_999))"
+        let sleeper = try document(scratch, "Sleeps", [nap])
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Kiln.binary)
         process.arguments = ["toe", "run", "--image", "bootstrap:debian:bookworm", "-d", sleeper, "-l", scratch.path] + data
@@ -127,7 +129,7 @@ struct InstanceCommandTests {
         #expect(
             try Kiln.shell(
                 "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = sleep ] && cat $p/cmdline | tr '\\0' ' ' && echo; done; true"
-            ).contains("sleep 300") == false)
+            ).contains(nap) == false, "the step's \(nap) died with its instance")
     }
 
     @Test("Ctrl-C (SIGINT) during a run removes the instance before kiln exits")
