@@ -94,9 +94,4 @@ enum FreshnessRule {
         let known = Set((remaining ?? []).map { "\($0.name) \($0.candidate)" })
         return offered.filter { !known.contains("\($0.name) \($0.candidate)") }
     }
-
-    static func describe(_ upgrades: [PackageUpgrade], limit: Int = 12) -> String {
-        let shown = upgrades.prefix(limit).map(\.description).joined(separator: ", ")
-        return upgrades.count > limit ? "\(shown) and \(upgrades.count - limit) more" : shown
-    }
 }

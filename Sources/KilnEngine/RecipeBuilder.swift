@@ -269,7 +269,7 @@ struct RecipeBuilder: Sendable {
             return (.stale([], "its package sources could not be asked, so it runs as an uncached build would: \(why)"), usage)
         case .upgrades(let offered, let manager):
             let news = FreshnessRule.newUpgrades(offered, remaining: record?.remainingUpgrades)
-            guard news.isEmpty else { return (.stale(news, "packages upgradable: \(FreshnessRule.describe(news))"), usage) }
+            guard news.isEmpty else { return (.stale(news, "packages upgradable: \(PackageUpgrade.describe(news))"), usage) }
             if saveChecks {
                 record = record ?? FreshnessRecord(indexes: indexes, remainingUpgrades: [], checked: Self.now())
                 record!.checkedFingerprint = fingerprint?.description
@@ -279,7 +279,7 @@ struct RecipeBuilder: Sendable {
             if offered.isEmpty { return (.current("\(manager.rawValue) offers no upgrade"), usage) }
             return (
                 .current(
-                    "the \(offered.count) upgrade(s) \(manager.rawValue) offers were left by a fresh run of these steps too: \(FreshnessRule.describe(offered, limit: 5))"
+                    "the \(offered.count) upgrade(s) \(manager.rawValue) offers were left by a fresh run of these steps too: \(PackageUpgrade.describe(offered, limit: 5))"
                 ), usage
             )
         }
@@ -321,7 +321,7 @@ struct RecipeBuilder: Sendable {
             record.remainingUpgrades = offered
             record.save(key: key, dataDirectory: host.dataDirectory)
             progress(
-                "BUILD: cache: after the build, \(manager.rawValue) offers \(offered.isEmpty ? "no upgrade" : FreshnessRule.describe(offered, limit: 5)); recorded for the next build"
+                "BUILD: cache: after the build, \(manager.rawValue) offers \(offered.isEmpty ? "no upgrade" : PackageUpgrade.describe(offered, limit: 5)); recorded for the next build"
             )
         }
         return usage

@@ -350,6 +350,12 @@ public struct PackageUpgrade: Sendable, Codable, Hashable, Comparable, CustomStr
     }
 
     public var description: String { "\(name) \(installed.isEmpty ? "(new)" : installed) → \(candidate)" }
+
+    /// A short list for reasons and logs: the first `limit`, then how many more.
+    public static func describe(_ upgrades: [PackageUpgrade], limit: Int = 12) -> String {
+        let shown = upgrades.prefix(limit).map(\.description).joined(separator: ", ")
+        return upgrades.count > limit ? "\(shown) and \(upgrades.count - limit) more" : shown
+    }
     public var isSecurity: Bool { origin?.lowercased().contains("secur") == true }
 
     public static func < (lhs: Self, rhs: Self) -> Bool { (lhs.name, lhs.candidate) < (rhs.name, rhs.candidate) }

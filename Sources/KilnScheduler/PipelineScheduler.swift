@@ -387,7 +387,7 @@ public final class PipelineScheduler: Service, Sendable {
         if event.kind == .packageCheck {
             let packages = event.packages ?? []
             return Decision(
-                start: true, reason: "package check found \(packages.count) upgrade(s): \(FreshnessText.describe(packages))",
+                start: true, reason: "package check found \(packages.count) upgrade(s): \(PackageUpgrade.describe(packages, limit: 8))",
                 changes: packages.map { "package \($0)" })
         }
         if pipeline.startCondition == .expressionMatchOnly {
@@ -434,7 +434,8 @@ public final class PipelineScheduler: Service, Sendable {
         if changes.isEmpty {
             switch await probe.upgradablePackages(of: last, securityOnly: false) {
             case .upgrades(let upgrades) where !upgrades.isEmpty:
-                changes.append("\(upgrades.count) package upgrade(s) from the image's sources: \(FreshnessText.describe(upgrades))")
+                changes.append(
+                    "\(upgrades.count) package upgrade(s) from the image's sources: \(PackageUpgrade.describe(upgrades, limit: 8))")
             case .upgrades:
                 resolved.append("packages: no upgrades from \(last.arn)'s sources")
             case .cannotTell(let why):
@@ -531,14 +532,6 @@ extension ScheduleExpression {
     var timeZoneLabel: String {
         guard case .cron(let cron) = self, cron.timeZone.identifier != "UTC", cron.timeZone.identifier != "GMT" else { return "" }
         return " (\(cron.timeZone.identifier))"
-    }
-}
-
-/// Short lists of package upgrades for reasons and logs.
-enum FreshnessText {
-    static func describe(_ upgrades: [PackageUpgrade], limit: Int = 8) -> String {
-        let shown = upgrades.prefix(limit).map(\.description).joined(separator: ", ")
-        return upgrades.count > limit ? "\(shown) and \(upgrades.count - limit) more" : shown
     }
 }
 

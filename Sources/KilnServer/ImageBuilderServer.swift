@@ -223,12 +223,7 @@ public struct ImageBuilderServer: Sendable {
             let parts = pair.split(separator: "=", maxSplits: 1).map { String($0).removingPercentEncoding ?? String($0) }
             parameters[parts[0]] = parts.count > 1 ? parts[1] : ""
         }
-        func json(_ value: some Encodable) -> Response {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-            let data = (try? encoder.encode(value)) ?? Data("null".utf8)
-            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
-        }
+        func json(_ value: some Encodable) -> Response { kilnJSON(value) }
         do {
             if path == "/kiln/records" { return json(store.all()) }
             if path.hasPrefix("/kiln/records/") {
