@@ -146,7 +146,7 @@ let package = Package(
         .testTarget(name: "KilnCLITests", dependencies: ["KilnTestSupport", "KilnCLI", "kiln"]),
         .testTarget(
             name: "KilnEngineTests",
-            dependencies: ["KilnTestSupport", "KilnEngine", "KilnInstances", "KilnOCI", "KilnModel", "CKilnSystem"]),
+            dependencies: ["KilnTestSupport", "KilnEngine", "KilnInstances", "KilnOCI", "KilnRegistry", "KilnModel", "CKilnSystem"]),
         .testTarget(
             name: "KilnInstancesTests",
             dependencies: [
