@@ -7,16 +7,56 @@ import KilnSystem
     import Glibc
 #endif
 
-/// A bootable machine disk: a GPT with one ext4 root partition, as raw and qcow2 files. Made
-/// from a root filesystem folder without loop devices or mounts: `sfdisk` writes the table into
-/// the file and `mkfs.ext4 -d` fills the partition at its offset.
+/// A bootable machine disk: a GPT with an ext4 root partition and a small FAT boot partition with
+/// SYSLINUX, as raw and qcow2 files. Made from a root filesystem folder without loop devices or
+/// mounts: `sfdisk` writes the table into the file, `mkfs.ext4 -d` and `mkfs.fat --offset` make
+/// the filesystems at their offsets, and mtools (`syslinux --offset`, `mcopy -i FILE@@OFFSET`)
+/// fill the FAT one.
+///
+/// The layout, in disk order:
+/// - partition 2, `kiln-boot`, 1 MiB to 129 MiB: FAT16 labelled KILN-BOOT, GPT type XBOOTLDR
+///   (a Linux boot partition) with the LegacyBIOSBootable attribute. It holds SYSLINUX
+///   (`ldlinux.sys`, `ldlinux.c32`), `syslinux.cfg`, and the kernel and initramfs copied from the
+///   tree's /boot (the newest `vmlinuz-*`).
+/// - partition 1, `root`, 129 MiB to the end: ext4 labelled kiln-root. It stays partition 1, so
+///   the root is /dev/vda1 (or /dev/sda1) as before and `VirtualMachine`'s direct kernel boot
+///   is unchanged; being last, it can grow into a larger volume.
+/// - the first 440 bytes: SYSLINUX's `gptmbr.bin`, which BIOS runs and which chains to the
+///   partition marked LegacyBIOSBootable.
+///
+/// Why SYSLINUX: its installer writes an unmounted FAT filesystem through mtools at a byte offset
+/// in the disk file, so nothing is mounted and no loop device is needed. Booting ext4 directly
+/// would take EXTLINUX, whose installer needs the filesystem mounted; GRUB's i386-pc core image
+/// would have to be embedded in a BIOS boot partition by hand, with its block lists patched.
+///
+/// What this gives and what it does not:
+/// - `qemu-system-x86_64 -drive file=disk.raw,format=raw -nic user,model=virtio-net-pci` boots
+///   it through SeaBIOS. The Debian cloud kernel has ata_piix (the default machine's IDE disk,
+///   in the initramfs) and virtio, but no e1000 (the default NIC) and no AHCI (q35's disk).
+/// - BIOS only: there is no UEFI loader on the boot partition.
+/// - The guest does not mount the boot partition, so a kernel or initramfs updated inside the
+///   guest later is not copied there: the disk keeps booting the kernel it was assembled with,
+///   and once that kernel's package (and /lib/modules) is removed it cannot load modules.
+///   Assemble the disk again after a kernel upgrade. Kiln's own test boots read /boot from the
+///   root partition and always take the newest kernel.
 public struct MachineDisk: Sendable, Hashable {
     /// The root partition's filesystem label; the machine parent's fstab names it.
     public static let rootLabel = "kiln-root"
-    /// The partition starts at 1 MiB, as partitioning tools align it.
-    public static let partitionOffset: Int64 = 1 << 20
+    /// The boot partition's FAT label (11 characters at most).
+    public static let bootLabel = "KILN-BOOT"
+    /// The boot partition starts at 1 MiB, as partitioning tools align it.
+    public static let bootPartitionOffset: Int64 = 1 << 20
+    /// Room for a kernel and initramfs (about 30 MB for bookworm's cloud kernel) and SYSLINUX.
+    public static let bootPartitionBytes: Int64 = 128 << 20
+    /// The root partition's offset: right after the boot partition.
+    public static let partitionOffset: Int64 = bootPartitionOffset + bootPartitionBytes
+    /// The partition numbers in the GPT: the root stays the first.
+    public static let rootPartitionNumber = 1
+    public static let bootPartitionNumber = 2
     /// What Kiln passes to the kernel besides the root device and the console.
     public static let kernelCommandLine = "root=LABEL=\(rootLabel) net.ifnames=0 console=ttyS0"
+    /// SYSLINUX's MBR boot code for GPT disks (Debian's syslinux-common).
+    static let gptBootCode = "/usr/lib/syslinux/mbr/gptmbr.bin"
 
     public var raw: String
     public var qcow2: String
@@ -34,8 +74,11 @@ public struct MachineDisk: Sendable, Hashable {
         self.assemblySeconds = assemblySeconds
     }
 
-    /// The partition as debugfs and blkid open it: the raw file at the partition's offset.
+    /// The root partition as debugfs and blkid open it: the raw file at the partition's offset.
     public var partitionDevice: String { "\(raw)?offset=\(Self.partitionOffset)" }
+
+    /// The boot partition as mtools opens it (`mdir -i`, `mtype -i`).
+    public var bootPartitionImage: String { "\(raw)@@\(Self.bootPartitionOffset)" }
 
     /// Makes `name.raw` and `name.qcow2` in `directory` from `rootFilesystem`, which is left as it
     /// was: a copy is generalised (no SSH host keys, an empty machine-id, no logs or apt lists, host
@@ -47,16 +90,18 @@ public struct MachineDisk: Sendable, Hashable {
     ) async throws -> MachineDisk {
         let started = ContinuousClock.now
         let release = try kernelRelease(in: rootFilesystem)
-        for tool in [DiskTool.copy, .sfdisk, .mkfs, .qemuImage] { try tool.check() }
+        _ = try bootFiles(in: rootFilesystem, release: release)
+        for tool in [DiskTool.copy, .sfdisk, .mkfs, .mkfsFat, .syslinux, .mcopy, .qemuImage] { try tool.check() }
+        let bootCode = try readBootCode()
         guard volumeSizeGiB > 0 else {
             throw KilnError(.invalidArgument, "the root volume size must be at least 1 GiB; set blockDeviceMappings volumeSize")
         }
         let sizeBytes = Int64(volumeSizeGiB) << 30
         let needed = try requiredBytes(for: rootFilesystem)
-        // The backup GPT takes the disk's last sectors: the partition ends 1 MiB before the end.
-        let partitionBytes = sizeBytes - 2 * partitionOffset
+        // The backup GPT takes the disk's last sectors: the root partition ends 1 MiB before the end.
+        let partitionBytes = sizeBytes - partitionOffset - (1 << 20)
         guard needed <= partitionBytes else {
-            let gib = (needed + 2 * partitionOffset + (1 << 30) - 1) >> 30
+            let gib = (needed + partitionOffset + (1 << 20) + (1 << 30) - 1) >> 30
             throw KilnError(
                 .invalidArgument,
                 "the root filesystem at \(rootFilesystem) needs about \(needed >> 20) MiB, more than a \(volumeSizeGiB) GiB volume holds; set blockDeviceMappings volumeSize to \(gib) GiB or more"
@@ -69,31 +114,44 @@ public struct MachineDisk: Sendable, Hashable {
         }
         let tree = directory + "/.\(name)-tree-\(UUID().uuidString)"
         let table = directory + "/.\(name)-gpt-\(UUID().uuidString)"
+        let bootConfig = directory + "/.\(name)-syslinux-\(UUID().uuidString)"
         defer {
             try? FileManager.default.removeItem(atPath: tree)
             unlink(table)
+            unlink(bootConfig)
         }
         observer?("copying \(rootFilesystem) to generalise it")
         try await DiskTool.copy.run(["-a", "--reflink=auto", rootFilesystem + "/.", tree], what: "copying the root filesystem")
         try generalise(tree)
+        // From the copy, which no one else changes, not from the caller's folder.
+        let bootFiles = try self.bootFiles(in: tree, release: release)
 
         let raw = "\(directory)/\(name).raw"
         let qcow2 = "\(directory)/\(name).qcow2"
         unlink(raw)
         unlink(qcow2)
-        let fd = open(raw, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        let fd = Glibc.open(raw, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         defer { if fd >= 0 { close(fd) } }
         // Sparse: only what mkfs writes takes space.
         guard fd >= 0, ftruncate(fd, off_t(sizeBytes)) == 0 else {
             throw KilnError(.ioFailure, "cannot make the \(volumeSizeGiB) GiB disk file \(raw): \(String(cString: strerror(errno)))")
         }
-        let sectors = partitionBytes / 512
-        let script =
-            "label: gpt\nstart=\(partitionOffset / 512), size=\(sectors), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"root\"\n"
+        // Partition 1 is the root, partition 2 the boot partition before it on the disk. The root's
+        // PARTUUID is chosen here so a tree without an initramfs can still name it to the kernel.
+        let rootUUID = UUID().uuidString
+        let script = """
+            label: gpt
+            start=\(partitionOffset / 512), size=\(partitionBytes / 512), type=\(PartitionType.linuxFilesystem), uuid=\(rootUUID), name="root"
+            start=\(bootPartitionOffset / 512), size=\(bootPartitionBytes / 512), type=\(PartitionType.linuxBoot), name="kiln-boot", attrs="LegacyBIOSBootable"
+
+            """
         try script.write(toFile: table, atomically: false, encoding: .utf8)
-        observer?("writing a GPT with one \(partitionBytes >> 20) MiB root partition into \(raw)")
+        observer?("writing a GPT with a \(bootPartitionBytes >> 20) MiB boot and a \(partitionBytes >> 20) MiB root partition into \(raw)")
         try await DiskTool.sfdisk.run(
             ["--quiet", "--no-reread", "--no-tell-kernel", raw], what: "writing the partition table", input: table)
+        guard pwrite(fd, bootCode, bootCode.count, 0) == bootCode.count else {
+            throw KilnError(.ioFailure, "cannot write the boot code into \(raw): \(String(cString: strerror(errno)))")
+        }
         observer?("making the ext4 root filesystem from the generalised tree")
         try await DiskTool.mkfs.run(
             [
@@ -101,10 +159,96 @@ public struct MachineDisk: Sendable, Hashable {
                 "\(partitionBytes / 1024)k",
             ],
             what: "making the root filesystem")
+
+        observer?("installing SYSLINUX and Linux \(release) in the FAT boot partition")
+        // Hidden sectors: the FAT boot sector's own offset on the disk, which its loader reads.
+        try await DiskTool.mkfsFat.run(
+            [
+                "-F", "16", "-n", bootLabel, "-h", "\(bootPartitionOffset / 512)", "--offset", "\(bootPartitionOffset / 512)", raw,
+                "\(bootPartitionBytes / 1024)",
+            ],
+            what: "making the FAT boot filesystem")
+        try await DiskTool.syslinux.run(["--install", "--offset", "\(bootPartitionOffset)", raw], what: "installing SYSLINUX")
+        let root = bootFiles.initrd == nil ? "root=PARTUUID=\(rootUUID)" : "root=LABEL=\(rootLabel)"
+        try syslinuxConfiguration(release: release, root: root, initrd: bootFiles.initrd != nil)
+            .write(toFile: bootConfig, atomically: false, encoding: .utf8)
+        let image = "\(raw)@@\(bootPartitionOffset)"
+        // MTOOLS_SKIP_CHECK: mkfs.fat's geometry for a partition inside a file is not a floppy's.
+        let mtools = ["MTOOLS_SKIP_CHECK": "1"]
+        try await DiskTool.mcopy.run(
+            ["-o", "-i", image, bootConfig, "::/syslinux.cfg"], what: "copying syslinux.cfg to the boot partition", environment: mtools)
+        try await DiskTool.mcopy.run(
+            ["-o", "-i", image, bootFiles.kernel, "::/vmlinuz-\(release)"], what: "copying the kernel to the boot partition",
+            environment: mtools)
+        if let initrd = bootFiles.initrd {
+            try await DiskTool.mcopy.run(
+                ["-o", "-i", image, initrd, "::/initrd.img-\(release)"], what: "copying the initramfs to the boot partition",
+                environment: mtools)
+        }
+        observer?("converting \(raw) to qcow2")
         try await DiskTool.qemuImage.run(["convert", "-f", "raw", "-O", "qcow2", raw, qcow2], what: "converting the disk to qcow2")
         let seconds = Self.seconds(since: started)
         observer?("assembled \(raw) and \(qcow2) in \(String(format: "%.1f", seconds)) s")
         return MachineDisk(raw: raw, qcow2: qcow2, kernelRelease: release, sizeBytes: sizeBytes, assemblySeconds: seconds)
+    }
+
+    /// GPT partition type GUIDs.
+    enum PartitionType {
+        static let linuxFilesystem = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+        /// XBOOTLDR: a boot partition shared by boot loaders, holding kernels.
+        static let linuxBoot = "BC13C2FF-59E6-4262-A352-B275FD779F17"
+    }
+
+    /// Boots at once, on the serial port and the screen alike. `ro`: the initramfs mounts the root
+    /// read-only so systemd can check it, then remounts it as fstab says.
+    static func syslinuxConfiguration(release: String, root: String, initrd: Bool) -> String {
+        """
+        SERIAL 0 115200
+        DEFAULT kiln
+        PROMPT 0
+        TIMEOUT 0
+        LABEL kiln
+          LINUX /vmlinuz-\(release)
+        \(initrd ? "  INITRD /initrd.img-\(release)\n" : "")  APPEND \(root) ro net.ifnames=0 console=tty0 console=ttyS0
+
+        """
+    }
+
+    /// The kernel and initramfs in the tree's /boot, as regular files (never through a link, so
+    /// an untrusted tree cannot have a host file copied), and checked to fit the boot partition.
+    static func bootFiles(in rootFilesystem: String, release: String) throws -> (kernel: String, initrd: String?) {
+        let tree = RootedTree(root: rootFilesystem)
+        guard let kernel = tree.regularFile("boot/vmlinuz-\(release)") else {
+            throw KilnError(
+                .invalidArgument,
+                "the kernel /boot/vmlinuz-\(release) in \(rootFilesystem) is not a regular file (a link or a folder?); install the kernel package so /boot holds the file itself"
+            )
+        }
+        let initrd = tree.regularFile("boot/initrd.img-\(release)")
+        var info = stat()
+        var bytes: Int64 = 0
+        for file in [kernel, initrd].compactMap({ $0 }) where stat(file, &info) == 0 { bytes += Int64(info.st_size) }
+        // SYSLINUX, the configuration and FAT16's tables take under 4 MiB.
+        guard bytes + (4 << 20) <= bootPartitionBytes else {
+            throw KilnError(
+                .invalidArgument,
+                "the kernel and initramfs of \(release) in \(rootFilesystem) take \(bytes >> 20) MiB, more than the \(bootPartitionBytes >> 20) MiB boot partition holds; make the initramfs smaller (MODULES=dep in /etc/initramfs-tools/initramfs.conf)"
+            )
+        }
+        return (kernel, initrd)
+    }
+
+    /// SYSLINUX's 440-byte GPT boot code, which goes before the partition table.
+    static func readBootCode() throws -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: gptBootCode) else {
+            throw KilnError(
+                .notFound, "\(gptBootCode) is not installed; install the Debian package syslinux-common (scripts/setup does)")
+        }
+        guard data.count == 440 else {
+            throw KilnError(
+                .invalidArgument, "\(gptBootCode) has \(data.count) bytes, not the 440 of an MBR's boot code; reinstall syslinux-common")
+        }
+        return [UInt8](data)
     }
 
     static func seconds(since start: ContinuousClock.Instant) -> Double {
@@ -116,14 +260,42 @@ public struct MachineDisk: Sendable, Hashable {
     public static func kernelRelease(in rootFilesystem: String) throws -> String {
         let boot = rootFilesystem + "/boot"
         let names = (try? FileManager.default.contentsOfDirectory(atPath: boot)) ?? []
-        let releases = names.filter { $0.hasPrefix("vmlinuz-") }.map { String($0.dropFirst("vmlinuz-".count)) }
-        guard let newest = releases.max(by: { $0.compare($1, options: .numeric) == .orderedAscending }) else {
+        guard let newest = newestRelease(among: names) else {
             throw KilnError(
                 .invalidArgument,
                 "the root filesystem at \(rootFilesystem) has no kernel (no /boot/vmlinuz-*), so its disk could not boot; build from bootstrap:debian:bookworm:vm, or install linux-image-cloud-amd64 (Debian) in a component first"
             )
         }
         return newest
+    }
+
+    /// The newest release among `vmlinuz-RELEASE` file names, compared as numbers (6.1.0-10 > 6.1.0-9).
+    static func newestRelease(among names: [String]) -> String? {
+        names.filter { $0.hasPrefix("vmlinuz-") }.map { String($0.dropFirst("vmlinuz-".count)) }
+            .max(by: { $0.compare($1, options: .numeric) == .orderedAscending })
+    }
+
+    /// A disk assembled earlier, from its raw file: the kernel release is the newest `vmlinuz-*`
+    /// in the root partition's /boot, and `NAME.qcow2` next to `NAME.raw` is used when present.
+    public static func open(raw: String) async throws -> MachineDisk {
+        var info = stat()
+        guard stat(raw, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
+            throw KilnError(.notFound, "there is no disk file at \(raw); give the .raw file a MachineDisk assembly made")
+        }
+        let qcow2 = (raw.hasSuffix(".raw") ? String(raw.dropLast(4)) : raw) + ".qcow2"
+        let unopened = MachineDisk(raw: raw, qcow2: qcow2, kernelRelease: "", sizeBytes: Int64(info.st_size))
+        // debugfs's parsable listing: /inode/mode/uid/gid/name/size/ per entry.
+        let names = try await unopened.inspect("ls -p /boot").split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: "/", omittingEmptySubsequences: false)
+            return fields.count >= 6 ? String(fields[5]) : nil
+        }
+        guard let release = newestRelease(among: names) else {
+            throw KilnError(
+                .invalidArgument,
+                "the root partition of \(raw) (at byte \(partitionOffset)) has no /boot/vmlinuz-*; assemble the disk again from a tree with a kernel"
+            )
+        }
+        return MachineDisk(raw: raw, qcow2: qcow2, kernelRelease: release, sizeBytes: Int64(info.st_size))
     }
 
     /// Bytes the tree takes as files (hard links once), plus room for ext4's inodes and journal.
@@ -218,6 +390,9 @@ struct DiskTool: Sendable {
     static let sfdisk = DiskTool(path: "/usr/sbin/sfdisk", package: "fdisk")
     static let mkfs = DiskTool(path: "/usr/sbin/mkfs.ext4", package: "e2fsprogs")
     static let debugfs = DiskTool(path: "/usr/sbin/debugfs", package: "e2fsprogs")
+    static let mkfsFat = DiskTool(path: "/usr/sbin/mkfs.fat", package: "dosfstools")
+    static let syslinux = DiskTool(path: "/usr/bin/syslinux", package: "syslinux")
+    static let mcopy = DiskTool(path: "/usr/bin/mcopy", package: "mtools")
     static let qemuImage = DiskTool(path: "/usr/bin/qemu-img", package: "qemu-utils")
     static let qemu = DiskTool(path: "/usr/bin/qemu-system-x86_64", package: "qemu-system-x86")
     static let sshKeygen = DiskTool(path: "/usr/bin/ssh-keygen", package: "openssh-client")
@@ -233,11 +408,14 @@ struct DiskTool: Sendable {
 
     /// Runs the tool and returns its standard output; a failure names the step and the tool's words.
     @discardableResult
-    func run(_ arguments: [String], what: String, input: String? = nil, timeout: Duration = .seconds(600)) async throws -> String {
+    func run(
+        _ arguments: [String], what: String, input: String? = nil, environment: [String: String] = [:], timeout: Duration = .seconds(600)
+    ) async throws -> String {
         let output = OutputCollector()
         let errors = OutputCollector(headLimit: 0, tailLimit: 4096)
         let result = try await ProcessRunner.run(
-            executablePath: path, argumentZero: name, arguments: arguments, environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"],
+            executablePath: path, argumentZero: name, arguments: arguments,
+            environment: environment.merging(["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]) { _, path in path },
             workingDirectory: nil, timeout: timeout, standardInput: input
         ) { stream, bytes in
             if stream == .stdout { output.append(bytes) } else { errors.append(bytes) }
@@ -266,6 +444,13 @@ struct RootedTree {
             guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else { return nil }
         }
         return root + "/" + relative
+    }
+
+    /// The host path of `relative` when it is a regular file reached without links, else nil.
+    func regularFile(_ relative: String) -> String? {
+        var info = stat()
+        guard let path = resolve(relative), lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return path
     }
 
     func exists(_ relative: String) -> Bool {
