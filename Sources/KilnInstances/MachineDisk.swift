@@ -120,8 +120,15 @@ public struct MachineDisk: Sendable, Hashable {
             unlink(table)
             unlink(bootConfig)
         }
-        observer?("copying \(rootFilesystem) to generalise it")
-        try await DiskTool.copy.run(["-a", "--reflink=auto", rootFilesystem + "/.", tree], what: "copying the root filesystem")
+        // On one filesystem the copy is hard links (`cp -al`): no file data is copied, and the
+        // caller's tree stays as it was because generalising only unlinks and creates names, never
+        // writing into a file. Elsewhere it is a full copy.
+        var source = stat()
+        var target = stat()
+        let linked = stat(rootFilesystem, &source) == 0 && stat(directory, &target) == 0 && source.st_dev == target.st_dev
+        observer?("copying \(rootFilesystem) to generalise it (\(linked ? "hard links" : "a full copy"))")
+        try await DiskTool.copy.run(
+            ["-a", linked ? "--link" : "--reflink=auto", rootFilesystem + "/.", tree], what: "copying the root filesystem")
         try generalise(tree)
         // From the copy, which no one else changes, not from the caller's folder.
         let bootFiles = try self.bootFiles(in: tree, release: release)
@@ -319,6 +326,8 @@ public struct MachineDisk: Sendable, Hashable {
 
     /// Makes a copied tree fit to start as a new machine. Paths inside are untrusted: nothing is
     /// followed through a symbolic link, so a hostile tree cannot point the clean-up at the host.
+    /// Files may be hard links to the caller's tree: every change unlinks a name first and
+    /// writes a new file, never into an existing one.
     static func generalise(_ tree: String) throws {
         let root = RootedTree(root: tree)
         for name in try root.list("etc/ssh") where name.hasPrefix("ssh_host_") {
