@@ -12,7 +12,7 @@ public struct KilnCommand: AsyncParsableCommand {
         abstract: "Kiln bakes, tests and distributes golden images with the model and API of EC2 Image Builder.",
         subcommands: [
             BuildCommand.self, ImagesCommand.self, LogsCommand.self, CostCommand.self, ToeCommand.self, ComponentCommand.self,
-            ImageCommand.self, InstanceCommand.self, ServerCommand.self, ApplyCommand.self, PipelineCommand.self,
+            ImageCommand.self, InstanceCommand.self, ServerCommand.self, ApplyCommand.self, PipelineCommand.self, DiskCommand.self,
         ]
     )
 
