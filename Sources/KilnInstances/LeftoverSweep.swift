@@ -39,6 +39,13 @@ public enum LeftoverSweep {
                 if leftover, ContentStore.removeTree(path + "/" + name) { removed.append(folder + "/" + name) }
             }
         }
+        // A dead Kiln's image root views: unmounted first, so the removal never walks into layers.
+        let instances = host.instancesDirectory
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: instances)) ?? [] {
+            guard let owner = ProcessOwner.owner(ofTemporaryName: name, prefix: ImageRootView.prefix), !owner.isAlive else { continue }
+            ImageRootView.remove(instances + "/" + name)
+            removed.append("instances/" + name)
+        }
         // The cgroups first: a dead Kiln's container-host-test processes die before its folders go.
         removed += await sweepCgroups(on: host)
         // container-host-test's folders carry their owner; only a dead owner's go. Nobody wrote
