@@ -42,6 +42,11 @@ extension PipelineRun {
             _ = try image.fail(.build, step: unsupported.step, unsupported.reason)
             return nil
         }
+        // An image recipe makes a bootable disk: without a kernel it cannot, so no builder starts.
+        if recipe.imageType == .ami, let refusal = try kernelRefusal(parent: parent, name: recipe.parentImage) {
+            _ = try image.fail(.build, step: "parentImage", refusal)
+            return nil
+        }
         try image.enter(.building)
         let localName = "\(image.record.name):\(recipe.semanticVersion)-\(image.record.build)"
         let builder = self.builder(prepared, logRoot: image.record.logDirectory, progress: image.progress)

@@ -39,12 +39,17 @@ extension PipelineRun {
                     "region \(entry.region) has no registry for container images; add regions.\(entry.region).registry to kiln.yaml")
                 return false
             }
-            if entry.amiDistributionConfiguration != nil {
+            if entry.amiDistributionConfiguration != nil, prepared.recipe.imageType == .docker {
                 image.progress(
-                    "DISTRIBUTE: \(entry.region): amiDistributionConfiguration needs a disk image, which Kiln does not make yet; the root filesystem is kiln:\(image.record.localName ?? "")"
+                    "DISTRIBUTE: \(entry.region): amiDistributionConfiguration ignored: a container recipe makes no disk; use an image recipe"
                 )
             }
             image.record.distributionTargets += Self.distributionTargets(entry, region: region, version: prepared.recipe.semanticVersion)
+        }
+        if prepared.recipe.imageType == .ami {
+            guard let targets = try amiTargets(prepared, image: image) else { return false }
+            image.record.amiTargets = targets
+            try image.save()
         }
         return true
     }
@@ -112,6 +117,18 @@ extension PipelineRun {
                     region: region,
                     imageUris: record.distributionTargets.filter { $0.region == region }.map { "\($0.reference)@\(result.digest)" })
             }
+        }
+        if let failed = try await distributeDisk(&record, progress: progress) {
+            let cancelled = Task.isCancelled
+            record.status = cancelled ? .cancelled : .failed
+            record.failure = .init(
+                stage: .distribute, step: nil, region: failed.region, log: nil,
+                reason: cancelled ? "cancelled by an interrupt during distribution" : failed.reason)
+            try records.save(record)
+            progress(
+                "image \(label): \(record.status.rawValue) in DISTRIBUTE for region \(failed.region): \(record.failure!.reason); retry with kiln image retry-distribution \(label)"
+            )
+            return record
         }
         try enter(.integrating)
         if record.packages == nil, let image = try transfer.store.resolve(localName) {

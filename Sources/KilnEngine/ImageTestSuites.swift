@@ -47,17 +47,7 @@ struct ImageTestSuites: Sendable {
         var results: [TestCaseResult] = []
         var usages: [ContainerInstance.Usage] = []
         func record(_ suite: String, _ name: String, _ body: () async throws -> (TestCaseResult.Status, String)) async {
-            let start = ContinuousClock.now
-            let (status, message): (TestCaseResult.Status, String)
-            do {
-                (status, message) = try await body()
-            } catch {
-                (status, message) = (.failed, (error as? KilnError)?.message ?? "\(error)")
-            }
-            let result = TestCaseResult(
-                suite: suite, name: name, status: status, message: message, seconds: (ContinuousClock.now - start).inSeconds)
-            progress("TEST: \(suite)/\(name): \(status.rawValue.uppercased()) \(message)")
-            results.append(result)
+            results.append(await check(suite, name, body))
         }
         // The online check takes longest and has its own instance, so it runs alongside the rest.
         let updatesStart = ContinuousClock.now
@@ -83,7 +73,9 @@ struct ImageTestSuites: Sendable {
             await record("security", "no world-writable files") { worldWritable(try inventory().worldWritable) }
         }
         if security?.setuid != false {
-            await record("security", "no new SUID/SGID files") { try setuidGrowth(try inventory().setuid, in: instance) }
+            await record("security", "no new SUID/SGID files") {
+                try setuidGrowth(try inventory().setuid, manifest: instance.manifest, config: instance.image)
+            }
         }
         if security?.secrets != false {
             await record("security", "no private keys or credentials in layers") {
@@ -92,15 +84,34 @@ struct ImageTestSuites: Sendable {
                     layers: instance.manifest.layers.count - parentLayerCount)
             }
         }
-        if let (status, message, usage) = await updates {
-            progress("TEST: security/no pending security updates: \(status.rawValue.uppercased()) \(message)")
-            results.append(
-                TestCaseResult(
-                    suite: "security", name: "no pending security updates", status: status, message: message,
-                    seconds: (ContinuousClock.now - updatesStart).inSeconds))
-            if let usage { usages.append(usage) }
+        if let answer = await updates {
+            results.append(pendingUpdatesResult(answer, since: updatesStart))
+            if let usage = answer.2 { usages.append(usage) }
         }
         return (results, usages)
+    }
+
+    /// One check timed and said in the log; a thrown error is its failure.
+    func check(_ suite: String, _ name: String, _ body: () async throws -> (TestCaseResult.Status, String)) async -> TestCaseResult {
+        let start = ContinuousClock.now
+        let (status, message): (TestCaseResult.Status, String)
+        do {
+            (status, message) = try await body()
+        } catch {
+            (status, message) = (.failed, (error as? KilnError)?.message ?? "\(error)")
+        }
+        progress("TEST: \(suite)/\(name): \(status.rawValue.uppercased()) \(message)")
+        return TestCaseResult(suite: suite, name: name, status: status, message: message, seconds: (ContinuousClock.now - start).inSeconds)
+    }
+
+    /// The pending-updates check's answer (asked alongside the others since `start`) as a result.
+    func pendingUpdatesResult(_ answer: (TestCaseResult.Status, String, ContainerInstance.Usage?), since start: ContinuousClock.Instant)
+        -> TestCaseResult
+    {
+        progress("TEST: security/no pending security updates: \(answer.0.rawValue.uppercased()) \(answer.1)")
+        return TestCaseResult(
+            suite: "security", name: "no pending security updates", status: answer.0, message: answer.1,
+            seconds: (ContinuousClock.now - start).inSeconds)
     }
 
     /// What the suites start: `functionality.command`, or the image's entrypoint and cmd.
@@ -194,7 +205,7 @@ struct ImageTestSuites: Sendable {
         }
     }
 
-    private func worldWritable(_ found: [String]) -> (TestCaseResult.Status, String) {
+    func worldWritable(_ found: [String]) -> (TestCaseResult.Status, String) {
         if found.isEmpty { return (.passed, "none outside tmp folders") }
         return (
             .failed,
@@ -211,7 +222,7 @@ struct ImageTestSuites: Sendable {
     /// files up to 1 MiB holding a private key or cloud credential. Deleted files count too (a
     /// later layer's whiteout does not remove bytes from an earlier layer).
     /// A layer's findings are kept by its digest, so a layer is read once however often it is tested.
-    private func secretsInAddedLayers(_ layers: [Descriptor]) throws -> [String] {
+    func secretsInAddedLayers(_ layers: [Descriptor]) throws -> [String] {
         var findings: [String] = []
         let cache = host.dataDirectory + "/scans"
         try? FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
@@ -257,10 +268,10 @@ struct ImageTestSuites: Sendable {
 
     /// SUID/SGID files in the image that were not SUID/SGID in the parent. The parent's set
     /// comes from its unpacked layers, applied in order (a whiteout removes a path).
-    private func setuidGrowth(_ image: [String], in instance: ContainerInstance) throws -> (TestCaseResult.Status, String) {
+    func setuidGrowth(_ image: [String], manifest: ImageManifest, config: ImageConfiguration) throws -> (TestCaseResult.Status, String) {
         func isSetuidFile(_ info: stat) -> Bool { info.st_mode & S_IFMT == S_IFREG && info.st_mode & 0o6000 != 0 }
         var parent = Set<String>()
-        for (layer, diffID) in zip(instance.manifest.layers, instance.image.rootfs.diffIDs).prefix(parentLayerCount) {
+        for (layer, diffID) in zip(manifest.layers, config.rootfs.diffIDs).prefix(parentLayerCount) {
             let folder = try host.layers.unpack(layer, diffID: diffID, store: host.store)
             Self.walk(folder) { path, info in
                 if info.st_mode & S_IFMT == S_IFCHR, info.st_rdev == 0 {
@@ -281,7 +292,7 @@ struct ImageTestSuites: Sendable {
         )
     }
 
-    private func secrets(_ found: [String], layers: Int) -> (TestCaseResult.Status, String) {
+    func secrets(_ found: [String], layers: Int) -> (TestCaseResult.Status, String) {
         if found.isEmpty { return (.passed, "no private key or cloud credential in \(layers) layer(s) the build added") }
         return (
             .failed,
@@ -303,7 +314,7 @@ struct ImageTestSuites: Sendable {
     /// Pending security updates, asked of the image's own package sources in a throwaway
     /// instance with the host's network (see `PackageUpgradeQuery`); an upgrade counts as a
     /// security update when its origin names security (Debian-Security, a -security suite).
-    private func pendingUpdates(image: Descriptor) async -> (TestCaseResult.Status, String, ContainerInstance.Usage?) {
+    func pendingUpdates(image: Descriptor) async -> (TestCaseResult.Status, String, ContainerInstance.Usage?) {
         let (answer, usage) = await PackageUpgradeQuery(host: host, type: type, network: network).ask(image)
         switch answer {
         case .noPackageManager(let why):

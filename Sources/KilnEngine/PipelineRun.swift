@@ -12,7 +12,8 @@ import Synchronization
 
 /// Runs one image pipeline once, as Image Builder does: BUILD in a builder instance from the
 /// parent (components' build and validate phases, and the Dockerfile template's instructions),
-/// snapshot; TEST in a fresh instance from the new image; DISTRIBUTE to every region at once.
+/// snapshot (an image recipe's root filesystem then becomes a disk, `MachineImageStage.swift`);
+/// TEST in a fresh instance from the new image (a QEMU VM for a disk); DISTRIBUTE to every region.
 /// The image record is saved at every state change. Each stage has its own file
 /// (`BuildStage.swift`, `TestStage.swift`, `DistributeStage.swift`).
 public struct PipelineRun: Sendable {
@@ -126,6 +127,7 @@ public struct PipelineRun: Sendable {
             type: prepared.type, logRoot: logRoot, context: prepared.context, sourceDateEpoch: prepared.sourceDateEpoch, progress: progress
         )
         builder.network = configuration.builderNetwork == "host" ? .host : .isolated
+        builder.workingDirectory = prepared.recipe.workingDirectory
         return builder
     }
 
@@ -183,8 +185,17 @@ public struct PipelineRun: Sendable {
         defer { image.releaseLeases() }
         do {
             guard let built = try await buildStage(prepared, settings: settings, image: image) else { return image.record }
+            var disk: MachineDisk?
+            if recipe.imageType == .ami {
+                guard let assembled = try await assembleDisk(prepared, built: built.image, image: image) else { return image.record }
+                disk = assembled
+            }
             image.stage = .test
-            guard try await testStage(prepared, built: built, image: image) else { return image.record }
+            if let disk {
+                guard try await machineTestStage(prepared, built: built, disk: disk, image: image) else { return image.record }
+            } else {
+                guard try await testStage(prepared, built: built, image: image) else { return image.record }
+            }
             image.stage = .distribute
             guard try expandDistribution(prepared, image: image) else { return image.record }
             return try await distribute(image.record)

@@ -42,6 +42,8 @@ struct RecipeBuilder: Sendable {
     let progress: @Sendable (String) -> Void
     /// Builders' and package checks' network (kiln.yaml `builderNetwork`).
     var network: InstanceNetwork = .isolated
+    /// The recipe's workingDirectory: the TOE's scratch folders go inside it.
+    var workingDirectory: String?
 
     /// What the instructions set on the image, gathered while building.
     struct ImageSettings {
@@ -444,7 +446,8 @@ struct RecipeBuilder: Sendable {
     private func cacheText(_ step: BuildStep) throws -> String {
         switch step {
         case .component(let component):
-            return BuildCacheKey.component(component)
+            // The folder stays in the image, so where it is is part of the step.
+            return BuildCacheKey.component(component) + (workingDirectory.map { " workingDirectory=\($0)" } ?? "")
         case .instruction(let step):
             switch step.instruction {
             case .healthcheck(let command, let options):
@@ -620,12 +623,14 @@ struct RecipeBuilder: Sendable {
         if let failure = Self.failure(of: outcome, folder: folder) { throw failure }
     }
 
-    private func runTOE(_ components: [RecipeComponent], phases: [String], in session: any InstanceSession, folder: String, stage: String)
+    func runTOE(_ components: [RecipeComponent], phases: [String], in session: any InstanceSession, folder: String, stage: String)
         async throws -> TOERunOutcome
     {
         let log = try TOELogWriter(folder: folder, echo: { progress("\(stage): \($0)") })
         try? TOELogFolder.writeDocuments(components.map(\.run.document), to: folder)
-        let outcome = await TOERunner(session: session, options: TOEOptions()).run(
+        var options = TOEOptions()
+        options.workingDirectory = workingDirectory
+        let outcome = await TOERunner(session: session, options: options).run(
             TOERunRequest(documents: components.map(\.run), phases: phases), log: log, resume: nil
         )
         try? TOELogFolder.writeResults(outcome, to: folder)

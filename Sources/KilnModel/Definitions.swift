@@ -82,8 +82,33 @@ public struct ImageRecipeDefinition: Sendable, Hashable, Codable {
     public var description: String?
     public var parentImage: String
     public var components: [ComponentConfiguration]?
+    /// Where the TOE puts its scripts and downloads during build and test.
     public var workingDirectory: String?
+    /// The root volume's size (the first mapping with `ebs.volumeSize`) sizes the disk.
+    public var blockDeviceMappings: [BlockDeviceMapping]?
+    /// Tags the machine image gets, as Image Builder puts them on the AMI.
+    public var amiTags: [String: String]?
     public var tags: [String: String]?
+}
+
+/// An image recipe's volume, as Image Builder's InstanceBlockDeviceMapping. Kiln's disk has one
+/// volume: the root; the other fields are accepted and listed as ignored in the build log.
+public struct BlockDeviceMapping: Sendable, Hashable, Codable {
+    public struct Volume: Sendable, Hashable, Codable {
+        /// GiB.
+        public var volumeSize: Int?
+        public var volumeType: String?
+        public var deleteOnTermination: Bool?
+        public var encrypted: Bool?
+        public var iops: Int?
+        public var throughput: Int?
+        public var kmsKeyId: String?
+        public var snapshotId: String?
+    }
+    public var deviceName: String?
+    public var ebs: Volume?
+    public var virtualName: String?
+    public var noDevice: String?
 }
 
 public struct InfrastructureConfigurationDefinition: Sendable, Hashable, Codable {
@@ -106,14 +131,27 @@ public struct Distribution: Sendable, Hashable, Codable {
     /// A region named in kiln.yaml's `regions:`.
     public var region: String
     public var containerDistributionConfiguration: ContainerDistributionConfiguration?
-    /// A machine image's distribution; accepted so image-recipe pipelines parse, acted on once
-    /// Kiln makes disks.
+    /// A machine image's distribution: its disk is copied to the region's image store.
     public var amiDistributionConfiguration: AmiDistributionConfiguration?
 }
 
+/// What a region's copy of a machine image is called and tagged. Kiln honours name,
+/// description and amiTags; targetAccountIds, kmsKeyId and launchPermission have no meaning in
+/// an image store and are listed as ignored in the log.
 public struct AmiDistributionConfiguration: Sendable, Hashable, Codable {
+    public struct LaunchPermission: Sendable, Hashable, Codable {
+        public var userIds: [String]?
+        public var userGroups: [String]?
+        public var organizationArns: [String]?
+        public var organizationalUnitArns: [String]?
+    }
+    /// May hold `{{ imagebuilder:buildDate }}` and `{{ imagebuilder:buildVersion }}`.
     public var name: String?
     public var description: String?
+    public var amiTags: [String: String]?
+    public var targetAccountIds: [String]?
+    public var kmsKeyId: String?
+    public var launchPermission: LaunchPermission?
 }
 
 public struct DistributionConfigurationDefinition: Sendable, Hashable, Codable {
@@ -138,6 +176,9 @@ public struct KilnTests: Sendable, Hashable, Codable {
         public var enabled: Bool?
         public var command: [String]?
         public var runForSeconds: Int?
+        /// A machine image's test VM must answer SSH this many seconds after QEMU starts (default
+        /// 300); a boot that does not is FAILED with its serial log.
+        public var bootSeconds: Int?
     }
 
     public struct Security: Sendable, Hashable, Codable {
@@ -244,6 +285,10 @@ extension Definitions {
             "blockDeviceMappings", "additionalInstanceConfiguration", "amiTags",
         ],
         "imageRecipes[].components[]": ["componentArn", "parameters"],
+        "imageRecipes[].blockDeviceMappings[]": ["deviceName", "ebs", "virtualName", "noDevice"],
+        "imageRecipes[].blockDeviceMappings[].ebs": [
+            "volumeSize", "volumeType", "deleteOnTermination", "encrypted", "iops", "throughput", "kmsKeyId", "snapshotId",
+        ],
         "imageRecipes[].components[].parameters[]": ["name", "value"],
         "infrastructureConfigurations[]": [
             "name", "description", "instanceTypes", "instanceProfileName", "terminateInstanceOnFailure",
@@ -252,6 +297,12 @@ extension Definitions {
         ],
         "distributionConfigurations[]": ["name", "description", "distributions", "tags"],
         "distributionConfigurations[].distributions[]": ["region", "containerDistributionConfiguration", "amiDistributionConfiguration"],
+        "distributionConfigurations[].distributions[].amiDistributionConfiguration": [
+            "name", "description", "amiTags", "targetAccountIds", "kmsKeyId", "launchPermission",
+        ],
+        "distributionConfigurations[].distributions[].amiDistributionConfiguration.launchPermission": [
+            "userIds", "userGroups", "organizationArns", "organizationalUnitArns",
+        ],
         "distributionConfigurations[].distributions[].containerDistributionConfiguration": [
             "description", "containerTags", "targetRepository",
         ],
@@ -264,7 +315,7 @@ extension Definitions {
         ],
         "imagePipelines[].kilnCache": ["packageUpdates"],
         "imagePipelines[].kilnTests": ["functionality", "security", "health"],
-        "imagePipelines[].kilnTests.functionality": ["enabled", "command", "runForSeconds"],
+        "imagePipelines[].kilnTests.functionality": ["enabled", "command", "runForSeconds", "bootSeconds"],
         "imagePipelines[].kilnTests.security": ["pendingUpdates", "worldWritable", "setuid", "secrets"],
         "imagePipelines[].kilnTests.health": ["command", "httpPort", "httpPath", "expectStatus", "startupSeconds"],
         "imagePipelines[].imageTestsConfiguration": ["imageTestsEnabled", "timeoutMinutes"],

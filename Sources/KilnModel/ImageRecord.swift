@@ -98,6 +98,8 @@ public struct ImageRecord: Sendable, Codable, Hashable {
     /// What the build used, measured; `kiln cost` prices it.
     public var ledger: CostLedger?
     public var distributionTargets: [DistributionTarget] = []
+    /// Regions a machine image's disk goes to (amiDistributionConfiguration), fixed before DISTRIBUTE.
+    public var amiTargets: [AmiTarget]?
     public var outputContainers: [ContainerOutput] = []
     public var timings: [StageTiming] = []
     public var logDirectory: String
@@ -174,6 +176,15 @@ public struct MachineImage: Sendable, Codable, Hashable {
     public var importedFrom: String?
     /// Copies in regions' image stores (exports in other formats included), each verified.
     public var copies: [DiskCopy]?
+    /// KubeVirt containerDisks pushed to regions' registries, `registry/repository:tag@digest`.
+    public var containerDisks: [String]?
+    /// The raw disk beside the qcow2 (a built image has both).
+    public var raw: String?
+    public var kernelRelease: String?
+    /// The test VM's boot: seconds from QEMU's start to SSH, the accelerator, and its serial log.
+    public var bootSeconds: Double?
+    public var accelerator: String?
+    public var serialLog: String?
 
     public init(
         amiId: String, disk: String, format: String, digest: String, bytes: Int64, virtualSize: Int64, importedFrom: String? = nil
@@ -190,6 +201,22 @@ public struct MachineImage: Sendable, Codable, Hashable {
     /// The AMI id of an image ARN: 17 hex digits of its sha256, so one ARN has one id.
     public static func amiId(forArn arn: String, digest: (Data) -> [UInt8]) -> String {
         "ami-" + digest(Data(arn.utf8)).prefix(9).map { String(format: "%02x", $0) }.joined().prefix(17)
+    }
+}
+
+/// A region a machine image is distributed to, with the name, description and tags its
+/// amiDistributionConfiguration gives it there (templates already filled in).
+public struct AmiTarget: Sendable, Hashable, Codable {
+    public var region: String
+    public var name: String
+    public var description: String?
+    public var tags: [String: String]?
+
+    public init(region: String, name: String, description: String? = nil, tags: [String: String]? = nil) {
+        self.region = region
+        self.name = name
+        self.description = description
+        self.tags = tags
     }
 }
 

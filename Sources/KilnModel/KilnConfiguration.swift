@@ -82,6 +82,9 @@ public struct KilnConfiguration: Sendable, Hashable {
         /// The OCI registry container images go to; empty in a region that only stores disks.
         public var registry: String
         public var imageStore: ImageStore?
+        /// Machine images' disks also go to this region's registry as KubeVirt containerDisks,
+        /// at `registry/[prefix/]REPOSITORY:VERSION`.
+        public var containerDiskRepository: String?
         public var repositoryPrefix: String?
         /// US dollars per GB-month stored (nil: `pricing.storagePerGBMonth`).
         public var storagePerGBMonth: Double?
@@ -330,6 +333,7 @@ public struct KilnConfiguration: Sendable, Hashable {
                     var transfer: Double?
                     var settings = Registry()
                     var store: ImageStore?
+                    var containerDisks: String?
                     for (field, fieldNode, fieldValue) in try mapping(regionNode, "regions.\(name)") {
                         let what = "regions.\(name).\(field)"
                         switch field {
@@ -339,6 +343,7 @@ public struct KilnConfiguration: Sendable, Hashable {
                                 fieldValue, what: what, issue: issue, mapping: mapping, string: string, absolute: absolute,
                                 environment: environment)
                         case "repositoryPrefix": prefix = try string(fieldValue, what)
+                        case "containerDiskRepository": containerDisks = try string(fieldValue, what)
                         case "storagePerGBMonth": storage = try price(fieldValue, what)
                         case "transferPerGB": transfer = try price(fieldValue, what)
                         case "insecure": settings.insecure = try bool(fieldValue, what)
@@ -354,7 +359,7 @@ public struct KilnConfiguration: Sendable, Hashable {
                         default:
                             throw issue(
                                 fieldNode,
-                                "unknown key '\(what)'; allowed: registry, imageStore, repositoryPrefix, storagePerGBMonth, transferPerGB, insecure, caCertificate, username, password, passwordEnv"
+                                "unknown key '\(what)'; allowed: registry, imageStore, containerDiskRepository, repositoryPrefix, storagePerGBMonth, transferPerGB, insecure, caCertificate, username, password, passwordEnv"
                             )
                         }
                     }
@@ -364,7 +369,12 @@ public struct KilnConfiguration: Sendable, Hashable {
                     }
                     var region = Region(
                         registry: registry ?? "", repositoryPrefix: prefix, storagePerGBMonth: storage, transferPerGB: transfer)
+                    if containerDisks != nil, registry == nil {
+                        throw issue(
+                            regionNode, "regions.\(name).containerDiskRepository needs a registry to push to; add regions.\(name).registry")
+                    }
                     region.imageStore = store
+                    region.containerDiskRepository = containerDisks
                     configuration.regions[name] = region
                     if let registry, settings != Registry() { configuration.registries[registry] = settings }
                 }

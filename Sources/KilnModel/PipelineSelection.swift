@@ -17,6 +17,14 @@ public struct PipelineSelection: Sendable {
         public var parentImage: String
         public var dockerfileTemplateData: String?
         public var imageType: ImageType
+        /// Where the TOE keeps scripts and downloads in the instances (recipe's workingDirectory).
+        public var workingDirectory: String? = nil
+        /// An image recipe's volumes and AMI tags.
+        public var blockDeviceMappings: [BlockDeviceMapping] = []
+        public var amiTags: [String: String] = [:]
+
+        /// The root volume's size in GiB: the first mapping that sets `ebs.volumeSize`.
+        public var rootVolumeGiB: Int? { blockDeviceMappings.lazy.compactMap { $0.ebs?.volumeSize }.first }
     }
 
     /// A component as the recipe configures it.
@@ -109,7 +117,8 @@ extension Definitions {
             return (
                 .init(
                     name: recipe.name, semanticVersion: recipe.semanticVersion, parentImage: recipe.parentImage,
-                    dockerfileTemplateData: recipe.dockerfileTemplateData, imageType: .docker), recipe.components ?? []
+                    dockerfileTemplateData: recipe.dockerfileTemplateData, imageType: .docker, workingDirectory: recipe.workingDirectory),
+                recipe.components ?? []
             )
         }
         guard let text = pipeline.imageRecipeArn else {
@@ -119,7 +128,8 @@ extension Definitions {
         return (
             .init(
                 name: recipe.name, semanticVersion: recipe.semanticVersion, parentImage: recipe.parentImage, dockerfileTemplateData: nil,
-                imageType: .ami), recipe.components ?? []
+                imageType: .ami, workingDirectory: recipe.workingDirectory, blockDeviceMappings: recipe.blockDeviceMappings ?? [],
+                amiTags: recipe.amiTags ?? [:]), recipe.components ?? []
         )
     }
 }

@@ -155,10 +155,26 @@ extension ImageBuilderAPI {
         if let failure = record.failure { state["reason"] = .string(failure.reason) }
         image["state"] = .object(state)
         if let pipeline = record.sourcePipelineName { image["sourcePipelineName"] = .string(pipeline) }
-        image["outputResources"] = [
+        var outputs: Object = [
             "containers": .array(
                 record.outputContainers.map { ["region": .string($0.region), "imageUris": .array($0.imageUris.map(JSONValue.string))] })
         ]
+        if let machine = record.machineImage {
+            // One AMI per region the disk reached (an imported disk is in the home region only).
+            let targets = record.amiTargets ?? [AmiTarget(region: configuration.homeRegion, name: record.name)]
+            let reached = Set((machine.copies ?? []).map(\.region))
+            let listed = record.amiTargets == nil || record.status != .available ? targets : targets.filter { reached.contains($0.region) }
+            outputs["amis"] = .array(
+                listed.map { target in
+                    var ami: Object = [
+                        "region": .string(target.region), "image": .string(machine.amiId), "name": .string(target.name),
+                        "accountId": .string(configuration.accountId), "state": ["status": .string(record.status.rawValue)],
+                    ]
+                    if let description = target.description { ami["description"] = .string(description) }
+                    return .object(ami)
+                })
+        }
+        image["outputResources"] = .object(outputs)
         image["tags"] = .object(try store.tags(arn: record.arn).mapValues(JSONValue.string))
         return image
     }

@@ -12,6 +12,9 @@ public struct TOEOptions: Sendable {
     public var environment: [String: String] = ProcessInfo.processInfo.environment
     /// Loads `ExecuteDocument` documents given as Image Builder component ARNs.
     public var componentResolver: (any ComponentResolver)?
+    /// A recipe's workingDirectory: the run's private scratch folder is made inside it (created
+    /// if missing) instead of the instance's /tmp.
+    public var workingDirectory: String?
 
     public init() {}
 }

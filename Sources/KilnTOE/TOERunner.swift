@@ -27,7 +27,14 @@ public struct TOERunner: Sendable {
         if let resume { log.info("Resuming execution \(resume.executionId) after reboot \(resume.rebootCount)") }
         let scratch: Result<String, KilnError>
         do {
-            scratch = .success(try await session.makeScratchDirectory())
+            if let parent = options.workingDirectory {
+                try await session.createDirectory(parent, mode: 0o755)
+                let folder = parent.hasSuffix("/") ? parent + "kiln-toe-" + UUID().uuidString : parent + "/kiln-toe-" + UUID().uuidString
+                try await session.createDirectory(folder, mode: 0o700)
+                scratch = .success(folder)
+            } else {
+                scratch = .success(try await session.makeScratchDirectory())
+            }
         } catch {
             scratch = .failure(KilnError(.ioFailure, "no scratch folder for scripts in the \(session.displayName): \(error)"))
         }
