@@ -73,6 +73,44 @@ struct DefinitionsTests {
         #expect(definitions.imagePipelines[0].schedule?.scheduleExpression == "cron(0 3 * * ? *)")
     }
 
+    @Test("An image recipe's blockDeviceMappings size the root disk; AMI distribution fields parse; a misspelt volume field is refused")
+    func machineImageFields() throws {
+        let text = """
+            imageRecipes:
+              - name: vm-image
+                semanticVersion: 1.0.0
+                parentImage: bootstrap:debian:bookworm:vm
+                workingDirectory: /var/lib/work
+                blockDeviceMappings:
+                  - {deviceName: /dev/sdb, noDevice: ""}
+                  - {deviceName: /dev/xvda, ebs: {volumeSize: 12, volumeType: gp3, deleteOnTermination: true}}
+                amiTags: {team: platform}
+            infrastructureConfigurations:
+              - {name: small, instanceTypes: [t3.small]}
+            distributionConfigurations:
+              - name: disks
+                distributions:
+                  - region: lab
+                    amiDistributionConfiguration:
+                      name: "vm {{ imagebuilder:buildDate }}"
+                      amiTags: {stage: lab}
+                      launchPermission: {userGroups: [all]}
+            imagePipelines:
+              - {name: vm-pipeline, imageRecipeArn: vm-image/1.x.x, infrastructureConfigurationArn: small, distributionConfigurationArn: disks}
+            """
+        let selection = try Definitions.parse(text: text, source: "vm.yaml").selectPipeline("vm-pipeline", source: "vm.yaml")
+        #expect(selection.recipe.imageType == .ami && selection.recipe.rootVolumeGiB == 12, "the first mapping with a size is the root")
+        #expect(selection.recipe.workingDirectory == "/var/lib/work" && selection.recipe.amiTags == ["team": "platform"])
+        let ami = try #require(selection.distribution?.distributions.first?.amiDistributionConfiguration)
+        #expect(ami.amiTags == ["stage": "lab"] && ami.launchPermission?.userGroups == ["all"])
+        let misspelt = try #require(throws: KilnError.self) {
+            try Definitions.parse(text: text.replacingOccurrences(of: "volumeType", with: "volumeTyp"), source: "vm.yaml")
+        }
+        let issue = try #require(misspelt.issues.first)
+        #expect(issue.location.line == 8 && issue.stepPath == "imageRecipes[0].blockDeviceMappings[1].ebs")
+        #expect(issue.message.contains("unknown field 'volumeTyp' (did you mean 'volumeType'?)"), "\(issue.message)")
+    }
+
     @Test("A misspelt field is an error with its line, its path and a suggestion")
     func unknownField() throws {
         let text = sample.replacingOccurrences(of: "        containerTags: [latest", with: "        containerTag: [latest")

@@ -86,6 +86,15 @@ struct ServerConfigurationTests {
         #expect(error.message.contains("kiln.yaml:2:") && error.message.contains("needs bucket, accessKeyId and secretAccessKey"))
         let empty = try #require(throws: KilnError.self) { try load("regions:\n  lab: {repositoryPrefix: x}") }
         #expect(empty.message.contains("needs registry: host[:port] (container images), imageStore (disks), or both"))
+        let kubevirt = try load(
+            "regions:\n  lab: {registry: 127.0.0.1:5000, imageStore: {directory: d}, containerDiskRepository: vm-disks}")
+        #expect(kubevirt.regions["lab"]?.containerDiskRepository == "vm-disks")
+        let nowhere = try #require(throws: KilnError.self) {
+            try load("regions:\n  lab: {imageStore: {directory: d}, containerDiskRepository: vm-disks}")
+        }
+        #expect(
+            nowhere.message.contains("kiln.yaml:2:") && nowhere.message.contains("containerDiskRepository needs a registry"),
+            "\(nowhere.message)")
     }
 
     @Test(
