@@ -180,6 +180,41 @@ struct MachineImageTests {
         let roles = ((image["ledger"] as? [String: Any])?["instances"] as? [[String: Any]] ?? []).compactMap { $0["role"] as? String }
         #expect(roles.contains("builder") && roles.contains("test") && roles.contains("disk-assembly"), "\(roles)")
 
+        // A machine image Kiln built is a parent by its ARN; the child's disk holds both builds' files.
+        _ = try scratch.write(
+            "child.yaml",
+            """
+            components:
+              - name: motd
+                semanticVersion: 1.0.0
+                platform: Linux
+                data: |
+                  name: Motd
+                  schemaVersion: 1.0
+                  phases:
+                    - name: build
+                      steps:
+                        - {name: Write, action: ExecuteBash, inputs: {commands: ["echo child of \(ami) > /etc/motd"]}}
+            imageRecipes:
+              - {name: web-child, semanticVersion: 1.0.0, parentImage: "\(image["arn"] as? String ?? "")", components: [{componentArn: motd/1.x.x}]}
+            infrastructureConfigurations:
+              - {name: builders, instanceTypes: [t3.small], instanceProfileName: kiln}
+            imagePipelines:
+              - {name: web-child, imageRecipeArn: web-child/1.x.x, infrastructureConfigurationArn: builders, imageTestsConfiguration: {imageTestsEnabled: false}}
+            """)
+        let child = try record(try Kiln.run(["build", "-f", scratch.file("child.yaml")], in: scratch.path))
+        #expect(child["status"] as? String == "AVAILABLE", "\(child)")
+        let childDisk = try #require((child["machineImage"] as? [String: Any])?["raw"] as? String, "\(child)")
+        let offset = try shell(
+            "sfdisk --json \(childDisk) | python3 -c 'import json,sys; print(min(p[\"start\"] for p in json.load(sys.stdin)[\"partitiontable\"][\"partitions\"] if p.get(\"name\") == \"root\") * 512)'"
+        )
+        let files = try shell(
+            "debugfs -R 'cat /etc/motd' '\(childDisk)?offset=\(offset.output.trimmingCharacters(in: .whitespacesAndNewlines))' 2>/dev/null; debugfs -R 'cat /var/www/html/index.html' '\(childDisk)?offset=\(offset.output.trimmingCharacters(in: .whitespacesAndNewlines))' 2>/dev/null"
+        )
+        #expect(
+            files.output.contains("child of \(ami)") && files.output.contains("kiln machine image \(nonce)"),
+            "the child's disk has its own file and the parent image's page: \(files.output)")
+
         // The raw disk, outside Kiln: SeaBIOS, the installed bootloader, the kernel, sshd with first-boot keys.
         let booted = try shell(
             """
