@@ -36,11 +36,11 @@ struct ImagesListCommand: AsyncParsableCommand {
                 _ = try await environment.instanceHost()
                 records = try environment.records().all()
             }
-            print("IMAGE                              STATUS        CREATED                PIPELINE")
+            print("IMAGE                              STATUS        CREATED                PIPELINE          AMI")
             for record in records {
                 let version = "\(record.name)/\(record.version)/\(record.build)".padding(toLength: 34, withPad: " ", startingAt: 0)
                 print(
-                    "\(version) \(record.status.rawValue.padding(toLength: 13, withPad: " ", startingAt: 0)) \(record.dateCreated.padding(toLength: 22, withPad: " ", startingAt: 0)) \(record.sourcePipelineName ?? "-")"
+                    "\(version) \(record.status.rawValue.padding(toLength: 13, withPad: " ", startingAt: 0)) \(record.dateCreated.padding(toLength: 22, withPad: " ", startingAt: 0)) \((record.sourcePipelineName ?? "-").padding(toLength: 17, withPad: " ", startingAt: 0)) \(record.machineImage?.amiId ?? "-")"
                 )
             }
         }

@@ -62,7 +62,7 @@ extension PipelineRun {
         do {
             disk = try await ImageRootView.with(image: built, host: host) { root in
                 try await MachineDisk.assemble(
-                    rootFilesystem: root, volumeSizeGiB: volume, into: folder, name: "disk",
+                    rootFilesystem: root, volumeSizeGiB: volume, into: folder, name: "disk", scratchTree: true,
                     observer: { progress("BUILD: disk: \($0)") })
             }
         } catch let error as KilnError {
@@ -292,6 +292,7 @@ extension PipelineRun {
         var document: [String: Any] = about
         if let tags = target.tags { document["tags"] = tags }
         let data = try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys])
+        try FileManager.default.createDirectory(atPath: host.dataDirectory + "/tmp", withIntermediateDirectories: true)
         let path = host.dataDirectory + "/tmp/" + ProcessOwner.temporaryName("ami-json-")
         try data.write(to: URL(fileURLWithPath: path))
         return (path, try DiskImageStore.sha256(of: path).digest)

@@ -6,9 +6,10 @@ import KilnOCI
     import Glibc
 #endif
 
-/// An image's root filesystem as one folder, for work that reads a whole tree (a machine disk is
-/// made from it): its layers under an overlay with an empty upper folder that is thrown away, without Kiln's own instance
-/// layer and without starting anything. The mount is nodev (as an instance root is).
+/// An image's root filesystem as one folder, for work on a whole tree (a machine disk is made
+/// from it): its layers under an overlay, without Kiln's own instance layer and without starting
+/// anything. Changes made in the view (a disk's generalisation) land in a throwaway upper
+/// folder; the layers are never written. The mount is nodev (as an instance root is).
 public enum ImageRootView {
     static let prefix = ".kiln-rootview-"
 

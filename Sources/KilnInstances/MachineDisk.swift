@@ -83,9 +83,11 @@ public struct MachineDisk: Sendable, Hashable {
     /// Makes `name.raw` and `name.qcow2` in `directory` from `rootFilesystem`, which is left as it
     /// was: a copy is generalised (no SSH host keys, an empty machine-id, no logs or apt lists, host
     /// keys made on first boot). `volumeSizeGiB` is the disk's size, as blockDeviceMappings'
-    /// volumeSize; one smaller than the tree is refused before any work.
+    /// volumeSize; one smaller than the tree is refused before any work. `scratchTree`: the
+    /// folder is a throwaway view (an overlay's upper takes the changes, as `ImageRootView`'s
+    /// does), so it is generalised where it is, without a copy.
     public static func assemble(
-        rootFilesystem: String, volumeSizeGiB: Int, into directory: String, name: String = "disk",
+        rootFilesystem: String, volumeSizeGiB: Int, into directory: String, name: String = "disk", scratchTree: Bool = false,
         observer: (@Sendable (String) -> Void)? = nil
     ) async throws -> MachineDisk {
         let started = ContinuousClock.now
@@ -112,23 +114,27 @@ public struct MachineDisk: Sendable, Hashable {
         } catch {
             throw KilnError(.ioFailure, "cannot create the disk folder \(directory): \(error.localizedDescription)")
         }
-        let tree = directory + "/.\(name)-tree-\(UUID().uuidString)"
+        let tree = scratchTree ? rootFilesystem : directory + "/.\(name)-tree-\(UUID().uuidString)"
         let table = directory + "/.\(name)-gpt-\(UUID().uuidString)"
         let bootConfig = directory + "/.\(name)-syslinux-\(UUID().uuidString)"
         defer {
-            try? FileManager.default.removeItem(atPath: tree)
+            if !scratchTree { try? FileManager.default.removeItem(atPath: tree) }
             unlink(table)
             unlink(bootConfig)
         }
         // On one filesystem the copy is hard links (`cp -al`): no file data is copied, and the
         // caller's tree stays as it was because generalising only unlinks and creates names, never
         // writing into a file. Elsewhere it is a full copy.
-        var source = stat()
-        var target = stat()
-        let linked = stat(rootFilesystem, &source) == 0 && stat(directory, &target) == 0 && source.st_dev == target.st_dev
-        observer?("copying \(rootFilesystem) to generalise it (\(linked ? "hard links" : "a full copy"))")
-        try await DiskTool.copy.run(
-            ["-a", linked ? "--link" : "--reflink=auto", rootFilesystem + "/.", tree], what: "copying the root filesystem")
+        if scratchTree {
+            observer?("generalising \(rootFilesystem) in place (a throwaway view)")
+        } else {
+            var source = stat()
+            var target = stat()
+            let linked = stat(rootFilesystem, &source) == 0 && stat(directory, &target) == 0 && source.st_dev == target.st_dev
+            observer?("copying \(rootFilesystem) to generalise it (\(linked ? "hard links" : "a full copy"))")
+            try await DiskTool.copy.run(
+                ["-a", linked ? "--link" : "--reflink=auto", rootFilesystem + "/.", tree], what: "copying the root filesystem")
+        }
         try generalise(tree)
         // From the copy, which no one else changes, not from the caller's folder.
         let bootFiles = try self.bootFiles(in: tree, release: release)
