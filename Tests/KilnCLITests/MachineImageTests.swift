@@ -180,6 +180,37 @@ struct MachineImageTests {
         let roles = ((image["ledger"] as? [String: Any])?["instances"] as? [[String: Any]] ?? []).compactMap { $0["role"] as? String }
         #expect(roles.contains("builder") && roles.contains("test") && roles.contains("disk-assembly"), "\(roles)")
 
+        // The API: GetImage through the AWS CLI lists one AMI per region the disk reached.
+        let port = freeLoopbackPort()
+        let serverConfig = try scratch.write(
+            "server.yaml",
+            "dataDirectory: \(Self.dataDirectory)\nlisten: 127.0.0.1:\(port)\ncredentials:\n  - {accessKeyId: AKIAKILNMACHINE, secretAccessKey: machine-secret}\n"
+        )
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: Kiln.binary)
+        server.arguments = ["server", "--config", serverConfig]
+        let serverLog = scratch.path + "/server.log"
+        FileManager.default.createFile(atPath: serverLog, contents: nil)
+        server.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: serverLog))
+        server.standardError = server.standardOutput
+        try server.run()
+        var waited = 0
+        while !loopbackAccepts(port), waited < 300, server.isRunning {
+            usleep(100_000)
+            waited += 1
+        }
+        let amis = try shell(
+            "aws imagebuilder get-image --endpoint-url http://127.0.0.1:\(port) --image-build-version-arn \(image["arn"] as? String ?? "") --query 'image.outputResources.amis[].[region,image,name]' --output text",
+            environment: [
+                "AWS_ACCESS_KEY_ID": "AKIAKILNMACHINE", "AWS_SECRET_ACCESS_KEY": "machine-secret", "AWS_DEFAULT_REGION": "us-east-1",
+            ], includeStandardError: false)
+        kill(server.processIdentifier, SIGTERM)
+        server.waitUntilExit()
+        let rows = amis.output.split(separator: "\n").map { $0.split(separator: "\t").map(String.init) }
+        #expect(rows.count == 2 && rows.allSatisfy { $0.count == 3 && $0[1] == ami }, "\(amis.output)")
+        #expect(rows.first { $0.first == "s3-lab" }?.last == "web-s3", "\(amis.output)")
+        #expect(rows.first { $0.first == "lab" }?.last?.hasPrefix("web 20") == true, "\(amis.output)")
+
         // A machine image Kiln built is a parent by its ARN; the child's disk holds both builds' files.
         _ = try scratch.write(
             "child.yaml",
