@@ -382,7 +382,8 @@ struct ImageImportDiskCommand: AsyncParsableCommand {
             let version = try SemanticVersion(parsing: semanticVersion)
             let path = file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file
             let record = try await DiskImport.run(
-                path, name: name, version: version, configuration: environment.configuration, records: try environment.records()
+                path, name: name, version: version, configuration: environment.configuration, records: try environment.records(),
+                store: environment.store
             ) { TerminalOutput().progress($0) }
             try TerminalOutput.printJSON(record)
         }

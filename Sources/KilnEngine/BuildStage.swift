@@ -117,6 +117,15 @@ extension PipelineRun {
             guard let chosen = selector.select(from: candidates.map { BuildVersion($0.version, build: $0.build) }),
                 let record = candidates.first(where: { BuildVersion($0.version, build: $0.build) == chosen })
             else {
+                let unreadable = records.all().first {
+                    $0.name == arn.name && $0.status == .available && $0.machineImage?.parentRefusal != nil
+                }
+                if let unreadable, let reason = unreadable.machineImage?.parentRefusal {
+                    throw KilnError(
+                        .invalidArgument,
+                        "image \(unreadable.name)/\(unreadable.version)/\(unreadable.build) was imported from a disk whose root filesystem Kiln cannot read, so it cannot be a parent image (\(reason)); it can still be exported and distributed"
+                    )
+                }
                 throw KilnError(.notFound, "no AVAILABLE image matches \(text); see kiln images")
             }
             progress("parent \(text): image \(record.name)/\(record.version)/\(record.build)")

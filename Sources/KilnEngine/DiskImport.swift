@@ -1,6 +1,8 @@
 import Crypto
 import Foundation
+import KilnInstances
 import KilnModel
+import KilnOCI
 import KilnSystem
 
 /// `kiln image import-disk`: Image Builder's ImportDiskImage. A raw, qcow2 or vmdk disk
@@ -75,10 +77,12 @@ public enum DiskImport {
         return Inspection(format: format, virtualSize: size)
     }
 
-    /// Converts `path` to `target` (qcow2) and returns the record of a new AVAILABLE AMI.
+    /// Converts `path` to `target` (qcow2) and returns the record of a new AVAILABLE AMI. Its
+    /// root filesystem also goes into `store` as a one-layer image, so the AMI can be a recipe's
+    /// parent; a disk whose root Kiln cannot read is still imported, with the reason recorded.
     public static func run(
         _ path: String, name: String, version: SemanticVersion, configuration: KilnConfiguration, records: any ImageRecords,
-        progress: @Sendable (String) -> Void = { _ in }
+        store: ContentStore, progress: @escaping @Sendable (String) -> Void = { _ in }
     ) async throws -> ImageRecord {
         let inspection = try await inspect(path)
         let normalized = ImageBuilderARN.normalizedName(name)
@@ -107,9 +111,44 @@ public enum DiskImport {
         record.machineImage = MachineImage(
             amiId: MachineImage.amiId(forArn: arn) { Array(SHA256.hash(data: $0)) }, disk: disk, format: "qcow2", digest: digest,
             bytes: bytes, virtualSize: inspection.virtualSize, importedFrom: "\(path) (\(inspection.format.rawValue))")
+        let localName = "\(normalized):\(version)-\(build)"
+        do {
+            let manifest = try await importRoot(
+                of: inspection.format == .raw ? path : disk, isRaw: inspection.format == .raw, store: store, as: localName, source: path,
+                progress: progress)
+            record.localName = localName
+            record.digest = manifest.digest.description
+            progress("root filesystem stored as kiln:\(localName) (\(manifest.digest)); the image can be a parent image")
+        } catch {
+            let reason = (error as? KilnError)?.message ?? "\(error)"
+            record.machineImage?.parentRefusal = reason
+            progress("warning: the disk is imported, but it cannot be a parent image: \(reason)")
+        }
         try records.save(record)
         progress("image \(arn): AVAILABLE, \(record.machineImage!.amiId), \(digest)")
         return record
+    }
+
+    /// Reads the disk's root filesystem (a qcow2 through a sparse raw copy) into a one-layer image.
+    static func importRoot(
+        of disk: String, isRaw: Bool, store: ContentStore, as name: String, source: String, progress: @escaping @Sendable (String) -> Void
+    ) async throws -> Descriptor {
+        var raw = disk
+        let scratch = store.scratch + "/" + ProcessOwner.temporaryName("import-")
+        guard mkdir(scratch, 0o700) == 0 else {
+            throw KilnError(.ioFailure, "cannot make \(scratch): \(String(cString: strerror(errno)))")
+        }
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        if !isRaw {
+            raw = scratch + "/disk.raw"
+            let (status, output) = try await qemuImg(["convert", "-f", "qcow2", "-O", "raw", disk, raw])
+            guard status == 0 else { throw KilnError(.ioFailure, "qemu-img could not make a raw copy of \(disk): \(output.suffix(500))") }
+        }
+        let summary = try await DiskRootReader.extract(raw: raw, into: scratch + "/root", observer: progress)
+        let place = summary.partition.map { "partition \($0)" } ?? "whole disk"
+        progress("packing the root filesystem (\(summary.entries) entries) into kiln:\(name)")
+        return try store.importRootFilesystem(
+            scratch + "/root", name: name, createdBy: "kiln image import-disk \(source) (\(place), ext root)")
     }
 
     static func qemuImg(_ arguments: [String]) async throws -> (Int32, String) {

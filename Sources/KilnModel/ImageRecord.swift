@@ -174,6 +174,8 @@ public struct MachineImage: Sendable, Codable, Hashable {
     public var virtualSize: Int64
     /// Where an imported disk came from, and its format there.
     public var importedFrom: String?
+    /// Why an imported disk's root filesystem could not be read, so it cannot be a parent image.
+    public var parentRefusal: String?
     /// Copies in regions' image stores (exports in other formats included), each verified.
     public var copies: [DiskCopy]?
     /// KubeVirt containerDisks pushed to regions' registries, `registry/repository:tag@digest`.

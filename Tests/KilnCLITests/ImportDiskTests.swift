@@ -40,10 +40,33 @@ struct ImportDiskTests {
             #expect(same.status == 0, "\(file): the imported qcow2 holds the same blocks: \(same.output)")
             let digest = try shell("sha256sum \(disk)").output.prefix(64)
             #expect(machine["digest"] as? String == "sha256:" + digest)
+            // Imported all the same, but with no root filesystem it cannot be a parent, and says why.
+            #expect(record["localName"] == nil, "\(record)")
+            #expect(
+                (machine["parentRefusal"] as? String)?.contains("no root filesystem found") == true
+                    && result.stderr.contains("cannot be a parent image"), "\(file): \(machine) \(result.stderr)")
         }
         #expect(amis.count == 3, "each import is its own build with its own AMI id")
         let listed = try Kiln.run(["images", "--config", config], in: scratch.path)
         #expect(listed.stdout.contains("imported/1.0.0/3"), "\(listed.stdout)")
+
+        // A recipe naming it as its parent fails in BUILD with that reason, before any builder.
+        let recipe = try scratch.write(
+            "on-imported.yaml",
+            """
+            components:
+              - {name: noop, semanticVersion: 1.0.0, platform: Linux, data: "name: Noop\\nschemaVersion: 1.0\\nphases:\\n  - name: build\\n    steps:\\n      - {name: N, action: ExecuteBash, inputs: {commands: [true]}}\\n"}
+            imageRecipes:
+              - {name: on-imported, semanticVersion: 1.0.0, parentImage: "arn:aws:imagebuilder:us-east-1:000000000000:image/imported/x.x.x", components: [{componentArn: noop/1.x.x}]}
+            infrastructureConfigurations:
+              - {name: builders, instanceTypes: [t3.small], instanceProfileName: kiln}
+            imagePipelines:
+              - {name: on-imported, imageRecipeArn: on-imported/1.x.x, infrastructureConfigurationArn: builders}
+            """)
+        let refusedParent = try Kiln.run(["build", "-f", recipe, "--config", config], in: scratch.path)
+        #expect(
+            refusedParent.status != 0 && refusedParent.stderr.contains("was imported from a disk whose root filesystem Kiln cannot read")
+                && refusedParent.stderr.contains("no root filesystem found"), "\(refusedParent.stderr)")
 
         let hostile = try shell(
             """
