@@ -218,8 +218,11 @@ public struct LayerUnpacker {
                 (UInt64(entry.deviceMajor & 0xfff) << 8) | UInt64(entry.deviceMinor & 0xff) | (UInt64(entry.deviceMinor & ~0xff) << 12)
                 | (UInt64(entry.deviceMajor & ~0xfff) << 32)
             guard mknod(host, type | mode_t(entry.mode), dev_t(device)) == 0 else { throw posixError("create device", host) }
+            // mknod and mkfifo take the umask off; the layer's mode is what the image holds (/dev/null is 0666).
+            guard chmod(host, mode_t(entry.mode)) == 0 else { throw posixError("set the mode of", host) }
         case .fifo:
             guard mkfifo(host, mode_t(entry.mode)) == 0 else { throw posixError("create fifo", host) }
+            guard chmod(host, mode_t(entry.mode)) == 0 else { throw posixError("set the mode of", host) }
         }
         if applyOwners {
             lchown(host, entry.uid, entry.gid)

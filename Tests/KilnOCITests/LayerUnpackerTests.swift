@@ -181,6 +181,19 @@ struct LayerUnpackerTests {
         #expect(!FileManager.default.fileExists(atPath: sandbox.target + "/dev/null"))
     }
 
+    @Test(
+        "Device nodes keep the layer's mode whatever the umask (/dev/null stays 0666)",
+        .enabled(if: TestEnvironment.isCI || TestEnvironment.isRoot))
+    func deviceModes() throws {
+        let sandbox = try Sandbox()
+        defer { sandbox.remove() }
+        try LayerUnpacker(target: sandbox.target).apply(
+            layerFile: try layer([.directory("dev"), .device("dev/null")], in: sandbox), compressed: false)
+        var info = stat()
+        #expect(lstat(sandbox.target + "/dev/null", &info) == 0)
+        #expect(info.st_mode & S_IFMT == S_IFCHR && info.st_mode & 0o7777 == 0o666, "mode \(String(info.st_mode, radix: 8))")
+    }
+
     @Test("A truncated or corrupt layer is an error, not a partial success")
     func corruptLayer() throws {
         let sandbox = try Sandbox()
