@@ -246,6 +246,55 @@ struct MachineImageTests {
             files.output.contains("child of \(ami)") && files.output.contains("kiln machine image \(nonce)"),
             "the child's disk has its own file and the parent image's page: \(files.output)")
 
+        // A disk from outside Kiln is a parent too: import-disk reads its root filesystem into a
+        // layer without mounting it, and a recipe on the imported AMI makes a disk that boots and
+        // passes its tests, with the set-uid and sticky bits the import kept.
+        let importRun = try Kiln.run(["image", "import-disk", disk, "--name", "imported-web"], in: scratch.path)
+        let imported = try record(importRun)
+        #expect(imported["localName"] as? String != nil, "\(importRun.stderr)")
+        #expect(importRun.stderr.contains("the image can be a parent image"), "\(importRun.stderr)")
+        _ = try scratch.write(
+            "imported.yaml",
+            """
+            components:
+              - name: imported-motd
+                semanticVersion: 1.0.0
+                platform: Linux
+                data: |
+                  name: Motd
+                  schemaVersion: 1.0
+                  phases:
+                    - name: build
+                      steps:
+                        - {name: Write, action: ExecuteBash, inputs: {commands: ["echo built on an imported disk > /etc/motd"]}}
+                    - name: test
+                      steps:
+                        - {name: SetUid, action: ExecuteBash, inputs: {commands: ["test -u /usr/bin/passwd", "test -k /tmp"]}}
+            imageRecipes:
+              - {name: on-imported, semanticVersion: 1.0.0, parentImage: "\(imported["arn"] as? String ?? "")", components: [{componentArn: imported-motd/1.x.x}]}
+            infrastructureConfigurations:
+              - {name: builders, instanceTypes: [t3.small], instanceProfileName: kiln}
+            imagePipelines:
+              - name: on-imported
+                imageRecipeArn: on-imported/1.x.x
+                infrastructureConfigurationArn: builders
+                kilnTests: {security: {pendingUpdates: false}}
+            """)
+        let onImportedRun = try Kiln.run(["build", "-f", scratch.file("imported.yaml")], in: scratch.path)
+        let onImported = try record(onImportedRun)
+        #expect(onImported["status"] as? String == "AVAILABLE", "\(onImportedRun.stderr.suffix(3000))")
+        let importedReport = (try? String(contentsOfFile: onImported["testResults"] as? String ?? "", encoding: .utf8)) ?? ""
+        #expect(
+            importedReport.contains("name=\"SetUid\"") && importedReport.contains("reached multi-user.target")
+                && !importedReport.contains("<failure"), "\(importedReport)")
+        let importedDisk = (onImported["machineImage"] as? [String: Any])?["raw"] as? String ?? ""
+        let importedFiles = try shell(
+            "debugfs -R 'cat /etc/motd' '\(importedDisk)?offset=\(offset.output.trimmingCharacters(in: .whitespacesAndNewlines))' 2>/dev/null; debugfs -R 'cat /var/www/html/index.html' '\(importedDisk)?offset=\(offset.output.trimmingCharacters(in: .whitespacesAndNewlines))' 2>/dev/null"
+        )
+        #expect(
+            importedFiles.output.contains("built on an imported disk") && importedFiles.output.contains("kiln machine image \(nonce)"),
+            "the disk built on the imported one has its own file and the imported disk's page: \(importedFiles.output)")
+
         // The raw disk, outside Kiln: SeaBIOS, the installed bootloader, the kernel, sshd with first-boot keys.
         let booted = try shell(
             """
