@@ -4,6 +4,7 @@ import KilnInstances
 import KilnModel
 import KilnOCI
 import KilnSystem
+import KilnTOE
 
 /// `kiln image import-disk`: Image Builder's ImportDiskImage. A raw, qcow2 or vmdk disk
 /// becomes an AVAILABLE machine image (type AMI) whose qcow2 lives in Kiln's data directory.
@@ -77,14 +78,72 @@ public enum DiskImport {
         return Inspection(format: format, virtualSize: size)
     }
 
-    /// Converts `path` to `target` (qcow2) and returns the record of a new AVAILABLE AMI. Its
-    /// root filesystem also goes into `store` as a one-layer image, so the AMI can be a recipe's
-    /// parent; a disk whose root Kiln cannot read is still imported, with the reason recorded.
+    /// Where ImportDiskImage reads a disk: a file in a region's image-store folder, or an
+    /// object in a region's image-store bucket.
+    public enum Source: Sendable, Hashable {
+        case file(String)
+        case s3(KilnConfiguration.S3Bucket, key: String)
+
+        /// `s3://BUCKET/KEY` in a bucket some region stores disks in, or `file:///PATH` (or
+        /// `/PATH`) inside a region's image-store folder: the server reads nothing else.
+        public static func parse(_ uri: String, regions: [String: KilnConfiguration.Region]) throws -> Source {
+            let stores = regions.sorted { $0.key < $1.key }.compactMap { name, region in region.imageStore.map { (name, $0) } }
+            if uri.hasPrefix("s3://") {
+                let rest = uri.dropFirst("s3://".count)
+                guard let slash = rest.firstIndex(of: "/"), rest.index(after: slash) < rest.endIndex else {
+                    throw KilnError(.invalidArgument, "uri \(uri) names no object; use s3://BUCKET/KEY")
+                }
+                let (bucket, key) = (String(rest[..<slash]), String(rest[rest.index(after: slash)...]))
+                for (_, store) in stores {
+                    if case .s3(let configured) = store, configured.bucket == bucket { return .s3(configured, key: key) }
+                }
+                throw KilnError(
+                    .invalidArgument,
+                    "uri \(uri): no region in kiln.yaml keeps disks in the bucket \(bucket), so Kiln has no endpoint or credentials for it; put the disk in a region's imageStore bucket or folder"
+                )
+            }
+            let path = ((uri.hasPrefix("file://") ? String(uri.dropFirst("file://".count)) : uri) as NSString).standardizingPath
+            guard path.hasPrefix("/"), !path.split(separator: "/").contains("..") else {
+                throw KilnError(.invalidArgument, "uri \(uri) is neither s3://BUCKET/KEY nor file:///PATH")
+            }
+            let resolved = (path as NSString).resolvingSymlinksInPath
+            for (_, store) in stores {
+                guard case .directory(let folder) = store else { continue }
+                let root = (folder as NSString).resolvingSymlinksInPath
+                if resolved.hasPrefix(root + "/") { return .file(resolved) }
+            }
+            let folders = stores.compactMap { if case .directory(let folder) = $0.1 { folder } else { nil } }
+            throw KilnError(
+                .invalidArgument,
+                "uri \(uri) is outside every region's imageStore folder (\(folders.isEmpty ? "none is configured" : folders.joined(separator: ", "))); the server reads disks only there or from a region's bucket"
+            )
+        }
+    }
+
+    /// The disk as a local file: `source`'s own file, or the object downloaded to `scratch`.
+    public static func fetch(_ source: Source, downloadingTo scratch: String, progress: @escaping @Sendable (String) -> Void) async throws
+        -> String
+    {
+        switch source {
+        case .file(let path): return path
+        case .s3(let bucket, let key):
+            let objects = S3Objects(
+                endpoint: bucket.endpoint, region: bucket.region, bucket: bucket.bucket, accessKeyId: bucket.accessKeyId,
+                secretAccessKey: bucket.secretAccessKey)
+            progress("downloading s3://\(bucket.bucket)/\(key)")
+            let bytes = try await objects.download(key: key, to: scratch)
+            progress("downloaded s3://\(bucket.bucket)/\(key): \(bytes) bytes")
+            return scratch
+        }
+    }
+
+    /// `kiln image import-disk`: checks the disk, reserves the next build of `name/version` and
+    /// returns its AVAILABLE AMI record, saved.
     public static func run(
         _ path: String, name: String, version: SemanticVersion, configuration: KilnConfiguration, records: any ImageRecords,
         store: ContentStore, progress: @escaping @Sendable (String) -> Void = { _ in }
     ) async throws -> ImageRecord {
-        let inspection = try await inspect(path)
+        _ = try await inspect(path)
         let normalized = ImageBuilderARN.normalizedName(name)
         let build = try records.reserveBuild(name: normalized, version: version)
         let folder = records.folder(name: normalized, version: version, build: build)
@@ -92,6 +151,25 @@ public enum DiskImport {
             region: configuration.homeRegion, account: configuration.accountId, resourceType: "image", name: normalized,
             version: "\(version)/\(build)"
         ).description
+        var record = ImageRecord(
+            arn: arn, name: normalized, version: version, build: build, type: .ami, status: .creating,
+            trigger: BuildTrigger(kind: .manual, detail: "kiln image import-disk \(path)"),
+            dateCreated: ISO8601DateFormatter().string(from: Date()), logDirectory: folder + "/logs")
+        try await fill(&record, from: path, folder: folder, store: store, progress: progress)
+        try records.save(record)
+        return record
+    }
+
+    /// Makes `record` (reserved, its folder `folder`) an AVAILABLE AMI from the disk at `path`:
+    /// the disk becomes `folder/disk.qcow2`, and its root filesystem goes into `store` as a
+    /// one-layer image, so the AMI can be a recipe's parent. A disk whose root Kiln cannot read
+    /// is still imported, with the reason in `machineImage.parentRefusal`.
+    public static func fill(
+        _ record: inout ImageRecord, from path: String, folder: String, store: ContentStore,
+        progress: @escaping @Sendable (String) -> Void
+    ) async throws {
+        let inspection = try await inspect(path)
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let disk = folder + "/disk.qcow2"
         progress("import \(path) (\(inspection.format.rawValue), \(inspection.virtualSize) bytes virtual) → \(disk)")
         let (status, output) = try await qemuImg(
@@ -104,14 +182,10 @@ public enum DiskImport {
             throw KilnError(.ioFailure, "cannot move the converted disk to \(disk): \(String(cString: strerror(errno)))")
         }
         let (digest, bytes) = try DiskImageStore.sha256(of: disk)
-        var record = ImageRecord(
-            arn: arn, name: normalized, version: version, build: build, type: .ami, status: .available,
-            trigger: BuildTrigger(kind: .manual, detail: "kiln image import-disk \(path)"),
-            dateCreated: ISO8601DateFormatter().string(from: Date()), logDirectory: folder + "/logs")
         record.machineImage = MachineImage(
-            amiId: MachineImage.amiId(forArn: arn) { Array(SHA256.hash(data: $0)) }, disk: disk, format: "qcow2", digest: digest,
+            amiId: MachineImage.amiId(forArn: record.arn) { Array(SHA256.hash(data: $0)) }, disk: disk, format: "qcow2", digest: digest,
             bytes: bytes, virtualSize: inspection.virtualSize, importedFrom: "\(path) (\(inspection.format.rawValue))")
-        let localName = "\(normalized):\(version)-\(build)"
+        let localName = "\(record.name):\(record.version)-\(record.build)"
         do {
             let manifest = try await importRoot(
                 of: inspection.format == .raw ? path : disk, isRaw: inspection.format == .raw, store: store, as: localName, source: path,
@@ -124,9 +198,8 @@ public enum DiskImport {
             record.machineImage?.parentRefusal = reason
             progress("warning: the disk is imported, but it cannot be a parent image: \(reason)")
         }
-        try records.save(record)
-        progress("image \(arn): AVAILABLE, \(record.machineImage!.amiId), \(digest)")
-        return record
+        record.status = .available
+        progress("image \(record.arn): AVAILABLE, \(record.machineImage!.amiId), \(digest)")
     }
 
     /// Reads the disk's root filesystem (a qcow2 through a sparse raw copy) into a one-layer image.

@@ -92,6 +92,33 @@ final class BuildScheduler: Service, Sendable {
         running.withLock { $0[record.arn] = task }
     }
 
+    /// ImportDiskImage: the CREATING record is saved before the API answers; the disk is then
+    /// fetched and imported in the background, ending AVAILABLE, or FAILED with the reason.
+    func importDisk(_ record: ImageRecord, from source: DiskImport.Source, folder: String) throws {
+        try records.save(record)
+        let task = Task { [self] in
+            var record = record
+            let arn = record.arn
+            let scratch = transfer.store.scratch + "/" + ProcessOwner.temporaryName("import-download-")
+            defer { unlink(scratch) }
+            do {
+                let path = try await DiskImport.fetch(source, downloadingTo: scratch) { [logger] line in
+                    logger.info("\(arn): \(line)")
+                }
+                try await DiskImport.fill(&record, from: path, folder: folder, store: transfer.store) { [logger] line in
+                    logger.info("\(arn): \(line)")
+                }
+            } catch {
+                record.status = .failed
+                record.failure = .init(stage: .build, step: "import", reason: (error as? KilnError)?.message ?? "\(error)")
+                logger.error("\(record.arn): import failed: \(record.failure!.reason)")
+            }
+            do { try records.save(record) } catch { logger.error("\(record.arn): cannot save the import's record: \(error)") }
+            running.withLock { $0[record.arn] = nil }
+        }
+        running.withLock { $0[record.arn] = task }
+    }
+
     func run() async throws {
         for arn in try store.releaseDeadOwners() {
             logger.info("a dead Kiln's build of \(arn) is out of the queue; its record ended FAILED when the store opened")

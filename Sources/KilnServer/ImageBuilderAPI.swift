@@ -82,6 +82,7 @@ final class ImageBuilderAPI: Sendable {
         case "DeleteImagePipeline": output = try deleteResource(input, kind: .imagePipeline)
         case "StartImagePipelineExecution": output = try startPipeline(input)
         case "CreateImage": output = try createImage(input)
+        case "ImportDiskImage": output = try importDiskImage(input)
         case "GetImage": output = try getImage(input)
         case "ListImages": output = try listImages(input)
         case "ListImageBuildVersions": output = try listImageBuildVersions(input)

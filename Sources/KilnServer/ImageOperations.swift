@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KilnEngine
 import KilnModel
 import KilnStore
 
@@ -35,6 +36,53 @@ extension ImageBuilderAPI {
         }
         let imageArn = try queueBuild(
             pipeline: pipeline, pipelineArn: nil, trigger: BuildTrigger(kind: .manual, detail: "CreateImage"), tags: input["tags"])
+        return ["imageBuildVersionArn": .string(imageArn)]
+    }
+
+    /// ImportDiskImage: a Linux disk (raw, qcow2 or one-file vmdk, not an ISO) from a region's
+    /// image-store bucket or folder becomes an AMI. The CREATING image is stored before this
+    /// answers; the import runs in the background (`BuildScheduler.importDisk`).
+    func importDiskImage(_ input: Object) throws -> Object {
+        let platform = try string(input, "platform")
+        guard platform == "Linux" else {
+            throw apiError(
+                "InvalidParameterValueException",
+                "platform \(platform): Kiln imports Linux disks (raw, qcow2 or one-file vmdk), not Windows ISOs")
+        }
+        let infrastructure = try resolveReference(
+            try string(input, "infrastructureConfigurationArn"), kind: .infrastructureConfiguration,
+            member: "infrastructureConfigurationArn")
+        let source: DiskImport.Source
+        do {
+            source = try DiskImport.Source.parse(try string(input, "uri"), regions: configuration.regions)
+        } catch let error as KilnError {
+            throw apiError("InvalidParameterValueException", error.message)
+        }
+        let version: SemanticVersion
+        do {
+            version = try SemanticVersion(parsing: try string(input, "semanticVersion"))
+        } catch let error as KilnError {
+            throw apiError("InvalidVersionNumberException", "semanticVersion: \(error.message)")
+        }
+        let name = ImageBuilderARN.normalizedName(try string(input, "name"))
+        let build = try store.reserveBuild(name: name, version: version)
+        let imageArn = arn("image", name, "\(version)/\(build)")
+        let folder = store.folder(name: name, version: version, build: build)
+        let record = ImageRecord(
+            arn: imageArn, name: name, version: version, build: build, type: .ami, status: .creating,
+            trigger: BuildTrigger(kind: .manual, detail: "ImportDiskImage \(try string(input, "uri"))"), dateCreated: now,
+            logDirectory: folder + "/logs")
+        var snapshot: Object = [
+            "infrastructureConfiguration": .object(try document(infrastructure)), "buildType": "IMPORT",
+            "osVersion": input["osVersion"] ?? .null,
+        ]
+        if let description = input["description"] { snapshot["description"] = description }
+        try store.insert(
+            StoredResource(
+                kind: .image, arn: imageArn, name: name, version: version, build: build, document: JSONValue.object(snapshot).encodedData(),
+                dateCreated: record.dateCreated))
+        if let tags = input["tags"]?.object, !tags.isEmpty { try store.setTags(arn: imageArn, tags.compactMapValues(\.string)) }
+        try builds.importDisk(record, from: source, folder: folder)
         return ["imageBuildVersionArn": .string(imageArn)]
     }
 

@@ -68,6 +68,35 @@ public struct S3Objects: Sendable {
 
     /// Reads the object back: its sha256 (`sha256:…`) and size.
     public func digest(key: String) async throws -> (digest: String, bytes: Int64) {
+        let response = try await get(key: key)
+        var hasher = SHA256()
+        var bytes: Int64 = 0
+        for try await chunk in response.body {
+            chunk.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+            bytes += Int64(chunk.readableBytes)
+        }
+        return ("sha256:" + SigV4Signer.hex(hasher.finalize()), bytes)
+    }
+
+    /// Downloads the object into a new file at `path` (never over an existing one); returns its bytes.
+    @discardableResult
+    public func download(key: String, to path: String, progress: @escaping @Sendable (Int64) -> Void = { _ in }) async throws -> Int64 {
+        let response = try await get(key: key)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw KilnError(.ioFailure, "cannot create \(path): \(String(cString: strerror(errno)))") }
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        var bytes: Int64 = 0
+        for try await chunk in response.body {
+            try handle.write(contentsOf: Data(chunk.readableBytesView))
+            bytes += Int64(chunk.readableBytes)
+            progress(bytes)
+        }
+        try handle.synchronize()
+        return bytes
+    }
+
+    /// GETs the object; anything but 200 is an error naming the object and S3's words.
+    func get(key: String) async throws -> HTTPClientResponse {
         let request = try client.request(.GET, client.url(bucket: bucket, key: key), payloadHash: S3Client.emptyHash)
         let response = try await client.http.execute(request, timeout: .hours(24))
         guard response.status == .ok else {
@@ -76,13 +105,7 @@ public struct S3Objects: Sendable {
                 response.status == .notFound ? .notFound : .network,
                 "S3 GET s3://\(bucket)/\(key): HTTP \(response.status.code) \(body.map { String(buffer: $0).prefix(300) } ?? "")")
         }
-        var hasher = SHA256()
-        var bytes: Int64 = 0
-        for try await chunk in response.body {
-            chunk.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
-            bytes += Int64(chunk.readableBytes)
-        }
-        return ("sha256:" + SigV4Signer.hex(hasher.finalize()), bytes)
+        return response
     }
 
     /// PUTs `length` bytes of `path` from `offset`; returns the ETag S3 gave them.

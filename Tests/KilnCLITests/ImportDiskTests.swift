@@ -7,7 +7,7 @@ import Testing
 /// refused before anything is written.
 @Suite(
     "kiln image import-disk and export-disk", .serialized,
-    .enabled(if: TestEnvironment.requires("qemu-img", "sfdisk", "moto_server", "aws")))
+    .enabled(if: TestEnvironment.requires("qemu-img", "sfdisk", "mkfs.ext4", "debugfs", "moto_server", "aws")))
 struct ImportDiskTests {
     @Test("raw, qcow2 and vmdk import as AMIs with the same blocks; overlays, vmdk descriptors and non-disks are refused")
     func imports() throws {
@@ -86,6 +86,88 @@ struct ImportDiskTests {
         }
         let after = try Kiln.run(["images", "--config", config], in: scratch.path)
         #expect(!after.stdout.contains("hostile/"), "a refused disk leaves no image: \(after.stdout)")
+    }
+
+    @Test(
+        "ImportDiskImage through the AWS CLI: a qcow2 in a region's S3 bucket and a raw disk in a region's folder become AVAILABLE AMIs whose root can be a parent; a bucket or path outside the regions, a Windows platform and a non-disk are refused"
+    )
+    func importThroughAPI() throws {
+        let s3 = try LoopbackServer(executable: "moto_server", arguments: { ["-H", "127.0.0.1", "-p", String($0)] })
+        defer { s3.stop() }
+        let scratch = Scratch("kiln-import-api")
+        defer { scratch.remove() }
+        let environment = ["AWS_ACCESS_KEY_ID": "kilntest", "AWS_SECRET_ACCESS_KEY": "kilnsecret", "AWS_DEFAULT_REGION": "us-east-1"]
+        let aws = "aws --endpoint-url \(s3.url)"
+        let made = try shell(
+            """
+            set -e
+            cd \(scratch.path)
+            mkdir -p tree/etc tree/usr/bin lab-disks
+            echo 'ID=debian' > tree/etc/os-release; echo tool > tree/usr/bin/tool; chmod 4755 tree/usr/bin/tool
+            truncate -s 64M lab-disks/disk.raw
+            printf 'label: gpt\\nstart=2048, name=root\\n' | sfdisk -q lab-disks/disk.raw
+            mkfs.ext4 -q -F -d tree -E offset=1048576 lab-disks/disk.raw 60M
+            qemu-img convert -f raw -O qcow2 lab-disks/disk.raw disk.qcow2
+            head -c 1M /dev/urandom > noise.bin
+            \(aws) s3 mb s3://kiln-imports >/dev/null
+            \(aws) s3 cp disk.qcow2 s3://kiln-imports/in/disk.qcow2 >/dev/null
+            \(aws) s3 cp noise.bin s3://kiln-imports/in/noise.bin >/dev/null
+            """, environment: environment)
+        try #require(made.status == 0, "\(made.output)")
+        let server = try KilnServerUnderTest(
+            regions: [:],
+            regionsBlock: """
+                regions:
+                  lab: {imageStore: {directory: \(scratch.path)/lab-disks}}
+                  s3-lab: {imageStore: {s3: {endpoint: "\(s3.url)", bucket: kiln-imports, prefix: golden, accessKeyId: kilntest, secretAccessKey: kilnsecret}}}
+
+                """)
+        defer { server.stop() }
+        let cli = server.cli
+        let suffix = String(UUID().uuidString.prefix(8)).lowercased()
+        let infrastructure = cli(
+            "create-infrastructure-configuration", "--name", "import-\(suffix)", "--instance-profile-name", "kiln", "--instance-types",
+            "t3.small")
+        infrastructure.expectAccepted()
+        let infrastructureArn = infrastructure.string("infrastructureConfigurationArn") ?? ""
+        func importDisk(_ uri: String, name: String, platform: String = "Linux") -> APIOutcome {
+            cli(
+                "import-disk-image", "--name", name, "--semantic-version", "1.0.0", "--platform", platform, "--os-version", "Debian 12",
+                "--infrastructure-configuration-arn", infrastructureArn, "--uri", uri)
+        }
+
+        for (uri, name) in [
+            ("s3://kiln-imports/in/disk.qcow2", "from-s3-\(suffix)"),
+            ("\(scratch.path)/lab-disks/disk.raw", "from-folder-\(suffix)"),
+        ] {
+            let started = importDisk(uri, name: name)
+            started.expectAccepted()
+            let arn = try #require(started.string("imageBuildVersionArn"), "\(started)")
+            #expect(arn.hasSuffix(":image/\(name)/1.0.0/1"), "\(arn)")
+            let state = server.waitForImage(arn, cli: cli, seconds: 120)
+            #expect(state["status"] == "AVAILABLE", "\(uri): \(state) \(server.logTail())")
+            let image = cli("get-image", "--image-build-version-arn", arn)
+            #expect(image.string("image.type") == "AMI" && image.string("image.buildType") == "IMPORT", "\(image)")
+            #expect(image.string("image.outputResources.amis.0.image")?.wholeMatch(of: #/ami-[0-9a-f]{17}/#) != nil, "\(image)")
+        }
+        #expect(
+            server.log.components(separatedBy: "the image can be a parent image").count == 3,
+            "both roots were read into layers: \(server.logTail())")
+
+        importDisk("s3://somebody-else/disk.qcow2", name: "refused-\(suffix)").expectRefused(
+            "InvalidParameterValueException", saying: "no region in kiln.yaml keeps disks in the bucket somebody-else")
+        importDisk("/etc/hostname", name: "refused-\(suffix)").expectRefused(
+            "InvalidParameterValueException", saying: "is outside every region's imageStore folder")
+        importDisk("\(scratch.path)/lab-disks/../disk.qcow2", name: "refused-\(suffix)").expectRefused(
+            "InvalidParameterValueException", saying: "is outside every region's imageStore folder")
+        importDisk("s3://kiln-imports/in/disk.qcow2", name: "refused-\(suffix)", platform: "Windows").expectRefused(
+            "InvalidParameterValueException", saying: "not Windows ISOs")
+
+        let noise = importDisk("s3://kiln-imports/in/noise.bin", name: "noise-\(suffix)")
+        noise.expectAccepted()
+        let noiseState = server.waitForImage(noise.string("imageBuildVersionArn") ?? "", cli: cli, seconds: 120)
+        #expect(
+            noiseState["status"] == "FAILED" && noiseState["reason"]?.contains("is not a disk Kiln can import") == true, "\(noiseState)")
     }
 
     @Test(

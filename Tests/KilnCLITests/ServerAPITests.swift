@@ -467,7 +467,8 @@ final class KilnServerUnderTest {
     let port = freeLoopbackPort()
     private let process = Process()
 
-    init(regions: [String: String], maxConcurrentBuilds: Int = 2) throws {
+    /// `regions`: name → registry. `regionsBlock`: a whole `regions:` block instead (image stores).
+    init(regions: [String: String], regionsBlock: String? = nil, maxConcurrentBuilds: Int = 2) throws {
         var config = """
             dataDirectory: \(sharedDataDirectory)
             listen: 127.0.0.1:\(port)
@@ -476,7 +477,9 @@ final class KilnServerUnderTest {
               - {accessKeyId: \(Self.accessKeyId), secretAccessKey: \(Self.secretAccessKey)}
 
             """
-        if !regions.isEmpty {
+        if let regionsBlock {
+            config += regionsBlock
+        } else if !regions.isEmpty {
             config +=
                 "regions:\n"
                 + regions.sorted { $0.key < $1.key }.map { "  \($0.key): {registry: \"\($0.value)\", insecure: true}\n" }.joined()
