@@ -119,6 +119,19 @@ final class BuildScheduler: Service, Sendable {
         running.withLock { $0[record.arn] = task }
     }
 
+    /// After DeleteImage: the image's own disks in its folder and its name in Kiln's store go
+    /// (kiln image gc then frees the blobs). Copies in regions stay, as AMIs outlive a deleted
+    /// Image Builder image; the logs stay for the record of what ran.
+    func releaseLocalArtifacts(of record: ImageRecord) {
+        let folder = records.folder(name: record.name, version: record.version, build: record.build)
+        for disk in [record.machineImage?.disk, record.machineImage?.raw].compactMap({ $0 }) where disk.hasPrefix(folder + "/") {
+            if unlink(disk) == 0 { logger.info("\(record.arn) deleted: removed its disk \(disk)") }
+        }
+        if let localName = record.localName, (try? transfer.store.untag(localName)) == true {
+            logger.info("\(record.arn) deleted: kiln:\(localName) untagged; kiln image gc frees its blobs")
+        }
+    }
+
     func run() async throws {
         for arn in try store.releaseDeadOwners() {
             logger.info("a dead Kiln's build of \(arn) is out of the queue; its record ended FAILED when the store opened")

@@ -325,6 +325,7 @@ extension ImageBuilderAPI {
                 "ResourceInUseException", "image \(arn) is \(record.status.rawValue); cancel it (cancel-image-creation) before deleting it")
         }
         _ = try store.deleteImage(arn: arn)
+        builds.releaseLocalArtifacts(of: record)
         return ["imageBuildVersionArn": .string(arn)]
     }
 

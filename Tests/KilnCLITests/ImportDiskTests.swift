@@ -136,6 +136,7 @@ struct ImportDiskTests {
                 "--infrastructure-configuration-arn", infrastructureArn, "--uri", uri)
         }
 
+        var imported: [String] = []
         for (uri, name) in [
             ("s3://kiln-imports/in/disk.qcow2", "from-s3-\(suffix)"),
             ("\(scratch.path)/lab-disks/disk.raw", "from-folder-\(suffix)"),
@@ -149,6 +150,7 @@ struct ImportDiskTests {
             let image = cli("get-image", "--image-build-version-arn", arn)
             #expect(image.string("image.type") == "AMI" && image.string("image.buildType") == "IMPORT", "\(image)")
             #expect(image.string("image.outputResources.amis.0.image")?.wholeMatch(of: #/ami-[0-9a-f]{17}/#) != nil, "\(image)")
+            imported.append(arn)
         }
         #expect(
             server.log.components(separatedBy: "the image can be a parent image").count == 3,
@@ -162,6 +164,15 @@ struct ImportDiskTests {
             "InvalidParameterValueException", saying: "is outside every region's imageStore folder")
         importDisk("s3://kiln-imports/in/disk.qcow2", name: "refused-\(suffix)", platform: "Windows").expectRefused(
             "InvalidParameterValueException", saying: "not Windows ISOs")
+
+        // DeleteImage removes the image's own disk from the data directory; the source stays.
+        let folder = "\(sharedDataDirectory)/images/from-s3-\(suffix)/1.0.0/1"
+        #expect(FileManager.default.fileExists(atPath: folder + "/disk.qcow2"))
+        cli("delete-image", "--image-build-version-arn", imported[0]).expectAccepted()
+        #expect(!FileManager.default.fileExists(atPath: folder + "/disk.qcow2"), "the deleted image's disk is removed")
+        #expect(server.log.contains("deleted: kiln:from-s3-\(suffix):1.0.0-1 untagged"), "\(server.logTail())")
+        cli("get-image", "--image-build-version-arn", imported[0]).expectRefused("ResourceNotFoundException", saying: "does not exist")
+        #expect(FileManager.default.fileExists(atPath: scratch.file("lab-disks/disk.raw")), "an imported file is left where it was")
 
         let noise = importDisk("s3://kiln-imports/in/noise.bin", name: "noise-\(suffix)")
         noise.expectAccepted()
