@@ -1,6 +1,7 @@
 import CKilnSystem
 import Foundation
 import KilnModel
+import KilnOCI
 import KilnSystem
 import Synchronization
 
@@ -102,8 +103,8 @@ struct ListedEntry: Hashable {
     var name: String
     var size: Int64
 
-    var type: UInt32 { mode & 0o170000 }
-    var isDirectory: Bool { type == 0o040000 }
+    var type: mode_t { mode & S_IFMT }
+    var isDirectory: Bool { type == S_IFDIR }
 
     struct Unreadable: Error {}
 
@@ -249,9 +250,6 @@ extension DiskRootReader {
 
         /// Makes the listed tree in `directory` and returns the bytes of the files written.
         func makeTree(_ tree: Tree, in directory: String, skipped: inout [String]) async throws -> Int64 {
-            let inodeTypes: (regular: UInt32, link: UInt32, character: UInt32, block: UInt32, fifo: UInt32, socket: UInt32) = (
-                0o100000, 0o120000, 0o020000, 0o060000, 0o010000, 0o140000
-            )
             // Folders first, parents before children (the listing's order), each made new.
             for (path, entry) in tree.entries where entry.isDirectory {
                 guard mkdir(directory + "/" + path, 0o700) == 0 else { throw posixError("cannot make the folder", directory + "/" + path) }
@@ -264,13 +262,13 @@ extension DiskRootReader {
             var sockets = 0
             for (path, entry) in tree.entries where !entry.isDirectory {
                 switch entry.type {
-                case inodeTypes.regular:
+                case S_IFREG:
                     if firstPath[entry.inode] == nil {
                         firstPath[entry.inode] = path
                         files.append((path, entry))
                     }
-                case inodeTypes.link, inodeTypes.character, inodeTypes.block, inodeTypes.fifo: special.append((path, entry))
-                case inodeTypes.socket: sockets += 1
+                case S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO: special.append((path, entry))
+                case S_IFSOCK: sockets += 1
                 default:
                     throw KilnError(.invalidArgument, "\(disk): /\(path) has an unknown file type (mode \(String(entry.mode, radix: 8)))")
                 }
@@ -282,22 +280,19 @@ extension DiskRootReader {
             for ((path, entry), section) in zip(special, stats) {
                 let target = directory + "/" + path
                 switch entry.type {
-                case inodeTypes.link:
+                case S_IFLNK:
                     guard let destination = Self.fastLinkDestination(section, size: entry.size) else {
                         slowLinks.append((path, entry))
                         continue
                     }
                     guard symlink(destination, target) == 0 else { throw posixError("cannot make the link", target) }
-                case inodeTypes.fifo:
+                case S_IFIFO:
                     guard mkfifo(target, 0o600) == 0 else { throw posixError("cannot make the FIFO", target) }
                 default:
                     guard let (major, minor) = Self.deviceNumbers(section) else {
                         throw KilnError(.invalidArgument, "\(disk): debugfs gives no device number for /\(path)")
                     }
-                    let device =
-                        (UInt64(major & 0xFFFF_F000) << 32) | (UInt64(major & 0xFFF) << 8) | (UInt64(minor & 0xFFFF_FF00) << 12)
-                        | UInt64(minor & 0xFF)
-                    guard mknod(target, mode_t(entry.type) | 0o600, dev_t(device)) == 0 else {
+                    guard mknod(target, entry.type | 0o600, linuxDeviceNumber(major: major, minor: minor)) == 0 else {
                         throw posixError("cannot make the device", target)
                     }
                 }
@@ -317,7 +312,7 @@ extension DiskRootReader {
                     )
                 }
                 let target = directory + "/" + path
-                if entry.type == inodeTypes.link {
+                if entry.type == S_IFLNK {
                     guard let bytes = FileManager.default.contents(atPath: source), !bytes.isEmpty, !bytes.contains(0),
                         let destination = String(data: bytes, encoding: .utf8)
                     else {
@@ -332,7 +327,7 @@ extension DiskRootReader {
                 unlink(source)
                 fileBytes += entry.size
             }
-            for (path, entry) in tree.entries where entry.type == inodeTypes.regular && firstPath[entry.inode] != path {
+            for (path, entry) in tree.entries where entry.type == S_IFREG && firstPath[entry.inode] != path {
                 guard link(directory + "/" + firstPath[entry.inode]!, directory + "/" + path) == 0 else {
                     throw posixError("cannot make the hard link", directory + "/" + path)
                 }
@@ -343,7 +338,7 @@ extension DiskRootReader {
             for (path, entry) in ordered + [("", tree.root)] {
                 let target = path.isEmpty ? directory : directory + "/" + path
                 guard lchown(target, uid_t(entry.uid), gid_t(entry.gid)) == 0 else { throw posixError("cannot set the owner of", target) }
-                if entry.type != inodeTypes.link {
+                if entry.type != S_IFLNK {
                     guard chmod(target, mode_t(entry.mode & 0o7777)) == 0 else { throw posixError("cannot set the mode of", target) }
                 }
             }
@@ -355,7 +350,7 @@ extension DiskRootReader {
         /// Extended attributes of files and folders: names from `ea_list`, values through `ea_get -f`.
         func copyAttributes(of tree: Tree, in directory: String, firstPath: [UInt32: String], skipped: inout [String]) async throws {
             var owners: [(path: String, inode: UInt32)] = [("", 2)]
-            for (path, entry) in tree.entries where entry.isDirectory || (entry.type == 0o100000 && firstPath[entry.inode] == path) {
+            for (path, entry) in tree.entries where entry.isDirectory || (entry.type == S_IFREG && firstPath[entry.inode] == path) {
                 owners.append((path, entry.inode))
             }
             let lists = try await batch(owners.map { "ea_list <\($0.inode)>" })
@@ -397,8 +392,8 @@ extension DiskRootReader {
         /// The target of a link kept in its inode: `Fast link dest: "…"`, exactly `size` bytes long.
         static func fastLinkDestination(_ section: ArraySlice<UInt8>, size: Int64) -> String? {
             let marker = Array("Fast link dest: \"".utf8)
-            guard let at = find(marker, in: Array(section), from: 0) else { return nil }
             let bytes = Array(section)
+            guard let at = find(marker, in: bytes, from: 0) else { return nil }
             let start = at + marker.count
             let end = start + Int(size)
             guard size > 0, end < bytes.count, bytes[end] == UInt8(ascii: "\""), !bytes[start..<end].contains(0) else { return nil }

@@ -214,10 +214,8 @@ public struct LayerUnpacker {
                 throw KilnError(.invalidArgument, "layer entry '\(entry.path)' is a device node; unpacking devices needs root")
             }
             let type = entry.kind == .characterDevice ? S_IFCHR : S_IFBLK
-            let device =
-                (UInt64(entry.deviceMajor & 0xfff) << 8) | UInt64(entry.deviceMinor & 0xff) | (UInt64(entry.deviceMinor & ~0xff) << 12)
-                | (UInt64(entry.deviceMajor & ~0xfff) << 32)
-            guard mknod(host, type | mode_t(entry.mode), dev_t(device)) == 0 else { throw posixError("create device", host) }
+            let device = linuxDeviceNumber(major: entry.deviceMajor, minor: entry.deviceMinor)
+            guard mknod(host, type | mode_t(entry.mode), device) == 0 else { throw posixError("create device", host) }
             // mknod and mkfifo take the umask off; the layer's mode is what the image holds (/dev/null is 0666).
             guard chmod(host, mode_t(entry.mode)) == 0 else { throw posixError("set the mode of", host) }
         case .fifo:
@@ -248,4 +246,10 @@ public struct LayerUnpacker {
     func posixError(_ what: String, _ path: String) -> KilnError {
         KilnError(.ioFailure, "cannot \(what) '\(path)' while unpacking a layer: \(String(cString: strerror(errno)))")
     }
+}
+
+/// Linux's `dev_t` for a device's major and minor numbers, as glibc's `makedev` macro builds it
+/// (Swift cannot import the macro): minor bits 0-7 and 20-43, major bits 8-19 and 32-63.
+public func linuxDeviceNumber(major: UInt32, minor: UInt32) -> dev_t {
+    dev_t((UInt64(major & 0xfff) << 8) | UInt64(minor & 0xff) | (UInt64(minor & ~0xff) << 12) | (UInt64(major & ~0xfff) << 32))
 }
