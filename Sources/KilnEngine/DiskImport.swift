@@ -143,7 +143,7 @@ public enum DiskImport {
         _ path: String, name: String, version: SemanticVersion, configuration: KilnConfiguration, records: any ImageRecords,
         store: ContentStore, progress: @escaping @Sendable (String) -> Void = { _ in }
     ) async throws -> ImageRecord {
-        _ = try await inspect(path)
+        let inspection = try await inspect(path)
         let normalized = ImageBuilderARN.normalizedName(name)
         let build = try records.reserveBuild(name: normalized, version: version)
         let folder = records.folder(name: normalized, version: version, build: build)
@@ -155,20 +155,20 @@ public enum DiskImport {
             arn: arn, name: normalized, version: version, build: build, type: .ami, status: .creating,
             trigger: BuildTrigger(kind: .manual, detail: "kiln image import-disk \(path)"),
             dateCreated: ISO8601DateFormatter().string(from: Date()), logDirectory: folder + "/logs")
-        try await fill(&record, from: path, folder: folder, store: store, progress: progress)
+        try await fill(&record, from: path, inspection: inspection, folder: folder, store: store, progress: progress)
         try records.save(record)
         return record
     }
 
-    /// Makes `record` (reserved, its folder `folder`) an AVAILABLE AMI from the disk at `path`:
+    /// Makes `record` (reserved, its folder `folder`) an AVAILABLE AMI from the disk at `path`,
+    /// which `inspect` accepted as `inspection`:
     /// the disk becomes `folder/disk.qcow2`, and its root filesystem goes into `store` as a
     /// one-layer image, so the AMI can be a recipe's parent. A disk whose root Kiln cannot read
     /// is still imported, with the reason in `machineImage.parentRefusal`.
     public static func fill(
-        _ record: inout ImageRecord, from path: String, folder: String, store: ContentStore,
+        _ record: inout ImageRecord, from path: String, inspection: Inspection, folder: String, store: ContentStore,
         progress: @escaping @Sendable (String) -> Void
     ) async throws {
-        let inspection = try await inspect(path)
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let disk = folder + "/disk.qcow2"
         progress("import \(path) (\(inspection.format.rawValue), \(inspection.virtualSize) bytes virtual) → \(disk)")

@@ -105,16 +105,18 @@ final class BuildScheduler: Service, Sendable {
                 let path = try await DiskImport.fetch(source, downloadingTo: scratch) { [logger] line in
                     logger.info("\(arn): \(line)")
                 }
-                try await DiskImport.fill(&record, from: path, folder: folder, store: transfer.store) { [logger] line in
+                let inspection = try await DiskImport.inspect(path)
+                try await DiskImport.fill(&record, from: path, inspection: inspection, folder: folder, store: transfer.store) {
+                    [logger] line in
                     logger.info("\(arn): \(line)")
                 }
             } catch {
                 record.status = .failed
                 record.failure = .init(stage: .build, step: "import", reason: (error as? KilnError)?.message ?? "\(error)")
-                logger.error("\(record.arn): import failed: \(record.failure!.reason)")
+                logger.error("\(arn): import failed: \(record.failure!.reason)")
             }
-            do { try records.save(record) } catch { logger.error("\(record.arn): cannot save the import's record: \(error)") }
-            running.withLock { $0[record.arn] = nil }
+            do { try records.save(record) } catch { logger.error("\(arn): cannot save the import's record: \(error)") }
+            running.withLock { $0[arn] = nil }
         }
         running.withLock { $0[record.arn] = task }
     }
