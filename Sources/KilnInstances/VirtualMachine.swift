@@ -245,7 +245,14 @@ public struct VirtualMachine: Sendable {
         let text = String(decoding: data.suffix(64 << 10), as: UTF8.self)
             .replacingOccurrences(of: "\u{1B}\\[[0-9;]*[A-Za-z]", with: "", options: .regularExpression)
             .replacingOccurrences(of: "\r", with: "")
-        return text.split(separator: "\n", omittingEmptySubsequences: true).suffix(lines).joined(separator: "\n")
+        let all = text.split(separator: "\n", omittingEmptySubsequences: true)
+        let shown = all.suffix(lines)
+        // A panic's call trace can run past the window, and QEMU may stop before the kernel
+        // repeats the cause at its end: the panic line is the reason, so it is always kept.
+        if let panic = all.last(where: { $0.contains("Kernel panic - not syncing") }), !shown.contains(panic) {
+            return ([panic, "[…]"] + shown).joined(separator: "\n")
+        }
+        return shown.joined(separator: "\n")
     }
 
     /// A loopback port no one listens on now (the kernel's choice for port 0).

@@ -324,3 +324,28 @@ struct MachineDiskTests {
         #expect(MachineDisk.seconds(since: again) < 0.1)
     }
 }
+
+@Suite("The serial console's tail in boot failures")
+struct SerialTailTests {
+    @Test("A kernel panic whose call trace runs past the last 40 lines still names its cause")
+    func panicKept() throws {
+        let scratch = Scratch("kiln-serial-tail")
+        defer { scratch.remove() }
+        let trace = (1...60).map { "[    7.842921]  frame_\($0)+0x44/0x5c" }
+        let log = try scratch.write(
+            "serial.log",
+            ([
+                "[    7.80] Run /bin/sh as init process",
+                "[    7.84] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00007f00",
+            ]
+                + trace).joined(separator: "\r\n") + "\r\n")
+        let tail = VirtualMachine.tail(of: log)
+        let lines = tail.split(separator: "\n")
+        #expect(lines.first?.contains("Kernel panic - not syncing: Attempted to kill init!") == true, "\(tail)")
+        #expect(lines.last == "[    7.842921]  frame_60+0x44/0x5c" && lines.count == 42, "\(tail)")
+        #expect(!tail.contains("\r") && !tail.contains("Run /bin/sh"), "\(tail)")
+
+        let short = try scratch.write("short.log", "[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n[ 1.1] end\n")
+        #expect(VirtualMachine.tail(of: short) == "[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n[ 1.1] end")
+    }
+}
